@@ -1,0 +1,291 @@
+"""Typed configuration: YAML -> pydantic models, with `key.sub=value` overrides.
+
+Every section forbids unknown keys, so a typo fails loudly with the key, the bad value and
+what is allowed. Ray's own config objects are built from these in one place per subsystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rayloop.data.schema import FeatureSchema
+from rayloop.data.synthetic import Scenario
+from rayloop.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "RayloopConfig",
+    "DataConfig",
+    "SyntheticDataConfig",
+    "SplitConfig",
+    "FeaturesConfig",
+    "TrainingConfig",
+    "TuningConfig",
+    "RegistryConfig",
+    "ServingConfig",
+    "MonitoringConfig",
+    "load_config",
+    "apply_overrides",
+    "config_hash",
+]
+
+# The embedded default: `configs/demo.yaml` at the repository root.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SyntheticDataConfig(_Section):
+    """Generated data, used when `data.source` is `synthetic`."""
+
+    n_rows: int = Field(20_000, gt=0)
+    seed: int = 0
+    scenario: Scenario | None = None
+    bad_row_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="rows corrupted to show validation")
+    rows_per_file: int = Field(1_000_000, gt=0)
+
+
+class SplitConfig(_Section):
+    """Time-based when a timestamp column exists (train on the past), else by entity-id hash."""
+
+    method: Literal["auto", "time", "hash"] = "auto"
+    train: float = Field(0.7, gt=0.0, lt=1.0)
+    validation: float = Field(0.15, gt=0.0, lt=1.0)
+    test: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    source: str = Field("synthetic", description="'synthetic' or a Parquet/CSV URI: path, file://, s3://, gs://")
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    label_column: str = "label"
+    timestamp_column: str | None = "event_time"
+    id_column: str | None = "entity_id"
+    schema_: FeatureSchema | None = Field(None, alias="schema", description="declared schema; inferred when absent")
+    max_reject_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+    read_blocks: int | None = Field(None, gt=0, description="override the number of read blocks")
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _roles_in_schema(self) -> DataConfig:
+        if self.schema_ is None:
+            return self
+        names = set(self.schema_.names)
+        for role in ("label_column", "timestamp_column", "id_column"):
+            value = getattr(self, role)
+            if value is not None and value not in names:
+                raise ValueError(f"{role}={value!r} is not a column of data.schema (columns: {sorted(names)})")
+        return self
+
+
+class FeaturesConfig(_Section):
+    numeric: list[str] | Literal["auto"] = "auto"
+    categorical: list[str] | Literal["auto"] = "auto"
+    exclude: list[str] = []
+    numeric_strategy: Literal["standardize", "quantile_bins"] = "standardize"
+    n_bins: int = Field(10, ge=2, le=1000, description="quantile bins for numeric_strategy=quantile_bins")
+    missing_indicators: bool = True
+    top_k: int = Field(100, ge=1, description="vocabulary size per categorical; the rest share one slot")
+    min_frequency: int = Field(1, ge=1)
+    time_features: list[Literal["hour", "day_of_week", "day_of_month", "month"]] = ["hour", "day_of_week"]
+    profile_bins: int = Field(10, ge=2, le=1000, description="quantile bins of the reference profile")
+    quantile_precision: int = Field(200, ge=8, le=65535, description="KLL sketch size (rank error ~1.3% at 200)")
+
+
+class TrainingConfig(_Section):
+    model: Literal["lightgbm", "mlp"] = "lightgbm"
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    lightgbm: dict[str, Any] = {"num_boost_round": 200, "learning_rate": 0.05, "num_leaves": 31}
+    mlp: dict[str, Any] = {"hidden": [128, 64], "epochs": 10, "batch_size": 512, "lr": 1e-3}
+    early_stopping_rounds: int = Field(20, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+
+class TuningConfig(_Section):
+    enabled: bool = True
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    time_budget_s: float = Field(300, gt=0)
+    metric: Literal["auc", "logloss"] = "auc"
+    grace_period: int = Field(10, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    search_space: dict[str, Any] = {}
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("rayloop-tabular", min_length=1)
+    gate_metric: Literal["auc", "accuracy", "logloss"] = "auc"
+    tolerance: float = Field(0.005, ge=0.0)
+    experiment: str = "rayloop"
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    backend: Literal["auto", "native", "torch", "torch_compile", "tensorrt"] = "auto"
+    max_batch_size: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(256, ge=1)
+    max_records_per_request: int = Field(1024, ge=1)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(32, gt=0)
+    parity_tolerance: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServingConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least max_batch_size "
+                f"({self.max_batch_size}), or every batch is capped at max_ongoing_requests"
+            )
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is greater than max_replicas ({self.max_replicas})")
+        return self
+
+
+class MonitoringConfig(_Section):
+    window_size: int = Field(1000, ge=10)
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+    buffer_size: int = Field(10_000, ge=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    p_value: float = Field(0.01, gt=0, lt=1)
+    consecutive_windows: int = Field(2, ge=1)
+    quality_drop: float = Field(0.05, ge=0)
+    cooldown_s: float = Field(600, ge=0)
+    daily_retrain_budget: int = Field(4, ge=0)
+
+
+class RayloopConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` strings; values are YAML (`3`, `true`, `[a, b]`, `null`)."""
+    result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. data.synthetic.n_rows=5000)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from exc
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {item!r}: {where} is a value ({child!r}), not a section")
+            node = child
+        node[parts[-1]] = parsed
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RayloopConfig:
+    """Load a YAML config (the embedded demo default when `path` is None) and apply overrides."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(source)!r}: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(source)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(source)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides), source=str(source))
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> RayloopConfig:
+    try:
+        return RayloopConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def config_hash(config: RayloopConfig) -> str:
+    """Stable content hash of the effective config (lineage for runs and models)."""
+    payload = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed) or '(none)'}")
+            continue
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"  {key}: {err['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts union member names (e.g. 'list[str]', "literal['auto']") into error locations
+    return isinstance(part, str) and ("[" in part or part in {"function-after"})
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RayloopConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields:
+            return []
+        field = next((f for name, f in fields.items() if (f.alias or name) == part or name == part), None)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    fields = getattr(model, "model_fields", {})
+    return sorted(f.alias or name for name, f in fields.items())
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

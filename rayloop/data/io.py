@@ -1,0 +1,159 @@
+"""Read Parquet and CSV from any pyarrow filesystem URI into Ray Datasets (and write them back).
+
+`inspect_source` runs on the driver before any Ray work: it lists the files, reads every
+Parquet footer / CSV header, and fails at once naming the path when something is missing or
+unreadable, instead of failing minutes later inside a read task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from rayloop.errors import DataSourceError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["SourceInfo", "inspect_source", "read_dataset", "read_table", "resolve_filesystem"]
+
+Format = Literal["parquet", "csv"]
+_SUFFIXES: dict[str, Format] = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv"}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A resolved data source: its files, format, filesystem and unified schema."""
+
+    uri: str
+    format: Format
+    files: tuple[str, ...]
+    filesystem: pafs.FileSystem
+    schema: pa.Schema
+    file_columns: dict[str, tuple[str, ...]]
+
+    def read_options(self) -> dict:
+        """Reader kwargs. CSV columns are read as text so one bad value can never abort a read:
+        validation parses them row by row and rejects what does not parse."""
+        if self.format == "csv":
+            return {
+                "convert_options": pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in self.schema.names}, strings_can_be_null=True
+                )
+            }
+        return {}
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A local path (relative or absolute), file://, s3://, gs://, hdfs:// ... -> (filesystem, path)."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise DataSourceError(uri, f"unsupported or malformed URI ({exc})") from exc
+
+
+def _format_of(path: str) -> Format | None:
+    lower = path.lower()
+    for suffix, fmt in _SUFFIXES.items():
+        if lower.endswith(suffix):
+            return fmt
+    return None
+
+
+def _list_files(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise DataSourceError(uri, str(exc)) from exc
+    if info.type == pafs.FileType.NotFound:
+        raise DataSourceError(uri, "no such file or directory")
+    if info.type == pafs.FileType.File:
+        return [path]
+    selector = pafs.FileSelector(path, recursive=True)
+    files = [
+        f.path
+        for f in fs.get_file_info(selector)
+        if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith(("_", "."))
+    ]
+    if not files:
+        raise DataSourceError(uri, "directory holds no data files")
+    return sorted(files)
+
+
+def inspect_source(uri: str, format: Literal["auto", "parquet", "csv"] = "auto") -> SourceInfo:
+    """Resolve, list and open every file's metadata; raise DataSourceError naming the bad path."""
+    fs, path = resolve_filesystem(uri)
+    files = _list_files(fs, path, uri)
+    if format == "auto":
+        formats = {_format_of(f) for f in files}
+        if None in formats or len(formats) != 1:
+            odd = [f for f in files if _format_of(f) is None][:3]
+            raise DataSourceError(
+                uri,
+                f"cannot tell the format from file names (e.g. {odd or files[:3]}); "
+                "set data.format to parquet or csv, or keep one format per source",
+            )
+        fmt: Format = formats.pop()  # type: ignore[assignment]
+    else:
+        fmt = format
+    schemas = [_file_schema(fs, f, fmt) for f in files]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataSourceError(uri, f"files have incompatible schemas: {exc}") from exc
+    return SourceInfo(
+        uri=uri,
+        format=fmt,
+        files=tuple(files),
+        filesystem=fs,
+        schema=schema,
+        file_columns={f: tuple(s.names) for f, s in zip(files, schemas)},
+    )
+
+
+def _file_schema(fs: pafs.FileSystem, path: str, fmt: Format) -> pa.Schema:
+    try:
+        if fmt == "parquet":
+            return pq.read_schema(path, filesystem=fs)
+        with fs.open_input_stream(path, compression="detect") as stream:
+            reader = pacsv.open_csv(stream, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            return pa.schema([(name, pa.string()) for name in reader.schema.names])
+    except (OSError, pa.ArrowInvalid, pa.ArrowException) as exc:
+        raise DataSourceError(path, f"not a readable {fmt} file: {exc}") from exc
+
+
+def read_dataset(source: SourceInfo | str, *, override_num_blocks: int | None = None) -> ray.data.Dataset:
+    """A lazy Ray Dataset over the source, through the fast Parquet path (see stack-facts)."""
+    import ray.data
+
+    info = source if isinstance(source, SourceInfo) else inspect_source(source)
+    ctx = ray.data.DataContext.get_current()
+    # The v2 datasource read 8 files as one block in one task and ignored override_num_blocks.
+    ctx.use_datasource_v2 = False
+    kwargs = {"filesystem": info.filesystem, "override_num_blocks": override_num_blocks, **info.read_options()}
+    if info.format == "parquet":
+        return ray.data.read_parquet(list(info.files), **kwargs)
+    return ray.data.read_csv(list(info.files), **kwargs)
+
+
+def read_table(source: SourceInfo | str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The whole source as one in-memory table: for small data, tests and baselines, not pipelines."""
+    info = source if isinstance(source, SourceInfo) else inspect_source(source)
+    tables = []
+    for path in info.files:
+        if info.format == "parquet":
+            tables.append(pq.read_table(path, filesystem=info.filesystem, columns=columns))
+        else:
+            with info.filesystem.open_input_stream(path, compression="detect") as stream:
+                table = pacsv.read_csv(stream, **info.read_options())
+            tables.append(table.select(list(columns)) if columns else table)
+    return pa.concat_tables(tables, promote_options="permissive")

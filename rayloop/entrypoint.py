@@ -1,0 +1,38 @@
+"""What every entrypoint (workloads, CLI) does the same way: arguments, logging, errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from rayloop.config import RayloopConfig, load_config
+from rayloop.errors import RayloopError
+
+__all__ = ["configure_logging", "parse_workload_args", "run_workload"]
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def parse_workload_args(argv: Sequence[str] | None, description: str) -> RayloopConfig:
+    """`--config PATH` plus repeated `--set key.sub=value`: the only arguments a workload takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="YAML config (default: the embedded configs/demo.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
+    )
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.overrides)
+
+
+def run_workload(main: Callable[[], int]) -> None:
+    """Exit 0 on success; on a RayloopError print its message (no traceback) and exit 2."""
+    try:
+        code = main()
+    except RayloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)

@@ -1,0 +1,88 @@
+"""One exception hierarchy for rayloop.
+
+Every message says what to change. Errors cross Ray process boundaries (a task raises,
+the driver reports), so each class pickles with its structured fields intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "RayloopError",
+    "ConfigError",
+    "DataSourceError",
+    "MissingColumnsError",
+    "RejectRatioError",
+    "FeatureError",
+    "RayTempDirError",
+]
+
+
+class RayloopError(Exception):
+    """Base class: catch this to handle any rayloop failure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # keep subclasses picklable with their own signatures
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type, state: dict) -> RayloopError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigError(RayloopError):
+    """A config file or `--set` override is invalid; the message names key, value and what is allowed."""
+
+
+class DataSourceError(RayloopError):
+    """A data source cannot be found or read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read data source {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class MissingColumnsError(RayloopError):
+    """Required columns are absent from a source: nothing can be validated row by row."""
+
+    def __init__(self, path: str, missing: Sequence[str], available: Sequence[str]) -> None:
+        super().__init__(
+            f"data source {path!r} is missing required column(s) {sorted(missing)}; "
+            f"it has {list(available)}. Fix the data, or the schema in the config "
+            "(data.schema.columns / required: false)."
+        )
+        self.path = path
+        self.missing = sorted(missing)
+        self.available = list(available)
+
+
+class RejectRatioError(RayloopError):
+    """Too many rows failed validation for the run to be trusted."""
+
+    def __init__(self, rejected: int, total: int, limit: float, rejects_path: str) -> None:
+        ratio = rejected / total if total else 1.0
+        super().__init__(
+            f"{rejected} of {total} rows ({ratio:.2%}) failed validation, over the limit "
+            f"data.max_reject_ratio={limit:.2%}. The rejected rows and their reasons are in "
+            f"{rejects_path}; fix the source or raise the limit."
+        )
+        self.rejected = rejected
+        self.total = total
+        self.limit = limit
+        self.rejects_path = rejects_path
+
+
+class FeatureError(RayloopError):
+    """Features cannot be fitted or applied (e.g. a batch lacks a feature column)."""
+
+
+class RayTempDirError(RayloopError):
+    """Ray's temp dir is too long for Unix socket paths."""

@@ -1,0 +1,110 @@
+"""Where rayloop keeps state: everything under RAYLOOP_HOME (default ./.rayloop).
+
+Nothing here creates folders at import; callers ask for a path and `ensure` it when they
+write. Ray's temp dir, Train/Tune storage, the MLflow store, inference logs and reports
+all live here, so a run never touches $HOME or /tmp/ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rayloop.errors import RayTempDirError
+
+ENV_HOME = "RAYLOOP_HOME"
+DEFAULT_HOME = ".rayloop"
+# Unix socket paths are limited to 107 bytes; Ray appends up to 64 characters
+# (/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store) to its temp dir.
+MAX_RAY_TEMP_DIR_CHARS = 43
+
+__all__ = [
+    "ENV_HOME",
+    "home",
+    "ensure",
+    "ray_temp_dir",
+    "auth_token_path",
+    "train_storage",
+    "tune_storage",
+    "mlflow_db",
+    "mlflow_tracking_uri",
+    "mlflow_artifacts",
+    "inference_log_dir",
+    "reports_dir",
+    "runs_dir",
+    "run_dir",
+    "data_dir",
+    "logs_dir",
+]
+
+
+def home() -> Path:
+    """The state root, absolute, from RAYLOOP_HOME (default ./.rayloop in the working dir)."""
+    return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME).expanduser().resolve()
+
+
+def ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ray_temp_dir() -> Path:
+    """Ray's temp dir (RAY_TMPDIR): under home unless that path is too long for sockets."""
+    path = home() / "ray"
+    if len(str(path)) > MAX_RAY_TEMP_DIR_CHARS:
+        raise RayTempDirError(
+            f"Ray temp dir {str(path)!r} is {len(str(path))} characters; Unix socket paths "
+            f"allow at most {MAX_RAY_TEMP_DIR_CHARS} here. Set {ENV_HOME} to a shorter path."
+        )
+    return path
+
+
+def auth_token_path() -> Path:
+    """The Ray auth token of a local cluster started by rayloop (instead of ~/.ray/auth_token)."""
+    return home() / "auth_token"
+
+
+def train_storage() -> Path:
+    return home() / "train"
+
+
+def tune_storage() -> Path:
+    return home() / "tune"
+
+
+def mlflow_db() -> Path:
+    return home() / "mlflow.db"
+
+
+def mlflow_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set (a real server), else sqlite under home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_db()}"
+
+
+def mlflow_artifacts() -> Path:
+    return home() / "mlartifacts"
+
+
+def inference_log_dir() -> Path:
+    return home() / "inference_log"
+
+
+def reports_dir() -> Path:
+    return home() / "reports"
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
+
+
+def run_dir(run_id: str) -> Path:
+    return runs_dir() / run_id
+
+
+def data_dir() -> Path:
+    """Generated data (demo and benchmarks)."""
+    return home() / "data"
+
+
+def logs_dir() -> Path:
+    return home() / "logs"

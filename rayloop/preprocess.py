@@ -1,0 +1,269 @@
+"""read -> validate -> split -> fit features on train -> transform every split -> write.
+
+Streaming end to end: each stage is a lazy Ray Data pass over the source, so memory stays
+flat as rows grow. Pure batch functions (schema.validate, split.assign_*, FittedFeatures.transform)
+do the work; this module only wires them into Ray Data and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from rayloop import paths
+from rayloop.config import DataConfig, RayloopConfig, config_hash
+from rayloop.data import synthetic
+from rayloop.data.io import SourceInfo, inspect_source, read_dataset
+from rayloop.data.schema import FeatureSchema
+from rayloop.data.split import SPLIT_COLUMN, SPLITS, assign_by_hash, assign_by_time, time_cutoff_quantiles
+from rayloop.errors import RejectRatioError
+from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
+from rayloop.features.profile import ReferenceProfile
+from rayloop.features.stats import numeric_summary
+
+__all__ = ["PreprocessResult", "resolve_source", "resolve_schema", "run_preprocess", "load_run", "latest_run_id"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+FEATURES_DIR = "features"
+REJECTS_DIR = "rejects"
+FITTED_FEATURES_FILE = "fitted_features.json"
+PROFILE_FILE = "profile.json"
+SCHEMA_FILE = "schema.json"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+LATEST_FILE = "LATEST"
+
+
+@dataclass
+class PreprocessResult:
+    run_id: str
+    run_dir: str
+    source: str
+    rows_total: int
+    rows_good: int
+    rows_rejected: int
+    rows_per_split: dict[str, int]
+    split_method: str
+    features_hash: str
+    n_features: int
+    feature_names: list[str]
+    config_hash: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reject_ratio(self) -> float:
+        return self.rows_rejected / self.rows_total if self.rows_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reject_ratio": self.reject_ratio}
+
+
+# ---- source and schema ------------------------------------------------------------------
+def resolve_source(data: DataConfig) -> str:
+    """The source URI; `synthetic` generates (once, cached by its parameters) under RAYLOOP_HOME/data."""
+    if data.source != "synthetic":
+        return data.source
+    spec = data.synthetic.model_dump(mode="json")
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    target = paths.data_dir() / f"synthetic-{key}"
+    if (target / "_SUCCESS").exists():
+        return str(target)
+    tmp = paths.ensure(paths.data_dir()) / f".tmp-{key}-{uuid.uuid4().hex[:6]}"
+    synthetic.write_parquet(
+        tmp,
+        data.synthetic.n_rows,
+        data.synthetic.seed,
+        data.synthetic.scenario,
+        rows_per_file=data.synthetic.rows_per_file,
+        bad_row_fraction=data.synthetic.bad_row_fraction,
+    )
+    (tmp / "_SUCCESS").write_text(json.dumps(spec))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process generated it first
+        pass
+    return str(target)
+
+
+def resolve_schema(data: DataConfig, info: SourceInfo) -> FeatureSchema:
+    """The declared schema, or one inferred from the source's types (label/id/time not nullable)."""
+    if data.schema_ is not None:
+        return data.schema_
+    required = [c for c in (data.label_column, data.timestamp_column, data.id_column) if c]
+    return FeatureSchema.infer(info.schema, non_nullable=required)
+
+
+# ---- batch functions (run inside Ray Data tasks) -------------------------------------------
+def _rejects_batch(batch: pa.Table, schema: FeatureSchema, source: str) -> pa.Table:
+    return schema.validate(batch, source)[1]
+
+
+def _good_batch(batch: pa.Table, schema: FeatureSchema, source: str) -> pa.Table:
+    return schema.validate(batch, source)[0]
+
+
+def _split_batch(batch: pa.Table, method: str, column: str, arg: list, seed: int) -> pa.Table:
+    if method == "time":
+        split = assign_by_time(batch.column(column), arg)
+    else:
+        split = assign_by_hash(batch.column(column), arg, seed)
+    return batch.append_column(SPLIT_COLUMN, split)
+
+
+def _only_split(batch: pa.Table, name: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column(SPLIT_COLUMN), name))
+
+
+def _epoch_us(batch: pa.Table, column: str) -> pa.Table:
+    micros = batch.column(column).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).cast(pa.float64())
+    return pa.table({"_t": micros})
+
+
+def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str]) -> pa.Table:
+    return fitted.feature_table(batch, keep=keep)
+
+
+# ---- the pipeline --------------------------------------------------------------------------
+def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None) -> PreprocessResult:
+    """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths."""
+    from rayloop.features.aggregates import compute_stats
+
+    say = progress or (lambda msg: log.info(msg))
+    data = config.data
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    run_id = run_id or f"pre-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run_dir = paths.ensure(paths.run_dir(run_id))
+
+    say("resolving the source")
+    uri = resolve_source(data)
+    info = inspect_source(uri, data.format)
+    schema = resolve_schema(data, info)
+    for path, columns in info.file_columns.items():
+        schema.check_columns(columns, source=path)
+    lap("inspect")
+
+    ds = read_dataset(info, override_num_blocks=data.read_blocks)
+    args = {"schema": schema, "source": uri}
+
+    say("validating rows; writing rejects")
+    rejects_dir = run_dir / REJECTS_DIR
+    ds.map_batches(_rejects_batch, fn_kwargs=args, batch_format="pyarrow", zero_copy_batch=True).write_parquet(
+        str(rejects_dir)
+    )
+    rows_rejected = _parquet_rows(rejects_dir)
+    rows_total = ds.count()
+    lap("validate")
+    if rows_total and rows_rejected / rows_total > data.max_reject_ratio:
+        raise RejectRatioError(rows_rejected, rows_total, data.max_reject_ratio, str(rejects_dir))
+    good = ds.map_batches(_good_batch, fn_kwargs=args, batch_format="pyarrow", zero_copy_batch=True)
+
+    fractions = [data.split.train, data.split.validation, data.split.test]
+    method = data.split.method
+    if method == "auto":
+        method = "time" if data.timestamp_column and data.timestamp_column in schema.names else "hash"
+    if method == "time":
+        say("computing time cut-offs")
+        stats = compute_stats(
+            good.map_batches(_epoch_us, fn_kwargs={"column": data.timestamp_column}, batch_format="pyarrow"),
+            ["_t"],
+            [],
+            precision=800,
+        )
+        cutoffs = [int(q) for q in numeric_summary(stats["numeric"]["_t"], time_cutoff_quantiles(fractions))["quantiles"]]
+        split_args = {"method": "time", "column": data.timestamp_column, "arg": cutoffs, "seed": 0}
+    else:
+        id_column = data.id_column or data.label_column
+        split_args = {"method": "hash", "column": id_column, "arg": fractions, "seed": data.split.seed}
+    with_split = good.map_batches(_split_batch, fn_kwargs=split_args, batch_format="pyarrow")
+    lap("split")
+
+    say("fitting features and the reference profile on the train split")
+    pipeline = FeaturePipeline(
+        config.features,
+        schema,
+        label_column=data.label_column,
+        timestamp_column=data.timestamp_column,
+        id_column=data.id_column,
+    )
+    train = with_split.map_batches(_only_split, fn_kwargs={"name": "train"}, batch_format="pyarrow")
+    fitted, profile = pipeline.fit_with_profile(train)
+    lap("fit")
+
+    say("transforming every split; writing feature tables")
+    keep = [c for c in (data.label_column, data.id_column, data.timestamp_column) if c] + [SPLIT_COLUMN]
+    features_dir = run_dir / FEATURES_DIR
+    with_split.map_batches(
+        _feature_batch, fn_kwargs={"fitted": fitted, "keep": keep}, batch_format="pyarrow"
+    ).write_parquet(str(features_dir), partition_cols=[SPLIT_COLUMN])
+    rows_per_split = {name: _parquet_rows(features_dir / f"{SPLIT_COLUMN}={name}") for name in SPLITS}
+    lap("transform")
+
+    result = PreprocessResult(
+        run_id=run_id,
+        run_dir=str(run_dir),
+        source=uri,
+        rows_total=rows_total,
+        rows_good=sum(rows_per_split.values()),
+        rows_rejected=rows_rejected,
+        rows_per_split=rows_per_split,
+        split_method=method,
+        features_hash=fitted.content_hash,
+        n_features=len(fitted.feature_names),
+        feature_names=fitted.feature_names,
+        config_hash=config_hash(config),
+        seconds=timings,
+    )
+    (run_dir / FITTED_FEATURES_FILE).write_text(fitted.to_json())
+    (run_dir / PROFILE_FILE).write_text(profile.to_json())
+    (run_dir / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    (paths.runs_dir() / LATEST_FILE).write_text(run_id)
+    return result
+
+
+def _parquet_rows(directory: Path) -> int:
+    if not directory.exists():
+        return 0
+    return sum(pq.read_metadata(f).num_rows for f in sorted(directory.rglob("*.parquet")))
+
+
+def latest_run_id() -> str | None:
+    marker = paths.runs_dir() / LATEST_FILE
+    return marker.read_text().strip() if marker.exists() else None
+
+
+def load_run(run_id: str | None = None) -> tuple[Path, FittedFeatures, ReferenceProfile, dict[str, Any]]:
+    """A finished run's directory, fitted features, profile and summary (the latest by default)."""
+    run_id = run_id or latest_run_id()
+    if run_id is None:
+        raise FileNotFoundError(f"no preprocess run under {paths.runs_dir()}; run `rayloop preprocess` first")
+    run_dir = paths.run_dir(run_id)
+    fitted = FittedFeatures.from_json((run_dir / FITTED_FEATURES_FILE).read_text())
+    profile = ReferenceProfile.from_json((run_dir / PROFILE_FILE).read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    return run_dir, fitted, profile, summary
+

@@ -1,0 +1,94 @@
+"""Start or join Ray the rayloop way: state under RAYLOOP_HOME, token auth on, usage stats off.
+
+Inside a Ray job (`ray job submit`) the driver joins the running cluster; on a laptop it
+starts a local one whose temp dir and auth token live under RAYLOOP_HOME, never in /tmp/ray
+or ~/.ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from rayloop import paths
+
+__all__ = ["ray_env", "ensure_auth_token", "init_ray", "configure_data_context"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_auth_token() -> Path:
+    """The local cluster's token file (mode 0600), created once; RAY_AUTH_TOKEN_PATH points at it."""
+    path = paths.auth_token_path()
+    if not path.exists():
+        paths.ensure(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for Ray processes rayloop starts (ray.init, `ray start`, subprocesses).
+
+    A token the user already configured (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) wins over ours.
+    """
+    env = {
+        "RAY_TMPDIR": str(paths.ray_temp_dir()),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    }
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token())
+    return env
+
+
+def _reload_auth_config() -> None:
+    """Make an already-imported Ray see the auth env we just set (Ray caches it at import).
+
+    The same two calls Ray makes when it turns token auth on itself (pinned Ray minor).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def configure_data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    # Reads 3-4x faster with 8+ blocks than the v2 datasource (stack-facts).
+    ctx.use_datasource_v2 = False
+    ctx.enable_progress_bars = os.environ.get("RAYLOOP_PROGRESS", "1") != "0"
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
+    """Join the cluster named by `address`/RAY_ADDRESS, else start a local one. Returns True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        configure_data_context()
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=target, log_to_driver=True)
+        configure_data_context()
+        return False
+    env = ray_env()
+    os.environ.update(env)
+    _reload_auth_config()
+    temp_dir = paths.ensure(Path(env["RAY_TMPDIR"]))
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_memory,
+        include_dashboard=False,
+        _temp_dir=str(temp_dir),
+        runtime_env={"env_vars": {"RAYLOOP_HOME": str(paths.home())}},
+    )
+    configure_data_context()
+    log.info("started a local Ray cluster (temp dir %s)", temp_dir)
+    return True

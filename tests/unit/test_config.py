@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from rayloop.cli import app
+from rayloop.config import DEFAULT_CONFIG_PATH, apply_overrides, config_hash, load_config
+from rayloop.errors import ConfigError
+
+
+def test_default_config_is_the_demo_file_and_declares_a_schema():
+    config = load_config()
+    assert DEFAULT_CONFIG_PATH.name == "demo.yaml"
+    assert config.data.source == "synthetic"
+    assert config.data.schema_ is not None
+    assert "label" in config.data.schema_.names
+    assert config.serving.host == "127.0.0.1"
+
+
+def test_overrides_parse_yaml_values_into_nested_keys():
+    config = load_config(
+        None,
+        [
+            "data.synthetic.n_rows=1234",
+            "features.time_features=[hour]",
+            "data.timestamp_column=null",
+            "tuning.enabled=false",
+            "data.synthetic.scenario.kind=covariate",
+        ],
+    )
+    assert config.data.synthetic.n_rows == 1234
+    assert config.features.time_features == ["hour"]
+    assert config.data.timestamp_column is None
+    assert config.tuning.enabled is False
+    assert config.data.synthetic.scenario is not None and config.data.synthetic.scenario.kind == "covariate"
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.synthetic.n_rowz=5"])
+    message = str(info.value)
+    assert "data.synthetic.n_rowz" in message
+    assert "unknown key" in message
+    assert "n_rows" in message and "seed" in message
+
+
+def test_bad_value_names_key_value_and_rule():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["data.max_reject_ratio=2.5"])
+    message = str(info.value)
+    assert "data.max_reject_ratio" in message
+    assert "2.5" in message
+    assert "less than or equal to 1" in message
+
+
+def test_bad_choice_lists_what_is_allowed():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["features.numeric_strategy=zscore"])
+    message = str(info.value)
+    assert "features.numeric_strategy" in message and "'zscore'" in message
+    assert "standardize" in message and "quantile_bins" in message
+
+
+def test_cross_field_rule_on_serving_limits():
+    with pytest.raises(ConfigError, match="max_ongoing_requests .* must be at least max_batch_size"):
+        load_config(None, ["serving.max_batch_size=128", "serving.max_ongoing_requests=8"])
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="must be 1.0"):
+        load_config(None, ["data.split.train=0.9"])
+
+
+def test_schema_roles_must_exist():
+    with pytest.raises(ConfigError, match="label_column='target' is not a column of data.schema"):
+        load_config(None, ["data.label_column=target"])
+
+
+@pytest.mark.parametrize("override", ["novalue", "=3", "a..b=1", "data.split=3"])
+def test_malformed_overrides_are_rejected(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_override_into_a_value_is_refused():
+    with pytest.raises(ConfigError, match="is a value"):
+        apply_overrides({"data": {"source": "x"}}, ["data.source.deep=1"])
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(missing)
+
+
+def test_config_hash_is_stable_and_tracks_changes():
+    a, b = load_config(), load_config()
+    c = load_config(None, ["data.synthetic.seed=99"])
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(c)
+
+
+def test_cli_config_command_reports_errors_with_exit_2():
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "--set", "data.synthetic.n_rows=10"])
+    assert ok.exit_code == 0, ok.output
+    assert "n_rows: 10" in ok.output
+    bad = runner.invoke(app, ["config", "--set", "serving.port=70000"])
+    assert bad.exit_code == 2
+    assert "serving.port" in bad.output and "70000" in bad.output
