@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rayloop import paths
 
-__all__ = ["ray_env", "ensure_auth_token", "init_ray", "configure_data_context"]
+__all__ = ["ray_env", "ensure_auth_token", "auth_token", "auth_headers", "init_ray", "configure_data_context"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,24 @@ def ensure_auth_token() -> Path:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
     return path
+
+
+def auth_token() -> str | None:
+    """The cluster token the standard way: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, rayloop's local
+    token under RAYLOOP_HOME, then ~/.ray/auth_token (read, never written)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    candidates = [os.environ.get("RAY_AUTH_TOKEN_PATH"), str(paths.auth_token_path()), "~/.ray/auth_token"]
+    for candidate in candidates:
+        if candidate and Path(candidate).expanduser().is_file():
+            return Path(candidate).expanduser().read_text().strip()
+    return None
+
+
+def auth_headers() -> dict[str, str]:
+    """HTTP headers for the dashboard / Jobs API (`JobSubmissionClient(headers=...)`)."""
+    token = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def ray_env() -> dict[str, str]:
@@ -86,6 +104,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, object_
         num_cpus=num_cpus,
         object_store_memory=object_store_memory,
         include_dashboard=False,
+        # bind to loopback, not the machine's address: nothing is reachable from outside
+        _node_ip_address="127.0.0.1",
         _temp_dir=str(temp_dir),
         runtime_env={"env_vars": {"RAYLOOP_HOME": str(paths.home())}},
     )

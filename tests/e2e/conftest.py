@@ -1,0 +1,111 @@
+"""A real Ray head started with `ray start` on 127.0.0.1, token auth on, stopped at the end.
+
+Only the processes of this head are stopped (matched by its own temp dir): `ray stop` would
+also kill the integration tests' cluster when both run in one pytest session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rayloop import paths
+from rayloop.runtime import ray_env
+
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@dataclass(frozen=True)
+class Head:
+    address: str  # GCS address for ray.init / RAY_ADDRESS
+    dashboard: str  # Jobs API / dashboard URL
+    env: dict[str, str]  # what a client needs: token auth and RAYLOOP_HOME
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(temp_dir: Path) -> None:
+    marker = str(temp_dir)
+    victims = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if marker in cmd:
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        proc.terminate()
+    _, alive = psutil.wait_procs(victims, timeout=10)
+    for proc in alive:
+        proc.kill()
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def ray_head(rayloop_home) -> Iterator[Head]:
+    temp_dir = paths.ensure(rayloop_home / "re")
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, **ray_env(), "RAY_TMPDIR": str(temp_dir), "RAYLOOP_HOME": str(rayloop_home)}
+    # job entrypoints run `python` from the PATH Ray was started with, as in an activated venv
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        RAY, "start", "--head",
+        "--node-ip-address=127.0.0.1", f"--port={port}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        _stop(temp_dir)
+        raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    head = Head(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", env=env)
+    try:
+        wait_for(lambda: _up(f"{head.dashboard}/api/version"), 60, what="the dashboard")
+        yield head
+    finally:
+        _stop(temp_dir)
+
+
+def ray_job_submit(head: Head, args: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit ARGS`, retried while the head's job agent is still starting."""
+    deadline = time.monotonic() + 90
+    while True:
+        done = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, *args], env=head.env,
+                              capture_output=True, text=True, timeout=timeout_s)
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(2)
+
+
+def _up(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,80 @@
+"""Reading sources through Ray Data: every URI form, and failures that name the path at once."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from rayloop.data import synthetic
+from rayloop.data.io import inspect_source, read_dataset, read_table
+from rayloop.errors import DataSourceError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pq")
+    synthetic.write_parquet(out, 6_000, seed=1, rows_per_file=2_000)
+    (out / "_SUCCESS").write_text("")  # marker files are skipped
+    return out
+
+
+def test_parquet_directory_path_and_file_uri_read_the_same_rows(parquet_dir):
+    plain = read_dataset(str(parquet_dir))
+    uri = read_dataset(f"file://{parquet_dir}")
+    assert plain.count() == uri.count() == 6_000
+    assert set(plain.schema().names) == set(synthetic.SCHEMA.names)
+    assert len(inspect_source(str(parquet_dir)).files) == 3
+
+
+def test_blocks_follow_the_files_on_the_fast_parquet_path(parquet_dir):
+    ds = read_dataset(str(parquet_dir), override_num_blocks=3).materialize()
+    assert ds.num_blocks() >= 3
+
+
+def test_csv_is_read_as_text_so_a_bad_value_cannot_abort_the_read(tmp_path):
+    table = synthetic.generate(500, seed=2)
+    path = tmp_path / "data.csv"
+    pacsv.write_csv(table, path)
+    text = path.read_text().splitlines()
+    text[-1] = text[-1].replace(text[-1].split(",")[2], "not-a-number", 1)  # age of the last row
+    path.write_text("\n".join(text) + "\n")
+    ds = read_dataset(str(path))
+    rows = ds.take_all()
+    assert len(rows) == 500
+    assert ds.schema().types[0] == pa.string()
+    assert "not-a-number" in {row["age"] for row in rows}
+
+
+def test_missing_path_fails_at_once_naming_it(tmp_path):
+    missing = tmp_path / "nowhere" / "data.parquet"
+    with pytest.raises(DataSourceError, match=f"{missing}.*no such file"):
+        read_dataset(str(missing))
+
+
+def test_unreadable_file_fails_naming_that_file(parquet_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    pq.write_table(synthetic.generate(10, seed=0), broken / "good.parquet")
+    (broken / "bad.parquet").write_bytes(b"this is not parquet")
+    with pytest.raises(DataSourceError) as info:
+        read_dataset(str(broken))
+    assert info.value.path.endswith("bad.parquet")
+    assert "not a readable parquet file" in str(info.value)
+
+
+def test_unknown_format_and_empty_directory_are_explained(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataSourceError, match="cannot tell the format"):
+        inspect_source(str(tmp_path))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataSourceError, match="holds no data files"):
+        inspect_source(str(empty))
+
+
+def test_read_table_matches_the_dataset(parquet_dir):
+    assert read_table(str(parquet_dir)).num_rows == read_dataset(str(parquet_dir)).count()
