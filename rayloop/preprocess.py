@@ -26,8 +26,8 @@ import yaml
 from rayloop import paths
 from rayloop.config import DataConfig, RayloopConfig, config_hash
 from rayloop.data import synthetic
-from rayloop.data.io import SourceInfo, inspect_source, read_dataset
-from rayloop.data.schema import FeatureSchema
+from rayloop.data.io import SourceInfo, inspect_source, read_dataset, read_malformed
+from rayloop.data.schema import REASON_COLUMN, FeatureSchema
 from rayloop.data.split import SPLIT_COLUMN, SPLITS, assign_by_hash, assign_by_time, time_cutoff_quantiles
 from rayloop.errors import RejectRatioError
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
@@ -170,11 +170,15 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
 
     say("validating rows; writing rejects")
     rejects_dir = run_dir / REJECTS_DIR
-    ds.map_batches(_rejects_batch, fn_kwargs=args, batch_format="pyarrow", zero_copy_batch=True).write_parquet(
+    malformed_dir = run_dir / "malformed"
+    # this pass alone keeps unparseable CSV lines; later passes skip them silently
+    first_pass = read_dataset(info, override_num_blocks=data.read_blocks, malformed_dir=str(malformed_dir))
+    first_pass.map_batches(_rejects_batch, fn_kwargs=args, batch_format="pyarrow", zero_copy_batch=True).write_parquet(
         str(rejects_dir)
     )
+    malformed = _write_malformed(schema, malformed_dir, rejects_dir)
     rows_rejected = _parquet_rows(rejects_dir)
-    rows_total = ds.count()
+    rows_total = ds.count() + malformed
     lap("validate")
     if rows_total and rows_rejected / rows_total > data.max_reject_ratio:
         raise RejectRatioError(rows_rejected, rows_total, data.max_reject_ratio, str(rejects_dir))
@@ -243,6 +247,22 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
     (run_dir / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2))
     (paths.runs_dir() / LATEST_FILE).write_text(run_id)
     return result
+
+
+def _write_malformed(schema: FeatureSchema, malformed_dir: Path, rejects_dir: Path) -> int:
+    """Unparseable CSV lines join the rejects table: all columns null, the raw line in the reason."""
+    records = read_malformed(malformed_dir) if malformed_dir.exists() else []
+    if not records:
+        return 0
+    reasons = [
+        f"column=* rule=malformed value={r['text']} (expected {r['expected_columns']} fields, got {r['actual_columns']})"
+        for r in records
+    ]
+    columns = {c.name: pa.nulls(len(records), pa.string()) for c in schema.columns}
+    columns[REASON_COLUMN] = pa.array(reasons, pa.string())
+    paths.ensure(rejects_dir)
+    pq.write_table(pa.table(columns, schema=schema.rejects_schema()), rejects_dir / "malformed-lines.parquet")
+    return len(records)
 
 
 def _parquet_rows(directory: Path) -> int:

@@ -104,8 +104,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, object_
         num_cpus=num_cpus,
         object_store_memory=object_store_memory,
         include_dashboard=False,
-        # bind to loopback, not the machine's address: nothing is reachable from outside
-        _node_ip_address="127.0.0.1",
         _temp_dir=str(temp_dir),
         runtime_env={"env_vars": {"RAYLOOP_HOME": str(paths.home())}},
     )

@@ -7,9 +7,12 @@ unreadable, instead of failing minutes later inside a read task.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
@@ -22,7 +25,15 @@ from rayloop.errors import DataSourceError
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["SourceInfo", "inspect_source", "read_dataset", "read_table", "resolve_filesystem"]
+__all__ = [
+    "SourceInfo",
+    "MalformedRowSink",
+    "inspect_source",
+    "read_dataset",
+    "read_table",
+    "read_malformed",
+    "resolve_filesystem",
+]
 
 Format = Literal["parquet", "csv"]
 _SUFFIXES: dict[str, Format] = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv"}
@@ -39,16 +50,43 @@ class SourceInfo:
     schema: pa.Schema
     file_columns: dict[str, tuple[str, ...]]
 
-    def read_options(self) -> dict:
+    def read_options(self, malformed_dir: str | None = None) -> dict:
         """Reader kwargs. CSV columns are read as text so one bad value can never abort a read:
-        validation parses them row by row and rejects what does not parse."""
+        validation parses them row by row and rejects what does not parse. CSV lines with the
+        wrong number of fields are skipped by the reader and kept by a MalformedRowSink."""
         if self.format == "csv":
             return {
                 "convert_options": pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in self.schema.names}, strings_can_be_null=True
-                )
+                ),
+                "parse_options": pacsv.ParseOptions(invalid_row_handler=MalformedRowSink(malformed_dir)),
             }
         return {}
+
+
+class MalformedRowSink:
+    """CSV invalid-row handler: keeps each unparseable line as JSON under `directory` (when given)
+    instead of failing the read, so the rejects table can list it."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+
+    def __call__(self, row) -> str:
+        if self.directory:
+            path = Path(self.directory) / f"{os.getpid()}-{threading.get_ident()}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"text": row.text, "expected_columns": row.expected_columns, "actual_columns": row.actual_columns}
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return "skip"
+
+
+def read_malformed(directory: str | Path) -> list[dict]:
+    """The lines a MalformedRowSink kept."""
+    records: list[dict] = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        records.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return records
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -125,13 +163,19 @@ def _file_schema(fs: pafs.FileSystem, path: str, fmt: Format) -> pa.Schema:
         if fmt == "parquet":
             return pq.read_schema(path, filesystem=fs)
         with fs.open_input_stream(path, compression="detect") as stream:
-            reader = pacsv.open_csv(stream, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            reader = pacsv.open_csv(
+                stream,
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=MalformedRowSink(None)),
+            )
             return pa.schema([(name, pa.string()) for name in reader.schema.names])
     except (OSError, pa.ArrowInvalid, pa.ArrowException) as exc:
         raise DataSourceError(path, f"not a readable {fmt} file: {exc}") from exc
 
 
-def read_dataset(source: SourceInfo | str, *, override_num_blocks: int | None = None) -> ray.data.Dataset:
+def read_dataset(
+    source: SourceInfo | str, *, override_num_blocks: int | None = None, malformed_dir: str | None = None
+) -> ray.data.Dataset:
     """A lazy Ray Dataset over the source, through the fast Parquet path (see stack-facts)."""
     import ray.data
 
@@ -139,7 +183,11 @@ def read_dataset(source: SourceInfo | str, *, override_num_blocks: int | None = 
     ctx = ray.data.DataContext.get_current()
     # The v2 datasource read 8 files as one block in one task and ignored override_num_blocks.
     ctx.use_datasource_v2 = False
-    kwargs = {"filesystem": info.filesystem, "override_num_blocks": override_num_blocks, **info.read_options()}
+    kwargs = {
+        "filesystem": info.filesystem,
+        "override_num_blocks": override_num_blocks,
+        **info.read_options(malformed_dir),
+    }
     if info.format == "parquet":
         return ray.data.read_parquet(list(info.files), **kwargs)
     return ray.data.read_csv(list(info.files), **kwargs)

@@ -47,6 +47,7 @@ def dirty_csv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "null in required column": ("label", ""),
         "bad timestamp": ("event_time", '"yesterday"'),
     }
+    lines.insert(50, "1,2,3")  # a line with the wrong number of fields
     expected: dict[str, str] = {}
     for offset, (what, (column, value)) in enumerate(defects.items()):
         i = 10 + offset * 100
@@ -65,14 +66,17 @@ def test_every_bad_row_lands_in_rejects_with_its_reason_and_counts_add_up(dirty_
     result = run_preprocess(config)
     rejects = _read_dir(Path(result.run_dir) / "rejects")
     by_id = dict(zip(rejects.column("entity_id").to_pylist(), rejects.column(REASON_COLUMN).to_pylist()))
+    malformed = [r for r in by_id.values() if "rule=malformed" in r]
+    assert malformed == ["column=* rule=malformed value=1,2,3 (expected 16 fields, got 3)"]
+    del by_id[None]
     assert set(by_id) == set(expected)
     for entity, column in expected.items():
         assert f"column={column} " in by_id[entity]
     rules = " ".join(by_id.values())
     for rule in ("rule=type", "rule=range", "rule=category", "rule=null"):
         assert rule in rules
-    assert result.rows_total == 3_000
-    assert result.rows_rejected == len(expected)
+    assert result.rows_total == 3_001
+    assert result.rows_rejected == len(expected) + 1
     assert result.rows_good == 3_000 - len(expected)
     assert sum(result.rows_per_split.values()) == result.rows_good
     features = _read_dir(Path(result.run_dir) / "features")
