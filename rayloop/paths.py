@@ -7,7 +7,9 @@ all live here, so a run never touches $HOME or /tmp/ray.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from rayloop.errors import RayTempDirError
@@ -23,6 +25,7 @@ __all__ = [
     "home",
     "ensure",
     "ray_temp_dir",
+    "ensure_ray_temp_dir",
     "auth_token_path",
     "train_storage",
     "tune_storage",
@@ -49,14 +52,34 @@ def ensure(path: Path) -> Path:
 
 
 def ray_temp_dir() -> Path:
-    """Ray's temp dir (RAY_TMPDIR): under home unless that path is too long for sockets."""
-    path = home() / "ray"
-    if len(str(path)) > MAX_RAY_TEMP_DIR_CHARS:
+    """Where Ray's temp dir (sessions, logs, spilled objects) lives: under home."""
+    return home() / "ray"
+
+
+def ensure_ray_temp_dir(real: Path | None = None) -> Path:
+    """Create Ray's temp dir (default `ray_temp_dir()`) and return the path to hand to Ray
+    (RAY_TMPDIR / --temp-dir).
+
+    Unix socket paths are limited to 107 bytes. When the project path is too long for that,
+    Ray gets a short symlink in the system temp dir that points here: the files stay under
+    RAYLOOP_HOME, only the link lives outside.
+    """
+    real = ensure(real or ray_temp_dir())
+    if len(str(real)) <= MAX_RAY_TEMP_DIR_CHARS:
+        return real
+    digest = hashlib.sha256(str(real).encode()).hexdigest()[:10]
+    link = Path(tempfile.gettempdir()) / f"rayloop-{os.getuid()}-{digest}"
+    if len(str(link)) > MAX_RAY_TEMP_DIR_CHARS:
         raise RayTempDirError(
-            f"Ray temp dir {str(path)!r} is {len(str(path))} characters; Unix socket paths "
-            f"allow at most {MAX_RAY_TEMP_DIR_CHARS} here. Set {ENV_HOME} to a shorter path."
+            f"Ray temp dir {str(real)!r} is {len(str(real))} characters and so is the system temp dir "
+            f"link {str(link)!r}; Unix socket paths allow at most {MAX_RAY_TEMP_DIR_CHARS} here. "
+            f"Set {ENV_HOME} to a shorter path."
         )
-    return path
+    if link.is_symlink() and Path(os.readlink(link)) != real:
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(real, target_is_directory=True)
+    return link
 
 
 def auth_token_path() -> Path:

@@ -1,68 +1,55 @@
-"""Ray Data wiring for the feature statistics: two AggregateFnV2s over the pure functions in stats.py.
+"""Ray Data wiring for the feature statistics: a map over blocks, a merge on the driver.
 
-Ray's built-in ApproximateQuantile / ApproximateTopK update their sketches one Python value at
-a time; these update whole columns with numpy, and compute every column in one pass.
-Accumulators travel as pickled bytes so Ray can store them in any block format.
+Each task turns its batch into one small accumulator (features.stats: moments, KLL sketches,
+bounded value counts, histogram counts) right after the read, in the same fused task, so only
+a few kilobytes per batch reach the object store; the driver merges them as they stream in.
+
+Why not `Dataset.aggregate` with AggregateFnV2: in Ray 2.60 a global aggregate runs a hash
+shuffle (map tasks plus an aggregator actor), which moves every training row through the
+object store. On 10M rows that pass alone held about 1 GB more memory than this one
+(benchmarks/bench_preprocess.py); Ray's built-in ApproximateQuantile / ApproximateTopK also
+update their sketches one Python value at a time.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray.data
-from ray.data.aggregate import AggregateFnV2
-from ray.data.block import BlockAccessor
 
 from rayloop.features import stats as st
 
-__all__ = ["FeatureStatsAggregation", "HistogramAggregation", "compute_stats", "compute_histograms"]
+__all__ = ["compute_stats", "compute_histograms", "map_reduce"]
 
 MAX_TRACKED_CATEGORIES = 100_000
+_ACC = "accumulator"
 
 
-class FeatureStatsAggregation(AggregateFnV2):
-    def __init__(
-        self, numeric: Sequence[str], categorical: Sequence[str], precision: int, max_tracked: int
-    ) -> None:
-        self._numeric = list(numeric)
-        self._categorical = list(categorical)
-        self._precision = precision
-        self._max_tracked = max_tracked
-        super().__init__("feature_stats", zero_factory=lambda: None, on=None, ignore_nulls=True)
+def map_reduce(
+    ds: ray.data.Dataset,
+    summarize: Callable[[pa.Table], Any],
+    merge: Callable[[Any, Any], Any],
+    *,
+    batch_size: int | None = None,
+) -> Any:
+    """summarize(batch) for every batch in Ray tasks; merge(a, b) over the results on the driver.
 
-    def aggregate_block(self, block) -> bytes:
-        table = BlockAccessor.for_block(block).to_arrow()
-        return pickle.dumps(st.block_stats(table, self._numeric, self._categorical, self._precision))
+    `merge` must be associative and commutative: batches arrive in any order. Returns None for
+    an empty dataset.
+    """
 
-    def combine(self, current: bytes, new: bytes) -> bytes:
-        return pickle.dumps(st.merge_stats(pickle.loads(current), pickle.loads(new), self._max_tracked))
+    def one_row(batch: pa.Table) -> pa.Table:
+        return pa.table({_ACC: pa.array([pickle.dumps(summarize(batch))], pa.binary())})
 
-    def finalize(self, accumulator: bytes) -> Any:
-        return accumulator
-
-
-class HistogramAggregation(AggregateFnV2):
-    def __init__(self, edges: Mapping[str, Sequence[float]]) -> None:
-        self._edges = {k: np.asarray(v, dtype=np.float64) for k, v in edges.items()}
-        super().__init__("histograms", zero_factory=lambda: None, on=None, ignore_nulls=True)
-
-    def aggregate_block(self, block) -> bytes:
-        table = BlockAccessor.for_block(block).to_arrow()
-        return pickle.dumps(
-            {name: st.histogram_counts(st.numeric_values(table.column(name)), e) for name, e in self._edges.items()}
-        )
-
-    def combine(self, current: bytes, new: bytes) -> bytes:
-        a, b = pickle.loads(current), pickle.loads(new)
-        return pickle.dumps(
-            {k: ([x + y for x, y in zip(a[k][0], b[k][0])], a[k][1] + b[k][1]) for k in a}
-        )
-
-    def finalize(self, accumulator: bytes) -> Any:
-        return accumulator
+    result = None
+    for row in ds.map_batches(one_row, batch_format="pyarrow", batch_size=batch_size).iter_rows():
+        part = pickle.loads(row[_ACC])
+        result = part if result is None else merge(result, part)
+    return result
 
 
 def compute_stats(
@@ -70,25 +57,35 @@ def compute_stats(
     numeric: Sequence[str],
     categorical: Sequence[str],
     precision: int,
+    *,
     max_tracked: int = MAX_TRACKED_CATEGORIES,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    result = ds.aggregate(FeatureStatsAggregation(numeric, categorical, precision, max_tracked))["feature_stats"]
-    if result is None:  # no blocks at all
-        empty = st.block_stats(_empty_table(numeric, categorical), numeric, categorical, precision)
-        return empty
-    return pickle.loads(result)
-
-
-def compute_histograms(ds: ray.data.Dataset, edges: Mapping[str, Sequence[float]]) -> dict[str, tuple[list[int], int]]:
-    result = ds.aggregate(HistogramAggregation(edges))["histograms"]
-    if result is None:
-        return {k: ([0] * (len(v) + 1), 0) for k, v in edges.items()}
-    return pickle.loads(result)
-
-
-def _empty_table(numeric: Sequence[str], categorical: Sequence[str]):
-    import pyarrow as pa
-
-    return pa.table(
-        {**{n: pa.array([], pa.float64()) for n in numeric}, **{c: pa.array([], pa.string()) for c in categorical}}
+    numeric, categorical = list(numeric), list(categorical)
+    result = map_reduce(
+        ds,
+        lambda batch: st.block_stats(batch, numeric, categorical, precision),
+        lambda a, b: st.merge_stats(a, b, max_tracked),
+        batch_size=batch_size,
     )
+    if result is None:  # no rows at all
+        empty = pa.table(
+            {**{n: pa.array([], pa.float64()) for n in numeric}, **{c: pa.array([], pa.string()) for c in categorical}}
+        )
+        return st.block_stats(empty, numeric, categorical, precision)
+    return result
+
+
+def compute_histograms(
+    ds: ray.data.Dataset, edges: Mapping[str, Sequence[float]], *, batch_size: int | None = None
+) -> dict[str, tuple[list[int], int]]:
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in edges.items()}
+
+    def summarize(batch: pa.Table) -> dict[str, tuple[list[int], int]]:
+        return {name: st.histogram_counts(st.numeric_values(batch.column(name)), e) for name, e in arrays.items()}
+
+    def merge(a, b):
+        return {k: ([x + y for x, y in zip(a[k][0], b[k][0])], a[k][1] + b[k][1]) for k in a}
+
+    result = map_reduce(ds, summarize, merge, batch_size=batch_size)
+    return result if result is not None else {k: ([0] * (len(v) + 1), 0) for k, v in edges.items()}

@@ -1,6 +1,6 @@
 """A real Ray head started with `ray start` on 127.0.0.1, token auth on, stopped at the end.
 
-Only the processes of this head are stopped (matched by its own temp dir): `ray stop` would
+Only the processes of this head are stopped (matched by its session dir): `ray stop` would
 also kill the integration tests' cluster when both run in one pytest session.
 """
 
@@ -38,8 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(temp_dir: Path) -> None:
-    marker = str(temp_dir)
+def _stop(marker: str) -> None:
     victims = []
     for proc in psutil.process_iter(["cmdline", "environ"]):
         try:
@@ -67,9 +66,10 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "
 
 @pytest.fixture(scope="session")
 def ray_head(rayloop_home) -> Iterator[Head]:
-    temp_dir = paths.ensure(rayloop_home / "re")
-    port, dash = _free_port(), _free_port()
-    env = {**os.environ, **ray_env(), "RAY_TMPDIR": str(temp_dir), "RAYLOOP_HOME": str(rayloop_home)}
+    port, dash, agent = _free_port(), _free_port(), _free_port()
+    # its own temp dir: a local ray.init must never find this head through ray_current_cluster
+    temp_dir = paths.ensure_ray_temp_dir(rayloop_home / "ray-head")
+    env = {**os.environ, **ray_env(), "RAYLOOP_HOME": str(rayloop_home), "RAY_TMPDIR": str(temp_dir)}
     # job entrypoints run `python` from the PATH Ray was started with, as in an activated venv
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
@@ -77,18 +77,23 @@ def ray_head(rayloop_home) -> Iterator[Head]:
         RAY, "start", "--head",
         "--node-ip-address=127.0.0.1", f"--port={port}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        # the agent's default port (52365) is taken when another local cluster runs
+        f"--dashboard-agent-listen-port={agent}",
         "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    # this head's processes all name its session dir; the integration tests' cluster shares
+    # the temp dir but not the session
+    session = str(temp_dir / os.readlink(temp_dir / "session_latest"))
     if started.returncode != 0:
-        _stop(temp_dir)
+        _stop(session)
         raise RuntimeError(f"ray start failed:\n{started.stdout}\n{started.stderr}")
     head = Head(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", env=env)
     try:
         wait_for(lambda: _up(f"{head.dashboard}/api/version"), 60, what="the dashboard")
         yield head
     finally:
-        _stop(temp_dir)
+        _stop(session)
 
 
 def ray_job_submit(head: Head, args: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from rayloop import paths
+from rayloop.errors import RayTempDirError
+from rayloop.runtime import auth_headers, auth_token, ray_env
+
+
+def test_state_lives_under_rayloop_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for path in (paths.ray_temp_dir(), paths.train_storage(), paths.tune_storage(), paths.mlflow_db(),
+                 paths.inference_log_dir(), paths.reports_dir(), paths.run_dir("x"), paths.auth_token_path()):
+        assert path.is_relative_to(tmp_path / "h")
+    assert paths.mlflow_tracking_uri() == f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert paths.mlflow_tracking_uri() == "http://127.0.0.1:5000"
+    assert not (tmp_path / "h").exists()  # asking for a path creates nothing
+
+
+def test_a_home_too_long_for_ray_sockets_gets_a_short_link_to_it(monkeypatch, tmp_path):
+    home = tmp_path / ("x" * 60)
+    monkeypatch.setenv("RAYLOOP_HOME", str(home))
+    given = paths.ensure_ray_temp_dir()
+    assert len(str(given)) <= paths.MAX_RAY_TEMP_DIR_CHARS
+    assert given.is_symlink() and given.resolve() == (home / "ray").resolve()
+    assert paths.ensure_ray_temp_dir() == given  # idempotent
+    given.unlink()
+    long_tmp = tmp_path / ("y" * 60)
+    long_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(RayTempDirError, match="Set RAYLOOP_HOME to a shorter path"):
+        paths.ensure_ray_temp_dir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+
+
+def test_ray_env_turns_token_auth_on_with_a_private_token_under_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    env = ray_env()
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    token_file = tmp_path / "auth_token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text()
+    assert len(token) == 64 and ray_env()["RAY_AUTH_TOKEN_PATH"] == str(token_file)  # created once
+    assert token_file.read_text() == token
+    assert auth_headers() == {"Authorization": f"Bearer {token}"}
+
+
+def test_a_token_the_user_configured_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "user-token")
+    assert "RAY_AUTH_TOKEN_PATH" not in ray_env()
+    assert auth_token() == "user-token"
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    mine = tmp_path / "elsewhere"
+    mine.write_text("from-path\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(mine))
+    assert auth_token() == "from-path"
