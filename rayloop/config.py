@@ -82,9 +82,6 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
     read_blocks: int | None = Field(None, gt=0, description="override the number of read blocks")
-    batch_rows: int = Field(
-        65_536, gt=0, description="rows per batch inside Ray Data tasks: bounds each worker's memory"
-    )
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 

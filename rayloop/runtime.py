@@ -97,7 +97,7 @@ def configure_data_context() -> None:
     # Small blocks keep every task's working set small; a bounded object-store budget stops
     # reads from racing ahead of the slower transform and write.
     ctx.target_max_block_size = DATA_BLOCK_MB * 1024 * 1024
-    ctx.execution_options.resource_limits = ray.data.ExecutionResources(
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=DATA_OBJECT_STORE_MB * 1024 * 1024
     )
 

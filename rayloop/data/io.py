@@ -32,6 +32,7 @@ __all__ = [
     "read_dataset",
     "read_table",
     "read_malformed",
+    "fusable_map_args",
     "resolve_filesystem",
 ]
 
@@ -191,6 +192,20 @@ def read_dataset(
     if info.format == "parquet":
         return ray.data.read_parquet(list(info.files), **kwargs)
     return ray.data.read_csv(list(info.files), **kwargs)
+
+
+def fusable_map_args() -> dict:
+    """`map_batches` arguments that let Ray fuse a map chain into the read task.
+
+    Ray fuses a map into the read only when their remote args match (reads carry the context's
+    scheduling strategy; maps carry none unless given) and no map in the chain sets a
+    `batch_size` (reads may change row counts). Fused, a block goes from the Parquet decoder
+    through validation and features without a trip through the object store; blocks stay small
+    through `DataContext.target_max_block_size` (see rayloop.runtime).
+    """
+    import ray.data
+
+    return {"batch_format": "pyarrow", "scheduling_strategy": ray.data.DataContext.get_current().scheduling_strategy}
 
 
 def read_table(source: SourceInfo | str, columns: Sequence[str] | None = None) -> pa.Table:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
+from rayloop.data.io import fusable_map_args
 from rayloop.features import stats as st
 
 __all__ = ["compute_stats", "compute_histograms", "map_reduce"]
@@ -46,7 +47,7 @@ def map_reduce(
         return pa.table({_ACC: pa.array([pickle.dumps(summarize(batch))], pa.binary())})
 
     result = None
-    for row in ds.map_batches(one_row, batch_format="pyarrow", batch_size=batch_size).iter_rows():
+    for row in ds.map_batches(one_row, batch_size=batch_size, **fusable_map_args()).iter_rows():
         part = pickle.loads(row[_ACC])
         result = part if result is None else merge(result, part)
     return result
