@@ -394,9 +394,9 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
         value[s.isna().to_numpy()] = 0.0
         out_cols[name] = value
     periods = {"hour": 24.0, "day_of_week": 7.0, "day_of_month": 31.0, "month": 12.0}
-    parts = {"hour": ts.dt.hour, "day_of_week": ts.dt.day_of_week, "day_of_month": ts.dt.day, "month": ts.dt.month}
+    accessor = {"hour": "hour", "day_of_week": "day_of_week", "day_of_month": "day", "month": "month"}
     for part in feats.time_features:
-        angle = 2.0 * np.pi * parts[part].to_numpy(dtype=np.float64) / periods[part]
+        angle = 2.0 * np.pi * getattr(ts.dt, accessor[part]).to_numpy(dtype=np.float64) / periods[part]
         out_cols[f"{data.timestamp_column}__{part}_sin"] = np.sin(angle).astype(np.float32)
         out_cols[f"{data.timestamp_column}__{part}_cos"] = np.cos(angle).astype(np.float32)
     feature_names = list(out_cols)
@@ -478,6 +478,9 @@ def run_one(args: argparse.Namespace, arm: str, rows: int, source: Path) -> dict
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if arm == "rayloop":
         env["RAYLOOP_HOME"] = str(out)
+        for item in args.env:
+            key, _, value = item.partition("=")
+            env[key] = value
     print(f"[{rows:,} rows] {arm} ...", flush=True)
     with open(log_file, "w") as log:
         m = measure(cmd, env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, timeout=args.timeout)
@@ -503,6 +506,28 @@ def run_one(args: argparse.Namespace, arm: str, rows: int, source: Path) -> dict
         flush=True,
     )
     return record
+
+
+def code_version() -> dict[str, Any]:
+    """Which rayloop code was measured: the commit, uncommitted files, and a hash of the contents
+    of rayloop/ and configs/ (compared before and after the run; a commit alone changes nothing)."""
+    import hashlib
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    digest = hashlib.sha256()
+    for path in sorted([*(ROOT / "rayloop").rglob("*.py"), *(ROOT / "configs").glob("*")]):
+        if path.is_file():
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "dirty_files": [line[3:] for line in git("status", "--porcelain", "--", "rayloop", "configs").splitlines()],
+        "content_sha256": digest.hexdigest()[:16],
+    }
 
 
 def parity(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -653,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--object-store-mb", type=int, default=None, help="ray.init(object_store_memory=...)")
     tune.add_argument("--limit-object-store-mb", type=int, default=None,
                       help="DataContext.execution_options.resource_limits object_store_memory")
+    tune.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                      help="environment variable for the rayloop arm (Ray workers inherit it), "
+                      "e.g. ARROW_DEFAULT_MEMORY_POOL=system")
     tune.add_argument("--ctx", action="append", default=[], metavar="ATTR=VALUE",
                       help="DataContext attribute (dotted for nested), e.g. target_max_block_size=33554432")
     # internal: one arm, run as a subprocess by the driver
@@ -665,9 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.arm:
         return run_arm(args)
 
-    tuned = any([args.num_cpus, args.object_store_mb, args.limit_object_store_mb, args.ctx, args.overrides])
+    tuned = any([args.num_cpus, args.object_store_mb, args.limit_object_store_mb, args.ctx, args.env, args.overrides])
     name = args.name or ("preprocess-tuned" if tuned else "preprocess")
     sizes = sorted(set(args.rows))
+    code = code_version()  # before the runs: the code the arms import
     records: list[dict[str, Any]] = []
     sources: dict[int, dict[str, Any]] = {}
     for rows in sizes:
@@ -681,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
                 record["repeat"] = rep
                 records.append(record)
 
+    code_after = code_version()
+    if code_after["content_sha256"] != code["content_sha256"]:
+        code["changed_during_run"] = code_after  # someone edited rayloop/ while this ran
+        print("WARNING: rayloop/ or configs/ changed during the run; see code.changed_during_run", flush=True)
     summary = summarize(records, sizes)
     checks = []
     for rows in sizes:
@@ -706,11 +739,12 @@ def main(argv: list[str] | None = None) -> int:
                        "process tree, sampled every 0.1 s",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(["ray", "pandas", "pyarrow", "numpy", "psutil"]),
+        "code": code,
         "data": {"seed": SEED, "rows_per_file": ROWS_PER_FILE, "bad_row_fraction": BAD_ROW_FRACTION,
                  "sources": sources},
         "settings": {"arms": args.arms, "repeat": args.repeat, "overrides": args.overrides,
                      "num_cpus": args.num_cpus, "object_store_mb": args.object_store_mb,
-                     "limit_object_store_mb": args.limit_object_store_mb, "ctx": args.ctx},
+                     "limit_object_store_mb": args.limit_object_store_mb, "ctx": args.ctx, "env": args.env},
         "summary": summary,
         "parity": checks,
         "runs": records,

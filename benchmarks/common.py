@@ -57,8 +57,8 @@ def _label(proc: psutil.Process) -> str:
     return name
 
 
-def _memory(proc: psutil.Process) -> tuple[int, int] | None:
-    """(rss, pss) in bytes, or None when the process is gone or unreadable."""
+def _memory(proc: psutil.Process) -> tuple[int, int, int] | None:
+    """(rss, pss, uss) in bytes, or None when the process is gone or unreadable."""
     try:
         info = proc.memory_full_info()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -68,8 +68,8 @@ def _memory(proc: psutil.Process) -> tuple[int, int] | None:
             rss = proc.memory_info().rss
         except (psutil.Error, OSError):
             return None
-        return rss, rss
-    return info.rss, getattr(info, "pss", info.rss)
+        return rss, rss, rss
+    return info.rss, getattr(info, "pss", info.rss), getattr(info, "uss", info.rss)
 
 
 def measure(
@@ -90,29 +90,37 @@ def measure(
     alive get `straggler_grace_s` to exit by themselves and are then terminated, since this run
     started them.
 
-    Returns a dict with: returncode, wall_s, peak_rss_bytes, peak_pss_bytes, the processes at
-    the PSS peak (`peak_pss_breakdown`: label -> PSS bytes, largest first), max_processes, samples, timeline (one (seconds, rss, pss) point per second: the max of
-    that second), peak_system_used_delta_bytes (machine-wide used memory above the value seen at
-    start; includes anything else running on the machine, so only a cross-check).
+    Returns a dict with: returncode, wall_s; peak_rss_bytes, peak_pss_bytes, peak_uss_bytes (each
+    summed over the tree); the processes at the PSS peak (`peak_pss_breakdown`: label -> PSS bytes,
+    largest first) and the summed USS (private memory) at that moment; max_processes; samples;
+    timeline (per second, the max of that second: rss, pss and shmem delta); loadavg_start/end;
+    and two machine-wide cross-checks that include anything else running on the machine:
+    peak_system_used_delta_bytes (used memory above the value at start) and
+    peak_shmem_delta_bytes (/proc/meminfo Shmem above start: the resident pages of Ray's object
+    store in /dev/shm).
     """
     env = dict(os.environ if env is None else env)
     vm0 = psutil.virtual_memory()
     used0 = vm0.total - vm0.available
+    shared0 = getattr(vm0, "shared", 0)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     child = subprocess.Popen(list(cmd), env=env, stdout=stdout, stderr=stderr, cwd=cwd)
     root = psutil.Process(child.pid)
     known: dict[int, psutil.Process] = {child.pid: root}
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = peak_uss = 0
+    uss_at_peak_pss = shmem_at_peak_pss = peak_shmem_delta = 0
     peak_breakdown: dict[str, int] = {}
     peak_pss_at = 0.0
     max_procs = 0
     samples = 0
-    timeline: dict[int, list[float]] = {}
+    timeline: dict[int, list[int]] = {}
     peak_used_delta = 0
     timed_out = False
 
     def sample(now: float) -> None:
-        nonlocal peak_rss, peak_pss, peak_breakdown, peak_pss_at, max_procs, samples, peak_used_delta
+        nonlocal peak_rss, peak_pss, peak_uss, peak_breakdown, peak_pss_at, max_procs, samples, peak_used_delta
+        nonlocal uss_at_peak_pss, shmem_at_peak_pss, peak_shmem_delta
         try:
             for proc in root.children(recursive=True):
                 key = proc.pid
@@ -120,7 +128,7 @@ def measure(
                     known[key] = proc
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
-        rss_sum = pss_sum = 0
+        rss_sum = pss_sum = uss_sum = 0
         alive: list[tuple[psutil.Process, int]] = []
         for pid, proc in list(known.items()):
             if not proc.is_running():  # also guards against pid reuse (create time is checked)
@@ -131,12 +139,20 @@ def measure(
                 continue
             rss_sum += mem[0]
             pss_sum += mem[1]
+            uss_sum += mem[2]
             alive.append((proc, mem[1]))
         samples += 1
         max_procs = max(max_procs, len(alive))
         peak_rss = max(peak_rss, rss_sum)
+        peak_uss = max(peak_uss, uss_sum)
+        vm = psutil.virtual_memory()
+        shmem_delta = getattr(vm, "shared", 0) - shared0
+        peak_shmem_delta = max(peak_shmem_delta, shmem_delta)
+        peak_used_delta = max(peak_used_delta, (vm.total - vm.available) - used0)
         if pss_sum > peak_pss:
             peak_pss = pss_sum
+            uss_at_peak_pss = uss_sum
+            shmem_at_peak_pss = shmem_delta
             peak_pss_at = now - start
             breakdown: dict[str, int] = {}
             for proc, pss in alive:
@@ -144,11 +160,10 @@ def measure(
                 breakdown[label] = breakdown.get(label, 0) + pss
             peak_breakdown = dict(sorted(breakdown.items(), key=lambda kv: -kv[1]))
         second = int(now - start)
-        point = timeline.setdefault(second, [0, 0])
+        point = timeline.setdefault(second, [0, 0, 0])
         point[0] = max(point[0], rss_sum)
         point[1] = max(point[1], pss_sum)
-        vm = psutil.virtual_memory()
-        peak_used_delta = max(peak_used_delta, (vm.total - vm.available) - used0)
+        point[2] = max(point[2], shmem_delta)
 
     while True:
         now = time.perf_counter()
@@ -182,13 +197,21 @@ def measure(
         "peak_rss_bytes": peak_rss,
         "peak_pss_bytes": peak_pss,
         "peak_pss_at_s": round(peak_pss_at, 2),
+        "peak_uss_bytes": peak_uss,
+        "uss_at_peak_pss_bytes": uss_at_peak_pss,
+        "shmem_at_peak_pss_bytes": shmem_at_peak_pss,
+        "peak_shmem_delta_bytes": peak_shmem_delta,
         "peak_pss_breakdown": peak_breakdown,
         "max_processes": max_procs,
         "samples": samples,
         "sample_interval_s": interval,
         "leftover_processes_killed": len(leftovers),
+        # 1-minute load average at start and end: other work on the machine skews wall times
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "peak_system_used_delta_bytes": peak_used_delta,
-        "timeline": [[s, rss, pss] for s, (rss, pss) in sorted(timeline.items())],
+        "timeline_columns": ["second", "rss_bytes", "pss_bytes", "shmem_delta_bytes"],
+        "timeline": [[s, *point] for s, point in sorted(timeline.items())],
     }
 
 

@@ -202,6 +202,9 @@ def fusable_map_args() -> dict:
     `batch_size` (reads may change row counts). Fused, a block goes from the Parquet decoder
     through validation and features without a trip through the object store; blocks stay small
     through `DataContext.target_max_block_size` (see rayloop.runtime).
+
+    Ray 2.60 warns that extra remote args are deprecated (removal planned for 2.64) but has no
+    named `scheduling_strategy` parameter yet; revisit when the pinned Ray moves.
     """
     import ray.data
 
