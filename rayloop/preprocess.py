@@ -29,7 +29,7 @@ from rayloop.data import synthetic
 from rayloop.data.io import SourceInfo, fusable_map_args, inspect_source, read_dataset, read_malformed
 from rayloop.data.schema import REASON_COLUMN, FeatureSchema
 from rayloop.data.split import SPLIT_COLUMN, SPLITS, assign_by_hash, assign_by_time, time_cutoff_quantiles
-from rayloop.errors import RejectRatioError
+from rayloop.errors import ConfigError, RejectRatioError
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import numeric_summary
@@ -190,6 +190,10 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
     method = data.split.method
     if method == "auto":
         method = "time" if data.timestamp_column and data.timestamp_column in schema.names else "hash"
+    if method == "time" and not (data.timestamp_column and data.timestamp_column in schema.names):
+        raise ConfigError(f"data.split.method=time needs data.timestamp_column among the columns {schema.names}")
+    if method == "hash" and not (data.id_column and data.id_column in schema.names):
+        raise ConfigError(f"data.split.method=hash needs data.id_column among the columns {schema.names}")
     if method == "time":
         say("computing time cut-offs")
         stats = compute_stats(
@@ -201,8 +205,7 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
         cutoffs = [int(q) for q in numeric_summary(stats["numeric"]["_t"], time_cutoff_quantiles(fractions))["quantiles"]]
         split_args = {"method": "time", "column": data.timestamp_column, "arg": cutoffs, "seed": 0}
     else:
-        id_column = data.id_column or data.label_column
-        split_args = {"method": "hash", "column": id_column, "arg": fractions, "seed": data.split.seed}
+        split_args = {"method": "hash", "column": data.id_column, "arg": fractions, "seed": data.split.seed}
     with_split = good.map_batches(_split_batch, fn_kwargs=split_args, **fmap)
     lap("split")
 

@@ -16,7 +16,7 @@ import pytest
 from rayloop.config import load_config
 from rayloop.data import synthetic
 from rayloop.data.schema import REASON_COLUMN
-from rayloop.errors import MissingColumnsError, RejectRatioError
+from rayloop.errors import ConfigError, MissingColumnsError, RejectRatioError
 from rayloop.features.pipeline import FeaturePipeline
 from rayloop.preprocess import load_run, run_preprocess
 
@@ -185,3 +185,20 @@ def test_batch_path_and_one_row_transform_give_identical_features(demo_run):
         single = fitted.transform(row)[0]
         np.testing.assert_array_equal(single, by_id[row["row_id"]])
     assert len(by_id) == table.num_rows
+
+
+def test_hash_split_keeps_each_entity_in_one_split(tmp_path):
+    pq.write_table(synthetic.generate(3_000, seed=8), tmp_path / "part.parquet")
+    config = load_config(None, [f"data.source={tmp_path}", "data.split.method=hash"])
+    result = run_preprocess(config)
+    assert result.split_method == "hash"
+    features = _read_dir(Path(result.run_dir) / "features")
+    pairs = set(zip(features.column("entity_id").to_pylist(), features.column("split").to_pylist()))
+    assert len(pairs) == len(set(features.column("entity_id").to_pylist()))
+
+
+def test_a_split_without_its_column_is_a_config_error(tmp_path):
+    pq.write_table(synthetic.generate(100, seed=8), tmp_path / "part.parquet")
+    config = load_config(None, [f"data.source={tmp_path}", "data.split.method=hash", "data.id_column=null"])
+    with pytest.raises(ConfigError, match="data.split.method=hash needs data.id_column"):
+        run_preprocess(config)
