@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,6 +42,19 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Validate a config and print the effective values (defaults and overrides applied)."""
     cfg = _config(config, set_)
     console.print(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+@app.command("env")
+def show_env() -> None:
+    """Print shell exports for Ray with rayloop's defaults: `eval "$(rayloop env)"` before `ray start`.
+
+    Token auth on with a token under RAYLOOP_HOME, Ray's temp dir under RAYLOOP_HOME, usage stats off.
+    """
+    from rayloop.runtime import ray_env
+
+    env = {"RAYLOOP_HOME": str(paths.home()), **ray_env()}
+    for name, value in env.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
 
 
 @app.command()

@@ -108,3 +108,13 @@ def test_cli_config_command_reports_errors_with_exit_2():
     bad = runner.invoke(app, ["config", "--set", "serving.port=70000"])
     assert bad.exit_code == 2
     assert "serving.port" in bad.output and "70000" in bad.output
+
+
+def test_cli_env_prints_exports_for_token_auth_under_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    out = CliRunner().invoke(app, ["env"]).output
+    assert "export RAY_AUTH_MODE=token" in out
+    assert f"export RAY_AUTH_TOKEN_PATH={tmp_path / 'auth_token'}" in out
+    assert f"export RAYLOOP_HOME={tmp_path}" in out
