@@ -6,9 +6,10 @@ a few kilobytes per batch reach the object store; the driver merges them as they
 
 Why not `Dataset.aggregate` with AggregateFnV2: in Ray 2.60 a global aggregate runs a hash
 shuffle (map tasks plus an aggregator actor), which moves every training row through the
-object store. On 10M rows that pass alone held about 1 GB more memory than this one
-(benchmarks/bench_preprocess.py); Ray's built-in ApproximateQuantile / ApproximateTopK also
-update their sketches one Python value at a time.
+object store. Its map stage buffers up to `shuffle_input_batch_bytes` (1 GiB by default) of
+blocks and reports no object-store use to backpressure: the whole preprocess peaked at about
+3.0 GB on 10M rows with it and at 1.7 GB with this (benchmarks/bench_preprocess.py). Ray's
+built-in ApproximateQuantile / ApproximateTopK also update their sketches one value at a time.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ def map_reduce(
     ds: ray.data.Dataset,
     summarize: Callable[[pa.Table], Any],
     merge: Callable[[Any, Any], Any],
-    *,
-    batch_size: int | None = None,
 ) -> Any:
     """summarize(batch) for every batch in Ray tasks; merge(a, b) over the results on the driver.
 
@@ -47,7 +46,8 @@ def map_reduce(
         return pa.table({_ACC: pa.array([pickle.dumps(summarize(batch))], pa.binary())})
 
     result = None
-    for row in ds.map_batches(one_row, batch_size=batch_size, **fusable_map_args()).iter_rows():
+    # no batch_size: the map then fuses into the read task (see fusable_map_args)
+    for row in ds.map_batches(one_row, **fusable_map_args()).iter_rows():
         part = pickle.loads(row[_ACC])
         result = part if result is None else merge(result, part)
     return result
@@ -60,14 +60,12 @@ def compute_stats(
     precision: int,
     *,
     max_tracked: int = MAX_TRACKED_CATEGORIES,
-    batch_size: int | None = None,
 ) -> dict[str, Any]:
     numeric, categorical = list(numeric), list(categorical)
     result = map_reduce(
         ds,
         lambda batch: st.block_stats(batch, numeric, categorical, precision),
         lambda a, b: st.merge_stats(a, b, max_tracked),
-        batch_size=batch_size,
     )
     if result is None:  # no rows at all
         empty = pa.table(
@@ -77,9 +75,7 @@ def compute_stats(
     return result
 
 
-def compute_histograms(
-    ds: ray.data.Dataset, edges: Mapping[str, Sequence[float]], *, batch_size: int | None = None
-) -> dict[str, tuple[list[int], int]]:
+def compute_histograms(ds: ray.data.Dataset, edges: Mapping[str, Sequence[float]]) -> dict[str, tuple[list[int], int]]:
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in edges.items()}
 
     def summarize(batch: pa.Table) -> dict[str, tuple[list[int], int]]:
@@ -88,5 +84,5 @@ def compute_histograms(
     def merge(a, b):
         return {k: ([x + y for x, y in zip(a[k][0], b[k][0])], a[k][1] + b[k][1]) for k in a}
 
-    result = map_reduce(ds, summarize, merge, batch_size=batch_size)
+    result = map_reduce(ds, summarize, merge)
     return result if result is not None else {k: ([0] * (len(v) + 1), 0) for k, v in edges.items()}
