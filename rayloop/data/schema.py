@@ -138,7 +138,7 @@ class FeatureSchema(BaseModel):
                 converted = pc.if_else(pc.is_nan(converted), pa.scalar(None, pa.float64()), converted)
             typed[col.name] = converted
 
-        bad = _any(problems, n)
+        bad = _any(problems)
         good = pa.table(typed, schema=self.arrow_schema())
         if bad is None:
             return good, self.rejects_schema().empty_table()
@@ -280,7 +280,7 @@ def _value_problems(col: ColumnSchema, values: pa.Array, type_bad: pa.Array | No
     return problems
 
 
-def _any(problems: list[tuple[str, str, pa.Array, str]], n: int) -> pa.Array | None:
+def _any(problems: list[tuple[str, str, pa.Array, str]]) -> pa.Array | None:
     if not problems:
         return None
     mask = problems[0][2]

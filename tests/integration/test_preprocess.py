@@ -49,7 +49,7 @@ def dirty_csv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     }
     lines.insert(50, "1,2,3")  # a line with the wrong number of fields
     expected: dict[str, str] = {}
-    for offset, (what, (column, value)) in enumerate(defects.items()):
+    for offset, (column, value) in enumerate(defects.values()):
         i = 10 + offset * 100
         cells = lines[i].split(",")
         cells[col[column]] = value
