@@ -1,8 +1,8 @@
 """LightGBM on Ray Train V2: data-parallel workers, early stopping, sparse checkpoints, resume.
 
 Reports are few on purpose: each `ray.train.report()` costs about 2 s of controller polling
-(stack-facts), so the loop checkpoints every `checkpoint_every` rounds and once at the end,
-never per boosting round.
+(stack-facts), so a callback checkpoints every `checkpoint_every` rounds and the loop once at the
+end, never per boosting round. Early stopping runs over the whole training, in one `lgb.train`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         params |= {"tree_learner": "data_parallel", "pre_partition": True, **get_network_params()}
     categorical = config.get("categorical_indices") or "auto"
     train_set = lgb.Dataset(x_train, y_train, categorical_feature=categorical, free_raw_data=False)
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set, categorical_feature=categorical)
+    valid_set = lgb.Dataset(
+        x_valid, y_valid, reference=train_set, categorical_feature=categorical, free_raw_data=False
+    )
 
     init_model, done_rounds = None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -54,32 +56,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             init_model = lgb.Booster(model_file=str(Path(directory) / MODEL_FILE))
         done_rounds = init_model.current_iteration()
+    resumed_from = done_rounds
 
+    rank = ctx.get_world_rank()
     every = config.get("checkpoint_every", 50)
-    total = config["num_boost_round"]
-    history: dict[str, dict[str, list[float]]] = {}
-    booster = init_model
-    while done_rounds < total:
-        rounds = min(every, total - done_rounds)
-        booster = lgb.train(
-            params,
-            train_set,
-            num_boost_round=rounds,
-            valid_sets=[valid_set],
-            valid_names=["validation"],
-            init_model=booster,
-            keep_training_booster=True,
-            callbacks=[lgb.early_stopping(config["early_stopping_rounds"], verbose=False), lgb.record_evaluation(history)],
-        )
-        done_rounds = booster.current_iteration()
-        stopped_early = booster.best_iteration and booster.best_iteration < done_rounds
-        finished = stopped_early or done_rounds >= total
-        metrics = {"rounds": done_rounds, **_validation_metrics(booster, x_valid, y_valid)}
-        if finished:
-            metrics["best_iteration"] = booster.best_iteration or done_rounds
-        _report(booster, metrics, rank=ctx.get_world_rank())
-        if finished:
-            break
+
+    trained = {"rounds": done_rounds}
+
+    def checkpoint_every(env) -> None:
+        # a checkpoint (and so a report) every `every` rounds, never per round
+        done = trained["rounds"] = env.iteration + 1
+        if done % every == 0 and done < env.end_iteration:
+            _report(env.model, {"rounds": done, "resumed_from": resumed_from}, rank, num_iteration=-1)
+
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=max(0, config["num_boost_round"] - done_rounds),
+        valid_sets=[valid_set],
+        valid_names=["validation"],
+        init_model=init_model,
+        callbacks=[lgb.early_stopping(config["early_stopping_rounds"], verbose=False), checkpoint_every],
+    )
+    # lgb.train returns the booster cut at best_iteration, so rounds come from the callback
+    best = booster.best_iteration or booster.current_iteration()
+    metrics = {
+        "rounds": trained["rounds"],
+        "best_iteration": best,
+        "resumed_from": resumed_from,
+        **_validation_metrics(booster, x_valid, y_valid),
+    }
+    _report(booster, metrics, rank, num_iteration=best)
 
 
 def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -89,14 +96,16 @@ def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, floa
     return {f"validation_{k}": v for k, v in scores.items()}
 
 
-def _report(booster, metrics: dict[str, float], rank: int) -> None:
+def _report(booster, metrics: dict[str, float], rank: int, num_iteration: int) -> None:
+    """Rank 0 attaches the model: every tree mid-run (a resumed run continues from it), the trees
+    up to the best iteration at the end."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
-        booster.save_model(str(Path(directory) / MODEL_FILE), num_iteration=booster.best_iteration or None)
+        booster.save_model(str(Path(directory) / MODEL_FILE), num_iteration=num_iteration)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
