@@ -1,0 +1,59 @@
+"""The tabular MLP: numeric features plus one embedding per categorical code (nn.Module only).
+
+The categorical positions and cardinalities come from FittedFeatures (codes 0 missing,
+1 out-of-vocabulary, 2.. vocabulary), so the model and the feature transform cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TabularMLP", "embedding_dim"]
+
+
+def embedding_dim(cardinality: int, max_dim: int = 32) -> int:
+    """A common rule of thumb (fast.ai): grows like cardinality^0.56, capped."""
+    return int(min(max_dim, round(1.6 * cardinality**0.56)))
+
+
+class TabularMLP(nn.Module):
+    """float32 feature matrix (rows x features) -> one logit per row."""
+
+    def __init__(
+        self,
+        n_features: int,
+        categorical_indices: Sequence[int],
+        cardinalities: Sequence[int],
+        hidden: Sequence[int] = (128, 64),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if len(categorical_indices) != len(cardinalities):
+            raise ValueError("one cardinality per categorical index")
+        cat = list(categorical_indices)
+        self.register_buffer("cat_idx", torch.tensor(cat, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "num_idx", torch.tensor([i for i in range(n_features) if i not in set(cat)], dtype=torch.long), persistent=False
+        )
+        self.cardinalities = list(cardinalities)
+        self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim(c)) for c in cardinalities)
+        width = len(self.num_idx) + sum(e.embedding_dim for e in self.embeddings)
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x.index_select(1, self.num_idx)]
+        if self.embeddings:
+            codes = x.index_select(1, self.cat_idx).long()
+            for j, (embedding, cardinality) in enumerate(zip(self.embeddings, self.cardinalities)):
+                # a code beyond the vocabulary the model was built for counts as out-of-vocabulary
+                column = torch.where(codes[:, j] < cardinality, codes[:, j], torch.ones_like(codes[:, j]))
+                parts.append(embedding(column))
+        return self.body(torch.cat(parts, dim=1)).squeeze(1)
