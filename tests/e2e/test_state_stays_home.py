@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_preprocess_workload_writes_nothing_outside_rayloop_home(tmp_path, rayloop_home):
     fake_home = tmp_path / "home"
     fake_home.mkdir()
-    state = rayloop_home / "isolated"
+    state = rayloop_home / "iso"
     tmp_ray_before = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"HOME": str(fake_home), "RAYLOOP_HOME": str(state), "RAYLOOP_PROGRESS": "0"})

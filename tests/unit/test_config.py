@@ -111,7 +111,10 @@ def test_cli_config_command_reports_errors_with_exit_2():
 
 
 def test_cli_env_prints_exports_for_token_auth_under_home(monkeypatch, tmp_path):
+    from rayloop import paths
+
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)  # no socket link for this check
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
     out = CliRunner().invoke(app, ["env"]).output
