@@ -147,7 +147,8 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets=datasets,
+        # only what the model reads travels to the workers
+        datasets={k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()},
     )
 
 

@@ -1,0 +1,167 @@
+"""The tabular MLP on Ray Train V2 (TorchTrainer): DDP over gloo on CPU or nccl with bf16 on GPU,
+early stopping on validation log loss, a checkpoint per epoch and resume after a failure."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayloop import paths
+from rayloop.training.evaluate import evaluate
+
+__all__ = ["CHECKPOINT_FILE", "train_loop_per_worker", "build_trainer", "load_model"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _model(config: dict[str, Any]):
+    from rayloop.models.mlp import TabularMLP
+
+    return TabularMLP(
+        len(config["feature_names"]),
+        config["categorical_indices"],
+        config["cardinalities"],
+        hidden=tuple(config.get("hidden", (128, 64))),
+        dropout=config.get("dropout", 0.1),
+    )
+
+
+def _matrix(batch: dict, names: list[str]):
+    import torch
+
+    return torch.stack([batch[n] for n in names], dim=1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_model
+
+    device = get_device()
+    bf16 = device.type == "cuda"  # bf16 autocast on GPU; fp32 on CPU
+    names, label = config["feature_names"], config["label"]
+    model = _model(config)
+    state = {"epoch": 0, "best_loss": float("inf"), "stale": 0, "best_model": None, "optimizer": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+    model = prepare_model(model)  # DDP when there are several workers; moves to the device
+    module = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.get("lr", 1e-3))
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("validation")
+    batch_size = config.get("batch_size", 512)
+
+    for epoch in range(state["epoch"], config.get("epochs", 10)):
+        model.train()
+        for batch in train_shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(_matrix(batch, names))
+            loss = loss_fn(logits.float(), batch[label])
+            loss.backward()
+            optimizer.step()
+        metrics = _validate(model, valid_shard, names, label, batch_size, device)
+        improved = metrics["validation_logloss"] < state["best_loss"] - 1e-6
+        state = {
+            "epoch": epoch + 1,
+            "best_loss": metrics["validation_logloss"] if improved else state["best_loss"],
+            "stale": 0 if improved else state["stale"] + 1,
+            "best_model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            if improved
+            else state["best_model"],
+            "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+        stop = state["stale"] >= config.get("patience", 3)
+        metrics |= {"epoch": epoch + 1, "best_validation_logloss": state["best_loss"], "stopped_early": float(stop)}
+        _report(state, metrics)
+        if stop:
+            break
+
+
+def _validate(model, shard, names: list[str], label: str, batch_size: int, device) -> dict[str, float]:
+    import torch
+
+    model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
+            probs.append(torch.sigmoid(model(_matrix(batch, names)).float()).cpu().numpy())
+            labels.append(batch[label].cpu().numpy())
+    if not labels:
+        return {"validation_logloss": float("inf")}
+    return {f"validation_{k}": v for k, v in evaluate(np.concatenate(labels), np.concatenate(probs)).items()}
+
+
+def _report(state: dict, metrics: dict[str, float]) -> None:
+    import ray.train
+    import torch
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, Path(directory) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def build_trainer(
+    datasets: dict[str, Any],
+    *,
+    feature_names: list[str],
+    label: str,
+    categorical_indices: list[int],
+    cardinalities: list[int],
+    mlp: dict[str, Any],
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 1,
+    name: str = "mlp",
+):
+    """A Ray Train V2 TorchTrainer: gloo on CPU, nccl on GPU, checkpoints under RAYLOOP_HOME/train."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "feature_names": feature_names,
+            "label": label,
+            "categorical_indices": categorical_indices,
+            "cardinalities": cardinalities,
+            **mlp,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(paths.ensure(paths.train_storage())),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        # only what the model reads: timestamps and ids cannot become tensors
+        datasets={k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()},
+    )
+
+
+def load_model(checkpoint, config: dict[str, Any], best: bool = True):
+    """The model from a checkpoint: the best-validation weights by default."""
+    import torch
+
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    model = _model(config)
+    model.load_state_dict(state["best_model"] if best and state["best_model"] is not None else state["model"])
+    return model.eval()
