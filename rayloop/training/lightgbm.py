@@ -7,14 +7,13 @@ end, never per boosting round. Early stopping runs over the whole training, in o
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from rayloop import paths
+from rayloop.training.common import model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
 __all__ = ["MODEL_FILE", "train_loop_per_worker", "build_trainer", "load_booster", "shard_to_numpy"]
@@ -58,7 +57,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         done_rounds = init_model.current_iteration()
     resumed_from = done_rounds
 
-    rank = ctx.get_world_rank()
     every = config.get("checkpoint_every", 50)
 
     trained = {"rounds": done_rounds}
@@ -67,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # a checkpoint (and so a report) every `every` rounds, never per round
         done = trained["rounds"] = env.iteration + 1
         if done % every == 0 and done < env.end_iteration:
-            _report(env.model, {"rounds": done, "resumed_from": resumed_from}, rank, num_iteration=-1)
+            _report(env.model, {"rounds": done, "resumed_from": resumed_from}, num_iteration=-1)
 
     booster = lgb.train(
         params,
@@ -86,7 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "resumed_from": resumed_from,
         **_validation_metrics(booster, x_valid, y_valid),
     }
-    _report(booster, metrics, rank, num_iteration=best)
+    _report(booster, metrics, num_iteration=best)
 
 
 def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -96,17 +94,10 @@ def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, floa
     return {f"validation_{k}": v for k, v in scores.items()}
 
 
-def _report(booster, metrics: dict[str, float], rank: int, num_iteration: int) -> None:
+def _report(booster, metrics: dict[str, float], num_iteration: int) -> None:
     """Rank 0 attaches the model: every tree mid-run (a resumed run continues from it), the trees
     up to the best iteration at the end."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        booster.save_model(str(Path(directory) / MODEL_FILE), num_iteration=num_iteration)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    report(metrics, lambda directory: booster.save_model(str(directory / MODEL_FILE), num_iteration=num_iteration))
 
 
 def build_trainer(
@@ -125,7 +116,7 @@ def build_trainer(
     checkpoint_every: int = 50,
 ):
     """A Ray Train V2 LightGBMTrainer with checkpoints under RAYLOOP_HOME/train."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.lightgbm import LightGBMTrainer
 
     return LightGBMTrainer(
@@ -141,14 +132,8 @@ def build_trainer(
             "checkpoint_every": checkpoint_every,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(paths.ensure(paths.train_storage())),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        # only what the model reads travels to the workers
-        datasets={k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()},
+        run_config=run_config(name, max_failures),
+        datasets=model_columns(datasets, feature_names, label),
     )
 
 

@@ -3,13 +3,12 @@ early stopping on validation log loss, a checkpoint per epoch and resume after a
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rayloop import paths
+from rayloop.training.common import model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
 __all__ = ["CHECKPOINT_FILE", "train_loop_per_worker", "build_trainer", "load_model"]
@@ -103,15 +102,9 @@ def _validate(model, shard, names: list[str], label: str, batch_size: int, devic
 
 
 def _report(state: dict, metrics: dict[str, float]) -> None:
-    import ray.train
     import torch
 
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, Path(directory) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    report(metrics, lambda directory: torch.save(state, directory / CHECKPOINT_FILE))
 
 
 def build_trainer(
@@ -129,7 +122,7 @@ def build_trainer(
     name: str = "mlp",
 ):
     """A Ray Train V2 TorchTrainer: gloo on CPU, nccl on GPU, checkpoints under RAYLOOP_HOME/train."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
@@ -145,14 +138,8 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(paths.ensure(paths.train_storage())),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        # only what the model reads: timestamps and ids cannot become tensors
-        datasets={k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()},
+        run_config=run_config(name, max_failures),
+        datasets=model_columns(datasets, feature_names, label),
     )
 
 

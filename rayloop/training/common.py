@@ -1,0 +1,41 @@
+"""What both trainers share: where runs live, how failures are retried, how rank 0 checkpoints."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rayloop import paths
+
+__all__ = ["run_config", "report", "model_columns"]
+
+
+def run_config(name: str, max_failures: int):
+    """Ray Train V2 RunConfig: storage under RAYLOOP_HOME/train, retries, the last two checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=name,
+        storage_path=str(paths.ensure(paths.train_storage())),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+
+
+def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label: str) -> dict[str, Any]:
+    """Only what the model reads travels to the workers (timestamps and ids cannot become tensors)."""
+    return {k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()}
+
+
+def report(metrics: dict[str, float], write: Callable[[Path], None]) -> None:
+    """Every worker reports; rank 0 attaches a checkpoint that `write(directory)` fills."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        write(Path(directory))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
