@@ -187,12 +187,13 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
     good = ds.map_batches(_good_batch, fn_kwargs=args, **fmap, zero_copy_batch=True)
 
     fractions = [data.split.train, data.split.validation, data.split.test]
+    has_time = data.timestamp_column in schema.names
     method = data.split.method
     if method == "auto":
-        method = "time" if data.timestamp_column and data.timestamp_column in schema.names else "hash"
-    if method == "time" and not (data.timestamp_column and data.timestamp_column in schema.names):
+        method = "time" if has_time else "hash"
+    if method == "time" and not has_time:
         raise ConfigError(f"data.split.method=time needs data.timestamp_column among the columns {schema.names}")
-    if method == "hash" and not (data.id_column and data.id_column in schema.names):
+    if method == "hash" and data.id_column not in schema.names:
         raise ConfigError(f"data.split.method=hash needs data.id_column among the columns {schema.names}")
     if method == "time":
         say("computing time cut-offs")
