@@ -16,9 +16,10 @@ from rayloop.errors import RayTempDirError
 
 ENV_HOME = "RAYLOOP_HOME"
 DEFAULT_HOME = ".rayloop"
-# Unix socket paths are limited to 107 bytes; Ray appends up to 64 characters
-# (/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store) to its temp dir.
-MAX_RAY_TEMP_DIR_CHARS = 43
+# Unix socket paths are limited to 107 bytes; Ray appends up to 71 characters to its temp dir:
+# /session_<date>_<time>_<usec>_<pid up to 7 digits>/sockets/dash_TaskEventsHead (the longest
+# dashboard module socket; a 41-character temp dir broke MetricsHead's on CI).
+MAX_RAY_TEMP_DIR_CHARS = 36
 
 __all__ = [
     "ENV_HOME",

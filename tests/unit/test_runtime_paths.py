@@ -66,3 +66,34 @@ def test_a_token_the_user_configured_wins(monkeypatch, tmp_path):
     mine.write_text("from-path\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(mine))
     assert auth_token() == "from-path"
+
+
+def test_the_temp_dir_bound_leaves_room_for_every_ray_socket():
+    """Ray's longest socket is a dashboard module's; a new, longer module name must fail here."""
+    import importlib
+    import pkgutil
+    import warnings
+
+    import ray.dashboard.modules as modules
+    from ray.dashboard.subprocesses.module import SubprocessModule
+    from ray.dashboard.subprocesses.utils import get_socket_path
+
+    with warnings.catch_warnings():  # Ray's own modules use deprecated pydantic APIs
+        warnings.simplefilter("ignore")
+        for info in pkgutil.walk_packages(modules.__path__, modules.__name__ + "."):
+            if info.name.endswith("_head"):
+                importlib.import_module(info.name)
+    names = [cls.__name__ for cls in _subclasses(SubprocessModule)]
+    assert "MetricsHead" in names
+    worst_session = "session_2026-11-26_09-00-08_528661_4194304"  # pid_max on 64-bit Linux
+    temp_dir = "t" * paths.MAX_RAY_TEMP_DIR_CHARS
+    socket_dir = f"{temp_dir}/{worst_session}/sockets"
+    longest = max([get_socket_path(socket_dir, n) for n in names] + [f"{socket_dir}/plasma_store"], key=len)
+    assert len(longest) <= 107, longest
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
