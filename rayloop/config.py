@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rayloop.data.schema import FeatureSchema
 from rayloop.data.synthetic import Scenario
 from rayloop.errors import ConfigError
+from rayloop.training.search_space import check_space
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -82,6 +90,7 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
     read_blocks: int | None = Field(None, gt=0, description="override the number of read blocks")
+    preprocess_run: str | None = Field(None, description="train/tune on this preprocess run id (default: the latest)")
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
@@ -111,15 +120,26 @@ class FeaturesConfig(_Section):
     quantile_precision: int = Field(200, ge=8, le=65535, description="KLL sketch size (rank error ~1.3% at 200)")
 
 
+LIGHTGBM_DEFAULTS: dict[str, Any] = {"num_boost_round": 200, "learning_rate": 0.05, "num_leaves": 31}
+MLP_DEFAULTS: dict[str, Any] = {"hidden": [128, 64], "epochs": 10, "batch_size": 512, "lr": 1e-3, "dropout": 0.1, "patience": 3}
+
+
 class TrainingConfig(_Section):
     model: Literal["lightgbm", "mlp"] = "lightgbm"
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    lightgbm: dict[str, Any] = {"num_boost_round": 200, "learning_rate": 0.05, "num_leaves": 31}
-    mlp: dict[str, Any] = {"hidden": [128, 64], "epochs": 10, "batch_size": 512, "lr": 1e-3}
+    lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LIGHTGBM_DEFAULTS), description="lightgbm params")
+    mlp: dict[str, Any] = Field(default_factory=lambda: dict(MLP_DEFAULTS), description="TabularMLP and optimizer params")
     early_stopping_rounds: int = Field(20, ge=1)
     max_failures: int = Field(1, ge=0)
+    slice_column: str | None = Field(None, description="a categorical input column: test metrics per value")
+
+    @field_validator("lightgbm", "mlp")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, Any], info) -> dict[str, Any]:
+        # `--set training.lightgbm.num_leaves=63` changes one parameter, not the whole set
+        return {**(LIGHTGBM_DEFAULTS if info.field_name == "lightgbm" else MLP_DEFAULTS), **value}
 
 
 class TuningConfig(_Section):
@@ -128,10 +148,20 @@ class TuningConfig(_Section):
     max_concurrent_trials: int = Field(2, ge=1)
     time_budget_s: float = Field(300, gt=0)
     metric: Literal["auc", "logloss"] = "auc"
-    grace_period: int = Field(10, ge=1)
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="fifo runs every trial to the end (random search)")
+    grace_period: int = Field(2, ge=1, description="reports a trial gets before ASHA may stop it")
     reduction_factor: int = Field(3, ge=2)
+    report_every_rounds: int = Field(10, ge=1, description="LightGBM rounds per Tune report (an MLP reports per epoch)")
     cpus_per_trial: float = Field(1.0, gt=0)
-    search_space: dict[str, Any] = {}
+    seed: int = 0
+    search_space: dict[str, Any] = Field(
+        default_factory=dict, description="{param: {uniform|loguniform|randint|choice: args}}; empty: the model's default"
+    )
+
+    @field_validator("search_space")
+    @classmethod
+    def _space(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_space(value)
 
 
 class RegistryConfig(_Section):

@@ -7,6 +7,7 @@ end, never per boosting round. Early stopping runs over the whole training, in o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import pyarrow as pa
 from rayloop.training.common import model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
-__all__ = ["MODEL_FILE", "train_loop_per_worker", "build_trainer", "load_booster", "shard_to_numpy"]
+__all__ = ["MODEL_FILE", "CURVE_FILE", "train_loop_per_worker", "build_trainer", "load_booster", "load_curve", "shard_to_numpy"]
 
 MODEL_FILE = "model.txt"
+CURVE_FILE = "curve.json"  # the validation metrics per round, in the final checkpoint
 DEFAULT_PARAMS = {"objective": "binary", "metric": ["auc", "binary_logloss"], "verbosity": -1}
 
 
@@ -39,15 +41,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     names, label = config["feature_names"], config["label"]
     x_train, y_train = shard_to_numpy(ray.train.get_dataset_shard("train"), names, label)
-    x_valid, y_valid = shard_to_numpy(ray.train.get_dataset_shard("validation"), names, label)
+    # a final refit on train+validation has no validation split: a fixed number of rounds
+    has_valid = config.get("has_validation", True)
+    if has_valid:
+        x_valid, y_valid = shard_to_numpy(ray.train.get_dataset_shard("validation"), names, label)
     params = {**DEFAULT_PARAMS, **config["params"], "num_threads": config.get("num_threads", 1)}
     if ctx.get_world_size() > 1:
         params |= {"tree_learner": "data_parallel", "pre_partition": True, **get_network_params()}
     categorical = config.get("categorical_indices") or "auto"
     train_set = lgb.Dataset(x_train, y_train, categorical_feature=categorical, free_raw_data=False)
-    valid_set = lgb.Dataset(
-        x_valid, y_valid, reference=train_set, categorical_feature=categorical, free_raw_data=False
-    )
+    valid_sets, callbacks, curve = [], [], {}
+    if has_valid:
+        valid_sets = [
+            lgb.Dataset(x_valid, y_valid, reference=train_set, categorical_feature=categorical, free_raw_data=False)
+        ]
+        callbacks = [lgb.early_stopping(config["early_stopping_rounds"], verbose=False), lgb.record_evaluation(curve)]
 
     init_model, done_rounds = None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -71,10 +79,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         params,
         train_set,
         num_boost_round=max(0, config["num_boost_round"] - done_rounds),
-        valid_sets=[valid_set],
-        valid_names=["validation"],
+        valid_sets=valid_sets,
+        valid_names=["validation"] * len(valid_sets),
         init_model=init_model,
-        callbacks=[lgb.early_stopping(config["early_stopping_rounds"], verbose=False), checkpoint_every],
+        callbacks=[*callbacks, checkpoint_every],
     )
     # lgb.train returns the booster cut at best_iteration, so rounds come from the callback
     best = booster.best_iteration or booster.current_iteration()
@@ -82,9 +90,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "rounds": trained["rounds"],
         "best_iteration": best,
         "resumed_from": resumed_from,
-        **_validation_metrics(booster, x_valid, y_valid),
+        **(_validation_metrics(booster, x_valid, y_valid) if has_valid else {}),
     }
-    _report(booster, metrics, num_iteration=best)
+    def write(directory: Path) -> None:
+        booster.save_model(str(directory / MODEL_FILE), num_iteration=best)
+        (directory / CURVE_FILE).write_text(json.dumps(curve.get("validation", {})))
+
+    report(metrics, write)
 
 
 def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -130,6 +142,7 @@ def build_trainer(
             "early_stopping_rounds": early_stopping_rounds,
             "num_threads": max(1, int(cpus_per_worker)),
             "checkpoint_every": checkpoint_every,
+            "has_validation": "validation" in datasets,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=run_config(name, max_failures),
@@ -142,3 +155,10 @@ def load_booster(checkpoint):
 
     with checkpoint.as_directory() as directory:
         return lgb.Booster(model_file=str(Path(directory) / MODEL_FILE))
+
+
+def load_curve(checkpoint) -> dict[str, list[float]]:
+    """{lightgbm metric name: value per round} on the validation split ({} for a refit without one)."""
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / CURVE_FILE
+        return json.loads(path.read_text()) if path.exists() else {}

@@ -3,6 +3,7 @@ early stopping on validation log loss, a checkpoint per epoch and resume after a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import numpy as np
 from rayloop.training.common import model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
-__all__ = ["CHECKPOINT_FILE", "train_loop_per_worker", "build_trainer", "load_model"]
+__all__ = [
+    "CHECKPOINT_FILE", "build_model", "train_loop_per_worker", "train_epoch", "predict_batches", "build_trainer", "load_model",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def _model(config: dict[str, Any]):
+def build_model(config: dict[str, Any]):
     from rayloop.models.mlp import TabularMLP
 
     return TabularMLP(
@@ -42,37 +45,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = get_device()
     bf16 = device.type == "cuda"  # bf16 autocast on GPU; fp32 on CPU
     names, label = config["feature_names"], config["label"]
-    model = _model(config)
+    model = build_model(config)
     state = {"epoch": 0, "best_loss": float("inf"), "stale": 0, "best_model": None, "optimizer": None}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
+    resumed_from = state["epoch"]  # 0 on a fresh start
     model = prepare_model(model)  # DDP when there are several workers; moves to the device
     module = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.get("lr", 1e-3))
     if state.get("optimizer"):
         optimizer.load_state_dict(state["optimizer"])
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("validation")
+    # a final refit on train+validation has no validation split: a fixed number of epochs
+    valid_shard = ray.train.get_dataset_shard("validation") if config.get("has_validation", True) else None
     batch_size = config.get("batch_size", 512)
 
     for epoch in range(state["epoch"], config.get("epochs", 10)):
-        model.train()
-        for batch in train_shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(_matrix(batch, names))
-            loss = loss_fn(logits.float(), batch[label])
-            loss.backward()
-            optimizer.step()
-        metrics = _validate(model, valid_shard, names, label, batch_size, device)
-        improved = metrics["validation_logloss"] < state["best_loss"] - 1e-6
+        train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16)
+        metrics = _validate(model, _ray_batches(valid_shard, names, label, batch_size, device)) if valid_shard is not None else {}
+        loss = metrics.get("validation_logloss")
+        # without validation every epoch counts as the best so far and nothing stops early
+        improved = loss is None or loss < state["best_loss"] - 1e-6
         state = {
             "epoch": epoch + 1,
-            "best_loss": metrics["validation_logloss"] if improved else state["best_loss"],
+            "best_loss": loss if improved and loss is not None else state["best_loss"],
             "stale": 0 if improved else state["stale"] + 1,
             "best_model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             if improved
@@ -81,24 +80,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "optimizer": optimizer.state_dict(),
         }
         stop = state["stale"] >= config.get("patience", 3)
-        metrics |= {"epoch": epoch + 1, "best_validation_logloss": state["best_loss"], "stopped_early": float(stop)}
+        metrics |= {
+            "epoch": epoch + 1,
+            "best_validation_logloss": state["best_loss"],
+            "stopped_early": float(stop),
+            "resumed_from": resumed_from,
+        }
         _report(state, metrics)
         if stop:
             break
 
 
-def _validate(model, shard, names: list[str], label: str, batch_size: int, device) -> dict[str, float]:
+def _ray_batches(shard, names: list[str], label: str, batch_size: int, device) -> Iterator[tuple]:
+    import torch
+
+    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
+        yield _matrix(batch, names), batch[label]
+
+
+def train_epoch(model, batches: Iterable[tuple], optimizer, bf16: bool = False) -> None:
+    """One pass over (features, labels) tensor batches; shared by Ray Train workers and Tune trials."""
+    import torch
+
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss_fn(logits.float(), y).backward()
+        optimizer.step()
+
+
+def predict_batches(model, batches: Iterable[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) over (features, labels) tensor batches."""
     import torch
 
     model.eval()
     probs, labels = [], []
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device):
-            probs.append(torch.sigmoid(model(_matrix(batch, names)).float()).cpu().numpy())
-            labels.append(batch[label].cpu().numpy())
+        for x, y in batches:
+            probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+            labels.append(y.cpu().numpy())
     if not labels:
+        return np.empty(0, np.float32), np.empty(0, np.float32)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _validate(model, batches: Iterable[tuple]) -> dict[str, float]:
+    probs, labels = predict_batches(model, batches)
+    if labels.size == 0:
         return {"validation_logloss": float("inf")}
-    return {f"validation_{k}": v for k, v in evaluate(np.concatenate(labels), np.concatenate(probs)).items()}
+    return {f"validation_{k}": v for k, v in evaluate(labels, probs).items()}
 
 
 def _report(state: dict, metrics: dict[str, float]) -> None:
@@ -132,6 +165,7 @@ def build_trainer(
             "label": label,
             "categorical_indices": categorical_indices,
             "cardinalities": cardinalities,
+            "has_validation": "validation" in datasets,
             **mlp,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -149,6 +183,6 @@ def load_model(checkpoint, config: dict[str, Any], best: bool = True):
 
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    model = _model(config)
+    model = build_model(config)
     model.load_state_dict(state["best_model"] if best and state["best_model"] is not None else state["model"])
     return model.eval()

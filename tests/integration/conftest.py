@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow.dataset as pads
 import pytest
 
@@ -54,3 +59,39 @@ def feature_run(ray_session) -> FeatureRun:
     result = run_preprocess(load_config(None, ["data.synthetic.n_rows=20000", "data.synthetic.seed=3"]))
     run_dir, fitted, _, _ = load_run(result.run_id)
     return FeatureRun(result.run_id, run_dir, fitted)
+
+
+def fit_killing_one_worker(trainer, storage: Path, timeout_s: float = 600):
+    """Run `trainer.fit()`, SIGKILL one training worker once a checkpoint is registered, return the Result."""
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    deadline = time.monotonic() + 180
+    # the controller writes this snapshot once it has registered a reported checkpoint: only
+    # then does a restarted worker group get it back from `get_checkpoint()`
+    snapshot = storage / "checkpoint_manager_snapshot.json"
+    while not snapshot.exists() and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    assert snapshot.exists(), "no checkpoint was registered"
+    # Ray titles each actor process "ray::<Class>..."; the state API would need the dashboard.
+    # Only this session's cluster: its raylet, and so its workers, descend from this process.
+    workers = [p for p in psutil.Process().children(recursive=True) if _title(p).startswith("ray::RayTrainWorker")]
+    assert workers, "no training worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=timeout_s)
+    assert "error" not in outcome, repr(outcome.get("error"))
+    return outcome["result"]
+
+
+def _title(process) -> str:
+    try:
+        return (process.cmdline() or [""])[0]
+    except psutil.Error:  # gone in between
+        return ""

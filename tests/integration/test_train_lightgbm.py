@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rayloop import paths
 from rayloop.training.evaluate import roc_auc
 from rayloop.training.lightgbm import build_trainer, load_booster
+
+from .conftest import fit_killing_one_worker
 
 pytestmark = pytest.mark.slow
 
@@ -58,31 +55,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
         checkpoint_every=30,
         max_failures=2,
     )
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except Exception as exc:  # surfaced by the assertion below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit)
-    thread.start()
-    storage = paths.train_storage() / f"lgb-fault-{feature_run.run_id}"
-    deadline = time.monotonic() + 180
-    while not any(storage.rglob("checkpoint_*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert any(storage.rglob("checkpoint_*")), "no checkpoint appeared"
-    time.sleep(3)  # the controller registers a reported checkpoint on its next poll (about 2 s)
-    # Ray titles each actor process "ray::<Class>..."; the state API would need the dashboard
-    workers = [
-        p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
-    ]
-    assert workers, "no training worker to kill"
-    os.kill(workers[0].pid, signal.SIGKILL)
-    thread.join(timeout=600)
-    assert "error" not in outcome, repr(outcome.get("error"))
-    final = outcome["result"]
+    final = fit_killing_one_worker(trainer, paths.train_storage() / f"lgb-fault-{feature_run.run_id}")
     assert final.error is None
     assert final.metrics["rounds"] == 600
     assert final.metrics["resumed_from"] > 0  # the restarted worker continued, not started over

@@ -11,6 +11,8 @@ from rayloop import paths
 from rayloop.training.evaluate import roc_auc
 from rayloop.training.torch import build_trainer, load_model
 
+from .conftest import fit_killing_one_worker
+
 pytestmark = pytest.mark.slow
 
 
@@ -35,3 +37,23 @@ def test_mlp_on_torch_trainer_learns_and_checkpoints_each_epoch(feature_run):
     with torch.no_grad():
         probs = torch.sigmoid(model(torch.from_numpy(x))).numpy()
     assert roc_auc(y, probs) > 0.7
+
+
+def test_a_killed_mlp_worker_resumes_from_its_last_epoch(feature_run):
+    fitted = feature_run.fitted
+    # small batches and no early stopping: enough epochs to outlive the kill
+    mlp = {"hidden": [32], "epochs": 12, "batch_size": 64, "lr": 1e-3, "patience": 100}
+    trainer = build_trainer(
+        feature_run.datasets(),
+        label="label",
+        mlp=mlp,
+        name=f"mlp-fault-{feature_run.run_id}",
+        max_failures=2,
+        feature_names=fitted.feature_names,
+        categorical_indices=fitted.categorical_indices,
+        cardinalities=fitted.cardinalities,
+    )
+    final = fit_killing_one_worker(trainer, paths.train_storage() / f"mlp-fault-{feature_run.run_id}")
+    assert final.error is None
+    assert final.metrics["epoch"] == 12
+    assert final.metrics["resumed_from"] > 0  # continued from a checkpointed epoch, not from scratch

@@ -4,7 +4,12 @@ import pytest
 from typer.testing import CliRunner
 
 from rayloop.cli import app
-from rayloop.config import DEFAULT_CONFIG_PATH, apply_overrides, config_hash, load_config
+from rayloop.config import (
+    DEFAULT_CONFIG_PATH,
+    apply_overrides,
+    config_hash,
+    load_config,
+)
 from rayloop.errors import ConfigError
 
 
@@ -121,3 +126,10 @@ def test_cli_env_prints_exports_for_token_auth_under_home(monkeypatch, tmp_path)
     assert "export RAY_AUTH_MODE=token" in out
     assert f"export RAY_AUTH_TOKEN_PATH={tmp_path / 'auth_token'}" in out
     assert f"export RAYLOOP_HOME={tmp_path}" in out
+
+
+def test_overriding_one_model_parameter_keeps_the_other_defaults():
+    config = load_config(None, ["training.lightgbm.num_leaves=63", "training.mlp.epochs=2"])
+    assert config.training.lightgbm["num_leaves"] == 63
+    assert config.training.lightgbm["learning_rate"] == 0.05 and config.training.lightgbm["num_boost_round"] == 200
+    assert config.training.mlp["epochs"] == 2 and config.training.mlp["hidden"] == [128, 64]

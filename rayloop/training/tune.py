@@ -1,0 +1,285 @@
+"""Hyperparameter search with Ray Tune and ASHA over function trainables.
+
+A LightGBM trial runs plain `lightgbm` on its own CPUs and reports every `report_every_rounds`
+rounds; an MLP trial runs a single-process torch loop and reports per epoch. Both read the same
+train/validation arrays, put once into the object store (`tune.with_parameters`), so trials on
+any node see identical data. ASHA stops weak trials at its rungs; `scheduler=fifo` runs every
+trial to the end (the random-search baseline of the benchmark, with the same sampled configs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from rayloop import paths
+from rayloop.config import TrainingConfig, TuningConfig
+from rayloop.features.pipeline import FittedFeatures
+from rayloop.training.evaluate import evaluate
+from rayloop.training.search_space import DEFAULT_SPACES, to_tune
+
+__all__ = ["TuneData", "TrialSummary", "TuneOutcome", "run_tune", "lightgbm_trial", "mlp_trial"]
+
+_LGB_METRIC = {"auc": "auc", "logloss": "binary_logloss"}
+
+
+@dataclass
+class TuneData:
+    """Train and validation as float32 matrices, with what the models need to read them."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    feature_names: list[str]
+    categorical_indices: list[int]
+    cardinalities: list[int]
+
+    @classmethod
+    def from_run(cls, run_dir: Path, fitted: FittedFeatures, label: str) -> TuneData:
+        """Read a preprocess run's feature tables (driver side, pyarrow)."""
+
+        def split(name: str) -> tuple[np.ndarray, np.ndarray]:
+            table = pads.dataset(str(run_dir / "features" / f"split={name}")).to_table(
+                columns=[*fitted.feature_names, label]
+            )
+            x = np.column_stack([table.column(n).to_numpy() for n in fitted.feature_names]).astype(np.float32)
+            return x, table.column(label).to_numpy().astype(np.float32)
+
+        (x_train, y_train), (x_valid, y_valid) = split("train"), split("validation")
+        return cls(
+            x_train, y_train, x_valid, y_valid, fitted.feature_names, fitted.categorical_indices, fitted.cardinalities
+        )
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    config: dict[str, Any]
+    status: str
+    iterations: int
+    seconds: float
+    metrics: dict[str, float]
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TuneOutcome:
+    """The winner (config merged onto the base params, its metrics and best round/epoch) and every trial."""
+
+    model: str
+    metric: str
+    mode: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, float]
+    best_steps: int
+    trials: list[TrialSummary]
+    wall_seconds: float
+
+    @property
+    def trial_seconds(self) -> float:
+        return float(sum(t.seconds for t in self.trials))
+
+
+# ---- trainables (run inside Tune's trial actors) ---------------------------------------------
+def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) -> None:
+    import lightgbm as lgb
+    from ray import tune
+
+    params = {
+        "objective": "binary",
+        "metric": ["auc", "binary_logloss"],
+        "verbosity": -1,
+        "num_threads": static["num_threads"],
+        **static["base_params"],
+        **config,
+    }
+    every = static["report_every"]
+    train = lgb.Dataset(data.x_train, data.y_train, categorical_feature=data.categorical_indices or "auto")
+    valid = lgb.Dataset(data.x_valid, data.y_valid, reference=train, categorical_feature=data.categorical_indices or "auto")
+    best: dict[str, Any] = {"auc": -math.inf, "logloss": math.inf, "round": 0}
+    last = {"reported": 0}
+
+    def results(env) -> dict[str, float]:
+        return {m: v for _, name, v, _ in env.evaluation_result_list for m, lgb_name in _LGB_METRIC.items() if name == lgb_name}
+
+    def report(round_: int, scores: dict[str, float]) -> None:
+        last["reported"] = round_
+        tune.report(
+            {
+                "rounds": round_,
+                "validation_auc": scores["auc"],
+                "validation_logloss": scores["logloss"],
+                "best_validation_auc": best["auc"],
+                "best_validation_logloss": best["logloss"],
+                "best_round": best["round"],
+            }
+        )
+
+    def callback(env) -> None:
+        round_ = env.iteration + 1
+        scores = results(env)
+        key = static["metric"]
+        if (scores[key] > best[key]) if key == "auc" else (scores[key] < best[key]):
+            best.update(scores, round=round_)
+        if round_ % every == 0:
+            report(round_, scores)
+        last["scores_now"], last["round_now"] = scores, round_
+
+    lgb.train(
+        params,
+        train,
+        num_boost_round=static["num_boost_round"],
+        valid_sets=[valid],
+        valid_names=["validation"],
+        callbacks=[lgb.early_stopping(static["early_stopping_rounds"], verbose=False), callback],
+    )
+    if last.get("round_now", 0) > last["reported"]:  # stopped early between reports
+        report(last["round_now"], last["scores_now"])
+
+
+def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from rayloop.training.torch import build_model, predict_batches, train_epoch
+
+    torch.set_num_threads(static["num_threads"])
+    hyper = {**static["base_params"], **config}
+    model = build_model(
+        {
+            "feature_names": data.feature_names,
+            "categorical_indices": data.categorical_indices,
+            "cardinalities": data.cardinalities,
+            **hyper,
+        }
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=hyper.get("lr", 1e-3))
+    batch_size = int(hyper.get("batch_size", 512))
+    # arrays from the object store are read-only; torch wants its own
+    x_train, y_train = torch.tensor(data.x_train), torch.tensor(data.y_train)
+    x_valid, y_valid = torch.tensor(data.x_valid), torch.tensor(data.y_valid)
+    generator = torch.Generator().manual_seed(static["seed"])
+    best = {"logloss": math.inf, "auc": -math.inf, "epoch": 0}
+    stale = 0
+    for epoch in range(1, int(hyper.get("epochs", 10)) + 1):
+        order = torch.randperm(len(x_train), generator=generator)
+        batches = ((x_train[i], y_train[i]) for i in order.split(batch_size))
+        train_epoch(model, batches, optimizer)
+        probs, labels = predict_batches(model, ((x_valid[i : i + 4096], y_valid[i : i + 4096]) for i in range(0, len(x_valid), 4096)))
+        scores = evaluate(labels, probs)
+        key = static["metric"]
+        improved = (scores[key] > best[key]) if key == "auc" else (scores[key] < best[key] - 1e-6)
+        if improved:
+            best.update(auc=scores["auc"], logloss=scores["logloss"], epoch=epoch)
+        stale = 0 if improved else stale + 1
+        tune.report(
+            {
+                "epoch": epoch,
+                "validation_auc": scores["auc"],
+                "validation_logloss": scores["logloss"],
+                "best_validation_auc": best["auc"],
+                "best_validation_logloss": best["logloss"],
+                "best_round": best["epoch"],
+            }
+        )
+        if stale >= hyper.get("patience", 3):
+            break
+
+
+# ---- the driver ------------------------------------------------------------------------------
+def run_tune(
+    data: TuneData,
+    *,
+    model: str,
+    training: TrainingConfig,
+    tuning: TuningConfig,
+    name: str,
+) -> TuneOutcome:
+    """Search `tuning.search_space` (or the model's default) and return the best trial."""
+    import time
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    space = tuning.search_space or DEFAULT_SPACES[model]
+    metric, mode = f"validation_{tuning.metric}", "max" if tuning.metric == "auc" else "min"
+    if model == "lightgbm":
+        base = {k: v for k, v in training.lightgbm.items() if k != "num_boost_round"}
+        num_boost_round = int(training.lightgbm.get("num_boost_round", 200))
+        static = {
+            "base_params": base,
+            "num_boost_round": num_boost_round,
+            "early_stopping_rounds": training.early_stopping_rounds,
+            "report_every": tuning.report_every_rounds,
+        }
+        trainable, max_t = lightgbm_trial, math.ceil(num_boost_round / tuning.report_every_rounds)
+    else:
+        static = {"base_params": dict(training.mlp)}
+        trainable, max_t = mlp_trial, int(training.mlp.get("epochs", 10))
+    static |= {"num_threads": max(1, int(tuning.cpus_per_trial)), "metric": tuning.metric, "seed": tuning.seed}
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_t,
+            grace_period=min(tuning.grace_period, max_t),
+            reduction_factor=tuning.reduction_factor,
+        )
+        if tuning.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, data=data, static=static), {"cpu": tuning.cpus_per_trial}),
+        param_space=to_tune(space),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            scheduler=scheduler,
+            # a seeded generator: ASHA and its FIFO baseline sample the same configs
+            search_alg=BasicVariantGenerator(random_state=tuning.seed, max_concurrent=tuning.max_concurrent_trials),
+            num_samples=tuning.num_samples,
+            time_budget_s=tuning.time_budget_s,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(paths.ensure(paths.tune_storage())), verbose=0),
+    )
+    start = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - start
+    trials = [_summary(result) for result in grid]
+    finished = [t for t in trials if t.metrics]
+    if not finished:
+        errors = [str(r.error) for r in grid if r.error]
+        raise RuntimeError(f"no Tune trial reported a result; errors: {errors[:3]}")
+    best_key = f"best_{metric}"
+    best = (max if mode == "max" else min)(finished, key=lambda t: t.metrics[best_key])
+    return TuneOutcome(
+        model=model,
+        metric=metric,
+        mode=mode,
+        best_params={**static["base_params"], **best.config},
+        best_metrics={k: best.metrics[k] for k in ("best_validation_auc", "best_validation_logloss")},
+        best_steps=int(best.metrics["best_round"]),
+        trials=trials,
+        wall_seconds=wall,
+    )
+
+
+def _summary(result) -> TrialSummary:
+    frame = result.metrics_dataframe
+    keep = [c for c in ("training_iteration", "rounds", "epoch", "validation_auc", "validation_logloss") if frame is not None and c in frame]
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return TrialSummary(
+        trial_id=str((result.metrics or {}).get("trial_id", Path(result.path).name)),
+        config=dict(result.config or {}),
+        status="error" if result.error else "terminated",
+        iterations=int(metrics.get("training_iteration", 0)),
+        seconds=float(metrics.get("time_total_s", 0.0)),
+        metrics=metrics if "best_round" in metrics else {},
+        curve=frame[keep].to_dict("records") if keep else [],
+    )
