@@ -16,6 +16,9 @@ __all__ = [
     "RejectRatioError",
     "FeatureError",
     "RayTempDirError",
+    "BundleError",
+    "RegistryError",
+    "GateRefusedError",
 ]
 
 
@@ -86,3 +89,21 @@ class FeatureError(RayloopError):
 
 class RayTempDirError(RayloopError):
     """Ray's temp dir is too long for Unix socket paths."""
+
+
+class BundleError(RayloopError):
+    """A directory or registered version is not a model bundle this rayloop can load."""
+
+
+class RegistryError(RayloopError):
+    """The model registry lacks what was asked for (a name, a version, an alias, a previous champion)."""
+
+
+class GateRefusedError(RayloopError):
+    """The quality gate refused a challenger; the champion stays. Carries the decision."""
+
+    def __init__(self, name: str, version: str, reason: str) -> None:
+        super().__init__(f"model {name!r} version {version} was not promoted: {reason}")
+        self.name = name
+        self.version = version
+        self.reason = reason

@@ -39,6 +39,7 @@ __all__ = [
     "run_dir",
     "data_dir",
     "logs_dir",
+    "audit_log",
 ]
 
 
@@ -132,3 +133,8 @@ def data_dir() -> Path:
 
 def logs_dir() -> Path:
     return home() / "logs"
+
+
+def audit_log() -> Path:
+    """Every decision (gate, promotion, rollback, drift alarm, retrain) as one JSON line."""
+    return home() / "audit.jsonl"

@@ -26,21 +26,36 @@ import yaml
 from rayloop import paths
 from rayloop.config import DataConfig, RayloopConfig, config_hash
 from rayloop.data import synthetic
-from rayloop.data.io import SourceInfo, fusable_map_args, inspect_source, read_dataset, read_malformed
+from rayloop.data.io import (
+    SourceInfo,
+    fusable_map_args,
+    inspect_source,
+    read_dataset,
+    read_malformed,
+)
 from rayloop.data.schema import REASON_COLUMN, FeatureSchema
-from rayloop.data.split import SPLIT_COLUMN, SPLITS, assign_by_hash, assign_by_time, time_cutoff_quantiles
+from rayloop.data.split import (
+    SPLIT_COLUMN,
+    SPLITS,
+    assign_by_hash,
+    assign_by_time,
+    time_cutoff_quantiles,
+)
 from rayloop.errors import ConfigError, RejectRatioError
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import numeric_summary
 
-__all__ = ["PreprocessResult", "resolve_source", "resolve_schema", "run_preprocess", "load_run", "latest_run_id"]
+__all__ = [
+    "PreprocessResult", "resolve_source", "resolve_schema", "run_preprocess", "load_run", "load_holdout", "latest_run_id",
+]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 FEATURES_DIR = "features"
 REJECTS_DIR = "rejects"
+HOLDOUT_DIR = "holdout"  # the raw rows of the test split, for the quality gate
 FITTED_FEATURES_FILE = "fitted_features.json"
 PROFILE_FILE = "profile.json"
 SCHEMA_FILE = "schema.json"
@@ -135,7 +150,24 @@ def _epoch_us(batch: pa.Table, column: str) -> pa.Table:
     return pa.table({"_t": micros})
 
 
-def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str]) -> pa.Table:
+def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], holdout_dir: str) -> pa.Table:
+    """The feature table of a batch; as a side output, its raw test rows go to the holdout.
+
+    The quality gate scores champion and challenger on raw rows (each applies its own features),
+    so the test split is kept raw too. Writing it here saves a second pass over the source. The
+    file name is a digest of the rows, so a retried task overwrites its own file, never adds one.
+    """
+    test = _only_split(batch, "test")
+    if test.num_rows:
+        raw = test.drop_columns([SPLIT_COLUMN])
+        sink = pa.BufferOutputStream()
+        pq.write_table(raw, sink)
+        data = sink.getvalue()
+        target = Path(holdout_dir) / f"part-{hashlib.sha256(data).hexdigest()[:24]}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        partial.write_bytes(data.to_pybytes())
+        partial.rename(target)
     return fitted.feature_table(batch, keep=keep)
 
 
@@ -227,7 +259,7 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
     features_dir = run_dir / FEATURES_DIR
     with_split.map_batches(
         _feature_batch,
-        fn_kwargs={"fitted": fitted, "keep": keep},
+        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run_dir / HOLDOUT_DIR)},
         # A batch size keeps this map out of the read task on purpose: Ray's Parquet sink holds
         # every block of its task in memory, so writes go in small tasks (10M rows: peak PSS
         # 1.9 GB fused into the read, 1.7 GB apart).
@@ -286,6 +318,18 @@ def _parquet_rows(directory: Path) -> int:
 def latest_run_id() -> str | None:
     marker = paths.runs_dir() / LATEST_FILE
     return marker.read_text().strip() if marker.exists() else None
+
+
+def load_holdout(run_id: str | None = None, max_rows: int | None = None) -> pa.Table:
+    """The raw, validated rows of a run's test split (the gate's default holdout)."""
+    import pyarrow.dataset as pads
+
+    run_id = run_id or latest_run_id()
+    directory = paths.run_dir(run_id or "") / HOLDOUT_DIR
+    if not run_id or not directory.exists():
+        raise FileNotFoundError(f"no holdout under {directory}; run `rayloop preprocess` first")
+    table = pads.dataset(str(directory), format="parquet").to_table()
+    return table.slice(0, max_rows) if max_rows is not None else table
 
 
 def load_run(run_id: str | None = None) -> tuple[Path, FittedFeatures, ReferenceProfile, dict[str, Any]]:
