@@ -106,17 +106,141 @@ def preprocess(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOp
 
 @app.command()
 def demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Run what exists of the loop locally: generate data, validate it, fit features, summarize."""
+    """Run the loop locally: generate data, validate, fit features, tune, train, register, gate."""
+    from rayloop.pipeline import train_and_gate
+    from rayloop.runtime import init_ray
+
     cfg = _config(config, set_)
     console.rule("[bold]rayloop demo")
     console.print(f"state under [cyan]{paths.home()}[/cyan]; config hash {config_hash(cfg)[:12]}")
     result = _preprocess(cfg, None)
     _print_summary(result)
     _print_rejects(Path(result.run_dir) / "rejects")
+    with console.status("tuning and training" if cfg.tuning.enabled else "training"):
+        init_ray()
+        try:
+            outcome = train_and_gate(cfg, result.run_id)
+        except RayloopError as exc:
+            raise _fail(exc) from None
+    _print_training_dict(outcome.training)
+    _print_gate(outcome.model_name, outcome.version, outcome.gate)
     console.print(
-        "\nNext: training, serving and monitoring land in later milestones; "
-        f"outputs of this run are in [cyan]{result.run_dir}[/cyan]."
+        f"\nMLflow: [cyan]mlflow ui --backend-store-uri {paths.mlflow_tracking_uri()}[/cyan]; "
+        f"the champion loads with mlflow.pyfunc.load_model('models:/{outcome.model_name}@champion')."
     )
+
+
+def _train_with(fn, cfg: RayloopConfig, address: str | None):
+    from rayloop.runtime import init_ray
+
+    with console.status("starting Ray"):
+        init_ray(address)
+    try:
+        return fn(cfg)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def train(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Train on Ray Train over the latest preprocess run (or data.preprocess_run); register as challenger."""
+    from rayloop.training.workflow import train_and_register
+
+    cfg = _config(config, set_)
+    outcome = _train_with(lambda c: train_and_register(c, c.data.preprocess_run), cfg, address)
+    _print_training(outcome)
+
+
+@app.command()
+def tune(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """Ray Tune + ASHA, refit the best config on train+validation, register as challenger."""
+    from rayloop.training.workflow import tune_and_register
+
+    cfg = _config(config, set_)
+    outcome = _train_with(lambda c: tune_and_register(c, c.data.preprocess_run), cfg, address)
+    _print_training(outcome)
+
+
+@app.command("run")
+def run_all(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
+    """The whole training pipeline: preprocess, tune or train, register, promote through the gate."""
+    from rayloop.pipeline import run_pipeline
+
+    cfg = _config(config, set_)
+    result = _train_with(run_pipeline, cfg, address)
+    _print_training_dict(result.training)
+    _print_gate(result.model_name, result.version, result.gate)
+
+
+@app.command()
+def promote(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    version: Annotated[str, typer.Option(help="version number or alias to promote")] = "challenger",
+    holdout: Annotated[
+        Optional[str], typer.Option(help="labelled raw rows (Parquet/CSV path or URI); default: the test rows of the preprocess run")
+    ] = None,
+) -> None:
+    """Move `champion` to a version if it passes the gate on a labelled holdout; exit 1 when refused."""
+    from rayloop import registry
+    from rayloop.data.io import read_table
+    from rayloop.preprocess import load_holdout
+
+    cfg = _config(config, set_)
+    try:
+        rows = read_table(holdout) if holdout else load_holdout(cfg.data.preprocess_run)
+        decision = registry.promote(
+            cfg.registry.model_name,
+            version,
+            rows,
+            label=cfg.data.label_column,
+            metric=cfg.registry.gate_metric,
+            tolerance=cfg.registry.tolerance,
+        )
+    except (RayloopError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print_gate(cfg.registry.model_name, version, decision.to_dict())
+    if not decision.promote:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Point `champion` back at the previous champion."""
+    from rayloop import registry
+
+    cfg = _config(config, set_)
+    try:
+        current, previous = registry.rollback(cfg.registry.model_name)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    console.print(f"{cfg.registry.model_name}: champion moved from version {current} back to version {previous}")
+
+
+def _print_training(outcome) -> None:
+    _print_training_dict(outcome.to_dict())
+
+
+def _print_training_dict(outcome: dict) -> None:
+    table = Table(title=f"{outcome['model_name']} version {outcome['version']} ({outcome['kind']})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("preprocess run", outcome["preprocess_run_id"])
+    table.add_row("MLflow run", outcome["mlflow_run_id"])
+    table.add_row("rounds / epochs", str(outcome["steps"]))
+    for key in ("auc", "logloss", "accuracy", "ece"):
+        table.add_row(f"test {key}", f"{outcome['test_metrics'][key]:.4f}")
+    if outcome.get("tuning"):
+        table.add_row("tuning trials", str(outcome["tuning"]["trials"]))
+        table.add_row("tuning trial-seconds", str(outcome["tuning"]["trial_seconds"]))
+    table.add_row("seconds", str(outcome["seconds"]))
+    console.print(table)
+
+
+def _print_gate(name: str, version: str, gate: dict) -> None:
+    verdict = "[green]promoted to champion[/green]" if gate["promote"] else "[yellow]refused; champion unchanged[/yellow]"
+    console.print(f"gate for {name} version {version}: {verdict}: {gate['reason']}")
 
 
 def _print_summary(result) -> None:

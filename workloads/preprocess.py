@@ -6,23 +6,20 @@ job's cluster) or on its own (starts a local Ray under RAYLOOP_HOME).
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Sequence
+from typing import Any
 
-from rayloop.entrypoint import configure_logging, parse_workload_args, run_workload
-from rayloop.preprocess import run_preprocess
-from rayloop.runtime import init_ray
+from rayloop.config import RayloopConfig
+from rayloop.entrypoint import run_workload, workload_main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_workload_args(argv, description=__doc__)
-    configure_logging()
-    init_ray()
-    result = run_preprocess(config)
-    print(json.dumps(result.to_dict(), indent=2))
-    return 0
+def _run(config: RayloopConfig) -> Any:
+    from rayloop.preprocess import run_preprocess
 
+    return run_preprocess(config)
+
+
+main = workload_main(_run, __doc__)
 
 if __name__ == "__main__":
     run_workload(lambda: main(sys.argv[1:]))

@@ -22,7 +22,12 @@ from rayloop.config import FeaturesConfig
 from rayloop.data.schema import FeatureSchema, parse_timestamps
 from rayloop.errors import FeatureError
 from rayloop.features import stats as st
-from rayloop.features.profile import CategoricalProfile, NumericProfile, ReferenceProfile, interior_edges
+from rayloop.features.profile import (
+    CategoricalProfile,
+    NumericProfile,
+    ReferenceProfile,
+    interior_edges,
+)
 
 if TYPE_CHECKING:
     import ray.data

@@ -114,3 +114,28 @@ def _up(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code < 500
     except httpx.HTTPError:
         return False
+
+
+def run_job(head: Head, submission_id: str, entrypoint: list[str], timeout_s: float = 600) -> str:
+    """Submit `entrypoint` with the repository as working dir, wait, assert it succeeded; its log."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from rayloop.runtime import auth_headers
+
+    done = ray_job_submit(
+        head, ["--submission-id", submission_id, "--working-dir", str(ROOT), "--", *entrypoint], timeout_s=timeout_s
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = JobSubmissionClient(head.dashboard, headers=auth_headers())
+    finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = wait_for(lambda: (s := client.get_job_status(submission_id)) in finished and s, 120, what="the job to finish")
+    logs = client.get_job_logs(submission_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    return logs
+
+
+def last_json(logs: str) -> dict:
+    """The JSON document a workload prints last."""
+    import json
+
+    return json.loads(logs[logs.rindex("\n{\n") + 1 : logs.rindex("}") + 1])

@@ -10,7 +10,12 @@ import pytest
 from rayloop.config import FeaturesConfig, load_config
 from rayloop.data import synthetic
 from rayloop.errors import FeatureError
-from rayloop.features.pipeline import MISSING_CODE, OOV_CODE, FeaturePipeline, FittedFeatures
+from rayloop.features.pipeline import (
+    MISSING_CODE,
+    OOV_CODE,
+    FeaturePipeline,
+    FittedFeatures,
+)
 
 
 @pytest.fixture(scope="module")

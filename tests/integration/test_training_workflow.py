@@ -1,0 +1,89 @@
+"""Train / tune -> evaluate -> MLflow -> registry, on a real local Ray and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from rayloop import registry
+from rayloop.config import load_config
+from rayloop.preprocess import load_holdout
+from rayloop.training.tune import TuneData, run_tune
+from rayloop.training.workflow import train_and_register, tune_and_register
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_model(feature_run):
+    config = load_config(None, [
+        "registry.model_name=wf-train", "training.lightgbm.num_boost_round=60", "training.slice_column=channel",
+    ])
+    outcome = train_and_register(config, feature_run.run_id)
+
+    assert registry.resolve_version("wf-train", registry.CHALLENGER) == outcome.version
+    assert outcome.test_metrics["auc"] > 0.75
+    assert set(outcome.slice_metrics) >= {"web", "mobile"}
+    client = registry.client()
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.data.params["model"] == "lightgbm" and run.data.params["learning_rate"] == "0.05"
+    assert run.data.metrics["test_auc"] == pytest.approx(outcome.test_metrics["auc"])
+    assert "test_slice.channel.web.auc" in run.data.metrics
+    curve = client.get_metric_history(outcome.mlflow_run_id, "validation_auc")
+    assert len(curve) >= 10 and [m.step for m in curve[:3]] == [1, 2, 3]  # a learning curve, per round
+    tags = run.data.tags
+    assert tags["rayloop.preprocess_run_id"] == feature_run.run_id
+    assert tags["rayloop.features_hash"] == feature_run.fitted.content_hash
+    assert len(tags["rayloop.data_fingerprint"]) == 24 and tags["rayloop.config_hash"]
+
+    # the registered pyfunc predicts from raw rows exactly as the checkpoint's booster on our features
+    holdout = load_holdout(feature_run.run_id)
+    pyfunc = mlflow.pyfunc.load_model(registry.model_uri("wf-train", outcome.version))
+    booster = lgb.Booster(model_file=f"{outcome.checkpoint}/model.txt")
+    native = booster.predict(feature_run.fitted.transform(holdout))
+    assert np.array_equal(pyfunc.predict(holdout.to_pandas()), native)
+    bundle = registry.load_bundle("wf-train", outcome.version)
+    assert bundle.profile.prediction_histogram is not None
+    assert sum(bundle.profile.prediction_histogram.counts) == holdout.num_rows
+    assert bundle.lineage["checkpoint"] == outcome.checkpoint
+    assert bundle.metrics["auc"] == pytest.approx(outcome.test_metrics["auc"])
+
+
+def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(feature_run):
+    config = load_config(None, [
+        "registry.model_name=wf-tune", "tuning.num_samples=3", "tuning.max_concurrent_trials=2",
+        "training.lightgbm.num_boost_round=60", "tuning.report_every_rounds=10",
+    ])
+    outcome = tune_and_register(config, feature_run.run_id)
+
+    assert outcome.tuning["trials"] == 3
+    assert outcome.steps == outcome.tuning["best_steps"]  # the refit ran the best trial's rounds
+    assert outcome.test_metrics["auc"] > 0.75
+    bundle = registry.load_bundle("wf-tune", outcome.version)
+    assert bundle.lineage["refit_on_train_and_validation"] is True
+    for key in ("learning_rate", "num_leaves"):
+        assert bundle.model_params[key] == outcome.tuning["best_params"][key]
+    parent = MlflowClient().get_run(outcome.mlflow_run_id).data.tags["mlflow.parentRunId"]
+    children = MlflowClient().search_runs(
+        [MlflowClient().get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    trials = [r for r in children if r.info.run_name.startswith("trial-")]
+    assert len(trials) == 3
+    assert all("learning_rate" in r.data.params and "best_validation_auc" in r.data.metrics for r in trials)
+    best = max(r.data.metrics["best_validation_auc"] for r in trials)
+    assert outcome.tuning["best_metrics"]["best_validation_auc"] == pytest.approx(best)
+
+
+def test_mlp_trials_report_per_epoch_and_the_best_is_the_maximum(feature_run):
+    config = load_config(None, [
+        "training.model=mlp", "training.mlp.epochs=3", "tuning.num_samples=2", "tuning.scheduler=fifo",
+    ])
+    data = TuneData.from_run(feature_run.run_dir, feature_run.fitted, "label")
+    outcome = run_tune(data, model="mlp", training=config.training, tuning=config.tuning, name=f"mlp-tune-{feature_run.run_id}")
+    assert len(outcome.trials) == 2
+    assert all(t.iterations == len(t.curve) >= 1 for t in outcome.trials)
+    assert outcome.best_metrics["best_validation_auc"] == max(t.metrics["best_validation_auc"] for t in outcome.trials)
+    assert 1 <= outcome.best_steps <= 3
+    assert outcome.trial_seconds > 0
