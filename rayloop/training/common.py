@@ -25,8 +25,15 @@ def run_config(name: str, max_failures: int):
 
 
 def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label: str) -> dict[str, Any]:
-    """Only what the model reads travels to the workers (timestamps and ids cannot become tensors)."""
-    return {k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()}
+    """Only what the model reads travels to the workers (timestamps and ids cannot become tensors).
+
+    Their progress bars are off: the split coordinator draws them from an actor into the driver
+    log, where they only add noise to a training run's output.
+    """
+    selected = {k: ds.select_columns([*feature_names, label]) for k, ds in datasets.items()}
+    for ds in selected.values():
+        ds.context.enable_progress_bars = False
+    return selected
 
 
 def report(metrics: dict[str, float], write: Callable[[Path], None]) -> None:
