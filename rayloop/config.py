@@ -178,8 +178,17 @@ class ServingConfig(_Section):
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(256, ge=1)
+    max_queued_requests: int = Field(256, ge=1, description="beyond this, requests get a fast 503")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After on an overload 503")
     max_records_per_request: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    decision_threshold: float = Field(0.5, gt=0, lt=1, description="label = probability >= threshold")
+    auth_token_env: str = Field(
+        "RAYLOOP_SERVE_TOKEN", description="env var holding an optional bearer token (never the token itself)"
+    )
+    model_ref: str = Field("champion", description="alias or version the app serves")
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(32, gt=0)

@@ -1,0 +1,167 @@
+"""Request and response models of the Serve app, built from the bundle's schema (no Ray).
+
+A record carries every input column of the model; its types and rules come from the schema the
+model was trained with:
+
+- numbers follow the schema's `min`/`max`; integers must be whole and fit in int64;
+- `NaN` (accepted as a JSON extension) means missing: allowed where the column is nullable,
+  refused otherwise; infinities are refused unless the column allows them;
+- categories are *not* closed at serving: an unseen value is scored as out-of-vocabulary, which
+  is what the features were fitted to do (drift monitoring counts those values);
+- timestamps are ISO 8601; a naive one is read as UTC;
+- unknown fields are refused, so a misspelt column never goes silently missing.
+
+`parse_records(body)` returns plain row dicts or raises `RequestError(status, errors)`: 400 for
+a body that is not JSON, 415 for another content type, 413 for a body too large, 422 for rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict
+
+from rayloop.data.schema import ColumnSchema, FeatureSchema
+
+__all__ = [
+    "Feedback",
+    "RecordParser",
+    "RequestError",
+    "error_detail",
+]
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STRING = 1024
+
+
+@dataclass
+class RequestError(Exception):
+    status: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.errors}
+
+
+def _float_rule(column: ColumnSchema):
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        if math.isnan(value):
+            if not column.nullable:
+                raise PydanticCustomError("null", "NaN (missing) is not allowed: the column is not nullable")
+            return None
+        if math.isinf(value) and not column.allow_infinite:
+            raise PydanticCustomError("not_finite", "infinite values are not allowed in this column")
+        if column.min is not None and value < column.min:
+            raise PydanticCustomError("range", "must be >= {min}", {"min": column.min})
+        if column.max is not None and value > column.max:
+            raise PydanticCustomError("range", "must be <= {max}", {"max": column.max})
+        return value
+
+    return check
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _field_type(column: ColumnSchema) -> Any:
+    if column.dtype == "float64":
+        base: Any = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_float_rule(column))]
+    elif column.dtype == "int64":
+        limits = {
+            "ge": max(INT64_MIN, math.ceil(column.min)) if column.min is not None else INT64_MIN,
+            "le": min(INT64_MAX, math.floor(column.max)) if column.max is not None else INT64_MAX,
+        }
+        base = Annotated[int, Field(strict=False, **limits)]
+    elif column.dtype == "bool":
+        base = Annotated[bool, Field(strict=True)]
+    elif column.dtype == "timestamp":
+        base = Annotated[datetime, AfterValidator(_utc)]
+    else:
+        base = Annotated[str, Field(max_length=MAX_STRING)]
+    return base | None if column.nullable else base
+
+
+class Feedback(BaseModel):
+    """The true label of an earlier prediction, by its request id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")
+    label: Literal[0, 1]
+
+
+def error_detail(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """Pydantic errors as `{field, rule, message}`: the field path and the rule that failed."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        parts = [prefix] if prefix else []
+        for part in err["loc"]:
+            if isinstance(part, int):
+                parts[-1:] = [f"{parts[-1] if parts else 'records'}[{part}]"]
+            else:
+                parts.append(str(part))
+        out.append({"field": ".".join(parts) or "body", "rule": err["type"], "message": err["msg"]})
+    return out
+
+
+class RecordParser:
+    """Validates request bodies against one model's input schema; reused for every request."""
+
+    def __init__(self, schema: FeatureSchema, input_columns: list[str], max_records: int, max_body_bytes: int) -> None:
+        by_name = {c.name: c for c in schema.columns}
+        fields = {name: _field_type(by_name[name]) for name in input_columns}
+        self.record_type = with_config(ConfigDict(extra="forbid", str_max_length=MAX_STRING))(
+            TypedDict("Record", fields)  # type: ignore[operator]
+        )
+        self.input_columns = list(input_columns)
+        self.max_records = max_records
+        self.max_body_bytes = max_body_bytes
+        self._one = TypeAdapter(self.record_type)
+        self._many = TypeAdapter(Annotated[list[self.record_type], Field(min_length=1, max_length=max_records)])
+
+    def json_schema(self) -> dict[str, Any]:
+        """The OpenAPI body: one record, or a list of at most `max_records`."""
+        return {
+            "oneOf": [
+                self._one.json_schema(),
+                {"type": "array", "items": self._one.json_schema(), "minItems": 1, "maxItems": self.max_records},
+            ]
+        }
+
+    def parse(self, body: bytes, content_type: str | None) -> list[dict[str, Any]]:
+        if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+            raise RequestError(415, [{"field": "content-type", "rule": "media_type", "message": "send application/json"}])
+        if len(body) > self.max_body_bytes:
+            raise RequestError(
+                413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {self.max_body_bytes} bytes"}]
+            )
+        start = body.lstrip()[:1]
+        if start not in (b"{", b"["):
+            raise RequestError(400, [{"field": "body", "rule": "json", "message": "body must be a JSON object or array"}])
+        try:
+            if start == b"{":
+                return [self._one.validate_json(body)]
+            return self._many.validate_json(body)
+        except ValidationError as exc:
+            detail = error_detail(exc, "" if start == b"[" else "record")
+            if any(e["rule"] == "json_invalid" for e in detail):
+                raise RequestError(400, detail) from None
+            raise RequestError(422, detail) from None

@@ -1,0 +1,290 @@
+"""The tabular model deployment: one FastAPI ingress replica that validates, batches and scores.
+
+Validation, batching and the model live in the same replica, so a request crosses one hop
+(proxy -> replica), not two. `@serve.batch` gathers concurrent requests into one call of
+`FittedFeatures.transform` and the backend; its wait adapts to load (no wait for a lone
+request, the configured wait when others are in flight).
+
+Hot swap: Serve calls `reconfigure(user_config)` when only the user config changes (no replica
+restart). The replica loads the target version beside the serving one, builds its backend (with
+the parity check), checks it on a probe batch, then replaces one reference. A request keeps
+the model it was validated against until it is answered, so none fails during a swap.
+"""
+
+
+# no `from __future__ import annotations` here: FastAPI reads the route signatures at runtime
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationError
+from ray import serve
+
+from rayloop import metrics
+from rayloop.bundle import ModelBundle
+from rayloop.data.schema import ARROW_TYPES
+from rayloop.serving.api import Feedback, RecordParser, RequestError, error_detail
+from rayloop.serving.backends import Backend, build_backend, probe_matrix
+
+__all__ = ["ServerArgs", "TabularServer", "app"]
+
+log = logging.getLogger("ray.serve")
+
+
+class ServerArgs(BaseModel):
+    """What a replica needs; built by `serve_apps.tabular.app_builder` from the rayloop config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    tracking_uri: str | None = None
+    backend: str = "auto"
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.002
+    max_records_per_request: int = 1024
+    max_body_bytes: int = 1_048_576
+    parity_tolerance: float = 1e-3
+    decision_threshold: float = 0.5
+    auth_token_env: str = "RAYLOOP_SERVE_TOKEN"
+    engine_cache_dir: str | None = None
+
+
+@dataclass
+class Loaded:
+    """One servable model version: everything a request needs, swapped as a unit."""
+
+    ref: str
+    version: str
+    bundle: ModelBundle
+    backend: Backend
+    parser: RecordParser
+    arrow_schema: pa.Schema
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+app = FastAPI(
+    title="rayloop tabular model",
+    description="Scores raw rows with the registered champion; features are applied inside the model bundle.",
+    version="1",
+)
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+@serve.deployment(name="TabularServer")
+@serve.ingress(app)
+class TabularServer:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = ServerArgs.model_validate(args)
+        if self.args.tracking_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = self.args.tracking_uri
+        self.state: Loaded | None = None
+        self._swap_lock = asyncio.Lock()
+        self._inflight = 0
+        self._token = os.environ.get(self.args.auth_token_env) or None
+        self._score.set_max_batch_size(self.args.max_batch_size)
+        self._score.set_batch_wait_timeout_s(0.0)
+        self.m = {spec.name: metrics.create(spec) for spec in metrics.SERVING}
+        app.openapi_schema = None  # regenerated with the model's request schema once loaded
+
+    # ---- model lifecycle --------------------------------------------------------------------
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        ref = str(user_config.get("model_ref", "champion"))
+        async with self._swap_lock:
+            try:
+                loaded = await asyncio.to_thread(self._load, ref)
+            except Exception as exc:
+                self._count("MODEL_SWAPS", outcome="failed")
+                if self.state is None:
+                    raise  # nothing to serve: let Serve report the replica as failed
+                log.error("model swap to %s failed; still serving version %s: %s", ref, self.state.version, exc)
+                return
+            previous, self.state = self.state, loaded
+            if previous is not None and previous.version != loaded.version:
+                self.m[metrics.MODEL_VERSION.name].set(0, tags={"model": self.args.model_name, "version": previous.version})
+            self.m[metrics.MODEL_VERSION.name].set(1, tags={"model": self.args.model_name, "version": loaded.version})
+            self._count("MODEL_SWAPS", outcome="swapped" if previous else "loaded")
+            log.info("serving %s version %s with backend %s", self.args.model_name, loaded.version, loaded.backend.name)
+
+    def _load(self, ref: str) -> Loaded:
+        from rayloop import registry
+
+        version = registry.resolve_version(self.args.model_name, ref)
+        if version is None:
+            raise LookupError(f"model {self.args.model_name!r} has no version or alias {ref!r}")
+        if self.state is not None and self.state.version == version:
+            return self.state
+        bundle = registry.load_bundle(self.args.model_name, version)
+        backend = build_backend(
+            bundle,
+            self.args.backend,
+            max_batch_size=self.args.max_batch_size,
+            tolerance=self.args.parity_tolerance,
+            cache_dir=Path(self.args.engine_cache_dir) if self.args.engine_cache_dir else None,
+            on_fallback=lambda name, reason: self._count("PARITY_FALLBACKS", backend=name, reason=reason),
+        )
+        probe = backend.predict(probe_matrix(bundle.fitted, rows=32, seed=1))
+        if probe.shape != (32,) or not np.all((probe >= 0) & (probe <= 1)):
+            raise ValueError(f"version {version} failed the probe batch: outputs are not probabilities")
+        columns = bundle.input_columns
+        types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
+        parser = RecordParser(bundle.schema, columns, self.args.max_records_per_request, self.args.max_body_bytes)
+        info = {
+            "name": self.args.model_name,
+            "version": version,
+            "ref": ref,
+            "kind": bundle.kind,
+            "backend": backend.name,
+            "backend_max_abs_diff": backend.max_abs_diff,
+            "features_hash": bundle.fitted.content_hash,
+            "input_columns": columns,
+            "metrics": bundle.metrics,
+            "lineage": {k: bundle.lineage.get(k) for k in ("preprocess_run_id", "data_fingerprint", "config_hash", "trained_at")},
+        }
+        schema = pa.schema([(name, types[name]) for name in columns])
+        return Loaded(ref, version, bundle, backend, parser, schema, info)
+
+    def check_health(self) -> None:
+        if self.state is None:
+            raise RuntimeError("no model loaded")
+
+    # ---- scoring ----------------------------------------------------------------------------
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
+    async def _score(self, items: list[tuple[Loaded, list[dict[str, Any]]]]) -> list[np.ndarray]:
+        results: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (state, _) in enumerate(items):
+            groups.setdefault(id(state), []).append(i)
+        for indices in groups.values():
+            state = items[indices[0]][0]
+            rows = [row for i in indices for row in items[i][1]]
+            table = pa.Table.from_pylist(rows, schema=state.arrow_schema)
+            probs = state.backend.predict(state.bundle.fitted.transform(table))
+            self.m[metrics.BATCH_ROWS.name].observe(len(rows))
+            start = 0
+            for i in indices:
+                n = len(items[i][1])
+                results[i] = probs[start : start + n]
+                start += n
+        return results  # type: ignore[return-value]
+
+    async def _predict(self, state: Loaded, rows: list[dict[str, Any]]) -> np.ndarray:
+        self._inflight += 1
+        try:
+            # a lone request goes at once; with company, wait a little for a fuller batch
+            self._score.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s if self._inflight > 1 else 0.0)
+            return await self._score((state, rows))
+        finally:
+            self._inflight -= 1
+
+    # ---- HTTP -------------------------------------------------------------------------------
+    def _count(self, key: str, **tags: str) -> None:
+        self.m[getattr(metrics, key).name].inc(1, tags=tags)
+
+    def _finish(self, route: str, started: float, response: Response) -> Response:
+        self.m[metrics.REQUESTS.name].inc(1, tags={"route": route, "status": str(response.status_code)})
+        self.m[metrics.LATENCY_MS.name].observe((time.perf_counter() - started) * 1000, tags={"route": route})
+        return response
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        if self._token is None:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), self._token.encode()):
+            return None
+        detail = [{"field": "authorization", "rule": "bearer_token", "message": "missing or wrong bearer token"}]
+        return _json(401, {"detail": detail}, {"WWW-Authenticate": "Bearer"})
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused as soon as it passes the limit (by header or while streaming)."""
+        limit = self.args.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_large = RequestError(413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {limit} bytes"}])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @app.post("/v1/predict", summary="Score one record or a list of records")
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return self._finish("predict", started, refused)
+        state = self.state
+        if state is None:
+            return self._finish("predict", started, _json(503, {"detail": "no model loaded yet"}, {"Retry-After": "1"}))
+        try:
+            rows = state.parser.parse(await self._body(request), request.headers.get("content-type"))
+        except RequestError as exc:
+            return self._finish("predict", started, _json(exc.status, exc.body()))
+        probs = await self._predict(state, rows)
+        self.m[metrics.ROWS.name].inc(len(rows), tags={"model_version": state.version})
+        threshold = self.args.decision_threshold
+        predictions = [
+            {
+                "request_id": uuid.uuid4().hex,
+                "probability": float(p),
+                "label": int(p >= threshold),
+                "model_version": state.version,
+            }
+            for p in probs
+        ]
+        for p in probs:
+            self.m[metrics.PREDICTIONS.name].observe(float(p), tags={"model_version": state.version})
+        return self._finish("predict", started, _json(200, {"predictions": predictions}))
+
+    @app.post("/v1/feedback", status_code=202, summary="The true label of an earlier prediction")
+    async def feedback(self, request: Request) -> Response:
+        started = time.perf_counter()
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return self._finish("feedback", started, refused)
+        try:
+            body = await self._body(request)
+            if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+                raise RequestError(415, [{"field": "content-type", "rule": "media_type", "message": "send application/json"}])
+            item = Feedback.model_validate_json(body)
+        except RequestError as exc:
+            return self._finish("feedback", started, _json(exc.status, exc.body()))
+        except ValidationError as exc:
+            detail = error_detail(exc, "feedback")
+            status = 400 if any(e["rule"] == "json_invalid" for e in detail) else 422
+            return self._finish("feedback", started, _json(status, {"detail": detail}))
+        self._count("FEEDBACK", label=str(item.label))
+        return self._finish("feedback", started, _json(202, {"accepted": True, "request_id": item.request_id}))
+
+    @app.get("/v1/model", summary="The model this replica serves")
+    async def model(self, request: Request) -> Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        if self.state is None:
+            return _json(503, {"detail": "no model loaded yet"}, {"Retry-After": "1"})
+        return JSONResponse(self.state.info)
+
+    @app.get("/healthz", summary="Liveness: 200 once a model is loaded")
+    async def healthz(self) -> Response:
+        if self.state is None:
+            return _json(503, {"status": "loading"})
+        return _json(200, {"status": "ok", "model_version": self.state.version})

@@ -1,0 +1,242 @@
+"""The Serve app over real HTTP: parity with the pyfunc bundle, malformed requests, hot swap, overload."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+
+import httpx
+import lightgbm as lgb
+import mlflow
+import numpy as np
+import pytest
+
+from rayloop import registry
+from rayloop.bundle import ModelBundle
+from rayloop.data.synthetic import generate
+from tests.support import fitted_synthetic
+
+pytestmark = pytest.mark.slow
+
+NAME = "serve-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(table) -> list[dict]:
+    rows = table.drop_columns(["label", "entity_id"]).to_pylist()
+    for row in rows:
+        row["event_time"] = row["event_time"].isoformat()
+    return rows
+
+
+def _register(bundle: ModelBundle) -> str:
+    registry.client()
+    with mlflow.start_run(experiment_id=registry.experiment_id("serve-tests")):
+        return registry.log_bundle(bundle, model_name=NAME)
+
+
+@pytest.fixture(scope="module")
+def models():
+    config, train, fitted, profile = fitted_synthetic(5000, seed=41)
+    x, y = fitted.transform(train), train.column("label").to_numpy()
+
+    def bundle(rounds: int, leaves: int) -> ModelBundle:
+        booster = lgb.train(
+            {"objective": "binary", "verbosity": -1, "num_leaves": leaves, "seed": 3},
+            lgb.Dataset(x, y, categorical_feature=fitted.categorical_indices),
+            num_boost_round=rounds,
+        )
+        return ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile)
+
+    v1 = _register(bundle(40, 15))
+    holdout = generate(400, seed=42)
+    assert registry.promote(NAME, v1, holdout, label="label").promote
+    v2 = _register(bundle(80, 31))
+    return v1, v2, holdout
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, models):
+    from ray import serve
+
+    from serve_apps.tabular import TabularAppArgs, app_builder
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    overrides = [f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1",
+                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536"]
+    serve.run(app_builder(TabularAppArgs(overrides=overrides)), name="tabular", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        yield base, overrides
+    finally:
+        serve.shutdown()
+
+
+def test_predictions_equal_the_pyfunc_bundle_for_the_same_rows(server, models):
+    base, _ = server
+    v1, _, holdout = models
+    rows = _records(holdout.slice(0, 50))
+    got = httpx.post(f"{base}/v1/predict", json=rows, timeout=30)
+    assert got.status_code == 200, got.text
+    predictions = got.json()["predictions"]
+    assert [p["model_version"] for p in predictions] == [v1] * 50
+    expected = mlflow.pyfunc.load_model(registry.model_uri(NAME, v1)).predict(holdout.slice(0, 50).to_pandas())
+    np.testing.assert_allclose([p["probability"] for p in predictions], expected, rtol=0, atol=1e-12)
+    assert [p["label"] for p in predictions] == [int(p >= 0.5) for p in expected]
+    assert len({p["request_id"] for p in predictions}) == 50
+    one = httpx.post(f"{base}/v1/predict", json=rows[0], timeout=30).json()["predictions"]
+    assert one[0]["probability"] == pytest.approx(expected[0], abs=1e-12)
+    info = httpx.get(f"{base}/v1/model", timeout=10).json()
+    assert info["version"] == v1 and info["backend"] == "native" and info["kind"] == "lightgbm"
+    assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "model_version": v1}
+
+
+def _malformed_cases(row: dict) -> list[tuple[str, dict, int, str | None]]:
+    """(name, httpx kwargs, expected status, field the error must name)."""
+    j = {"headers": {"content-type": "application/json"}}
+
+    def body(value) -> dict:
+        return {"content": json.dumps(value), **j}
+
+    def raw(text: str) -> dict:
+        return {"content": text, **j}
+
+    return [
+        ("wrong type", body({**row, "age": "old"}), 422, "record.age"),
+        ("missing field", body({k: v for k, v in row.items() if k != "income"}), 422, "record.income"),
+        ("extra field", body({**row, "agee": 30}), 422, "record.agee"),
+        ("empty list", body([]), 422, "body"),
+        ("too many rows", body([row] * 65), 422, "body"),
+        ("out of range", body({**row, "age": 500}), 422, "record.age"),
+        ("infinity not allowed", raw(json.dumps({**row, "income": 1}).replace('"income": 1', '"income": Infinity')), 422, "record.income"),
+        ("huge number", raw(json.dumps({**row, "age": 1}).replace('"age": 1', '"age": 1e999')), 422, "record.age"),
+        ("integer overflow", body({**row, "num_transactions_30d": 10**30}), 422, "record.num_transactions_30d"),
+        ("fractional integer", body({**row, "num_transactions_30d": 2.5}), 422, "record.num_transactions_30d"),
+        ("NaN timestamp", raw(json.dumps({**row, "event_time": 1}).replace('"event_time": 1', '"event_time": NaN')), 422, "record.event_time"),
+        ("null in a non-null column", body({**row, "event_time": None}), 422, "record.event_time"),
+        ("bad timestamp", body({**row, "event_time": "yesterday"}), 422, "record.event_time"),
+        ("nested object", body({**row, "region": {"a": 1}}), 422, "record.region"),
+        ("string too long", body({**row, "merchant_id": "m" * 5000}), 422, "record.merchant_id"),
+        ("row not an object", body([row, 7]), 422, "records[1]"),
+        ("second row bad", body([row, {**row, "age": -3}]), 422, "records[1].age"),
+        ("invalid JSON", raw('{"age": 3,'), 400, None),
+        ("JSON scalar", raw("5"), 400, "body"),
+        ("wrong content type", {"content": json.dumps(row), "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+        ("no content type", {"content": json.dumps(row).encode()}, 415, "content-type"),
+        ("body too large", body([{**row, "merchant_id": "m" * 1000}] * 64), 413, "body"),
+    ]
+
+
+def test_malformed_requests_get_their_documented_4xx_and_the_server_keeps_serving(server, models):
+    base, _ = server
+    _, _, holdout = models
+    row = _records(holdout.slice(0, 1))[0]
+    cases = _malformed_cases(row)
+    assert len(cases) >= 15
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for name, kwargs, status, field in cases:
+            got = client.post("/v1/predict", **kwargs)
+            assert got.status_code == status, f"{name}: {got.status_code} {got.text[:300]}"
+            if field is not None:
+                assert field in [d["field"] for d in got.json()["detail"]], f"{name}: {got.text[:300]}"
+        # JSON's NaN where the column is nullable means missing; an unseen category is out-of-vocabulary
+        nan = json.dumps({**row, "age": 1}).replace('"age": 1', '"age": NaN')
+        assert client.post("/v1/predict", content=nan, headers={"content-type": "application/json"}).status_code == 200
+        unseen = client.post("/v1/predict", json={**row, "channel": "carrier-pigeon", "merchant_id": "never-seen"})
+        assert unseen.status_code == 200 and 0 <= unseen.json()["predictions"][0]["probability"] <= 1
+        assert client.get("/v1/predict").status_code == 405
+        bad_feedback = [
+            ({"request_id": "x", "label": 1}, 422), ({"request_id": "a" * 32, "label": 2}, 422),
+            ({"request_id": "a" * 32, "label": 1, "extra": 0}, 422),
+        ]
+        for payload, status in bad_feedback:
+            assert client.post("/v1/feedback", json=payload).status_code == status
+        request_id = client.post("/v1/predict", json=row).json()["predictions"][0]["request_id"]
+        assert client.post("/v1/feedback", json={"request_id": request_id, "label": 1}).status_code == 202
+        assert client.post("/v1/predict", json=row).status_code == 200  # still serving
+
+
+def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_version(server, models):
+    from ray import serve
+
+    from serve_apps.tabular import TabularAppArgs, app_builder
+
+    base, overrides = server
+    v1, v2, holdout = models
+    rows = _records(holdout.slice(0, 4))
+    statuses: Counter = Counter()
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    got = client.post("/v1/predict", json=rows)
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+                    continue
+                statuses[got.status_code] += 1
+                if got.status_code == 200:
+                    versions.append(got.json()["predictions"][0]["model_version"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    # the rollout: same app, same code and args, only the user config names the new version
+    serve.run(app_builder(TabularAppArgs(overrides=overrides, model_ref=v2)), name="tabular", route_prefix="/")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not versions or versions[-1] != v2):
+        time.sleep(0.2)
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert set(statuses) == {200}, statuses
+    assert versions[0] == v1 and versions[-1] == v2
+    first_new = versions.index(v2)
+    assert set(versions[first_new:]) == {v2}  # once swapped, never back
+    assert httpx.get(f"{base}/v1/model", timeout=10).json()["version"] == v2
+
+
+def test_overload_gets_fast_503s_or_answers_never_hangs_and_the_app_recovers(server, models):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve_apps.tabular import TabularAppArgs, app_builder
+
+    base, overrides = server
+    _, _, holdout = models
+    tight = [*overrides, "serving.max_ongoing_requests=2", "serving.max_batch_size=2", "serving.max_queued_requests=2"]
+    serve.run(app_builder(TabularAppArgs(overrides=tight)), name="small", route_prefix="/small")
+    rows = _records(holdout.slice(0, 64))
+
+    def call(_: int) -> tuple[int | str, str | None]:
+        try:  # a hang shows up as a timeout here
+            got = httpx.post(f"{base}/small/v1/predict", json=rows, timeout=30)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None
+        return got.status_code, got.headers.get("retry-after")
+
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(call, range(256)))
+        statuses = Counter(status for status, _ in results)
+        assert set(statuses) <= {200, 503}, statuses  # no timeouts, no other 5xx
+        assert statuses[503] > 0 and statuses[200] > 0, statuses
+        assert {retry for status, retry in results if status == 503} == {"1"}  # serving.retry_after_s
+        after = httpx.post(f"{base}/small/v1/predict", json=rows[:1], timeout=30)
+        assert after.status_code == 200
+    finally:
+        serve.delete("small")
