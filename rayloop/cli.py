@@ -218,6 +218,40 @@ def rollback(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print(f"{cfg.registry.model_name}: champion moved from version {current} back to version {previous}")
 
 
+@app.command("serve")
+def serve_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    version: Annotated[Optional[str], typer.Option(help="alias or version to serve (default: serving.model_ref)")] = None,
+    detach: Annotated[bool, typer.Option(help="return after deploying (needs a running cluster: --address)")] = False,
+) -> None:
+    """Serve the registered model over HTTP (Ray Serve, 127.0.0.1:serving.port by default)."""
+    import os
+    import time
+
+    from rayloop.runtime import init_ray
+    from rayloop.serving.deploy import deploy
+
+    cfg = _config(config, set_)
+    if detach and not (address or os.environ.get("RAY_ADDRESS")):
+        console.print("[red]error:[/red] --detach needs a running cluster (--address or RAY_ADDRESS)")
+        raise typer.Exit(2)
+    with console.status("starting Ray Serve"):
+        init_ray(address)
+        url = deploy(cfg, config_path=config, overrides=set_, model_ref=version)
+    console.print(f"serving [cyan]{cfg.registry.model_name}[/cyan] at [cyan]{url}/v1/predict[/cyan] (docs: {url}/docs)")
+    if detach:
+        return
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
 def _print_training(outcome) -> None:
     _print_training_dict(outcome.to_dict())
 

@@ -27,6 +27,7 @@ __all__ = [
     "ensure",
     "ray_temp_dir",
     "ensure_ray_temp_dir",
+    "short_path",
     "auth_token_path",
     "train_storage",
     "tune_storage",
@@ -66,16 +67,22 @@ def ensure_ray_temp_dir(real: Path | None = None) -> Path:
     Ray gets a short symlink in the system temp dir that points here: the files stay under
     RAYLOOP_HOME, only the link lives outside.
     """
-    real = ensure(real or ray_temp_dir())
-    if len(str(real)) <= MAX_RAY_TEMP_DIR_CHARS:
+    return short_path(real or ray_temp_dir(), "rayloop", MAX_RAY_TEMP_DIR_CHARS)
+
+
+def short_path(real: Path, tag: str, max_chars: int) -> Path:
+    """`real` (created) when it has at most `max_chars` characters, else a short symlink to it,
+    `$TMPDIR/<tag>-<uid>-<hash>`, for programs that put sockets under it."""
+    real = ensure(real)
+    if len(str(real)) <= max_chars:
         return real
     digest = hashlib.sha256(str(real).encode()).hexdigest()[:10]
-    link = Path(tempfile.gettempdir()) / f"rayloop-{os.getuid()}-{digest}"
-    if len(str(link)) > MAX_RAY_TEMP_DIR_CHARS:
+    link = Path(tempfile.gettempdir()) / f"{tag}-{os.getuid()}-{digest}"
+    if len(str(link)) > max_chars:
         raise RayTempDirError(
-            f"Ray temp dir {str(real)!r} is {len(str(real))} characters and so is the system temp dir "
-            f"link {str(link)!r}; Unix socket paths allow at most {MAX_RAY_TEMP_DIR_CHARS} here. "
-            f"Set {ENV_HOME} to a shorter path."
+            f"{str(real)!r} is {len(str(real))} characters and so is the system temp dir "
+            f"link {str(link)!r}; Unix socket paths allow at most {max_chars} here. "
+            f"Set {ENV_HOME} (or TMPDIR) to a shorter path."
         )
     if link.is_symlink() and Path(os.readlink(link)) != real:
         link.unlink()

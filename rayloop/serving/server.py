@@ -161,6 +161,8 @@ class TabularServer:
     def check_health(self) -> None:
         if self.state is None:
             raise RuntimeError("no model loaded")
+        # re-set on every health check (every few seconds) so the series never goes stale
+        self.m[metrics.MODEL_VERSION.name].set(1, tags={"model": self.args.model_name, "version": self.state.version})
 
     # ---- scoring ----------------------------------------------------------------------------
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)

@@ -18,14 +18,26 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_session(rayloop_home) -> Iterator[None]:
+def ray_session(rayloop_home) -> Iterator[int]:
+    """The local cluster; yields its metrics export port."""
+    import socket
+
     import ray
 
     from rayloop.runtime import init_ray
 
-    started = init_ray(num_cpus=2)
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    metrics_port = free_port()
+    # HAProxy's fixed listener ports would clash with any other cluster on this machine
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    started = init_ray(num_cpus=2, metrics_export_port=metrics_port)
     try:
-        yield
+        yield metrics_port
     finally:
         if started:
             ray.shutdown()

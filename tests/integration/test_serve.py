@@ -67,14 +67,12 @@ def models():
 def server(ray_session, models):
     from ray import serve
 
-    from serve_apps.tabular import TabularAppArgs, app_builder
+    from rayloop.config import load_config
+    from rayloop.serving.deploy import deploy
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     overrides = [f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1",
-                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536"]
-    serve.run(app_builder(TabularAppArgs(overrides=overrides)), name="tabular", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
+                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536", f"serving.port={_free_port()}"]
+    base = deploy(load_config(None, overrides), overrides=overrides)
     try:
         yield base, overrides
     finally:
@@ -166,9 +164,8 @@ def test_malformed_requests_get_their_documented_4xx_and_the_server_keeps_servin
 
 
 def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_version(server, models):
-    from ray import serve
-
-    from serve_apps.tabular import TabularAppArgs, app_builder
+    from rayloop.config import load_config
+    from rayloop.serving.deploy import rollout
 
     base, overrides = server
     v1, v2, holdout = models
@@ -194,7 +191,7 @@ def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_ve
         t.start()
     time.sleep(2)
     # the rollout: same app, same code and args, only the user config names the new version
-    serve.run(app_builder(TabularAppArgs(overrides=overrides, model_ref=v2)), name="tabular", route_prefix="/")
+    assert rollout(load_config(None, overrides), v2, overrides=overrides) == base
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not versions or versions[-1] != v2):
         time.sleep(0.2)
@@ -240,3 +237,35 @@ def test_overload_gets_fast_503s_or_answers_never_hangs_and_the_app_recovers(ser
         assert after.status_code == 200
     finally:
         serve.delete("small")
+
+
+def test_serving_metrics_reach_the_ray_metrics_export_port(server, ray_session):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rayloop import metrics
+
+    base, _ = server
+    # the earlier tests sent 200s and 4xx; one more of each, then wait for the export (5-20 s late)
+    httpx.post(f"{base}/v1/predict", content=b"{", headers={"content-type": "application/json"}, timeout=10)
+
+    def samples() -> dict[str, list]:
+        try:
+            page = httpx.get(f"http://127.0.0.1:{ray_session}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return {}
+        return {f.name: f.samples for f in text_string_to_metric_families(page)}
+
+    wanted = {metrics.exported_name(s).removesuffix("_total") for s in (metrics.REQUESTS, metrics.LATENCY_MS, metrics.BATCH_ROWS, metrics.MODEL_VERSION, metrics.PREDICTIONS)}
+    deadline = time.monotonic() + 90
+    found: dict[str, list] = {}
+    while time.monotonic() < deadline:
+        found = samples()
+        if wanted <= set(found) and any(s.labels.get("status") == "400" for s in found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]):
+            break
+        time.sleep(2)
+    assert wanted <= set(found), sorted(n for n in found if "rayloop" in n)
+    requests = found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]
+    statuses = {s.labels["status"] for s in requests if s.labels.get("route") == "predict"}
+    assert {"200", "400", "422", "415", "413"} <= statuses
+    versions = {s.labels["version"]: s.value for s in found[metrics.exported_name(metrics.MODEL_VERSION)]}
+    assert 1.0 in versions.values()

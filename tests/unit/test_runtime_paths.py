@@ -33,7 +33,7 @@ def test_a_home_too_long_for_ray_sockets_gets_a_short_link_to_it(monkeypatch, tm
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
-    with pytest.raises(RayTempDirError, match="Set RAYLOOP_HOME to a shorter path"):
+    with pytest.raises(RayTempDirError, match=r"Set RAYLOOP_HOME \(or TMPDIR\) to a shorter path"):
         paths.ensure_ray_temp_dir()
     monkeypatch.setattr(tempfile, "tempdir", None)
 

@@ -1,0 +1,51 @@
+"""Deploying the Serve app from Python (CLI, the loop's rollout): same builder as `serve run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayloop.config import RayloopConfig
+
+__all__ = ["APP_NAME", "deploy", "rollout"]
+
+APP_NAME = "tabular"
+
+
+def deploy(
+    config: RayloopConfig,
+    *,
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    model_ref: str | None = None,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+) -> str:
+    """Start Serve on `serving.host:serving.port` (127.0.0.1 by default) if needed and deploy the
+    app; returns its base URL. Redeploying with only `model_ref` changed is a hot swap."""
+    from ray import serve
+
+    from serve_apps.tabular import TabularAppArgs, app_builder
+
+    serving = config.serving
+    serve.start(
+        http_options={"host": serving.host, "port": serving.port},
+        logging_config={"enable_access_log": False},
+    )
+    args = TabularAppArgs(
+        config=str(config_path) if config_path else None, overrides=list(overrides or []), model_ref=model_ref
+    )
+    serve.run(app_builder(args), name=name, route_prefix=route_prefix)
+    host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
+    return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
+
+
+def rollout(
+    config: RayloopConfig,
+    version: str,
+    *,
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    name: str = APP_NAME,
+) -> str:
+    """Point the running app at a concrete registry version (a lightweight user-config update)."""
+    return deploy(config, config_path=config_path, overrides=overrides, model_ref=str(version), name=name)
