@@ -8,7 +8,8 @@ bound application: one autoscaling deployment, `TabularServer`, that validates, 
 scores, and serves `serving.model_ref` (the `champion` alias by default).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: Serve reads the builder's annotation at runtime to
+# turn a config file's `args:` into TabularAppArgs
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
@@ -57,6 +58,8 @@ def deployment_options(config: RayloopConfig, model_ref: str | None = None) -> d
 def app_builder(args: TabularAppArgs) -> Application:
     from rayloop.serving.server import ServerArgs, TabularServer
 
+    if not isinstance(args, TabularAppArgs):  # a plain dict from an older Serve or a caller
+        args = TabularAppArgs.model_validate(args)
     config = load_config(args.config, args.overrides)
     serving = config.serving
     server_args = ServerArgs(

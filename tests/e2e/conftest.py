@@ -73,6 +73,8 @@ def ray_head(rayloop_home) -> Iterator[Head]:
     # job entrypoints run `python` from the PATH Ray was started with, as in an activated venv
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
+    # Serve's HAProxy listeners get their own ports: another local cluster may hold the defaults
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"], env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port()), str(_free_port())
     cmd = [
         RAY, "start", "--head",
         "--node-ip-address=127.0.0.1", f"--port={port}",

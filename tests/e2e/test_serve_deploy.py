@@ -1,0 +1,92 @@
+"""`serve deploy configs/serve/tabular.yaml` against a real head (token auth on): the native Serve
+config file deploys the app, which serves the registered champion over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import httpx
+import lightgbm as lgb
+import mlflow
+import pytest
+import yaml
+
+from rayloop import registry
+from rayloop.bundle import ModelBundle
+from rayloop.data.synthetic import generate
+from tests.support import fitted_synthetic
+
+from .conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+MODEL = "e2e-serve"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _external_addresses() -> list[str]:
+    import psutil
+
+    return [
+        a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
+
+
+def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path):
+    config, train, fitted, profile = fitted_synthetic(3000, seed=51)
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1},
+        lgb.Dataset(fitted.transform(train), train.column("label").to_numpy(), categorical_feature=fitted.categorical_indices),
+        num_boost_round=20,
+    )
+    registry.client()
+    with mlflow.start_run(experiment_id=registry.experiment_id("e2e-serve")):
+        version = registry.log_bundle(ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile), model_name=MODEL)
+    holdout = generate(300, seed=52)
+    assert registry.promote(MODEL, version, holdout, label="label").promote
+
+    spec = yaml.safe_load((ROOT / "configs" / "serve" / "tabular.yaml").read_text())
+    port = _port()
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"]["overrides"] = [f"registry.model_name={MODEL}"]
+    target = tmp_path / "tabular.yaml"
+    target.write_text(yaml.safe_dump(spec))
+    serve = str(ROOT / ".venv" / "bin" / "serve")
+
+    done = subprocess.run([serve, "deploy", str(target), "--address", ray_head.dashboard],
+                          env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(healthy, 240, interval_s=2, what="the deployed app")
+        except TimeoutError:
+            status = subprocess.run([serve, "status", "--address", ray_head.dashboard], env=ray_head.env,
+                                    capture_output=True, text=True, timeout=60)
+            raise AssertionError(f"app not healthy:\n{status.stdout[-3000:]}{status.stderr[-2000:]}") from None
+        row = holdout.drop_columns(["label", "entity_id"]).slice(0, 1).to_pylist()[0]
+        row["event_time"] = row["event_time"].isoformat()
+        got = httpx.post(f"{base}/v1/predict", json=row, timeout=30)
+        assert got.status_code == 200, got.text
+        assert got.json()["predictions"][0]["model_version"] == version
+        # the HTTP port listens on 127.0.0.1 only: the machine's other addresses refuse it
+        for address in _external_addresses():
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://{address}:{port}/healthz", timeout=3)
+    finally:
+        subprocess.run([serve, "shutdown", "-y", "--address", ray_head.dashboard],
+                       env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=180)
