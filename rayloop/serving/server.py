@@ -99,7 +99,22 @@ class TabularServer:
         self._score.set_max_batch_size(self.args.max_batch_size)
         self._score.set_batch_wait_timeout_s(0.0)
         self.m = {spec.name: metrics.create(spec) for spec in metrics.SERVING}
-        app.openapi_schema = None  # regenerated with the model's request schema once loaded
+        app.openapi = self._openapi  # /docs shows the request schema of the model being served
+
+    def _openapi(self) -> dict[str, Any]:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        if self.state is not None:
+            spec["paths"]["/v1/predict"]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": self.state.parser.json_schema()}},
+            }
+            spec["paths"]["/v1/feedback"]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": Feedback.model_json_schema()}},
+            }
+        return spec
 
     # ---- model lifecycle --------------------------------------------------------------------
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

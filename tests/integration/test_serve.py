@@ -96,6 +96,10 @@ def test_predictions_equal_the_pyfunc_bundle_for_the_same_rows(server, models):
     info = httpx.get(f"{base}/v1/model", timeout=10).json()
     assert info["version"] == v1 and info["backend"] == "native" and info["kind"] == "lightgbm"
     assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "model_version": v1}
+    openapi = httpx.get(f"{base}/openapi.json", timeout=10).json()
+    record = openapi["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
+    assert set(record["properties"]) == set(info["input_columns"]) and record["additionalProperties"] is False
+    assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
 
 
 def _malformed_cases(row: dict) -> list[tuple[str, dict, int, str | None]]:

@@ -135,3 +135,24 @@ def test_auto_picks_native_for_trees_and_on_cpu():
     if not torch.cuda.is_available():
         assert resolve_choice("mlp", "auto") == "native"
     assert resolve_choice("mlp", "torch_compile") == "torch_compile"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+@pytest.mark.parametrize("name", ["torch", "torch_compile", "tensorrt"])
+def test_cuda_backends_serve_only_after_passing_parity(parts, name, tmp_path):
+    from rayloop.serving.backends import _has_tensorrt
+
+    bundle = _mlp_bundle(parts)
+    calls: list[tuple[str, str]] = []
+    backend = build_backend(bundle, name, max_batch_size=64, tolerance=2e-3, cache_dir=tmp_path,
+                            on_fallback=lambda *a: calls.append(a))
+    if name == "tensorrt" and not _has_tensorrt():
+        assert backend.name == "native" and calls == [("tensorrt", "unavailable")]
+        return
+    assert backend.name == name and backend.device == "cuda" and calls == []
+    x = probe_matrix(bundle.fitted, rows=300, seed=9)
+    got = np.concatenate([backend.predict(x[i : i + 64]) for i in range(0, 300, 64)])
+    assert parity(bundle.predict_matrix(x), got) <= 2e-3
+    if name == "tensorrt":
+        assert any(tmp_path.iterdir())  # the engine was cached for the next replica
