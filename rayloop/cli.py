@@ -218,6 +218,43 @@ def rollback(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print(f"{cfg.registry.model_name}: champion moved from version {current} back to version {previous}")
 
 
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    events: Annotated[int, typer.Option(help="how many audit events to show")] = 15,
+) -> None:
+    """The registry's aliases and the latest decisions (gate, promotions, rollbacks) from the audit log."""
+    from rayloop import audit, registry
+
+    cfg = _config(config, set_)
+    name = cfg.registry.model_name
+    table = Table(title=f"model {name}")
+    table.add_column("alias")
+    table.add_column("version", justify="right")
+    table.add_column("test auc", justify="right")
+    table.add_column("gate")
+    mlflow_client = registry.client()
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        version = registry.resolve_version(name, alias)
+        if version is None:
+            table.add_row(alias, "-", "", "")
+            continue
+        tags = mlflow_client.get_model_version(name, version).tags
+        table.add_row(alias, version, tags.get("rayloop.test_auc", ""), tags.get("rayloop.gate.decision", ""))
+    console.print(table)
+    log = Table(title=f"latest decisions ({paths.audit_log()})")
+    log.add_column("time")
+    log.add_column("event", no_wrap=True, min_width=len("promotion_refused"))
+    log.add_column("model")
+    log.add_column("version", justify="right")
+    log.add_column("detail")
+    for entry in audit.read(limit=events):
+        detail = entry.get("reason") or (f"from {entry['previous']}" if entry.get("previous") else "")
+        log.add_row(entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail))
+    console.print(log)
+
+
 @app.command("serve")
 def serve_cmd(
     config: ConfigOpt = None,
