@@ -156,3 +156,25 @@ def test_cuda_backends_serve_only_after_passing_parity(parts, name, tmp_path):
     assert parity(bundle.predict_matrix(x), got) <= 2e-3
     if name == "tensorrt":
         assert any(tmp_path.iterdir())  # the engine was cached for the next replica
+
+
+def test_the_bearer_token_is_checked_only_when_its_env_var_is_set():
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from rayloop.serving.server import TabularServer
+
+    cls = TabularServer.func_or_class
+    check = cls._unauthorized
+
+    def request(header: str | None) -> Request:
+        headers = [(b"authorization", header.encode())] if header is not None else []
+        return Request({"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers})
+
+    assert check(SimpleNamespace(_token=None), request(None)) is None  # no token configured: open
+    guarded = SimpleNamespace(_token="s3cret")
+    assert check(guarded, request("Bearer s3cret")) is None
+    for header in (None, "Bearer wrong", "Basic s3cret", "s3cret"):
+        refused = check(guarded, request(header))
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
