@@ -60,6 +60,9 @@ def ray_env() -> dict[str, str]:
         # held about 0.25 GB more on the 10M-row benchmark.
         "MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0"),
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+        # Ray Train's controller polls its workers every 2 s by default, and every report and the
+        # end of a run wait for that poll: 0.2 s took 3 s off a 1-round LightGBM fit (18 -> 15 s)
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
     }
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token())
