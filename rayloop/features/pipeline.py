@@ -136,7 +136,8 @@ class FittedFeatures(BaseModel):
     def transform(self, batch: Batch) -> np.ndarray:
         """Raw rows -> float32 matrix (rows x feature_names). Pure and row-independent."""
         table = to_arrow(batch)
-        missing = [c for c in self.input_columns if c not in table.column_names]
+        present = set(table.column_names)  # column_names builds a new list on every access
+        missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise FeatureError(f"batch is missing feature column(s) {missing}; it has {table.column_names}")
         n = table.num_rows
