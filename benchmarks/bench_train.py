@@ -679,6 +679,10 @@ def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune:
             "asha_rounds_total": asha["rounds_total"],
             "rounds_ratio": ratio(asha["rounds_total"], fifo["rounds_total"]),
             "wall_ratio": ratio(asha["wall_s"], fifo["wall_s"]),
+            # CPU seconds of our process tree (single-threaded trials: little inflated by other load)
+            "fifo_cpu_s": fifo.get("tree_cpu_s"),
+            "asha_cpu_s": asha.get("tree_cpu_s"),
+            "cpu_ratio": ratio(asha.get("tree_cpu_s"), fifo.get("tree_cpu_s")),
             "same_sampled_configs": tune.get("same_sampled_configs"),
         }
         if tune.get("retrain"):
@@ -772,7 +776,7 @@ def report(payload: dict[str, Any]) -> None:
     if s:
         t = s["target"]
         print(f"ASHA / random search: compute {s['trial_seconds_ratio']:.2f}x (rounds {s['rounds_ratio']:.2f}x, "
-              f"wall {s['wall_ratio']:.2f}x), best valid AUC diff {s['best_validation_auc_diff']:+.4f}; same sampled "
+              f"CPU-s ours {fmt(s['cpu_ratio'], 2)}x, wall {s['wall_ratio']:.2f}x), best valid AUC diff {s['best_validation_auc_diff']:+.4f}; same sampled "
               f"configs: {s['same_sampled_configs']}; target compute <= 1/3: {met(t['compute_met'])}, AUC within "
               f"{AUC_TOLERANCE}: {met(t['auc_met'])}")
 
