@@ -9,7 +9,7 @@ from typing import Any
 
 from rayloop import paths
 
-__all__ = ["run_config", "report", "model_columns"]
+__all__ = ["data_config", "model_columns", "report", "run_config"]
 
 
 def run_config(name: str, max_failures: int):
@@ -22,6 +22,15 @@ def run_config(name: str, max_failures: int):
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )
+
+
+def data_config():
+    """Only train is sharded: every worker scores the whole validation split, so all ranks see
+    the same metric and stop early together (split validation made ranks stop at different
+    rounds and deadlock in the collective, found by benchmarks/bench_train.py with 2 workers)."""
+    from ray.train import DataConfig
+
+    return DataConfig(datasets_to_split=["train"])
 
 
 def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayloop.training.common import model_columns, report, run_config
+from rayloop.training.common import data_config, model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
 __all__ = ["MODEL_FILE", "CURVE_FILE", "train_loop_per_worker", "build_trainer", "load_booster", "load_curve", "shard_to_numpy"]
@@ -147,6 +147,7 @@ def build_trainer(
         scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=run_config(name, max_failures),
         datasets=model_columns(datasets, feature_names, label),
+        dataset_config=data_config(),
     )
 
 

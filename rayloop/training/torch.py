@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rayloop.training.common import model_columns, report, run_config
+from rayloop.training.common import data_config, model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
 __all__ = [
@@ -174,6 +174,7 @@ def build_trainer(
         ),
         run_config=run_config(name, max_failures),
         datasets=model_columns(datasets, feature_names, label),
+        dataset_config=data_config(),
     )
 
 

@@ -59,3 +59,22 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
     assert final.error is None
     assert final.metrics["rounds"] == 600
     assert final.metrics["resumed_from"] > 0  # the restarted worker continued, not started over
+
+
+def test_two_workers_stop_early_together_on_the_whole_validation_split(feature_run):
+    # validation is not sharded: both ranks see the same metric, stop at the same round, and the
+    # reported metrics cover every validation row (a split validation set deadlocked here)
+    trainer = _trainer(
+        feature_run,
+        "lgb-2w",
+        params={"learning_rate": 0.3, "num_leaves": 63},
+        num_boost_round=400,
+        early_stopping_rounds=5,
+        num_workers=2,
+        cpus_per_worker=0.5,  # leaves a CPU for the dataset's column selection on this 2-CPU cluster
+    )
+    outcome = trainer.fit()
+    assert outcome.error is None
+    assert outcome.metrics["best_iteration"] < 400  # it did stop early
+    validation_rows = sum(1 for _ in feature_run.datasets(["validation"])["validation"].iter_rows())
+    assert outcome.metrics["validation_n"] == validation_rows
