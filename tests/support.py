@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from rayloop.config import load_config
@@ -18,3 +19,10 @@ def fitted_synthetic(n_rows: int, seed: int) -> tuple[Any, Any, Any, Any]:
     )
     fitted, profile = pipeline.fit_table(table)
     return config, table, fitted, profile
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

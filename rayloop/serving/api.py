@@ -41,6 +41,7 @@ __all__ = [
     "RecordParser",
     "RequestError",
     "error_detail",
+    "require_json",
 ]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -108,6 +109,12 @@ class Feedback(BaseModel):
     label: Literal[0, 1]
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the request says it carries JSON."""
+    if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+        raise RequestError(415, [{"field": "content-type", "rule": "media_type", "message": "send application/json"}])
+
+
 def error_detail(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     """Pydantic errors as `{field, rule, message}`: the field path and the rule that failed."""
     out = []
@@ -147,8 +154,7 @@ class RecordParser:
         }
 
     def parse(self, body: bytes, content_type: str | None) -> list[dict[str, Any]]:
-        if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
-            raise RequestError(415, [{"field": "content-type", "rule": "media_type", "message": "send application/json"}])
+        require_json(content_type)
         if len(body) > self.max_body_bytes:
             raise RequestError(
                 413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {self.max_body_bytes} bytes"}]

@@ -35,7 +35,7 @@ from ray import serve
 from rayloop import metrics
 from rayloop.bundle import ModelBundle
 from rayloop.data.schema import ARROW_TYPES
-from rayloop.serving.api import Feedback, RecordParser, RequestError, error_detail
+from rayloop.serving.api import Feedback, RecordParser, RequestError, error_detail, require_json
 from rayloop.serving.backends import Backend, build_backend, probe_matrix
 
 __all__ = ["ServerArgs", "TabularServer", "app"]
@@ -285,8 +285,7 @@ class TabularServer:
             return self._finish("feedback", started, refused)
         try:
             body = await self._body(request)
-            if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
-                raise RequestError(415, [{"field": "content-type", "rule": "media_type", "message": "send application/json"}])
+            require_json(request.headers.get("content-type"))
             item = Feedback.model_validate_json(body)
         except RequestError as exc:
             return self._finish("feedback", started, _json(exc.status, exc.body()))

@@ -7,7 +7,6 @@ also kill the integration tests' cluster when both run in one pytest session.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from rayloop import paths
 from rayloop.runtime import ray_env
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -30,12 +30,6 @@ class Head:
     address: str  # GCS address for ray.init / RAY_ADDRESS
     dashboard: str  # Jobs API / dashboard URL
     env: dict[str, str]  # what a client needs: token auth and RAYLOOP_HOME
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(marker: str) -> None:
@@ -66,7 +60,7 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "
 
 @pytest.fixture(scope="session")
 def ray_head(rayloop_home) -> Iterator[Head]:
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     # its own temp dir: a local ray.init must never find this head through ray_current_cluster
     temp_dir = paths.ensure_ray_temp_dir(rayloop_home / "ray-head")
     env = {**os.environ, **ray_env(), "RAYLOOP_HOME": str(rayloop_home), "RAY_TMPDIR": str(temp_dir)}
@@ -74,7 +68,7 @@ def ray_head(rayloop_home) -> Iterator[Head]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     # Serve's HAProxy listeners get their own ports: another local cluster may hold the defaults
-    env["RAY_SERVE_HAPROXY_METRICS_PORT"], env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port()), str(_free_port())
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"], env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port()), str(free_port())
     cmd = [
         RAY, "start", "--head",
         "--node-ip-address=127.0.0.1", f"--port={port}",

@@ -15,19 +15,13 @@ import yaml
 from rayloop import registry
 from rayloop.bundle import ModelBundle
 from rayloop.data.synthetic import generate
-from tests.support import fitted_synthetic
+from tests.support import fitted_synthetic, free_port
 
 from .conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.slow
 
 MODEL = "e2e-serve"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _external_addresses() -> list[str]:
@@ -53,7 +47,7 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
     assert registry.promote(MODEL, version, holdout, label="label").promote
 
     spec = yaml.safe_load((ROOT / "configs" / "serve" / "tabular.yaml").read_text())
-    port = _port()
+    port = free_port()
     spec["http_options"]["port"] = port
     spec["applications"][0]["args"]["overrides"] = [f"registry.model_name={MODEL}"]
     target = tmp_path / "tabular.yaml"

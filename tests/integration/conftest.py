@@ -20,16 +20,10 @@ import pytest
 @pytest.fixture(scope="session")
 def ray_session(rayloop_home) -> Iterator[int]:
     """The local cluster; yields its metrics export port."""
-    import socket
-
     import ray
 
     from rayloop.runtime import init_ray
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from tests.support import free_port
 
     metrics_port = free_port()
     # HAProxy's fixed listener ports would clash with any other cluster on this machine

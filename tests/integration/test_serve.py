@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -17,17 +16,11 @@ import pytest
 from rayloop import registry
 from rayloop.bundle import ModelBundle
 from rayloop.data.synthetic import generate
-from tests.support import fitted_synthetic
+from tests.support import fitted_synthetic, free_port
 
 pytestmark = pytest.mark.slow
 
 NAME = "serve-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _records(table) -> list[dict]:
@@ -71,7 +64,7 @@ def server(ray_session, models):
     from rayloop.serving.deploy import deploy
 
     overrides = [f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1",
-                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536", f"serving.port={_free_port()}"]
+                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536", f"serving.port={free_port()}"]
     base = deploy(load_config(None, overrides), overrides=overrides)
     try:
         yield base, overrides
