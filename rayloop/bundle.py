@@ -30,15 +30,23 @@ __all__ = ["BUNDLE_FORMAT", "ModelKind", "ModelBundle", "prediction_histogram"]
 
 BUNDLE_FORMAT = 1
 ModelKind = Literal["lightgbm", "mlp"]
-PREDICTION_BINS = 20
+PREDICTION_BINS = 50
 _FILES = {"meta": "bundle.json", "fitted": "fitted_features.json", "schema": "schema.json", "profile": "profile.json"}
 _MODEL_FILE = {"lightgbm": "model.txt", "mlp": "model.pt"}
 
 
 def prediction_histogram(probabilities: np.ndarray, bins: int = PREDICTION_BINS) -> Histogram:
-    """Equal-width bins over [0, 1]: the reference the monitor compares live predictions with."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    counts, _ = np.histogram(np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0), bins=edges)
+    """Quantile bins of held-out scores over [0, 1]: the reference the monitor compares live scores with.
+
+    Equal-mass bins (not equal-width) keep every bin informative when scores crowd near 0 or 1,
+    which is what the drift tests on scores need. Bin i holds edges[i] <= p < edges[i+1] (the
+    last bin also holds 1.0), as `numpy.histogram`.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0)
+    inner = np.unique(np.quantile(p, np.linspace(0.0, 1.0, bins + 1)[1:-1])) if p.size else np.array([])
+    inner = inner[(inner > 0.0) & (inner < 1.0)]
+    edges = np.concatenate([[0.0], inner, [1.0]])
+    counts, _ = np.histogram(p, bins=edges)
     return Histogram(edges=edges.tolist(), counts=counts.astype(int).tolist())
 
 

@@ -116,7 +116,9 @@ class FeaturesConfig(_Section):
     top_k: int = Field(100, ge=1, description="vocabulary size per categorical; the rest share one slot")
     min_frequency: int = Field(1, ge=1)
     time_features: list[Literal["hour", "day_of_week", "day_of_month", "month"]] = ["hour", "day_of_week"]
-    profile_bins: int = Field(10, ge=2, le=1000, description="quantile bins of the reference profile")
+    profile_bins: int = Field(
+        100, ge=2, le=1000, description="quantile bins of the reference profile (drift tests merge them per window size)"
+    )
     quantile_precision: int = Field(200, ge=8, le=65535, description="KLL sketch size (rank error ~1.3% at 200)")
 
 
@@ -207,15 +209,31 @@ class ServingConfig(_Section):
 
 
 class MonitoringConfig(_Section):
-    window_size: int = Field(1000, ge=10)
-    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
-    buffer_size: int = Field(10_000, ge=1)
-    psi_threshold: float = Field(0.2, gt=0)
-    p_value: float = Field(0.01, gt=0, lt=1)
-    consecutive_windows: int = Field(2, ge=1)
-    quality_drop: float = Field(0.05, ge=0)
-    cooldown_s: float = Field(600, ge=0)
-    daily_retrain_budget: int = Field(4, ge=0)
+    """The DriftMonitor: what replicas sample, how windows are judged, when a retrain is asked for."""
+
+    enabled: bool = Field(True, description="replicas send samples and labels to the model's DriftMonitor")
+    window_size: int = Field(1000, ge=10, description="sampled rows per tumbling drift window")
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="fraction of served rows sent to the monitor")
+    buffer_size: int = Field(10_000, ge=1, description="rows a replica holds for the monitor; beyond it, drop and count")
+    send_batch_rows: int = Field(256, ge=1, description="a replica sends when this many rows are buffered ...")
+    send_interval_s: float = Field(0.5, gt=0, description="... or when this much time has passed")
+    p_value: float = Field(0.01, gt=0, lt=1, description="false-discovery level across all drift tests of a window")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI over which a feature counts as materially drifted")
+    min_psi: float = Field(0.0, ge=0, description="a significant feature alarms only when its PSI is also above this")
+    numeric_tests: list[Literal["rank", "ks", "chi2"]] = Field(
+        ["rank", "ks", "chi2"], min_length=1, description="tests that decide numeric and score drift (all are reported)"
+    )
+    consecutive_windows: int = Field(2, ge=1, description="drifted windows in a row that raise a retrain decision")
+    quality_metric: Literal["auc", "accuracy"] = "auc"
+    quality_drop: float = Field(0.05, ge=0, description="live metric this far below the champion's test metric raises one")
+    min_labels: int = Field(200, ge=10, description="joined labels a live-quality window needs")
+    label_horizon_s: float = Field(86_400, gt=0, description="how long a prediction waits for its label in memory")
+    max_pending_labels: int = Field(200_000, ge=1, description="predictions kept in memory for the label join")
+    flush_rows: int = Field(5_000, ge=1, description="inference-log rows buffered before a Parquet file is written ...")
+    flush_interval_s: float = Field(30.0, gt=0, description="... or seconds since the last write")
+    cooldown_s: float = Field(600, ge=0, description="seconds after a retrain starts before another may")
+    daily_retrain_budget: int = Field(4, ge=0, description="retrains per UTC day")
+    storage: str | None = Field(None, description="state and inference-log root (pyarrow URI); default RAYLOOP_HOME")
 
 
 class RayloopConfig(_Section):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "MONITOR",
+    "MONITOR_SAMPLES",
     "BATCH_ROWS",
     "FEEDBACK",
     "LATENCY_MS",
@@ -65,7 +67,63 @@ PARITY_FALLBACKS = MetricSpec(
 )
 FEEDBACK = MetricSpec("rayloop_serve_feedback", "counter", "labels received on /v1/feedback", ("label",))
 
-SERVING = (REQUESTS, LATENCY_MS, ROWS, BATCH_ROWS, PREDICTIONS, MODEL_VERSION, MODEL_SWAPS, PARITY_FALLBACKS, FEEDBACK)
+MONITOR_SAMPLES = MetricSpec(
+    "rayloop_serve_monitor_samples", "counter",
+    "served rows offered to the DriftMonitor: sent, or dropped because the replica's buffer was full", ("outcome",),
+)
+
+SERVING = (
+    REQUESTS, LATENCY_MS, ROWS, BATCH_ROWS, PREDICTIONS, MODEL_VERSION, MODEL_SWAPS, PARITY_FALLBACKS, FEEDBACK,
+    MONITOR_SAMPLES,
+)
+
+LAG_BUCKETS_S = [1, 5, 15, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600]
+
+DRIFT_PSI = MetricSpec("rayloop_monitor_drift_psi", "gauge", "PSI of the last closed window, per feature", ("feature",))
+DRIFT_JS = MetricSpec(
+    "rayloop_monitor_drift_js", "gauge", "Jensen-Shannon distance of the last closed window, per feature", ("feature",)
+)
+DRIFT_P = MetricSpec(
+    "rayloop_monitor_drift_p_adjusted", "gauge",
+    "smallest Benjamini-Hochberg adjusted p-value of the feature's tests in the last window", ("feature",),
+)
+DRIFT_DRIFTED = MetricSpec(
+    "rayloop_monitor_drift_drifted", "gauge", "1 when the feature drifted in the last closed window", ("feature",)
+)
+WINDOWS = MetricSpec("rayloop_monitor_windows", "counter", "closed drift windows, by alarm", ("alarm",))
+ALARMS = MetricSpec("rayloop_monitor_drift_alarms", "counter", "drift alarms, per drifted feature", ("feature",))
+LIVE_QUALITY = MetricSpec(
+    "rayloop_monitor_live_quality", "gauge", "live metric over the latest joined labels (auc, accuracy)", ("metric",)
+)
+REFERENCE_QUALITY = MetricSpec(
+    "rayloop_monitor_reference_quality", "gauge", "the reference version's test metric (auc, accuracy)", ("metric",)
+)
+LABELS = MetricSpec(
+    "rayloop_monitor_labels", "counter", "labels received, by join outcome (joined, late, duplicate, unknown)", ("outcome",)
+)
+LABEL_LAG_S = MetricSpec(
+    "rayloop_monitor_label_lag_s", "histogram", "seconds from prediction to its label", (), tuple(LAG_BUCKETS_S)
+)
+SAMPLES = MetricSpec("rayloop_monitor_rows", "counter", "sampled rows the monitor logged and counted", ("model_version",))
+SERVING_VERSION = MetricSpec(
+    "rayloop_monitor_serving_version", "gauge", "1 for the version the latest samples came from", ("version",)
+)
+DECISIONS = MetricSpec(
+    "rayloop_monitor_decisions", "counter", "retrain decisions raised or suppressed, with the trigger and the reason",
+    ("action", "trigger", "suppressed_by"),
+)
+PENDING_DECISION = MetricSpec(
+    "rayloop_monitor_pending_decision", "gauge", "1 while a raised retrain decision waits to be acted on"
+)
+OPEN_WINDOW_ROWS = MetricSpec("rayloop_monitor_open_window_rows", "gauge", "rows in the window being filled")
+LOG_ROWS = MetricSpec(
+    "rayloop_monitor_log_rows", "counter", "rows compacted into the inference log's Parquet files", ()
+)
+
+MONITOR = (
+    DRIFT_PSI, DRIFT_JS, DRIFT_P, DRIFT_DRIFTED, WINDOWS, ALARMS, LIVE_QUALITY, REFERENCE_QUALITY, LABELS, LABEL_LAG_S,
+    SAMPLES, SERVING_VERSION, DECISIONS, PENDING_DECISION, OPEN_WINDOW_ROWS, LOG_ROWS,
+)
 
 
 def exported_name(spec: MetricSpec) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rayloop.config import RayloopConfig
 
-__all__ = ["APP_NAME", "deploy", "rollout"]
+__all__ = ["APP_NAME", "deploy", "rollout", "start_model_monitor"]
 
 APP_NAME = "tabular"
 
@@ -27,6 +27,8 @@ def deploy(
     from serve_apps.tabular import TabularAppArgs, app_builder
 
     serving = config.serving
+    if config.monitoring.enabled:  # first, so the replicas find it when they start
+        start_model_monitor(config)
     serve.start(
         http_options={"host": serving.host, "port": serving.port},
         logging_config={"enable_access_log": False},
@@ -37,6 +39,21 @@ def deploy(
     serve.run(app_builder(args), name=name, route_prefix=route_prefix)
     host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
     return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
+
+
+def start_model_monitor(config: RayloopConfig) -> object:
+    """Get or start the model's DriftMonitor (detached), comparing with the current champion."""
+    from rayloop import paths
+    from rayloop.monitoring.monitor import MonitorArgs, start_monitor
+
+    return start_monitor(
+        MonitorArgs(
+            model_name=config.registry.model_name,
+            monitoring=config.monitoring,
+            home=str(paths.home()),
+            tracking_uri=paths.mlflow_tracking_uri(),
+        )
+    )
 
 
 def rollout(

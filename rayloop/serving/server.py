@@ -34,8 +34,15 @@ from ray import serve
 
 from rayloop import metrics
 from rayloop.bundle import ModelBundle
+from rayloop.config import MonitoringConfig
 from rayloop.data.schema import ARROW_TYPES
-from rayloop.serving.api import Feedback, RecordParser, RequestError, error_detail, require_json
+from rayloop.serving.api import (
+    Feedback,
+    RecordParser,
+    RequestError,
+    error_detail,
+    require_json,
+)
 from rayloop.serving.backends import Backend, build_backend, probe_matrix
 
 __all__ = ["ServerArgs", "TabularServer", "app"]
@@ -62,6 +69,7 @@ class ServerArgs(BaseModel):
     decision_threshold: float = 0.5
     auth_token_env: str = "RAYLOOP_SERVE_TOKEN"
     engine_cache_dir: str | None = None
+    monitoring: MonitoringConfig | None = None  # None: no samples or labels go to a DriftMonitor
 
 
 @dataclass
@@ -102,7 +110,22 @@ class TabularServer:
         self._score.set_max_batch_size(self.args.max_batch_size)
         self._score.set_batch_wait_timeout_s(0.0)
         self.m = {spec.name: metrics.create(spec) for spec in metrics.SERVING}
+        self.monitor = self._monitor_client(self.args.monitoring)
         app.openapi = self._openapi  # /docs shows the request schema of the model being served
+
+    def _monitor_client(self, config: MonitoringConfig | None) -> Any:
+        if config is None or not config.enabled:
+            return None
+        from rayloop.monitoring.client import MonitorClient
+
+        return MonitorClient(
+            self.args.model_name,
+            sample_rate=config.sample_rate,
+            buffer_size=config.buffer_size,
+            send_batch_rows=config.send_batch_rows,
+            send_interval_s=config.send_interval_s,
+            on_count=lambda outcome, n: self.m[metrics.MONITOR_SAMPLES.name].inc(n, tags={"outcome": outcome}),
+        )
 
     def _openapi(self) -> dict[str, Any]:
         from fastapi.openapi.utils import get_openapi
@@ -264,15 +287,13 @@ class TabularServer:
         self.m[metrics.ROWS.name].inc(len(rows), tags={"model_version": state.version})
         threshold = self.args.decision_threshold
         first = secrets.randbits(128)  # one random draw per request; rows count up from it
+        ids = [f"{(first + i) % _ID_SPACE:032x}" for i in range(len(rows))]
         predictions = [
-            {
-                "request_id": f"{(first + i) % _ID_SPACE:032x}",
-                "probability": float(p),
-                "label": int(p >= threshold),
-                "model_version": state.version,
-            }
-            for i, p in enumerate(probs)
+            {"request_id": rid, "probability": float(p), "label": int(p >= threshold), "model_version": state.version}
+            for rid, p in zip(ids, probs)
         ]
+        if self.monitor is not None:
+            self.monitor.offer(state.arrow_schema, state.version, rows, probs, ids, threshold)
         for p in probs[:PREDICTION_SAMPLE]:  # a per-request sample keeps large requests cheap
             self.m[metrics.PREDICTIONS.name].observe(float(p), tags={"model_version": state.version})
         return self._finish("predict", started, _json(200, {"predictions": predictions}))
@@ -293,8 +314,12 @@ class TabularServer:
             detail = error_detail(exc, "feedback")
             status = 400 if any(e["rule"] == "json_invalid" for e in detail) else 422
             return self._finish("feedback", started, _json(status, {"detail": detail}))
+        if self.monitor is not None and not self.monitor.offer_label(item.request_id, item.label):
+            busy = {"detail": "the label buffer is full; retry later"}
+            return self._finish("feedback", started, _json(503, busy, {"Retry-After": "1"}))
         self._count("FEEDBACK", label=str(item.label))
-        return self._finish("feedback", started, _json(202, {"accepted": True, "request_id": item.request_id}))
+        body = {"accepted": True, "request_id": item.request_id, "monitored": self.monitor is not None}
+        return self._finish("feedback", started, _json(202, body))
 
     @app.get("/v1/model", summary="The model this replica serves")
     async def model(self, request: Request) -> Response:

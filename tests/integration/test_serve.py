@@ -61,6 +61,7 @@ def server(ray_session, models):
     from ray import serve
 
     from rayloop.config import load_config
+    from rayloop.monitoring.monitor import stop_monitor
     from rayloop.serving.deploy import deploy
 
     overrides = [f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1",
@@ -70,6 +71,7 @@ def server(ray_session, models):
         yield base, overrides
     finally:
         serve.shutdown()
+        stop_monitor(NAME)
 
 
 def test_predictions_equal_the_pyfunc_bundle_for_the_same_rows(server, models):

@@ -71,10 +71,14 @@ def test_a_directory_without_a_bundle_is_a_clear_error(tmp_path):
         ModelBundle.load(tmp_path)
 
 
-def test_the_prediction_histogram_covers_zero_to_one():
-    hist = prediction_histogram(np.array([0.0, 0.01, 0.5, 0.99, 1.0]), bins=10)
-    assert hist.edges[0] == 0.0 and hist.edges[-1] == 1.0
-    assert sum(hist.counts) == 5 and hist.counts[0] == 2 and hist.counts[-1] == 2
+def test_the_prediction_histogram_has_equal_mass_bins_over_zero_to_one():
+    scores = np.random.default_rng(0).beta(0.5, 4.0, 10_000)  # crowded near 0, as real scores are
+    hist = prediction_histogram(scores, bins=20)
+    assert hist.edges[0] == 0.0 and hist.edges[-1] == 1.0 and len(hist.counts) == 20
+    assert sum(hist.counts) == 10_000
+    assert max(hist.counts) - min(hist.counts) <= 2  # each bin holds about 1/20 of the scores
+    edge_case = prediction_histogram(np.array([0.0, 0.5, 1.0, 1.0]), bins=4)
+    assert sum(edge_case.counts) == 4 and edge_case.counts[-1] >= 2  # 1.0 falls in the last bin
 
 
 def test_the_data_fingerprint_follows_the_files(tmp_path):

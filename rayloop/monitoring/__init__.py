@@ -1,0 +1,1 @@
+"""Drift statistics, the inference log, the retrain policy and the DriftMonitor actor."""

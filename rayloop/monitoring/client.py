@@ -1,0 +1,220 @@
+"""The replica's side of monitoring: sample, buffer, send in batches, never block a request.
+
+`offer` runs on the request path and only appends to a bounded in-memory buffer (or drops and
+counts when it is full). A background task on the replica's event loop sends the buffer to the
+DriftMonitor every `send_batch_rows` rows or `send_interval_s`, one batch at a time, each under
+a fresh batch id. A batch is kept until the monitor acknowledges it (the monitor writes it
+ahead before it answers), and is resent under the same id if the call fails, so a monitor
+restart loses nothing that was accepted and counts nothing twice. Labels from /v1/feedback go
+the same way; a full label buffer refuses (503) instead of dropping, so no label is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rayloop.monitoring.inference_log import label_table
+
+__all__ = ["MonitorClient"]
+
+log = logging.getLogger("ray.serve")
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass
+class _Entry:
+    schema: pa.Schema  # the raw feature columns of the model version that answered
+    version: str
+    ts_ms: int
+    rows: list[dict[str, Any]]
+    probabilities: list[float]
+    predicted: list[int]
+    request_ids: list[str]
+
+
+class MonitorClient:
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        sample_rate: float,
+        buffer_size: int,
+        send_batch_rows: int,
+        send_interval_s: float,
+        on_count: Callable[[str, int], None] = lambda outcome, n: None,
+        lookup: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.sample_rate = sample_rate
+        self.buffer_size = buffer_size
+        self.send_batch_rows = send_batch_rows
+        self.send_interval_s = send_interval_s
+        self.on_count = on_count
+        self._lookup = lookup or _lookup_actor
+        self._rows: deque[_Entry] = deque()
+        self._buffered = 0
+        self._labels: deque[tuple[str, int, float]] = deque()
+        self._random = random.Random()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._actor: Any = None
+        self._next_lookup = 0.0
+        self.sent = 0
+        self.dropped = 0
+
+    # ---- the request path ---------------------------------------------------------------------
+    def offer(
+        self, schema: pa.Schema, version: str, rows: Sequence[dict[str, Any]], probabilities: np.ndarray, request_ids: Sequence[str],
+        threshold: float,
+    ) -> None:
+        """Sample rows into the buffer; drop (and count) what does not fit. Never waits."""
+        self._ensure_task()
+        if self.sample_rate < 1.0:
+            keep = [i for i in range(len(rows)) if self._random.random() < self.sample_rate]
+            if not keep:
+                return
+            rows = [rows[i] for i in keep]
+            probabilities = np.asarray(probabilities)[keep]
+            request_ids = [request_ids[i] for i in keep]
+        room = self.buffer_size - self._buffered
+        if room < len(rows):
+            self.dropped += len(rows) - max(room, 0)
+            self.on_count("dropped", len(rows) - max(room, 0))
+            if room <= 0:
+                return
+            rows, probabilities, request_ids = rows[:room], probabilities[:room], request_ids[:room]
+        probs = [float(p) for p in probabilities]
+        self._rows.append(
+            _Entry(schema, version, int(time.time() * 1000), list(rows), probs, [int(p >= threshold) for p in probs], list(request_ids))
+        )
+        self._buffered += len(rows)
+        if self._buffered >= self.send_batch_rows and self._wake is not None:
+            self._wake.set()
+
+    def offer_label(self, request_id: str, label: int) -> bool:
+        """Queue one label; False when the label buffer is full (the caller answers 503)."""
+        self._ensure_task()
+        if len(self._labels) >= self.buffer_size:
+            return False
+        self._labels.append((request_id, int(label), time.time()))
+        return True
+
+    # ---- the background sender ----------------------------------------------------------------
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.send_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._send_rows()
+                await self._send_labels()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the monitor is down or restarting: keep the batch, retry later
+                log.warning("monitor unavailable (%s); %d rows and %d labels wait", exc, self._buffered, len(self._labels))
+                self._actor = None
+                await asyncio.sleep(min(5.0, self.send_interval_s * 4))
+
+    def _handle(self) -> Any:
+        if self._actor is None and time.monotonic() >= self._next_lookup:
+            self._actor = self._lookup(self.model_name)
+            self._next_lookup = time.monotonic() + 2.0
+        return self._actor
+
+    async def _send_rows(self) -> None:
+        while self._rows:
+            actor = self._handle()
+            if actor is None:
+                return  # no monitor yet: the buffer fills, then drops and counts
+            entries = self._take_same_schema()
+            table = await asyncio.to_thread(_rows_table, entries)
+            batch_id = uuid.uuid4().hex
+            while True:  # the same id until acknowledged: the monitor applies it once
+                try:
+                    await actor.ingest.remote(batch_id, table)
+                    break
+                except Exception as exc:
+                    log.warning("monitor ingest failed (%s); resending batch %s", exc, batch_id)
+                    self._actor = None
+                    await asyncio.sleep(1.0)
+                    actor = self._handle()
+                    while actor is None:
+                        await asyncio.sleep(1.0)
+                        actor = self._handle()
+            n = table.num_rows
+            self._buffered -= n
+            self.sent += n
+            self.on_count("sent", n)
+
+    def _take_same_schema(self) -> list[_Entry]:
+        """Entries from the head of the buffer with one schema (a version change splits batches)."""
+        first = self._rows[0]
+        taken, rows = [], 0
+        while self._rows and self._rows[0].schema is first.schema and rows < 4 * self.send_batch_rows:
+            entry = self._rows.popleft()
+            taken.append(entry)
+            rows += len(entry.rows)
+        return taken
+
+    async def _send_labels(self) -> None:
+        while self._labels:
+            actor = self._handle()
+            if actor is None:
+                return
+            items = [self._labels.popleft() for _ in range(min(len(self._labels), 4 * self.send_batch_rows))]
+            table = label_table([i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
+            batch_id = uuid.uuid4().hex
+            while True:
+                try:
+                    await actor.ingest_labels.remote(batch_id, table)
+                    break
+                except Exception as exc:
+                    log.warning("monitor label ingest failed (%s); resending batch %s", exc, batch_id)
+                    self._actor = None
+                    await asyncio.sleep(1.0)
+                    actor = self._handle()
+                    while actor is None:
+                        await asyncio.sleep(1.0)
+                        actor = self._handle()
+
+
+def _rows_table(entries: list[_Entry]) -> pa.Table:
+    schema = entries[0].schema
+    rows = [row for e in entries for row in e.rows]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    columns = {
+        "request_id": pa.array([r for e in entries for r in e.request_ids], pa.string()),
+        "ts": pa.array([e.ts_ms for e in entries for _ in e.rows], pa.int64()).cast(_TS),
+        "model_version": pa.array([e.version for e in entries for _ in e.rows], pa.string()),
+        "probability": pa.array([p for e in entries for p in e.probabilities], pa.float64()),
+        "predicted_label": pa.array([p for e in entries for p in e.predicted], pa.int8()),
+    }
+    for i, (name, values) in enumerate(columns.items()):
+        table = table.add_column(i, name, values)
+    return table
+
+
+def _lookup_actor(model_name: str) -> Any:
+    from rayloop.monitoring.monitor import get_monitor
+
+    return get_monitor(model_name)

@@ -1,0 +1,463 @@
+"""What the DriftMonitor knows and does, without Ray: windows, the label join, live quality,
+the policy, and the state that survives a restart.
+
+`MonitorCore` is event-sourced. Every batch of served rows or labels is written ahead to the
+inference log (under its batch id) before it is applied; the small state (window counts,
+counters, live-quality pairs, policy, recent window summaries, recently seen batch ids) is
+saved atomically after every batch. After a restart `MonitorCore.open` reloads the state,
+replays any written-ahead batch the state has not seen, and rebuilds the label-join index from
+the log, so windows, counters and audit trail continue where they were and no acknowledged row
+is lost or counted twice. The Ray actor (`monitor.py`) only adds locking, a timer and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayloop.config import MonitoringConfig
+from rayloop.features.profile import ReferenceProfile
+from rayloop.monitoring import policy
+from rayloop.monitoring.drift import DriftDetector, DriftReport, WindowCounts
+from rayloop.monitoring.inference_log import InferenceLog, open_filesystem
+from rayloop.training.evaluate import accuracy, roc_auc
+
+__all__ = [
+    "LABEL_OUTCOMES",
+    "PREDICTION_COLUMNS",
+    "MonitorCore",
+    "Reference",
+    "WindowSummary",
+]
+
+# what a replica sends besides the raw feature columns
+PREDICTION_COLUMNS = ("request_id", "ts", "model_version", "probability", "predicted_label")
+LABEL_OUTCOMES = ("joined", "late", "duplicate", "unknown")
+STATE_FORMAT = 1
+HISTORY = 200  # window summaries kept in the state
+SEEN_BATCHES = 4096  # batch ids remembered for idempotent retries
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What live traffic is compared with: one registered version's profile and test metrics."""
+
+    version: str
+    profile: ReferenceProfile
+    metrics: dict[str, float]
+
+
+@dataclass
+class WindowSummary:
+    window: int
+    start: float
+    end: float
+    rows: int
+    alarm: bool
+    drifted: list[str]
+    scores: dict[str, dict[str, float]]  # feature -> psi, js, p (smallest adjusted p-value)
+    live_metric: float | None
+    live_labels: int
+    reference_version: str
+    decision: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    ts: float
+    probability: float
+    predicted: int
+    labeled: bool = False
+
+
+@dataclass
+class _State:
+    reference_version: str
+    windows_seen: int = 0
+    window: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "bins": {}})
+    window_start: float | None = None
+    rows_received: int = 0
+    rows_by_version: dict[str, int] = field(default_factory=dict)
+    alarms: int = 0
+    alarms_by_feature: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABEL_OUTCOMES, 0))
+    label_lag_s: list[float] = field(default_factory=list)  # recent joined-label lags
+    quality_pairs: list[list[float]] = field(default_factory=list)  # [probability, label]
+    serving_version: str | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seen_batches: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    restarts: int = 0
+
+
+class MonitorCore:
+    def __init__(
+        self,
+        config: MonitoringConfig,
+        model_name: str,
+        reference: Reference,
+        root: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.model_name = model_name
+        self.reference = reference
+        self.clock = clock
+        self.on_event = on_event or (lambda event, fields: None)
+        self.fs, root_path = open_filesystem(root)
+        self.state_dir = f"{root_path.rstrip('/')}/monitor/{model_name}"
+        self.fs.create_dir(self.state_dir, recursive=True)
+        self.log = InferenceLog(f"{root.rstrip('/')}/inference_log/{model_name}")
+        self.detector = self._detector(reference)
+        self.state = _State(reference_version=reference.version)
+        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._seen: set[str] = set()
+        self.last_report: DriftReport | None = None
+        self.last_label_lags: list[float] = []  # lags of the last label batch (for the lag histogram)
+
+    def _detector(self, reference: Reference) -> DriftDetector:
+        c = self.config
+        return DriftDetector(reference.profile, alpha=c.p_value, numeric_tests=c.numeric_tests, min_psi=c.min_psi)
+
+    # ---- persistence ------------------------------------------------------------------------
+    @property
+    def state_path(self) -> str:
+        return f"{self.state_dir}/state.json"
+
+    def save(self) -> None:
+        payload = json.dumps({"format": STATE_FORMAT, **self.state.__dict__}, default=float).encode()
+        tmp = f"{self.state_dir}/.state.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as sink:
+            sink.write(payload)
+        self.fs.move(tmp, self.state_path)
+
+    @classmethod
+    def read_state(cls, root: str, model_name: str) -> dict[str, Any] | None:
+        """The saved state as plain data (for `rayloop status` when the actor is not running)."""
+        fs, path = open_filesystem(root)
+        target = f"{path.rstrip('/')}/monitor/{model_name}/state.json"
+        try:
+            with fs.open_input_stream(target) as source:
+                return json.loads(source.read())
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def open(
+        cls,
+        config: MonitoringConfig,
+        model_name: str,
+        root: str,
+        load_reference: Callable[[str | None], Reference],
+        **kwargs: Any,
+    ) -> MonitorCore:
+        """A fresh monitor, or the one saved under `root` brought back to where it was."""
+        saved = cls.read_state(root, model_name)
+        reference = load_reference(saved["reference_version"] if saved else None)
+        core = cls(config, model_name, reference, root, **kwargs)
+        if saved:
+            saved.pop("format", None)
+            known = set(_State.__dataclass_fields__)
+            core.state = _State(**{k: v for k, v in saved.items() if k in known})
+            core.state.restarts += 1
+        core._seen = set(core.state.seen_batches)
+        core._recover()
+        return core
+
+    def _recover(self) -> None:
+        """Replay written-ahead batches the saved state has not applied; rebuild the join index."""
+        predictions = self.log.predictions.recover()
+        labels = self.log.labels.recover()
+        self._rebuild_index(skip_label_batches={b for b, _ in labels if b not in self._seen})
+        for batch_id, table in predictions:
+            if batch_id not in self._seen:
+                self._apply_rows(batch_id, table, index=False)
+        for batch_id, table in labels:
+            if batch_id not in self._seen:
+                self._apply_labels(batch_id, table)
+        self.save()
+
+    def _rebuild_index(self, skip_label_batches: set[str]) -> None:
+        keep = self.config.max_pending_labels
+        rows = self.log.predictions.read(["request_id", "ts", "probability", "predicted_label"])
+        if rows.num_rows:
+            rows = rows.slice(max(0, rows.num_rows - keep))
+            ts = pc.divide(pc.cast(pc.cast(rows.column("ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
+            for rid, t, p, lab in zip(
+                rows.column("request_id").to_pylist(), ts, rows.column("probability").to_pylist(),
+                rows.column("predicted_label").to_pylist(),
+            ):
+                self.pending[rid] = _Pending(float(t), float(p), int(lab))
+        labeled = self.log.labels.read(["request_id"], include_pending=False)
+        ids = labeled.column("request_id").to_pylist() if labeled.num_rows else []
+        for item in self.log.labels.pending:
+            if item.batch_id in skip_label_batches:
+                continue
+            ids.extend(self.log.labels.read_batch(item).column("request_id").to_pylist())
+        for rid in ids:
+            entry = self.pending.get(rid)
+            if entry is not None:
+                entry.labeled = True
+
+    # ---- served rows ------------------------------------------------------------------------
+    def ingest(self, batch_id: str, table: pa.Table) -> dict[str, Any]:
+        """Log one batch of sampled rows (durably, first), then count it into windows."""
+        if batch_id in self._seen:
+            return {"accepted": 0, "duplicate_batch": True, "windows": []}
+        missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"batch {batch_id}: columns {missing} are missing (need {list(PREDICTION_COLUMNS)} and the features)")
+        self.log.predictions.append(batch_id, table)
+        closed = self._apply_rows(batch_id, table, index=True)
+        self.save()
+        return {"accepted": table.num_rows, "duplicate_batch": False, "windows": [w.to_dict() for w in closed]}
+
+    def _remember(self, batch_id: str) -> None:
+        self._seen.add(batch_id)
+        self.state.seen_batches.append(batch_id)
+        if len(self.state.seen_batches) > SEEN_BATCHES:
+            dropped = self.state.seen_batches[: -SEEN_BATCHES]
+            self.state.seen_batches = self.state.seen_batches[-SEEN_BATCHES:]
+            self._seen.difference_update(dropped)
+
+    def _apply_rows(self, batch_id: str, table: pa.Table, *, index: bool) -> list[WindowSummary]:
+        self._remember(batch_id)
+        n = table.num_rows
+        if n == 0:
+            return []
+        s = self.state
+        s.rows_received += n
+        versions = pc.value_counts(table.column("model_version"))
+        for item in versions.to_pylist():
+            s.rows_by_version[str(item["values"])] = s.rows_by_version.get(str(item["values"]), 0) + int(item["counts"])
+        s.serving_version = str(table.column("model_version")[n - 1].as_py())
+        if index:
+            self._index(table)
+        closed = []
+        offset = 0
+        while offset < n:
+            room = self.config.window_size - s.window["rows"]
+            piece = table.slice(offset, room)
+            offset += piece.num_rows
+            if s.window_start is None:
+                s.window_start = _seconds(piece.column("ts")[0])
+            counts = WindowCounts.from_dict(s.window) + self.detector.count(
+                piece, piece.column("probability").to_numpy(zero_copy_only=False)
+            )
+            s.window = counts.to_dict()
+            if counts.rows >= self.config.window_size:
+                closed.append(self._close_window(counts, end=_seconds(piece.column("ts")[piece.num_rows - 1])))
+        return closed
+
+    def _index(self, table: pa.Table) -> None:
+        ts = pc.divide(pc.cast(pc.cast(table.column("ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
+        for rid, t, p, lab in zip(
+            table.column("request_id").to_pylist(), ts, table.column("probability").to_pylist(),
+            table.column("predicted_label").to_pylist(),
+        ):
+            self.pending[rid] = _Pending(float(t), float(p), int(lab))
+        while len(self.pending) > self.config.max_pending_labels:
+            self.pending.popitem(last=False)
+
+    def _close_window(self, counts: WindowCounts, end: float) -> WindowSummary:
+        s = self.state
+        report = self.detector.test(counts)
+        self.last_report = report
+        live, n_live = self.live_quality()
+        summary = WindowSummary(
+            window=s.windows_seen,
+            start=float(s.window_start or end),
+            end=end,
+            rows=counts.rows,
+            alarm=report.alarm,
+            drifted=report.drifted,
+            scores={f.name: {"psi": round(f.psi, 5), "js": round(f.js, 5), "p": f.p_min} for f in report.features},
+            live_metric=live,
+            live_labels=n_live,
+            reference_version=self.reference.version,
+        )
+        if report.alarm:
+            s.alarms += 1
+            for name in report.drifted:
+                s.alarms_by_feature[name] = s.alarms_by_feature.get(name, 0) + 1
+            self.on_event(
+                "drift_alarm",
+                {
+                    "model": self.model_name,
+                    "version": self.reference.version,
+                    "window": summary.window,
+                    "rows": summary.rows,
+                    "features": report.drifted,
+                    "psi": {name: summary.scores[name]["psi"] for name in report.drifted},
+                    "p_adjusted": {name: summary.scores[name]["p"] for name in report.drifted},
+                },
+            )
+        observation = policy.Observation(
+            window=summary.window,
+            time=end,
+            drift_alarm=report.alarm,
+            drifted_features=report.drifted,
+            drift_scores={name: summary.scores[name]["psi"] for name in report.drifted},
+            live_metric=live,
+            live_labels=n_live,
+            reference_metric=self.reference.metrics.get(self.config.quality_metric),
+        )
+        state, decision = policy.decide(self.policy_state, observation, self.config)
+        s.policy = state.model_dump(mode="json")
+        if decision.audit_event is not None:
+            summary.decision = decision.model_dump(mode="json")
+            self.on_event(decision.audit_event, {"model": self.model_name, "version": self.reference.version, **decision.audit_fields()})
+        s.history = [*s.history, summary.to_dict()][-HISTORY:]
+        s.windows_seen += 1
+        s.window = {"rows": 0, "bins": {}}
+        s.window_start = None
+        return summary
+
+    # ---- labels -----------------------------------------------------------------------------
+    def ingest_labels(self, batch_id: str, table: pa.Table) -> dict[str, int]:
+        """Log one batch of labels (durably, first), then join them by request id."""
+        if batch_id in self._seen:
+            return {"duplicate_batch": 1}
+        self.log.labels.append(batch_id, table)
+        outcome = self._apply_labels(batch_id, table)
+        self.save()
+        return outcome
+
+    def _apply_labels(self, batch_id: str, table: pa.Table) -> dict[str, int]:
+        self._remember(batch_id)
+        s = self.state
+        outcome = dict.fromkeys(LABEL_OUTCOMES, 0)
+        received = pc.divide(pc.cast(pc.cast(table.column("label_ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
+        lags = []
+        for rid, label, at in zip(table.column("request_id").to_pylist(), table.column("label").to_pylist(), received):
+            entry = self.pending.get(rid)
+            if entry is None:
+                kind = "unknown"
+            elif entry.labeled:
+                kind = "duplicate"
+            else:
+                entry.labeled = True
+                lag = max(0.0, float(at) - entry.ts)
+                if lag > self.config.label_horizon_s:
+                    kind = "late"  # logged for retraining; too old to describe the model serving now
+                else:
+                    kind = "joined"
+                    lags.append(lag)
+                    s.quality_pairs.append([entry.probability, float(label)])
+            outcome[kind] += 1
+        for kind, count in outcome.items():
+            s.labels[kind] = s.labels.get(kind, 0) + count
+        keep = max(self.config.window_size, self.config.min_labels)
+        s.quality_pairs = s.quality_pairs[-keep:]
+        s.label_lag_s = [*s.label_lag_s, *lags][-1000:]
+        self.last_label_lags = lags
+        return outcome
+
+    def live_quality(self) -> tuple[float | None, int]:
+        """The configured metric over the most recent joined labels, once there are min_labels."""
+        pairs = self.state.quality_pairs
+        if len(pairs) < self.config.min_labels:
+            return None, len(pairs)
+        arr = np.asarray(pairs, dtype=np.float64)
+        if self.config.quality_metric == "auc":
+            value = roc_auc(arr[:, 1], arr[:, 0])
+        else:
+            value = accuracy(arr[:, 1], arr[:, 0])
+        return (None if math.isnan(value) else float(value)), len(pairs)
+
+    def live_metrics(self) -> dict[str, float | None]:
+        pairs = self.state.quality_pairs
+        if len(pairs) < self.config.min_labels:
+            return {"auc": None, "accuracy": None}
+        arr = np.asarray(pairs, dtype=np.float64)
+        auc = roc_auc(arr[:, 1], arr[:, 0])
+        return {"auc": None if math.isnan(auc) else float(auc), "accuracy": float(accuracy(arr[:, 1], arr[:, 0]))}
+
+    # ---- policy hand-off (the retrain submitter calls these) --------------------------------
+    @property
+    def policy_state(self) -> policy.PolicyState:
+        return policy.PolicyState.model_validate(self.state.policy) if self.state.policy else policy.PolicyState()
+
+    def take_decision(self) -> dict[str, Any] | None:
+        state, decision = policy.take_pending(self.policy_state)
+        self.state.policy = state.model_dump(mode="json")
+        self.save()
+        return decision.model_dump(mode="json") if decision else None
+
+    def retrain_started(self, job_id: str) -> None:
+        self.state.policy = policy.retrain_started(self.policy_state, job_id, self.clock()).model_dump(mode="json")
+        self.save()
+
+    def retrain_finished(self, job_id: str) -> None:
+        self.state.policy = policy.retrain_finished(self.policy_state, job_id).model_dump(mode="json")
+        self.save()
+
+    def rebase(self, reference: Reference) -> None:
+        """Compare from now on with another version's profile (after a promotion); the open window restarts."""
+        self.reference = reference
+        self.detector = self._detector(reference)
+        self.state.reference_version = reference.version
+        self.state.window = {"rows": 0, "bins": {}}
+        self.state.window_start = None
+        self.save()
+
+    # ---- housekeeping -----------------------------------------------------------------------
+    def tick(self) -> int:
+        """Compact the inference log when due (by rows or age); returns rows written."""
+        c = self.config
+        return self.log.flush_due(c.flush_rows, c.flush_interval_s)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.state
+        live = self.live_metrics()
+        pending = self.policy_state.pending
+        return {
+            "model": self.model_name,
+            "reference_version": s.reference_version,
+            "serving_version": s.serving_version,
+            "windows_seen": s.windows_seen,
+            "open_window_rows": s.window["rows"],
+            "window_size": self.config.window_size,
+            "rows_received": s.rows_received,
+            "alarms": s.alarms,
+            "alarms_by_feature": s.alarms_by_feature,
+            "labels": s.labels,
+            "live_labels": len(s.quality_pairs),
+            "live": live,
+            "reference_metrics": {k: self.reference.metrics.get(k) for k in ("auc", "accuracy")},
+            "label_lag_p50_s": float(np.median(s.label_lag_s)) if s.label_lag_s else None,
+            "last_window": s.history[-1] if s.history else None,
+            "pending_decision": pending.model_dump(mode="json") if pending else None,
+            "in_flight": self.policy_state.in_flight,
+            "log_rows_pending": {name: stream.pending_rows for name, stream in self.log.streams.items()},
+            "restarts": s.restarts,
+            "started": datetime.fromtimestamp(s.started, tz=timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.state.history[-limit:]
+
+
+def _seconds(value: pa.Scalar) -> float:
+    ts = value.as_py()
+    if isinstance(ts, datetime):
+        return ts.timestamp()
+    return float(ts)
+

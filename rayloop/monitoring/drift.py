@@ -1,0 +1,453 @@
+"""Drift statistics: one window of live rows against the reference profile (pure, no Ray).
+
+Everything works on bin counts over the reference profile's bins (fine quantile bins per numeric
+feature with exact reference counts, category frequencies with an out-of-vocabulary bucket, and
+the held-out score histogram). A window is therefore a handful of small count vectors: it adds up
+batch by batch, persists as JSON, and never holds raw rows.
+
+Per feature, against the reference:
+- numeric and prediction: a rank test for location (Mann-Whitney U against the reference, via
+  ridits of the reference bins; exact with ties), two-sample Kolmogorov-Smirnov at the bin edges
+  and a chi-square test of homogeneity on bins merged to suit the window size (shape and scale);
+- categorical: chi-square of homogeneity over categories, the out-of-vocabulary bucket and missing;
+- effect sizes for people: PSI and Jensen-Shannon distance on the same merged bins.
+
+All p-values of a window form one family, controlled with Benjamini-Hochberg
+(`scipy.stats.false_discovery_control`): the chance that a window from the reference distribution
+alarms is at most `alpha`, whatever the window size, while a shift that shows in several tests or
+features keeps its power. A feature drifts when one of its decision tests rejects and its PSI is
+at least `min_psi` (zero by default: big windows then flag small but real shifts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy import stats
+from scipy.spatial import distance
+
+from rayloop.features.profile import (
+    CategoricalProfile,
+    Histogram,
+    NumericProfile,
+    ReferenceProfile,
+)
+from rayloop.features.stats import numeric_values
+
+__all__ = [
+    "NUMERIC_TESTS",
+    "PREDICTION",
+    "DriftDetector",
+    "DriftReport",
+    "FeatureDrift",
+    "WindowCounts",
+    "chi2_homogeneity",
+    "js_distance",
+    "ks_binned",
+    "merge_groups",
+    "psi",
+    "psi_null_quantile",
+    "rank_test",
+]
+
+PREDICTION = "prediction"  # the pseudo-feature of model scores
+NUMERIC_TESTS = ("rank", "ks", "chi2")
+Kind = Literal["numeric", "categorical", "prediction"]
+_EPS = 1e-4  # smoothing of empty bins for PSI (the usual choice; keeps log finite)
+
+
+# ---- statistics on count vectors ---------------------------------------------------------------
+def _proportions(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total else np.zeros_like(counts, dtype=np.float64)
+
+
+def psi(window: np.ndarray, reference: np.ndarray, eps: float = _EPS) -> float:
+    """Population stability index of two count vectors over the same bins."""
+    p = np.maximum(_proportions(np.asarray(window, dtype=np.float64)), eps)
+    q = np.maximum(_proportions(np.asarray(reference, dtype=np.float64)), eps)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def js_distance(window: np.ndarray, reference: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2, in [0, 1]) of two count vectors over the same bins."""
+    p = _proportions(np.asarray(window, dtype=np.float64))
+    q = _proportions(np.asarray(reference, dtype=np.float64))
+    if not p.any() or not q.any():
+        return 0.0
+    return float(distance.jensenshannon(p, q, base=2.0))
+
+
+def psi_null_quantile(n: int, n_reference: int, bins: int, alpha: float) -> float:
+    """The PSI that a window of `n` reference rows exceeds with probability about `alpha`.
+
+    Under no drift n·PSI is about chi-square with bins-1 degrees of freedom (scaled by 1/n + 1/N),
+    so a fixed PSI cut (0.1, 0.25) alarms on nearly every small window and misses real shifts in
+    big ones. This is the threshold to read a PSI against at that window size.
+    """
+    if n <= 0 or bins < 2:
+        return math.inf
+    scale = 1.0 / n + (1.0 / n_reference if n_reference else 0.0)
+    return float(stats.chi2.isf(alpha, bins - 1) * scale)
+
+
+def merge_groups(reference: np.ndarray, min_share: float, ordered: bool) -> list[np.ndarray]:
+    """Groups of bin indices, each holding at least `min_share` of the reference.
+
+    Ordered bins (numeric) merge with their neighbours; unordered ones (categories) keep their
+    large members and pool the small ones into one group.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    total = ref.sum()
+    if total <= 0 or len(ref) == 0:
+        return [np.arange(len(ref))]
+    share = ref / total
+    if not ordered:
+        big = [np.array([i]) for i in np.flatnonzero(share >= min_share)]
+        small = np.flatnonzero(share < min_share)
+        if len(small):
+            if share[small].sum() >= min_share or not big:
+                big.append(small)
+            else:  # too little even pooled: join the smallest big group
+                smallest = min(range(len(big)), key=lambda g: share[big[g]].sum())
+                big[smallest] = np.sort(np.concatenate([big[smallest], small]))
+        return big
+    groups: list[list[int]] = []
+    current: list[int] = []
+    mass = 0.0
+    for i, s in enumerate(share):
+        current.append(i)
+        mass += s
+        if mass >= min_share:
+            groups.append(current)
+            current, mass = [], 0.0
+    if current:
+        if groups:
+            groups[-1].extend(current)
+        else:
+            groups.append(current)
+    return [np.asarray(g) for g in groups]
+
+
+def _grouped(counts: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
+    return np.array([counts[g].sum() for g in groups], dtype=np.float64)
+
+
+def chi2_homogeneity(window: np.ndarray, reference: np.ndarray) -> tuple[float, float, int]:
+    """Chi-square test that window and reference counts come from one distribution: (stat, p, dof)."""
+    table = np.vstack([np.asarray(window, dtype=np.float64), np.asarray(reference, dtype=np.float64)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or table[0].sum() == 0 or table[1].sum() == 0:
+        return 0.0, 1.0, 0
+    result = stats.chi2_contingency(table, correction=False)
+    return float(result.statistic), float(result.pvalue), int(result.dof)
+
+
+def ks_binned(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov on ordered bins: D at the bin edges and its asymptotic p-value.
+
+    D is the largest gap between the two empirical CDFs at the reference's bin edges, so it is at
+    most the D of the raw values and the test is conservative by the width of one bin.
+    """
+    w = np.asarray(window, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    n, m = w.sum(), r.sum()
+    if n == 0 or m == 0:
+        return 0.0, 1.0
+    d = float(np.max(np.abs(np.cumsum(w)[:-1] / n - np.cumsum(r)[:-1] / m), initial=0.0))
+    en = n * m / (n + m)
+    return d, float(stats.kstwo.sf(d, max(1, round(en))))
+
+
+def rank_test(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Mann-Whitney U of the window against the reference on ordered bins: (z, two-sided p).
+
+    Each bin scores its reference ridit (share of the reference below it plus half its own), so
+    ties are exact and a window from the reference scores 0.5 on average. z > 0: the window sits
+    higher than the reference.
+    """
+    w = np.asarray(window, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    n, m = w.sum(), r.sum()
+    if n == 0 or m == 0:
+        return 0.0, 1.0
+    q = r / m
+    ridit = np.cumsum(q) - q / 2.0
+    variance = float(np.sum(q * (ridit - 0.5) ** 2))
+    if variance <= 0:
+        return 0.0, 1.0
+    z = (float(np.dot(w, ridit)) / n - 0.5) / math.sqrt(variance * (1.0 / n + 1.0 / m))
+    return z, float(2.0 * stats.norm.sf(abs(z)))
+
+
+# ---- windows ----------------------------------------------------------------------------------
+@dataclass
+class WindowCounts:
+    """Bin counts of one window per feature; a numeric feature's last slot is its missing count."""
+
+    rows: int = 0
+    bins: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __add__(self, other: WindowCounts) -> WindowCounts:
+        merged = dict(self.bins)
+        for name, counts in other.bins.items():
+            merged[name] = merged[name] + counts if name in merged else counts.copy()
+        return WindowCounts(self.rows + other.rows, merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "bins": {k: v.astype(int).tolist() for k, v in self.bins.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowCounts:
+        return cls(int(data["rows"]), {k: np.asarray(v, dtype=np.int64) for k, v in data["bins"].items()})
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    kind: Kind
+    n: int
+    psi: float
+    js: float
+    psi_null: float  # the PSI a reference window of this size exceeds with probability alpha
+    statistics: dict[str, float]  # rank z, ks D, chi2
+    p_values: dict[str, float]  # raw, per test
+    p_adjusted: dict[str, float]  # Benjamini-Hochberg over the whole window
+    drifted: bool
+
+    @property
+    def p_min(self) -> float:
+        return min(self.p_adjusted.values(), default=1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n": self.n,
+            "psi": round(self.psi, 6),
+            "js": round(self.js, 6),
+            "psi_null": round(self.psi_null, 6),
+            "statistics": {k: round(v, 6) for k, v in self.statistics.items()},
+            "p_values": {k: float(f"{v:.4g}") for k, v in self.p_values.items()},
+            "p_adjusted": {k: float(f"{v:.4g}") for k, v in self.p_adjusted.items()},
+            "drifted": self.drifted,
+        }
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    rows: int
+    alpha: float
+    features: list[FeatureDrift]
+
+    @property
+    def drifted(self) -> list[str]:
+        """Drifted features, strongest (smallest adjusted p) first."""
+        return [f.name for f in sorted(self.features, key=lambda f: f.p_min) if f.drifted]
+
+    @property
+    def alarm(self) -> bool:
+        return any(f.drifted for f in self.features)
+
+    def feature(self, name: str) -> FeatureDrift:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "alpha": self.alpha,
+            "alarm": self.alarm,
+            "drifted": self.drifted,
+            "features": [f.to_dict() for f in self.features],
+        }
+
+
+# ---- the detector -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ref:
+    name: str
+    kind: Kind
+    counts: np.ndarray  # reference counts per bin (numeric/prediction: + missing slot at the end)
+    edges: np.ndarray  # numeric: interior edges; prediction: interior edges; categorical: empty
+    vocabulary: pa.Array | None  # categorical: the reference categories, in slot order
+
+
+def _numeric_ref(p: NumericProfile) -> _Ref:
+    counts = np.asarray([*p.counts, p.missing], dtype=np.float64)
+    return _Ref(p.name, "numeric", counts, np.asarray(p.edges, dtype=np.float64), None)
+
+
+def _categorical_ref(p: CategoricalProfile) -> _Ref:
+    counts = np.asarray([*p.counts, p.other, p.missing], dtype=np.float64)
+    return _Ref(p.name, "categorical", counts, np.empty(0), pa.array(p.categories, type=pa.string()))
+
+
+def _prediction_ref(h: Histogram) -> _Ref:
+    counts = np.asarray([*h.counts, 0], dtype=np.float64)  # scores are never missing
+    return _Ref(PREDICTION, "prediction", counts, np.asarray(h.edges[1:-1], dtype=np.float64), None)
+
+
+class DriftDetector:
+    """Tests windows of live rows (and their scores) against one reference profile.
+
+    `count` turns a batch into WindowCounts (cheap: a searchsorted and a bincount per column);
+    counts of several batches add up; `test` judges a finished window.
+    """
+
+    def __init__(
+        self,
+        profile: ReferenceProfile,
+        *,
+        alpha: float = 0.01,
+        numeric_tests: Sequence[str] = NUMERIC_TESTS,
+        min_psi: float = 0.0,
+        min_expected: float = 5.0,
+        max_test_bins: int = 20,
+        psi_bins: int = 10,
+    ) -> None:
+        unknown = set(numeric_tests) - set(NUMERIC_TESTS)
+        if unknown or not numeric_tests:
+            raise ValueError(f"numeric_tests must be a non-empty subset of {NUMERIC_TESTS}, got {list(numeric_tests)}")
+        self.profile = profile
+        self.alpha = alpha
+        self.numeric_tests = tuple(numeric_tests)
+        self.min_psi = min_psi
+        self.min_expected = min_expected
+        self.max_test_bins = max_test_bins
+        self.psi_bins = psi_bins
+        self.refs: dict[str, _Ref] = {p.name: _numeric_ref(p) for p in profile.numeric}
+        self.refs.update({p.name: _categorical_ref(p) for p in profile.categorical})
+        if profile.prediction_histogram is not None:
+            self.refs[PREDICTION] = _prediction_ref(profile.prediction_histogram)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.refs)
+
+    # ---- counting --------------------------------------------------------------------------
+    def count(self, table: pa.Table, predictions: np.ndarray | None = None) -> WindowCounts:
+        """Counts of one batch of raw rows; a feature whose column is absent is not counted."""
+        rows = table.num_rows
+        bins: dict[str, np.ndarray] = {}
+        for name, ref in self.refs.items():
+            if ref.kind == "prediction":
+                if predictions is None:
+                    continue
+                values = np.clip(np.asarray(predictions, dtype=np.float64), 0.0, 1.0)
+                index = np.searchsorted(ref.edges, values, side="right")
+                bins[name] = np.bincount(index, minlength=len(ref.counts)).astype(np.int64)
+            elif ref.kind == "numeric":
+                if name not in table.column_names:
+                    continue
+                values = numeric_values(table.column(name))
+                missing = np.isnan(values)
+                index = np.searchsorted(ref.edges, values[~missing], side="left")
+                counts = np.bincount(index, minlength=len(ref.counts)).astype(np.int64)
+                counts[-1] = int(missing.sum())
+                bins[name] = counts
+            else:
+                if name not in table.column_names:
+                    continue
+                other, miss = len(ref.counts) - 2, len(ref.counts) - 1
+                column = table.column(name).cast(pa.string())
+                found = pc.index_in(column, value_set=ref.vocabulary).to_numpy(zero_copy_only=False)
+                absent = pc.is_null(column).to_numpy(zero_copy_only=False)
+                slots = np.where(absent, miss, np.where(np.isnan(found), other, np.nan_to_num(found))).astype(np.int64)
+                bins[name] = np.bincount(slots, minlength=len(ref.counts)).astype(np.int64)
+        return WindowCounts(rows, bins)
+
+    def empty(self) -> WindowCounts:
+        return WindowCounts(0, {name: np.zeros(len(ref.counts), dtype=np.int64) for name, ref in self.refs.items()})
+
+    # ---- testing ---------------------------------------------------------------------------
+    def _feature_tests(self, ref: _Ref, window: np.ndarray) -> tuple[dict[str, float], dict[str, float], float, float, float]:
+        n = float(window.sum())
+        m = float(ref.counts.sum())
+        statistics: dict[str, float] = {}
+        p_values: dict[str, float] = {}
+        ordered = ref.kind != "categorical"
+        test_share = max(self.min_expected / n, 1.0 / self.max_test_bins) if n else 1.0
+        if ordered:
+            # location and KS on the present values; missing values join the chi-square as their own bin
+            w_present, r_present = window[:-1], ref.counts[:-1]
+            groups = merge_groups(r_present, test_share, ordered=True)
+            w_test = np.append(_grouped(w_present, groups), window[-1])
+            r_test = np.append(_grouped(r_present, groups), ref.counts[-1])
+            z, p = rank_test(w_present, r_present)
+            statistics["rank_z"], p_values["rank"] = z, p
+            d, p = ks_binned(w_present, r_present)
+            statistics["ks_d"], p_values["ks"] = d, p
+            stat, p, _ = chi2_homogeneity(w_test, r_test)
+            statistics["chi2"], p_values["chi2"] = stat, p
+            psi_groups = merge_groups(r_present, 1.0 / self.psi_bins, ordered=True)
+            w_psi = np.append(_grouped(w_present, psi_groups), window[-1])
+            r_psi = np.append(_grouped(r_present, psi_groups), ref.counts[-1])
+        else:
+            groups = merge_groups(ref.counts, test_share, ordered=False)
+            w_test, r_test = _grouped(window, groups), _grouped(ref.counts, groups)
+            stat, p, _ = chi2_homogeneity(w_test, r_test)
+            statistics["chi2"], p_values["chi2"] = stat, p
+            w_psi, r_psi = w_test, r_test
+        bins_used = int(np.count_nonzero((w_psi + r_psi) > 0))
+        return (
+            statistics,
+            p_values,
+            psi(w_psi, r_psi),
+            js_distance(w_psi, r_psi),
+            psi_null_quantile(int(n), int(m), bins_used, self.alpha),
+        )
+
+    def _decides(self, kind: Kind, test: str) -> bool:
+        return kind == "categorical" or test in self.numeric_tests
+
+    def test(self, window: WindowCounts) -> DriftReport:
+        """Judge one window: every feature's tests, one Benjamini-Hochberg family."""
+        partial = []
+        for name, ref in self.refs.items():
+            counts = window.bins.get(name)
+            if counts is None or counts.sum() == 0:
+                continue
+            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64))))
+        family = [
+            (i, test, p)
+            for i, (_, ref, _, _, p_values, *_rest) in enumerate(partial)
+            for test, p in p_values.items()
+            if self._decides(ref.kind, test)
+        ]
+        adjusted = (
+            stats.false_discovery_control(np.clip([p for *_, p in family], 0.0, 1.0), method="bh") if family else []
+        )
+        by_feature: dict[int, dict[str, float]] = {}
+        for (i, test, _), q in zip(family, adjusted):
+            by_feature.setdefault(i, {})[test] = float(q)
+        features = []
+        for i, (name, ref, n, statistics, p_values, psi_value, js_value, psi_null) in enumerate(partial):
+            p_adj = by_feature.get(i, {})
+            significant = any(q < self.alpha for q in p_adj.values())
+            features.append(
+                FeatureDrift(
+                    name=name,
+                    kind=ref.kind,
+                    n=n,
+                    psi=psi_value,
+                    js=js_value,
+                    psi_null=psi_null,
+                    statistics=statistics,
+                    p_values=p_values,
+                    p_adjusted=p_adj,
+                    drifted=significant and psi_value >= self.min_psi,
+                )
+            )
+        return DriftReport(rows=window.rows, alpha=self.alpha, features=features)
+
+    def check(self, table: pa.Table, predictions: np.ndarray | None = None) -> DriftReport:
+        return self.test(self.count(table, predictions))

@@ -1,0 +1,214 @@
+"""The inference log: served rows, their predictions and their late labels as Parquet (no Ray).
+
+Two streams, `predictions` (request id, time, model version, probability, predicted label and the
+raw features) and `labels` (request id, label, time received), each partitioned by the row's
+date and hour (`date=YYYY-MM-DD/hour=HH/part-*.parquet`, Hive style, so Ray Data, pyarrow and
+Spark read them as one table).
+
+Nothing acknowledged is lost: `append` first writes the batch as one Arrow IPC file in the
+stream's write-ahead folder (`_wal/`, by batch id) and only then returns. `flush` (by rows or by
+age) compacts the write-ahead files into Parquet parts whose names derive from the batch ids,
+then deletes them; a crash in between replays into the same part names, so a restart neither
+loses nor duplicates rows. Works on any pyarrow filesystem (local, s3://, gs://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = ["STREAMS", "InferenceLog", "LogStream", "label_table", "open_filesystem"]
+
+STREAMS = ("predictions", "labels")
+TIME_COLUMN = {"predictions": "ts", "labels": "label_ts"}
+_WAL = "_wal"
+_TS = pa.timestamp("ms", tz="UTC")
+
+
+def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as s3://bucket/prefix."""
+    if "://" not in uri:
+        local = pafs.LocalFileSystem()
+        return local, uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def label_table(request_ids: Iterable[str], labels: Iterable[int], received: Iterable[float] | None = None) -> pa.Table:
+    ids = list(request_ids)
+    times = list(received) if received is not None else [time.time()] * len(ids)
+    return pa.table(
+        {
+            "request_id": pa.array(ids, pa.string()),
+            "label": pa.array(list(labels), pa.int8()),
+            "label_ts": pa.array([int(t * 1000) for t in times], pa.int64()).cast(_TS),
+        }
+    )
+
+
+@dataclass
+class _Pending:
+    batch_id: str
+    path: str
+    rows: int
+    written: float
+
+
+class LogStream:
+    """One append-only stream: write-ahead files, compacted into date/hour Parquet parts."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, name: str, time_column: str) -> None:
+        self.fs, self.root, self.name, self.time_column = fs, root.rstrip("/"), name, time_column
+        self.dir = f"{self.root}/{name}"
+        self.wal = f"{self.dir}/{_WAL}"
+        self.fs.create_dir(self.wal, recursive=True)
+        self.pending: list[_Pending] = []
+        self.rows_written = 0  # rows compacted into Parquet by this process
+
+    # ---- write-ahead ------------------------------------------------------------------------
+    def append(self, batch_id: str, table: pa.Table) -> bool:
+        """Persist one batch before acknowledging it; False when that batch id is already here."""
+        safe = _safe_id(batch_id)
+        path = f"{self.wal}/{safe}.arrow"
+        if any(p.batch_id == batch_id for p in self.pending):
+            return False
+        tmp = f"{self.wal}/.{safe}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.fs.move(tmp, path)
+        self.pending.append(_Pending(batch_id, path, table.num_rows, time.time()))
+        return True
+
+    def recover(self) -> list[tuple[str, pa.Table]]:
+        """Batches written ahead but not yet compacted (after a restart): (batch id, table), oldest first."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.wal, allow_not_found=True))
+        found = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            if info.base_name.startswith("."):  # a write that never finished: it was never acknowledged
+                self.fs.delete_file(info.path)
+                continue
+            if not info.base_name.endswith(".arrow"):
+                continue
+            with self.fs.open_input_file(info.path) as source:
+                table = pa.ipc.open_file(source).read_all()
+            batch_id = _unsafe_id(info.base_name[: -len(".arrow")])
+            mtime = info.mtime.timestamp() if info.mtime else time.time()
+            found.append((mtime, batch_id, info.path, table))
+        found.sort(key=lambda item: (item[0], item[1]))
+        self.pending = [_Pending(b, p, t.num_rows, m) for m, b, p, t in found]
+        return [(b, t) for _, b, _, t in found]
+
+    def read_batch(self, item: _Pending) -> pa.Table:
+        with self.fs.open_input_file(item.path) as source:
+            return pa.ipc.open_file(source).read_all()
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(p.rows for p in self.pending)
+
+    def due(self, max_rows: int, max_age_s: float, now: float | None = None) -> bool:
+        if not self.pending:
+            return False
+        now = time.time() if now is None else now
+        return self.pending_rows >= max_rows or now - min(p.written for p in self.pending) >= max_age_s
+
+    # ---- compaction -------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Compact every write-ahead batch into Parquet parts; returns the rows written."""
+        if not self.pending:
+            return 0
+        batches = list(self.pending)
+        tables = [self.read_batch(item) for item in batches]
+        table = pa.concat_tables(tables, promote_options="permissive")
+        part = hashlib.sha256("\n".join(p.batch_id for p in batches).encode()).hexdigest()[:20]
+        ts = table.column(self.time_column)
+        keys = pc.strftime(ts, format="date=%Y-%m-%d/hour=%H")
+        for key in pc.unique(keys).to_pylist():
+            piece = table.filter(pc.equal(keys, key))
+            folder = f"{self.dir}/{key}"
+            self.fs.create_dir(folder, recursive=True)
+            tmp = f"{folder}/.part-{part}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open_output_stream(tmp) as sink:
+                pq.write_table(piece, sink)
+            self.fs.move(tmp, f"{folder}/part-{part}.parquet")  # the same name again after a replay
+        for item in batches:
+            self.fs.delete_file(item.path)
+        self.pending = [p for p in self.pending if p not in batches]
+        self.rows_written += table.num_rows
+        return table.num_rows
+
+    # ---- reading ----------------------------------------------------------------------------
+    def files(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, recursive=True, allow_not_found=True))
+        return sorted(
+            i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+        )
+
+    def read(self, columns: list[str] | None = None, include_pending: bool = True) -> pa.Table:
+        """Everything in the stream (compacted parts, then write-ahead batches), schemas unified."""
+        tables = []
+        for path in self.files():
+            with self.fs.open_input_file(path) as source:
+                tables.append(pq.read_table(source, columns=columns))
+        if include_pending:
+            for item in self.pending:
+                t = self.read_batch(item)
+                tables.append(t.select(columns) if columns else t)
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
+class InferenceLog:
+    """The two streams under one root (default RAYLOOP_HOME/inference_log)."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, self.root = open_filesystem(root)
+        self.streams = {name: LogStream(self.fs, self.root, name, TIME_COLUMN[name]) for name in STREAMS}
+
+    @property
+    def predictions(self) -> LogStream:
+        return self.streams["predictions"]
+
+    @property
+    def labels(self) -> LogStream:
+        return self.streams["labels"]
+
+    def flush_due(self, max_rows: int, max_age_s: float) -> int:
+        return sum(s.flush() for s in self.streams.values() if s.due(max_rows, max_age_s))
+
+    def flush(self) -> int:
+        return sum(s.flush() for s in self.streams.values())
+
+    def joined(self) -> pa.Table:
+        """Predictions with their first label (null where none arrived yet): the retrain window."""
+        predictions = self.predictions.read()
+        if predictions.num_rows == 0:
+            return predictions
+        labels = self.labels.read(["request_id", "label", "label_ts"])
+        if labels.num_rows == 0:
+            return predictions.append_column("label", pa.nulls(predictions.num_rows, pa.int8())).append_column(
+                "label_ts", pa.nulls(predictions.num_rows, _TS)
+            )
+        labels = labels.sort_by([("label_ts", "ascending")])
+        first = labels.group_by("request_id", use_threads=False).aggregate([("label", "first"), ("label_ts", "first")])
+        first = first.rename_columns(["request_id", "label", "label_ts"])
+        return predictions.join(first, "request_id", join_type="left outer").sort_by([("ts", "ascending")])
+
+
+def _safe_id(batch_id: str) -> str:
+    return batch_id.replace("/", "%2F")
+
+
+def _unsafe_id(name: str) -> str:
+    return name.replace("%2F", "/")
+

@@ -1,0 +1,255 @@
+"""The DriftMonitor actor: one per model, named, detached, restarted forever.
+
+A thin Ray layer over `MonitorCore` (which holds the logic and the state that survives
+restarts): it serializes calls with a lock, compacts the inference log on a timer, exports
+Prometheus metrics through `ray.util.metrics` and writes alarms and decisions to the audit
+trail. Serve replicas find it by name (`actor_name(model)` in the `rayloop` namespace) and send
+it batches with `ingest` / `ingest_labels`; calls carry batch ids, so the retries that Ray makes
+across a restart (`max_task_retries=-1`) are applied once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+from pydantic import BaseModel, ConfigDict
+
+from rayloop import metrics, paths
+from rayloop.config import MonitoringConfig
+from rayloop.monitoring.core import MonitorCore, Reference
+
+__all__ = ["NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor"]
+
+NAMESPACE = "rayloop"
+log = logging.getLogger(__name__)
+
+
+def actor_name(model_name: str) -> str:
+    return f"rayloop-monitor-{model_name}"
+
+
+class MonitorArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    monitoring: MonitoringConfig
+    home: str  # RAYLOOP_HOME of whoever started it: the audit trail and the default storage
+    tracking_uri: str
+    reference_ref: str = "champion"  # the version whose profile is the first reference
+
+    @property
+    def root(self) -> str:
+        return self.monitoring.storage or self.home
+
+
+class DriftMonitor:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = MonitorArgs.model_validate(args)
+        os.environ[paths.ENV_HOME] = self.args.home
+        os.environ["MLFLOW_TRACKING_URI"] = self.args.tracking_uri
+        self.lock = threading.Lock()
+        self.m = {spec.name: metrics.create(spec) for spec in metrics.MONITOR}
+        self.core = MonitorCore.open(
+            self.args.monitoring, self.args.model_name, self.args.root, self._reference, on_event=self._event
+        )
+        self._export_reference()
+        self._stop = threading.Event()
+        threading.Thread(target=self._timer, name="monitor-timer", daemon=True).start()
+        log.info("DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
+                 self.args.model_name, self.core.reference.version, self.core.state.windows_seen, self.core.state.restarts)
+
+    # ---- Ray-facing API ---------------------------------------------------------------------
+    def ingest(self, batch_id: str, table: pa.Table) -> dict[str, Any]:
+        with self.lock:
+            result = self.core.ingest(batch_id, table)
+        if result["accepted"]:
+            for version, n in _value_counts(table, "model_version").items():
+                self.m[metrics.SAMPLES.name].inc(n, tags={"model_version": version})
+            self._export_version()
+        for window in result["windows"]:
+            self._export_window(window)
+        return {"accepted": result["accepted"], "windows": len(result["windows"])}
+
+    def ingest_labels(self, batch_id: str, table: pa.Table) -> dict[str, int]:
+        with self.lock:
+            outcome = self.core.ingest_labels(batch_id, table)
+            lags = list(self.core.last_label_lags)
+        for kind, n in outcome.items():
+            if n and kind != "duplicate_batch":
+                self.m[metrics.LABELS.name].inc(n, tags={"outcome": kind})
+        for lag in lags:
+            self.m[metrics.LABEL_LAG_S.name].observe(lag)
+        self._export_quality()
+        return outcome
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return self.core.summary()
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.core.history(limit)
+
+    def last_report(self) -> dict[str, Any] | None:
+        with self.lock:
+            return self.core.last_report.to_dict() if self.core.last_report else None
+
+    def pending_decision(self) -> dict[str, Any] | None:
+        with self.lock:
+            pending = self.core.policy_state.pending
+            return pending.model_dump(mode="json") if pending else None
+
+    def take_decision(self) -> dict[str, Any] | None:
+        """The next issue's retrain submitter: take the raised decision (then report the job)."""
+        with self.lock:
+            return self.core.take_decision()
+
+    def retrain_started(self, job_id: str) -> None:
+        with self.lock:
+            self.core.retrain_started(job_id)
+
+    def retrain_finished(self, job_id: str) -> None:
+        with self.lock:
+            self.core.retrain_finished(job_id)
+
+    def rebase(self, version: str) -> str:
+        """Compare with `version`'s profile from now on (after a promotion)."""
+        reference = self._reference(version)
+        with self.lock:
+            self.core.rebase(reference)
+        self._export_reference()
+        return reference.version
+
+    def flush(self) -> int:
+        with self.lock:
+            return self.core.log.flush()
+
+    def ping(self) -> str:
+        return self.core.reference.version
+
+    def ping_pid(self) -> int:
+        """The actor's process id (fault tests kill it)."""
+        return os.getpid()
+
+    # ---- internals --------------------------------------------------------------------------
+    def _reference(self, version: str | None) -> Reference:
+        from rayloop import registry
+
+        ref = version or self.args.reference_ref
+        resolved = registry.resolve_version(self.args.model_name, ref)
+        if resolved is None:
+            raise LookupError(f"model {self.args.model_name!r} has no version or alias {ref!r} to monitor against")
+        bundle = registry.load_bundle(self.args.model_name, resolved)
+        return Reference(version=resolved, profile=bundle.profile, metrics=dict(bundle.metrics))
+
+    def _event(self, event: str, fields: dict[str, Any]) -> None:
+        from rayloop import audit
+
+        audit.record(event, **fields)
+        if event in ("retrain_decision", "retrain_suppressed"):
+            self.m[metrics.DECISIONS.name].inc(
+                1,
+                tags={
+                    "action": str(fields.get("action")),
+                    "trigger": str(fields.get("trigger")),
+                    "suppressed_by": str(fields.get("suppressed_by") or ""),
+                },
+            )
+
+    def _export_window(self, window: dict[str, Any]) -> None:
+        self.m[metrics.WINDOWS.name].inc(1, tags={"alarm": str(bool(window["alarm"])).lower()})
+        drifted = set(window["drifted"])
+        for name, score in window["scores"].items():
+            tags = {"feature": name}
+            self.m[metrics.DRIFT_PSI.name].set(score["psi"], tags=tags)
+            self.m[metrics.DRIFT_JS.name].set(score["js"], tags=tags)
+            self.m[metrics.DRIFT_P.name].set(score["p"], tags=tags)
+            self.m[metrics.DRIFT_DRIFTED.name].set(1 if name in drifted else 0, tags=tags)
+        for name in drifted:
+            self.m[metrics.ALARMS.name].inc(1, tags={"feature": name})
+        self._export_quality()
+
+    def _export_quality(self) -> None:
+        with self.lock:
+            live = self.core.live_metrics()
+        for name, value in live.items():
+            if value is not None:
+                self.m[metrics.LIVE_QUALITY.name].set(value, tags={"metric": name})
+
+    def _export_reference(self) -> None:
+        for name in ("auc", "accuracy"):
+            value = self.core.reference.metrics.get(name)
+            if value is not None:
+                self.m[metrics.REFERENCE_QUALITY.name].set(float(value), tags={"metric": name})
+
+    def _export_version(self) -> None:
+        version = self.core.state.serving_version
+        if version is not None:
+            self.m[metrics.SERVING_VERSION.name].set(1, tags={"version": version})
+
+    def _timer(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                with self.lock:
+                    written = self.core.tick()
+                    open_rows = self.core.state.window["rows"]
+                    pending = self.core.policy_state.pending is not None
+                if written:
+                    self.m[metrics.LOG_ROWS.name].inc(written)
+                self.m[metrics.OPEN_WINDOW_ROWS.name].set(open_rows)
+                self.m[metrics.PENDING_DECISION.name].set(1 if pending else 0)
+                self._export_version()  # re-set so the series never goes stale
+            except Exception:  # keep the timer alive; the next tick retries
+                log.exception("monitor timer")
+
+
+def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    return {str(item["values"]): int(item["counts"]) for item in pc.value_counts(table.column(column)).to_pylist()}
+
+
+# ---- starting and finding it --------------------------------------------------------------------
+def start_monitor(args: MonitorArgs, *, wait_s: float = 120.0) -> Any:
+    """Get or create the model's monitor (detached: it outlives this driver) and wait until it answers."""
+    remote = ray.remote(DriftMonitor).options(
+        name=actor_name(args.model_name),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,  # mostly waiting; must not take a CPU slot from a replica or a trainer
+        max_concurrency=4,  # status calls answer while a window is being tested; the lock orders writes
+    )
+    handle = remote.remote(args.model_dump(mode="json"))
+    ray.get(handle.ping.remote(), timeout=wait_s)
+    return handle
+
+
+def get_monitor(model_name: str) -> Any | None:
+    try:
+        return ray.get_actor(actor_name(model_name), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_monitor(model_name: str) -> bool:
+    """Flush the log and kill the monitor for good (its saved state stays for the next one)."""
+    handle = get_monitor(model_name)
+    if handle is None:
+        return False
+    try:
+        ray.get(handle.flush.remote(), timeout=30)
+    finally:
+        ray.kill(handle, no_restart=True)
+    deadline = time.monotonic() + 10
+    while get_monitor(model_name) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True

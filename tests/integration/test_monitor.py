@@ -1,0 +1,182 @@
+"""The Serve app with its DriftMonitor attached, over real HTTP: quiet on reference traffic, an alarm
+naming the shifted features, live AUC from /v1/feedback, metrics, and a monitor killed mid-traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import lightgbm as lgb
+import mlflow
+import pytest
+import ray
+
+from rayloop import audit, registry
+from rayloop.bundle import ModelBundle
+from rayloop.data.synthetic import Scenario, generate
+from rayloop.monitoring.core import MonitorCore
+from rayloop.monitoring.inference_log import InferenceLog
+from rayloop.training.evaluate import roc_auc
+from tests.support import fitted_synthetic, free_port
+
+pytestmark = pytest.mark.slow
+
+NAME = "monitor-test"
+WINDOW = 400
+
+
+def _records(table) -> list[dict]:
+    rows = table.drop_columns(["label", "entity_id"]).to_pylist()
+    for row in rows:
+        row["event_time"] = row["event_time"].isoformat()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def champion():
+    config, train, fitted, profile = fitted_synthetic(8000, seed=51)
+    x, y = fitted.transform(train), train.column("label").to_numpy()
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 15, "seed": 3},
+        lgb.Dataset(x, y, categorical_feature=fitted.categorical_indices),
+        num_boost_round=40,
+    )
+    bundle = ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile)
+    holdout = generate(2000, seed=52)
+    from rayloop.bundle import prediction_histogram
+
+    bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(bundle.predict_proba(holdout))})
+    bundle.metrics = {"auc": roc_auc(holdout.column("label").to_numpy(), bundle.predict_proba(holdout))}
+    registry.client()
+    with mlflow.start_run(experiment_id=registry.experiment_id("monitor-tests")):
+        version = registry.log_bundle(bundle, model_name=NAME)
+    assert registry.promote(NAME, version, holdout, label="label").promote
+    return version
+
+
+@pytest.fixture(scope="module")
+def app(ray_session, champion):
+    from ray import serve
+
+    from rayloop.config import load_config
+    from rayloop.monitoring.monitor import get_monitor, stop_monitor
+    from rayloop.serving.deploy import deploy
+
+    overrides = [
+        f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1", f"serving.port={free_port()}",
+        f"monitoring.window_size={WINDOW}", "monitoring.send_batch_rows=50", "monitoring.send_interval_s=0.2",
+        "monitoring.min_labels=100", "monitoring.flush_interval_s=2", "monitoring.consecutive_windows=2",
+    ]
+    config = load_config(None, overrides)
+    base = deploy(config, overrides=overrides)
+    try:
+        yield base, get_monitor(NAME), config
+    finally:
+        serve.shutdown()
+        stop_monitor(NAME)
+
+
+def _serve(base: str, table, rows_per_request: int = 20, workers: int = 4) -> list[tuple[str, int, float]]:
+    """Send the rows; returns (request id, true label, probability) of every answered row."""
+    records, labels = _records(table), table.column("label").to_pylist()
+    chunks = [(records[i : i + rows_per_request], labels[i : i + rows_per_request]) for i in range(0, len(records), rows_per_request)]
+
+    def call(chunk):
+        body, truth = chunk
+        with httpx.Client(timeout=30) as client:
+            r = client.post(f"{base}/v1/predict", json=body)
+        assert r.status_code == 200, r.text
+        return [(p["request_id"], y, p["probability"]) for p, y in zip(r.json()["predictions"], truth)]
+
+    with ThreadPoolExecutor(workers) as pool:
+        return [row for part in pool.map(call, chunks) for row in part]
+
+
+def _wait(monitor, predicate, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    summary = ray.get(monitor.summary.remote())
+    while not predicate(summary) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        summary = ray.get(monitor.summary.remote())
+    assert predicate(summary), json.dumps(summary, indent=1, default=str)
+    return summary
+
+
+def test_reference_traffic_is_quiet_a_covariate_shift_alarms_and_labels_give_live_auc(app):
+    base, monitor, _ = app
+    start = ray.get(monitor.summary.remote())
+    served = _serve(base, generate(2 * WINDOW, seed=53))
+    quiet = _wait(monitor, lambda s: s["windows_seen"] >= start["windows_seen"] + 2)
+    assert quiet["alarms"] == start["alarms"] == 0
+    assert quiet["serving_version"] is not None and quiet["rows_received"] >= 2 * WINDOW
+
+    scenario = Scenario(kind="covariate", onset=0.0, magnitude=1.0)
+    _serve(base, generate(2 * WINDOW, seed=54, scenario=scenario))
+    shifted = _wait(monitor, lambda s: s["windows_seen"] >= quiet["windows_seen"] + 2)
+    assert shifted["alarms"] >= 1
+    history = ray.get(monitor.history.remote(2))
+    named = set(history[-1]["drifted"])
+    assert named & set(scenario.shifted_features), (named, scenario.shifted_features)
+    alarms = audit.read(event="drift_alarm")
+    assert alarms and alarms[-1]["model"] == NAME and set(alarms[-1]["features"]) == named
+
+    with httpx.Client(timeout=30) as client:
+        for request_id, label, _ in served[:300]:
+            r = client.post(f"{base}/v1/feedback", json={"request_id": request_id, "label": label})
+            assert r.status_code == 202 and r.json()["monitored"] is True
+    live = _wait(monitor, lambda s: s["labels"]["joined"] >= 300)
+    expected = roc_auc([y for _, y, _ in served[:300]], [p for *_, p in served[:300]])
+    assert live["live"]["auc"] == pytest.approx(expected, abs=1e-9)
+    assert live["labels"]["unknown"] == 0
+
+
+def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rayloop import metrics
+
+    wanted = {metrics.exported_name(s) for s in (metrics.DRIFT_PSI, metrics.WINDOWS, metrics.LIVE_QUALITY, metrics.SAMPLES)}
+    deadline = time.monotonic() + 60
+    found: dict[str, list] = {}
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{ray_session}/metrics", timeout=10).text
+        found = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples if s.name in wanted}
+        if wanted <= set(found):
+            break
+        time.sleep(2)
+    assert wanted <= set(found), sorted(found)
+    text = httpx.get(f"http://127.0.0.1:{ray_session}/metrics", timeout=10).text
+    features = {s.labels.get("feature") for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == metrics.exported_name(metrics.DRIFT_PSI)}
+    assert {"age", "channel", "prediction"} <= features
+
+
+def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowledged_row(app, rayloop_home):
+    base, monitor, _ = app
+    before = _wait(monitor, lambda s: True)
+    events_before = len(audit.read())
+    table = generate(6 * 100, seed=55)
+    served: list = []
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(_serve, base, table, 20, 2)
+        time.sleep(0.5)
+        pid = ray.get(monitor.ping_pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        served = future.result()
+    assert len(served) == table.num_rows
+    after = _wait(monitor, lambda s: s["restarts"] > before["restarts"] and s["rows_received"] >= before["rows_received"] + table.num_rows)
+    assert after["windows_seen"] >= before["windows_seen"]
+    assert after["alarms"] >= before["alarms"] and after["labels"]["joined"] >= before["labels"]["joined"]
+    assert len(audit.read()) >= events_before
+    ray.get(monitor.flush.remote())
+    logged = InferenceLog(str(rayloop_home / "inference_log" / NAME)).predictions.read(["request_id"])
+    ids = logged.column("request_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row was logged twice"
+    missing = {rid for rid, *_ in served} - set(ids)
+    assert not missing, f"{len(missing)} acknowledged rows are not in the inference log"
+    saved = MonitorCore.read_state(str(rayloop_home), NAME)
+    assert saved is not None and saved["restarts"] == after["restarts"]

@@ -1,0 +1,148 @@
+"""Drift statistics against scipy on known distributions, and the detector's decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from scipy import stats
+
+from rayloop.bundle import prediction_histogram
+from rayloop.data.synthetic import generate
+from rayloop.monitoring.drift import (
+    PREDICTION,
+    DriftDetector,
+    WindowCounts,
+    chi2_homogeneity,
+    js_distance,
+    ks_binned,
+    merge_groups,
+    psi,
+    psi_null_quantile,
+    rank_test,
+)
+from tests.support import fitted_synthetic
+
+RNG = np.random.default_rng(5)
+EDGES = np.quantile(RNG.normal(size=200_000), np.linspace(0, 1, 201)[1:-1])  # 200 fine reference bins
+
+
+def _binned(values: np.ndarray) -> np.ndarray:
+    return np.bincount(np.searchsorted(EDGES, values, side="left"), minlength=len(EDGES) + 1)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.3])
+def test_rank_test_matches_scipy_mann_whitney_on_the_same_bins(shift):
+    reference = RNG.normal(size=50_000)
+    window = RNG.normal(loc=shift, size=800)
+    z, p = rank_test(_binned(window), _binned(reference))
+    ref_bins = np.searchsorted(EDGES, reference, side="left")
+    win_bins = np.searchsorted(EDGES, window, side="left")
+    expected = stats.mannwhitneyu(win_bins, ref_bins, method="asymptotic", use_continuity=False)
+    assert p == pytest.approx(expected.pvalue, rel=0.05, abs=1e-6)
+    assert (z > 0) == (shift > 0) or shift == 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.3])
+def test_binned_ks_is_scipy_ks_up_to_one_bin(scale):
+    reference = RNG.normal(size=50_000)
+    window = RNG.normal(scale=scale, size=2000)
+    d, p = ks_binned(_binned(window), _binned(reference))
+    expected = stats.ks_2samp(window, reference)
+    assert expected.statistic - 0.01 <= d <= expected.statistic + 1e-12  # at most the raw D, within a bin
+    assert np.log10(p) == pytest.approx(np.log10(expected.pvalue), abs=0.5)
+
+
+def test_chi2_homogeneity_is_scipys_contingency_test_and_ignores_empty_bins():
+    window, reference = np.array([30, 50, 0, 20]), np.array([300, 400, 0, 300])
+    stat, p, dof = chi2_homogeneity(window, reference)
+    expected = stats.chi2_contingency(np.array([[30, 50, 20], [300, 400, 300]]), correction=False)
+    assert (stat, dof) == (pytest.approx(expected.statistic), 2) and p == pytest.approx(expected.pvalue)
+
+
+def test_p_values_are_uniform_when_nothing_drifts():
+    """Calibration: under no drift each test's p-values spread evenly over [0, 1]."""
+    reference = _binned(RNG.normal(size=100_000))
+    rank_p, chi_p = [], []
+    for _ in range(300):
+        window = _binned(RNG.normal(size=500))
+        rank_p.append(rank_test(window, reference)[1])
+        groups = merge_groups(reference, 0.05, ordered=True)
+        chi_p.append(chi2_homogeneity([window[g].sum() for g in groups], [reference[g].sum() for g in groups])[1])
+    assert stats.kstest(rank_p, "uniform").pvalue > 0.01
+    assert stats.kstest(chi_p, "uniform").pvalue > 0.01
+
+
+def test_psi_and_js_on_known_distributions():
+    same = np.array([25, 25, 25, 25])
+    assert psi(same, same * 10) == pytest.approx(0.0) and js_distance(same, same) == pytest.approx(0.0)
+    p, q = np.array([0.4, 0.6]), np.array([0.6, 0.4])
+    assert psi(p * 100, q * 100) == pytest.approx(float(np.sum((p - q) * np.log(p / q))))
+    assert js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
+    assert js_distance(p, q) == pytest.approx(float(stats.entropy(p, (p + q) / 2, base=2) / 2 + stats.entropy(q, (p + q) / 2, base=2) / 2) ** 0.5)
+
+
+def test_the_psi_threshold_grows_as_windows_shrink_and_holds_its_false_alarm_rate():
+    reference = _binned(RNG.normal(size=200_000))
+    groups = merge_groups(reference, 0.1, ordered=True)
+    ref10 = np.array([reference[g].sum() for g in groups])
+    assert psi_null_quantile(100, 200_000, 10, 0.05) > 0.1 > psi_null_quantile(5000, 200_000, 10, 0.05)
+    threshold = psi_null_quantile(300, int(ref10.sum()), len(ref10), 0.05)
+    values = [psi(np.array([w[g].sum() for g in groups]), ref10) for w in (_binned(RNG.normal(size=300)) for _ in range(400))]
+    assert 0.01 <= np.mean(np.array(values) > threshold) <= 0.10
+
+
+def test_merge_groups_cover_every_bin_once_with_the_minimum_share():
+    counts = np.array([50, 1, 1, 30, 2, 200, 3, 3])
+    for ordered in (True, False):
+        groups = merge_groups(counts, 0.05, ordered=ordered)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(counts)))
+        assert all(counts[g].sum() / counts.sum() >= 0.05 for g in groups)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    _, table, _, profile = fitted_synthetic(40_000, seed=21)
+    scores = _score(table)
+    profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(scores)})
+    return DriftDetector(profile, alpha=0.01)
+
+
+def _score(table: pa.Table) -> np.ndarray:
+    risk = np.nan_to_num(table.column("risk_score").to_numpy(zero_copy_only=False).astype(float))
+    return 1 / (1 + np.exp(-risk))
+
+
+def test_the_detector_keeps_quiet_on_reference_windows(detector):
+    live = generate(20_000, seed=22)
+    alarms = [detector.check(live.slice(i * 1000, 1000), _score(live.slice(i * 1000, 1000))).alarm for i in range(20)]
+    assert sum(alarms) <= 2  # alpha 0.01 per window
+
+
+def test_the_detector_names_the_shifted_features(detector):
+    live = generate(1000, seed=23)
+    sd = detector.profile.feature("age").std
+    shifted = live.set_column(live.schema.get_field_index("age"), "age", pc.add(live.column("age"), 0.5 * sd))
+    channels = pa.array(["store"] * 600 + live.column("channel").to_pylist()[600:])
+    shifted = shifted.set_column(shifted.schema.get_field_index("channel"), "channel", channels)
+    report = detector.check(shifted, _score(shifted))
+    assert report.alarm and set(report.drifted) == {"age", "channel"}
+    assert report.feature("age").statistics["rank_z"] > 0 and report.feature("age").psi > 0.1
+
+
+def test_scores_alone_reveal_a_shift_the_features_are_not_given(detector):
+    live = generate(2000, seed=24)
+    risky = live.filter(pc.greater(live.column("risk_score"), 0.0))  # only high-score rows: a prior shift
+    report = detector.test(detector.count(risky.select(["channel"]), _score(risky)))
+    assert PREDICTION in report.drifted
+
+
+def test_unseen_categories_and_missing_values_fill_their_buckets(detector):
+    table = pa.table({"channel": ["web", "fax", None, "telex"], "age": [30.0, None, float("nan"), 40.0]})
+    counts = detector.count(table)
+    channel = counts.bins["channel"]
+    assert channel[-2] == 2 and channel[-1] == 1  # out-of-vocabulary, missing
+    assert counts.bins["age"][-1] == 2 and "income" not in counts.bins  # absent columns are not counted
+    again = WindowCounts.from_dict(counts.to_dict()) + counts
+    assert again.rows == 8 and again.bins["channel"][-2] == 4

@@ -1,0 +1,191 @@
+"""The monitor's logic without Ray: windows, alarms, the label join, policy hand-off, restarts."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from rayloop.bundle import prediction_histogram
+from rayloop.config import MonitoringConfig
+from rayloop.data.synthetic import generate
+from rayloop.monitoring.core import MonitorCore, Reference
+from rayloop.monitoring.inference_log import InferenceLog, label_table
+from rayloop.training.evaluate import roc_auc
+from tests.support import fitted_synthetic
+
+FEATURES = ["age", "income", "channel", "region", "risk_score", "tenure_months"]
+
+
+def _score(table: pa.Table) -> np.ndarray:
+    """A stand-in model: any fixed function of the features will do for the monitor."""
+    risk = np.nan_to_num(table.column("risk_score").to_numpy(zero_copy_only=False).astype(float))
+    return 1.0 / (1.0 + np.exp(-risk))
+
+
+@pytest.fixture(scope="module")
+def reference() -> Reference:
+    _, table, _, profile = fitted_synthetic(30_000, seed=11)
+    profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(_score(table))})
+    return Reference(version="1", profile=profile, metrics={"auc": 0.80, "accuracy": 0.75})
+
+
+def _batch(table: pa.Table, version: str = "1", start: float | None = None) -> pa.Table:
+    """Sampled rows as a replica sends them; times from `start` (default now), 10 ms apart."""
+    n = table.num_rows
+    start = time.time() if start is None else start
+    probs = _score(table)
+    ids = [secrets.token_hex(16) for _ in range(n)]
+    ts = pa.array(((start + np.arange(n) * 0.01) * 1000).astype(np.int64)).cast(pa.timestamp("ms", tz="UTC"))
+    return pa.table(
+        {
+            "request_id": ids,
+            "ts": ts,
+            "model_version": [version] * n,
+            "probability": probs,
+            "predicted_label": (probs >= 0.5).astype(np.int8),
+            **{name: table.column(name) for name in FEATURES},
+        }
+    )
+
+
+def _core(tmp_path: Path, reference: Reference, events: list | None = None, **overrides) -> MonitorCore:
+    config = MonitoringConfig(**{"window_size": 1000, "consecutive_windows": 2, "min_labels": 50, **overrides})
+    sink = events if events is not None else []
+    return MonitorCore.open(
+        config, "m", str(tmp_path), lambda version: reference, on_event=lambda e, f: sink.append((e, f))
+    )
+
+
+def _shifted(table: pa.Table) -> pa.Table:
+    i = table.schema.get_field_index("income")
+    return table.set_column(i, "income", pc.multiply(table.column("income"), 1.5))
+
+
+def test_reference_traffic_closes_windows_without_alarm(tmp_path, reference):
+    core = _core(tmp_path, reference)
+    live = generate(3000, seed=12)
+    closed = []
+    for k in range(6):  # batches that straddle window boundaries
+        closed += core.ingest(f"b{k}", _batch(live.slice(k * 500, 500)))["windows"]
+    assert [w["window"] for w in closed] == [0, 1, 2]
+    assert all(w["rows"] == 1000 for w in closed)
+    assert not any(w["alarm"] for w in closed)
+    assert core.state.rows_received == 3000 and core.state.alarms == 0
+
+
+def test_a_shift_alarms_naming_the_feature_and_sustained_drift_raises_one_decision(tmp_path, reference):
+    events: list = []
+    core = _core(tmp_path, reference, events)
+    live = _shifted(generate(4000, seed=13))
+    windows = [w for k in range(4) for w in core.ingest(f"s{k}", _batch(live.slice(k * 1000, 1000)))["windows"]]
+    assert all(w["alarm"] for w in windows)
+    assert windows[0]["drifted"][0] == "income"
+    assert "channel" not in windows[0]["drifted"]
+    alarms = [f for e, f in events if e == "drift_alarm"]
+    assert len(alarms) == 4 and "income" in alarms[0]["features"] and alarms[0]["psi"]["income"] > 0.1
+    decisions = [f for e, f in events if e == "retrain_decision"]
+    assert len(decisions) == 1 and decisions[0]["trigger"] == "drift" and decisions[0]["window"] == 1
+    assert [f["suppressed_by"] for e, f in events if e == "retrain_suppressed"] == ["pending"]
+    taken = core.take_decision()
+    assert taken is not None and taken["action"] == "retrain"
+    assert core.take_decision() is None
+
+
+def test_labels_join_by_request_id_and_count_duplicates_unknown_and_late(tmp_path, reference):
+    core = _core(tmp_path, reference, label_horizon_s=3600)
+    table = _batch(generate(400, seed=14), start=1_790_000_000.0)
+    core.ingest("p0", table)
+    ids = table.column("request_id").to_pylist()
+    truth = generate(400, seed=14).column("label").to_pylist()
+    sent_at = 1_790_000_000.0 + 60
+    outcome = core.ingest_labels("l0", label_table(ids[:300], truth[:300], [sent_at] * 300))
+    assert outcome == {"joined": 300, "late": 0, "duplicate": 0, "unknown": 0}
+    outcome = core.ingest_labels(
+        "l1", label_table([ids[0], "f" * 32, ids[300]], [1, 0, 1], [sent_at, sent_at, sent_at + 7200])
+    )
+    assert outcome == {"joined": 0, "late": 1, "duplicate": 1, "unknown": 1}
+    auc, n = core.live_quality()
+    expected = roc_auc(truth[:300], table.column("probability").to_numpy()[:300])
+    assert n == 300 and auc == pytest.approx(expected)
+    assert core.ingest_labels("l1", label_table(["x"], [1])) == {"duplicate_batch": 1}  # a retried send
+    assert core.state.labels == {"joined": 300, "late": 1, "duplicate": 1, "unknown": 1}
+    assert core.summary()["label_lag_p50_s"] == pytest.approx(60, abs=5)
+
+
+def test_a_restart_keeps_windows_counters_and_every_acknowledged_row(tmp_path, reference):
+    core = _core(tmp_path, reference, flush_rows=700)
+    live = generate(2500, seed=15)
+    sent = []
+    for k in range(3):
+        batch = _batch(live.slice(k * 500, 500))
+        sent += batch.column("request_id").to_pylist()
+        core.ingest(f"r{k}", batch)
+        core.tick()  # compacts to Parquet once 700 rows are pending
+    ids = sent[:10]
+    core.ingest_labels("lab", label_table(ids, [1] * 10))
+    # the process dies after logging a batch but before applying it
+    orphan = _batch(live.slice(1500, 400), start=1_790_000_100.0)
+    sent += orphan.column("request_id").to_pylist()
+    core.log.predictions.append("r3", orphan)
+    windows_before = core.state.windows_seen
+    del core
+
+    again = _core(tmp_path, reference, flush_rows=700)
+    assert again.state.restarts == 1
+    assert again.state.windows_seen == windows_before + 0 and again.state.rows_received == 1900
+    assert again.state.window["rows"] == 900  # 1900 rows: one closed window, 900 in the open one
+    assert again.state.labels["joined"] == 10
+    assert again.ingest("r2", _batch(live.slice(0, 10)))["duplicate_batch"]  # the retry of an acked batch
+    assert again.ingest_labels("l2", label_table(ids[:2], [0, 0])) == {"joined": 0, "late": 0, "duplicate": 2, "unknown": 0}
+    again.log.flush()
+    logged = InferenceLog(str(tmp_path / "inference_log" / "m")).predictions.read(include_pending=False)
+    assert sorted(logged.column("request_id").to_pylist()) == sorted(sent)  # every row once
+
+
+def test_a_replayed_compaction_writes_the_same_parts_no_duplicates(tmp_path):
+    log = InferenceLog(str(tmp_path))
+    rows = label_table([f"id{i}" for i in range(50)], [i % 2 for i in range(50)])
+    log.labels.append("a", rows.slice(0, 25))
+    log.labels.append("b", rows.slice(25))
+    wal = Path(log.labels.wal)
+    backup = tmp_path / "backup"
+    shutil.copytree(wal, backup)
+    assert log.labels.flush() == 50
+    shutil.rmtree(wal)
+    shutil.copytree(backup, wal)  # as if the process died before deleting the write-ahead files
+    again = InferenceLog(str(tmp_path))
+    assert [b for b, _ in again.labels.recover()] == ["a", "b"]
+    again.labels.flush()
+    assert again.labels.read().num_rows == 50
+    assert all("/date=" in p and "/hour=" in p for p in again.labels.files())
+
+
+def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
+    core = _core(tmp_path, reference)
+    table = _batch(generate(20, seed=16))
+    core.ingest("p", table)
+    ids = table.column("request_id").to_pylist()
+    core.ingest_labels("l", label_table([ids[0], ids[0], ids[1]], [1, 0, 0], [1_790_000_010.0, 1_790_000_020.0, 1_790_000_010.0]))
+    joined = core.log.joined()
+    assert joined.num_rows == 20
+    labels = dict(zip(joined.column("request_id").to_pylist(), joined.column("label").to_pylist()))
+    assert labels[ids[0]] == 1 and labels[ids[1]] == 0 and labels[ids[2]] is None
+
+
+def test_rebase_restarts_the_open_window_against_the_new_reference(tmp_path, reference):
+    core = _core(tmp_path, reference)
+    core.ingest("p", _batch(generate(300, seed=17)))
+    assert core.state.window["rows"] == 300
+    core.rebase(Reference(version="2", profile=reference.profile, metrics={"auc": 0.9}))
+    assert core.state.window["rows"] == 0 and core.state.reference_version == "2"
+    again = _core(tmp_path, reference)
+    assert again.state.reference_version == "2"
+    assert not math.isnan(again.summary()["rows_received"])
