@@ -251,8 +251,53 @@ def status(
     log.add_column("detail")
     for entry in audit.read(limit=events):
         detail = entry.get("reason") or (f"from {entry['previous']}" if entry.get("previous") else "")
+        if not detail and entry.get("features"):
+            detail = "drift: " + ", ".join(f"{f} (PSI {entry.get('psi', {}).get(f, 0):.3f})" for f in entry["features"])
         log.add_row(entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail))
     console.print(log)
+    _print_monitor(cfg)
+
+
+def _print_monitor(cfg: RayloopConfig) -> None:
+    """The DriftMonitor's state as it last saved it (after every batch), so no Ray connection is needed."""
+    from rayloop.monitoring.core import MonitorCore, summarize_state
+
+    name = cfg.registry.model_name
+    root = cfg.monitoring.storage or str(paths.home())
+    saved = MonitorCore.read_state(root, name)
+    if saved is None:
+        console.print(f"monitor: no state for {name} under {root} (it starts with `rayloop serve`)")
+        return
+    s = summarize_state(name, saved, cfg.monitoring)
+    table = Table(title=f"monitor {name} (reference version {s['reference_version']}, serving {s['serving_version']})")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("windows seen", f"{s['windows_seen']} (open window {s['open_window_rows']}/{s['window_size']} rows)")
+    table.add_row("rows received", f"{s['rows_received']:,}")
+    by_feature = ", ".join(f"{k} {v}" for k, v in sorted(s["alarms_by_feature"].items(), key=lambda kv: -kv[1]))
+    table.add_row("drift alarms", f"{s['alarms']}" + (f" ({by_feature})" if by_feature else ""))
+    last = s["last_window"]
+    if last:
+        top = sorted(last["scores"].items(), key=lambda kv: kv[1]["p"])[:5]
+        scores = ", ".join(f"{k} PSI {v['psi']:.3f} p {v['p']:.2g}" for k, v in top)
+        verdict = f"[red]drift: {', '.join(last['drifted'])}[/red]" if last["alarm"] else "[green]no drift[/green]"
+        table.add_row(f"last window ({last['window']})", f"{verdict}; {scores}")
+    live = s["live"]
+    labels = s["labels"]
+    table.add_row(
+        "live quality",
+        (f"auc {live['auc']:.4f}, accuracy {live['accuracy']:.4f}" if live["auc"] is not None else "waiting for labels")
+        + f" over {s['live_labels']} labels",
+    )
+    table.add_row("labels", ", ".join(f"{k} {v}" for k, v in labels.items()))
+    if s["label_lag_p50_s"] is not None:
+        table.add_row("label lag (median)", f"{s['label_lag_p50_s']:.1f} s")
+    pending = s["pending_decision"]
+    table.add_row("pending decision", pending["reason"] if pending else "none")
+    table.add_row("retrain in flight", s["in_flight"] or "none")
+    table.add_row("decisions / suppressed", f"{s['decisions']} / {s['suppressed'] or 0}")
+    table.add_row("restarts", str(s["restarts"]))
+    console.print(table)
 
 
 @app.command("serve")
@@ -287,6 +332,35 @@ def serve_cmd(
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+@app.command("monitor")
+def monitor_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    stop: Annotated[bool, typer.Option("--stop", help="flush the inference log and stop the monitor")] = False,
+) -> None:
+    """Start the model's DriftMonitor on a cluster (`rayloop serve` does this too), or stop it."""
+    from rayloop.monitoring.monitor import stop_monitor
+    from rayloop.runtime import init_ray
+    from rayloop.serving.deploy import start_model_monitor
+
+    import os
+
+    cfg = _config(config, set_)
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        console.print("[red]error:[/red] the monitor lives on a running cluster: pass --address or set RAY_ADDRESS")
+        raise typer.Exit(2)
+    init_ray(address)
+    name = cfg.registry.model_name
+    if stop:
+        stopped = stop_monitor(name)
+        console.print(f"monitor for {name}: " + ("stopped (its state stays for the next start)" if stopped else "not running"))
+        return
+    with console.status(f"starting the monitor for {name}"):
+        start_model_monitor(cfg)
+    console.print(f"monitor for [cyan]{name}[/cyan] is running; `rayloop status` shows its state")
 
 
 def _print_training(outcome) -> None:

@@ -39,6 +39,8 @@ __all__ = [
     "MonitorCore",
     "Reference",
     "WindowSummary",
+    "live_metrics",
+    "summarize_state",
 ]
 
 # what a replica sends besides the raw feature columns
@@ -372,23 +374,11 @@ class MonitorCore:
 
     def live_quality(self) -> tuple[float | None, int]:
         """The configured metric over the most recent joined labels, once there are min_labels."""
-        pairs = self.state.quality_pairs
-        if len(pairs) < self.config.min_labels:
-            return None, len(pairs)
-        arr = np.asarray(pairs, dtype=np.float64)
-        if self.config.quality_metric == "auc":
-            value = roc_auc(arr[:, 1], arr[:, 0])
-        else:
-            value = accuracy(arr[:, 1], arr[:, 0])
-        return (None if math.isnan(value) else float(value)), len(pairs)
+        live = live_metrics(self.state.quality_pairs, self.config.min_labels)
+        return live[self.config.quality_metric], len(self.state.quality_pairs)
 
     def live_metrics(self) -> dict[str, float | None]:
-        pairs = self.state.quality_pairs
-        if len(pairs) < self.config.min_labels:
-            return {"auc": None, "accuracy": None}
-        arr = np.asarray(pairs, dtype=np.float64)
-        auc = roc_auc(arr[:, 1], arr[:, 0])
-        return {"auc": None if math.isnan(auc) else float(auc), "accuracy": float(accuracy(arr[:, 1], arr[:, 0]))}
+        return live_metrics(self.state.quality_pairs, self.config.min_labels)
 
     # ---- policy hand-off (the retrain submitter calls these) --------------------------------
     @property
@@ -425,34 +415,50 @@ class MonitorCore:
         return self.log.flush_due(c.flush_rows, c.flush_interval_s)
 
     def summary(self) -> dict[str, Any]:
-        s = self.state
-        live = self.live_metrics()
-        pending = self.policy_state.pending
-        return {
-            "model": self.model_name,
-            "reference_version": s.reference_version,
-            "serving_version": s.serving_version,
-            "windows_seen": s.windows_seen,
-            "open_window_rows": s.window["rows"],
-            "window_size": self.config.window_size,
-            "rows_received": s.rows_received,
-            "alarms": s.alarms,
-            "alarms_by_feature": s.alarms_by_feature,
-            "labels": s.labels,
-            "live_labels": len(s.quality_pairs),
-            "live": live,
-            "reference_metrics": {k: self.reference.metrics.get(k) for k in ("auc", "accuracy")},
-            "label_lag_p50_s": float(np.median(s.label_lag_s)) if s.label_lag_s else None,
-            "last_window": s.history[-1] if s.history else None,
-            "pending_decision": pending.model_dump(mode="json") if pending else None,
-            "in_flight": self.policy_state.in_flight,
-            "log_rows_pending": {name: stream.pending_rows for name, stream in self.log.streams.items()},
-            "restarts": s.restarts,
-            "started": datetime.fromtimestamp(s.started, tz=timezone.utc).isoformat(timespec="seconds"),
-        }
+        summary = summarize_state(self.model_name, self.state.__dict__, self.config)
+        summary["reference_metrics"] = {k: self.reference.metrics.get(k) for k in ("auc", "accuracy")}
+        summary["log_rows_pending"] = {name: stream.pending_rows for name, stream in self.log.streams.items()}
+        return summary
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.state.history[-limit:]
+
+
+def live_metrics(pairs: list[list[float]], min_labels: int) -> dict[str, float | None]:
+    """AUC and accuracy over joined (probability, label) pairs; None until there are min_labels."""
+    if len(pairs) < min_labels:
+        return {"auc": None, "accuracy": None}
+    arr = np.asarray(pairs, dtype=np.float64)
+    auc = roc_auc(arr[:, 1], arr[:, 0])
+    return {"auc": None if math.isnan(auc) else float(auc), "accuracy": float(accuracy(arr[:, 1], arr[:, 0]))}
+
+
+def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
+    """What `rayloop status` shows, from the live actor's state or the one saved on disk."""
+    pol = policy.PolicyState.model_validate(state["policy"]) if state.get("policy") else policy.PolicyState()
+    lags = state.get("label_lag_s") or []
+    return {
+        "model": model_name,
+        "reference_version": state["reference_version"],
+        "serving_version": state.get("serving_version"),
+        "windows_seen": state["windows_seen"],
+        "open_window_rows": state["window"]["rows"],
+        "window_size": config.window_size,
+        "rows_received": state["rows_received"],
+        "alarms": state["alarms"],
+        "alarms_by_feature": state["alarms_by_feature"],
+        "labels": state["labels"],
+        "live_labels": len(state["quality_pairs"]),
+        "live": live_metrics(state["quality_pairs"], config.min_labels),
+        "label_lag_p50_s": float(np.median(lags)) if lags else None,
+        "last_window": state["history"][-1] if state["history"] else None,
+        "pending_decision": pol.pending.model_dump(mode="json") if pol.pending else None,
+        "in_flight": pol.in_flight,
+        "decisions": pol.decisions,
+        "suppressed": pol.suppressed,
+        "restarts": state["restarts"],
+        "started": datetime.fromtimestamp(state["started"], tz=timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _seconds(value: pa.Scalar) -> float:

@@ -133,6 +133,17 @@ def test_reference_traffic_is_quiet_a_covariate_shift_alarms_and_labels_give_liv
     assert live["live"]["auc"] == pytest.approx(expected, abs=1e-9)
     assert live["labels"]["unknown"] == 0
 
+    from typer.testing import CliRunner
+
+    from rayloop.cli import app as cli
+
+    opts = ["--set", f"registry.model_name={NAME}", "--set", "monitoring.min_labels=100"]
+    shown = CliRunner().invoke(cli, ["status", *opts], terminal_width=250)
+    assert shown.exit_code == 0, shown.output
+    assert f"windows seen   │ {live['windows_seen']}" in shown.output or f"{live['windows_seen']} (open window" in shown.output
+    assert "drift:" in shown.output and sorted(named)[0] in shown.output
+    assert f"auc {expected:.4f}" in shown.output
+
 
 def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
     from prometheus_client.parser import text_string_to_metric_families
