@@ -9,6 +9,10 @@ $RAYLOOP_HOME and promoted to champion; every HTTP arm loads that exact version 
   backend) in a fresh local Ray cluster started by `init_ray` with Serve's HAProxy ingress (the
   rayloop default);
 - rayloop-proxy: the same, with `RAYLOOP_INGRESS=proxy` (Serve's default Python proxy);
+- rayloop-haproxy-nomon: rayloop-haproxy with `monitoring.enabled=false`. The other rayloop arms
+  run as rayloop does by default: the replica samples every row (monitoring.sample_rate 1.0) and
+  sends it to the DriftMonitor actor, which runs on the server's core and logs every row to
+  the Parquet inference log and tests every window;
 - fastapi: one uvicorn worker (uvloop, httptools, access log off) running a FastAPI app written
   below with the same handler logic and no batching: the same RecordParser, `pa.Table.from_pylist`,
   `FittedFeatures.transform` + `booster.predict` per request, the same response JSON;
@@ -27,7 +31,8 @@ req/s), an open-loop rate search for the highest rate with p99 <= 50 ms and no e
 measured from each request's scheduled send time, so a slow server cannot slow the generator down
 and hide its queueing), and closed-loop steps of 256-row requests (rows/s). Targets (reported, not
 asserted): one-row max req/s at the SLO >= 1.0x FastAPI's; 256-row rows/s >= 50% of the in-process
-batch-256 limit; at concurrency 1, p50 <= 2x FastAPI's p50.
+batch-256 limit; at concurrency 1, p50 <= 2x FastAPI's p50; with monitoring on, >= 0.95x the
+one-row max req/s at the SLO of monitoring off.
 
     .venv/bin/python benchmarks/bench_serve.py              # full run, about 10 minutes
     .venv/bin/python benchmarks/bench_serve.py --quick      # smoke run, about 3 minutes
@@ -67,7 +72,8 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_HOME = ".rayloop/bench-serve"
 MODEL_NAME = "bench-serve"
-HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-proxy")
+HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-haproxy-nomon", "rayloop-proxy")
+NO_MONITOR_SUFFIX = "-nomon"  # the same arm with monitoring.enabled=false
 SERVER_CORE = 0
 CLIENT_CORE = 1
 SLO_P99_MS = 50.0
@@ -75,6 +81,7 @@ SLO_P99_MS = 50.0
 TARGET_RPS_RATIO = 1.0  # one-row max req/s at the SLO, rayloop / fastapi
 TARGET_BATCH_FRACTION = 0.5  # 256-row rows/s, rayloop / in-process batch-256 limit
 TARGET_P50_RATIO = 2.0  # concurrency-1 p50, rayloop / fastapi (at most)
+TARGET_MONITOR_RATIO = 0.95  # max req/s at the SLO with the DriftMonitor on / off
 BIG_ROWS = 256
 MAX_CONNECTIONS_OPEN_LOOP = 128
 ID_SPACE = 2**128  # request ids as rayloop.serving.server makes them (32 hex digits)
@@ -966,7 +973,8 @@ def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Serv
         server = Server(arm, cmd, env, logs / "serve-echo.log")
         info["ready_s"] = asyncio.run(wait_http(port, "/", 30, server))
     else:
-        env["RAYLOOP_INGRESS"] = "haproxy" if arm == "rayloop-haproxy" else "proxy"
+        env["RAYLOOP_INGRESS"] = "haproxy" if arm.startswith("rayloop-haproxy") else "proxy"
+        arm_overrides = [*args.overrides, *(["monitoring.enabled=false"] if arm.endswith(NO_MONITOR_SUFFIX) else [])]
         # HAProxy's fixed listener ports would clash with any other cluster on this machine
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
@@ -977,7 +985,7 @@ def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Serv
         ready.unlink(missing_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-arm", "--port", str(port),
                "--model-version", version, "--ready-file", str(ready), "--num-cpus", "1",
-               *[f"--set={o}" for o in args.overrides]]
+               *[f"--set={o}" for o in arm_overrides]]
         server = Server(arm, cmd, env, logs / f"serve-{arm}.log", stdin_pipe=True)
         start = time.perf_counter()
         while not ready.exists():
@@ -1201,6 +1209,11 @@ def summarize(arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: d
             "p50_c1_vs_fastapi": {"value": row["p50_c1_vs_fastapi"], "limit": f"<= {TARGET_P50_RATIO}",
                                   "met": row["p50_c1_vs_fastapi"] is not None and row["p50_c1_vs_fastapi"] <= TARGET_P50_RATIO},
         }
+        off = next((r for r in rows if r["arm"] == row["arm"] + NO_MONITOR_SUFFIX and r.get("ok")), None)
+        if off and off["max_rps_at_slo"]:
+            ratio = round(row["max_rps_at_slo"] / off["max_rps_at_slo"], 3)
+            targets[row["arm"]]["monitoring_on_vs_off_rps_at_slo"] = {
+                "value": ratio, "limit": f">= {TARGET_MONITOR_RATIO}", "met": ratio >= TARGET_MONITOR_RATIO}
         targets[row["arm"]]["all_met"] = all(t["met"] for t in targets[row["arm"]].values() if isinstance(t, dict))
     return {
         "limit_rows_per_s": {"batch_1": limit_b1, "batch_64": variants.get("model_b64", {}).get("rows_per_s"),
@@ -1424,7 +1437,7 @@ def main(argv: list[str] | None = None) -> int:
                      "big_rows": BIG_ROWS, "ray_num_cpus": 1, "replicas": 1, "overrides": args.overrides,
                      "env": args.env, **sizes,
                      "targets": {"one_row_rps_ratio_min": TARGET_RPS_RATIO, "big_fraction_of_limit_min": TARGET_BATCH_FRACTION,
-                                 "p50_c1_ratio_max": TARGET_P50_RATIO}},
+                                 "p50_c1_ratio_max": TARGET_P50_RATIO, "monitoring_on_vs_off_min": TARGET_MONITOR_RATIO}},
         "summary": summary,
         "in_process": limit,
         "generator_ceiling": ceiling,

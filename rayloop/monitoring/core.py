@@ -2,13 +2,14 @@
 the policy, and the state that survives a restart.
 
 `MonitorCore` is event-sourced. Every batch of served rows or labels is written ahead to the
-inference log (under its batch id) before it is applied; the small state (window counts,
-counters, live-quality pairs, policy, recent window summaries, recently seen batch ids) is
-saved atomically after every batch. After a restart `MonitorCore.open` reloads the state,
-replays any written-ahead batch the state has not seen, and rebuilds the label-join index from
-the log, so windows, counters and audit trail continue where they were and no acknowledged row
-is lost or counted twice. The Ray actor (`monitor.py`) only adds locking, a timer and metrics.
-"""
+inference log (under its batch id) before it is applied. The small state (window counts,
+counters, live-quality pairs, policy, recent window summaries, recently seen batch ids) is saved
+atomically when a window closes and otherwise on a timer: whatever a save misses is still
+written ahead, and compaction deletes write-ahead files only after a save. After a restart
+`MonitorCore.open` reloads the state, replays every written-ahead batch the state has not seen
+and rebuilds the label-join index from the log, so windows, counters and audit trail continue
+where they were and no acknowledged row is lost or counted twice. The Ray actor (`monitor.py`)
+only adds locking, a timer and metrics."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ __all__ = [
 PREDICTION_COLUMNS = ("request_id", "ts", "model_version", "probability", "predicted_label")
 LABEL_OUTCOMES = ("joined", "late", "duplicate", "unknown")
 STATE_FORMAT = 1
-HISTORY = 200  # window summaries kept in the state
+HISTORY = 100  # window summaries kept in the state
 SEEN_BATCHES = 4096  # batch ids remembered for idempotent retries
 
 
@@ -132,6 +133,7 @@ class MonitorCore:
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self._seen: set[str] = set()
         self.last_report: DriftReport | None = None
+        self._dirty = False
         self.last_label_lags: list[float] = []  # lags of the last label batch (for the lag histogram)
 
     def _detector(self, reference: Reference) -> DriftDetector:
@@ -144,6 +146,7 @@ class MonitorCore:
         return f"{self.state_dir}/state.json"
 
     def save(self) -> None:
+        self._dirty = False
         payload = json.dumps({"format": STATE_FORMAT, **self.state.__dict__}, default=float).encode()
         tmp = f"{self.state_dir}/.state.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as sink:
@@ -228,7 +231,10 @@ class MonitorCore:
             raise ValueError(f"batch {batch_id}: columns {missing} are missing (need {list(PREDICTION_COLUMNS)} and the features)")
         self.log.predictions.append(batch_id, table)
         closed = self._apply_rows(batch_id, table, index=True)
-        self.save()
+        if closed:
+            self.save()  # a closed window has emitted its events: never replay it
+        else:
+            self._dirty = True  # the write-ahead copy covers it until the next save
         return {"accepted": table.num_rows, "duplicate_batch": False, "windows": [w.to_dict() for w in closed]}
 
     def _remember(self, batch_id: str) -> None:
@@ -339,7 +345,7 @@ class MonitorCore:
             return {"duplicate_batch": 1}
         self.log.labels.append(batch_id, table)
         outcome = self._apply_labels(batch_id, table)
-        self.save()
+        self._dirty = True
         return outcome
 
     def _apply_labels(self, batch_id: str, table: pa.Table) -> dict[str, int]:
@@ -409,10 +415,24 @@ class MonitorCore:
         self.save()
 
     # ---- housekeeping -----------------------------------------------------------------------
+    def persist(self) -> None:
+        """Save the state if batches were applied since the last save."""
+        if self._dirty:
+            self.save()
+
     def tick(self) -> int:
-        """Compact the inference log when due (by rows or age); returns rows written."""
+        """Save, then compact the inference log when due (by rows or age); returns rows written.
+
+        The state is saved first: a written-ahead batch may be deleted only once the saved state
+        includes it, since after a restart only the write-ahead files are replayed.
+        """
+        self.persist()
         c = self.config
         return self.log.flush_due(c.flush_rows, c.flush_interval_s)
+
+    def flush(self) -> int:
+        self.persist()
+        return self.log.flush()
 
     def summary(self) -> dict[str, Any]:
         summary = summarize_state(self.model_name, self.state.__dict__, self.config)

@@ -127,8 +127,14 @@ class DriftMonitor:
         return reference.version
 
     def flush(self) -> int:
+        """Save the state and compact the whole inference log now."""
         with self.lock:
-            return self.core.log.flush()
+            return self.core.flush()
+
+    def save(self) -> None:
+        """Save the state now (the timer does it every second)."""
+        with self.lock:
+            self.core.persist()
 
     def ping(self) -> str:
         return self.core.reference.version

@@ -137,6 +137,7 @@ def test_reference_traffic_is_quiet_a_covariate_shift_alarms_and_labels_give_liv
 
     from rayloop.cli import app as cli
 
+    ray.get(monitor.save.remote())  # status reads the saved state (saved every second)
     opts = ["--set", f"registry.model_name={NAME}", "--set", "monitoring.min_labels=100"]
     shown = CliRunner().invoke(cli, ["status", *opts], terminal_width=250)
     assert shown.exit_code == 0, shown.output

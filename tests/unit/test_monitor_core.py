@@ -145,7 +145,7 @@ def test_a_restart_keeps_windows_counters_and_every_acknowledged_row(tmp_path, r
     assert again.state.labels["joined"] == 10
     assert again.ingest("r2", _batch(live.slice(0, 10)))["duplicate_batch"]  # the retry of an acked batch
     assert again.ingest_labels("l2", label_table(ids[:2], [0, 0])) == {"joined": 0, "late": 0, "duplicate": 2, "unknown": 0}
-    again.log.flush()
+    again.flush()
     logged = InferenceLog(str(tmp_path / "inference_log" / "m")).predictions.read(include_pending=False)
     assert sorted(logged.column("request_id").to_pylist()) == sorted(sent)  # every row once
 
