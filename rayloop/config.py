@@ -220,8 +220,9 @@ class MonitoringConfig(_Section):
     p_value: float = Field(0.01, gt=0, lt=1, description="false-discovery level across all drift tests of a window")
     psi_threshold: float = Field(0.2, gt=0, description="PSI over which a feature counts as materially drifted")
     min_psi: float = Field(0.0, ge=0, description="a significant feature alarms only when its PSI is also above this")
-    numeric_tests: list[Literal["rank", "ks", "chi2"]] = Field(
-        ["rank", "ks", "chi2"], min_length=1, description="tests that decide numeric and score drift (all are reported)"
+    numeric_tests: list[Literal["rank", "scale", "ks", "chi2"]] = Field(
+        ["rank", "scale", "ks", "chi2"], min_length=1,
+        description="tests that decide numeric and score drift (all are reported; missingness is always tested)",
     )
     consecutive_windows: int = Field(2, ge=1, description="drifted windows in a row that raise a retrain decision")
     quality_metric: Literal["auc", "accuracy"] = "auc"

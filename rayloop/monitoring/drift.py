@@ -7,8 +7,10 @@ batch by batch, persists as JSON, and never holds raw rows.
 
 Per feature, against the reference:
 - numeric and prediction: a rank test for location (Mann-Whitney U against the reference, via
-  ridits of the reference bins; exact with ties), two-sample Kolmogorov-Smirnov at the bin edges
-  and a chi-square test of homogeneity on bins merged to suit the window size (shape and scale);
+  ridits of the reference bins; exact with ties), a rank test for spread (distance of the ridit
+  from the median), two-sample Kolmogorov-Smirnov at the bin edges, a chi-square test of
+  homogeneity on bins merged to suit the window size (shape), and Fisher's exact test on the
+  missing rate where either side has missing values;
 - categorical: chi-square of homogeneity over categories, the out-of-vocabulary bucket and missing;
 - effect sizes for people: PSI and Jensen-Shannon distance on the same merged bins.
 
@@ -53,11 +55,13 @@ __all__ = [
     "merge_groups",
     "psi",
     "psi_null_quantile",
+    "missing_test",
     "rank_test",
+    "scale_test",
 ]
 
 PREDICTION = "prediction"  # the pseudo-feature of model scores
-NUMERIC_TESTS = ("rank", "ks", "chi2")
+NUMERIC_TESTS = ("rank", "scale", "ks", "chi2")
 Kind = Literal["numeric", "categorical", "prediction"]
 _EPS = 1e-4  # smoothing of empty bins for PSI (the usual choice; keeps log finite)
 
@@ -165,6 +169,29 @@ def ks_binned(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return d, float(stats.kstwo.sf(d, max(1, round(en))))
 
 
+def _score_test(window: np.ndarray, reference: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """z and two-sided p of the window's mean bin score against the reference's (two-sample, exact
+    mean and variance under no drift from the reference bins)."""
+    w = np.asarray(window, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    n, m = w.sum(), r.sum()
+    if n == 0 or m == 0:
+        return 0.0, 1.0
+    q = r / m
+    expected = float(np.dot(q, scores))
+    variance = float(np.dot(q, (scores - expected) ** 2))
+    if variance <= 0:
+        return 0.0, 1.0
+    z = (float(np.dot(w, scores)) / n - expected) / math.sqrt(variance * (1.0 / n + 1.0 / m))
+    return z, float(2.0 * stats.norm.sf(abs(z)))
+
+
+def _ridits(reference: np.ndarray) -> np.ndarray:
+    r = np.asarray(reference, dtype=np.float64)
+    q = r / r.sum() if r.sum() else r
+    return np.cumsum(q) - q / 2.0
+
+
 def rank_test(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Mann-Whitney U of the window against the reference on ordered bins: (z, two-sided p).
 
@@ -172,18 +199,30 @@ def rank_test(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     ties are exact and a window from the reference scores 0.5 on average. z > 0: the window sits
     higher than the reference.
     """
-    w = np.asarray(window, dtype=np.float64)
-    r = np.asarray(reference, dtype=np.float64)
-    n, m = w.sum(), r.sum()
-    if n == 0 or m == 0:
-        return 0.0, 1.0
-    q = r / m
-    ridit = np.cumsum(q) - q / 2.0
-    variance = float(np.sum(q * (ridit - 0.5) ** 2))
-    if variance <= 0:
-        return 0.0, 1.0
-    z = (float(np.dot(w, ridit)) / n - 0.5) / math.sqrt(variance * (1.0 / n + 1.0 / m))
-    return z, float(2.0 * stats.norm.sf(abs(z)))
+    return _score_test(window, reference, _ridits(reference))
+
+
+def scale_test(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """A rank test for spread (Ansari-Bradley style) on ordered bins: (z, two-sided p).
+
+    Each bin scores its ridit's distance from the reference median, |ridit - 0.5|; z > 0: the
+    window spreads wider than the reference. Location tests are nearly blind to a change of
+    variance with the same centre; this one is not.
+    """
+    return _score_test(window, reference, np.abs(_ridits(reference) - 0.5))
+
+
+def missing_test(window_missing: int, window_rows: int, reference_missing: int, reference_rows: int) -> float:
+    """Fisher's exact test that the window's missing rate equals the reference's (two-sided p).
+
+    Exact, because missing values are often rare: one missing value in a window whose reference
+    never had any is p ~ n/(n+N), not the p ~ 0 a chi-square cell with a tiny expectation claims.
+    """
+    table = [
+        [window_missing, window_rows - window_missing],
+        [reference_missing, reference_rows - reference_missing],
+    ]
+    return float(stats.fisher_exact(table).pvalue)
 
 
 # ---- windows ----------------------------------------------------------------------------------
@@ -216,7 +255,7 @@ class FeatureDrift:
     psi: float
     js: float
     psi_null: float  # the PSI a reference window of this size exceeds with probability alpha
-    statistics: dict[str, float]  # rank z, ks D, chi2
+    statistics: dict[str, float]  # rank z, scale z, ks D, chi2, missing rate
     p_values: dict[str, float]  # raw, per test
     p_adjusted: dict[str, float]  # Benjamini-Hochberg over the whole window
     drifted: bool
@@ -377,17 +416,20 @@ class DriftDetector:
         ordered = ref.kind != "categorical"
         test_share = max(self.min_expected / n, 1.0 / self.max_test_bins) if n else 1.0
         if ordered:
-            # location and KS on the present values; missing values join the chi-square as their own bin
+            # location, spread, KS and shape on the present values; missingness on its own (exact)
             w_present, r_present = window[:-1], ref.counts[:-1]
             groups = merge_groups(r_present, test_share, ordered=True)
-            w_test = np.append(_grouped(w_present, groups), window[-1])
-            r_test = np.append(_grouped(r_present, groups), ref.counts[-1])
             z, p = rank_test(w_present, r_present)
             statistics["rank_z"], p_values["rank"] = z, p
+            z, p = scale_test(w_present, r_present)
+            statistics["scale_z"], p_values["scale"] = z, p
             d, p = ks_binned(w_present, r_present)
             statistics["ks_d"], p_values["ks"] = d, p
-            stat, p, _ = chi2_homogeneity(w_test, r_test)
+            stat, p, _ = chi2_homogeneity(_grouped(w_present, groups), _grouped(r_present, groups))
             statistics["chi2"], p_values["chi2"] = stat, p
+            if window[-1] or ref.counts[-1]:
+                p_values["missing"] = missing_test(int(window[-1]), int(n), int(ref.counts[-1]), int(m))
+                statistics["missing_rate"] = float(window[-1] / n)
             psi_groups = merge_groups(r_present, 1.0 / self.psi_bins, ordered=True)
             w_psi = np.append(_grouped(w_present, psi_groups), window[-1])
             r_psi = np.append(_grouped(r_present, psi_groups), ref.counts[-1])
@@ -407,7 +449,7 @@ class DriftDetector:
         )
 
     def _decides(self, kind: Kind, test: str) -> bool:
-        return kind == "categorical" or test in self.numeric_tests
+        return kind == "categorical" or test == "missing" or test in self.numeric_tests
 
     def test(self, window: WindowCounts) -> DriftReport:
         """Judge one window: every feature's tests, one Benjamini-Hochberg family."""

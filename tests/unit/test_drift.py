@@ -18,9 +18,11 @@ from rayloop.monitoring.drift import (
     js_distance,
     ks_binned,
     merge_groups,
+    missing_test,
     psi,
     psi_null_quantile,
     rank_test,
+    scale_test,
 )
 from tests.support import fitted_synthetic
 
@@ -42,6 +44,24 @@ def test_rank_test_matches_scipy_mann_whitney_on_the_same_bins(shift):
     expected = stats.mannwhitneyu(win_bins, ref_bins, method="asymptotic", use_continuity=False)
     assert p == pytest.approx(expected.pvalue, rel=0.05, abs=1e-6)
     assert (z > 0) == (shift > 0) or shift == 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.2, 1.5])
+def test_scale_test_agrees_with_scipy_ansari_bradley(scale):
+    reference = RNG.normal(size=50_000)
+    window = RNG.normal(scale=scale, size=600)
+    z, p = scale_test(_binned(window), _binned(reference))
+    expected = stats.ansari(window, reference[:20_000]).pvalue  # scipy's exact-ish test on raw values
+    assert (p < 0.01) == (expected < 0.01)
+    assert np.log10(max(p, 1e-300)) == pytest.approx(np.log10(max(expected, 1e-300)), abs=1.0)
+    if scale > 1.0:
+        assert z > 0  # wider than the reference
+
+
+def test_one_missing_value_where_the_reference_had_none_is_not_an_alarm():
+    assert missing_test(1, 100, 0, 100_000) == pytest.approx(stats.fisher_exact([[1, 99], [0, 100_000]]).pvalue)
+    assert missing_test(1, 100, 0, 100_000) == pytest.approx(100 / 100_100, rel=0.01)  # n / (n + N), not ~0
+    assert missing_test(40, 100, 0, 100_000) < 1e-10
 
 
 @pytest.mark.parametrize("scale", [1.0, 1.3])
@@ -136,6 +156,24 @@ def test_scores_alone_reveal_a_shift_the_features_are_not_given(detector):
     risky = live.filter(pc.greater(live.column("risk_score"), 0.0))  # only high-score rows: a prior shift
     report = detector.test(detector.count(risky.select(["channel"]), _score(risky)))
     assert PREDICTION in report.drifted
+
+
+def test_a_window_with_one_missing_value_keeps_quiet(detector):
+    live = generate(500, seed=25)
+    ages = live.column("age").to_pylist()
+    ages[0] = None
+    live = live.set_column(live.schema.get_field_index("age"), "age", pa.array(ages, pa.float64()))
+    report = detector.check(live, _score(live))
+    assert "age" not in report.drifted and "missing" in report.feature("age").p_values
+
+
+def test_a_wider_spread_with_the_same_centre_is_found(detector):
+    live = generate(1000, seed=26)
+    mean = detector.profile.feature("age").mean
+    wider = pc.add(pc.multiply(pc.subtract(live.column("age"), mean), 1.5), mean)
+    report = detector.check(live.set_column(live.schema.get_field_index("age"), "age", wider), None)
+    age = report.feature("age")
+    assert "age" in report.drifted and age.statistics["scale_z"] > 0 and age.p_adjusted["scale"] < 0.01
 
 
 def test_unseen_categories_and_missing_values_fill_their_buckets(detector):
