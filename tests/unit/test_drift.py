@@ -58,6 +58,15 @@ def test_scale_test_agrees_with_scipy_ansari_bradley(scale):
         assert z > 0  # wider than the reference
 
 
+@pytest.mark.parametrize(
+    "k, n, big_k, m", [(1, 100, 0, 100_000), (0, 100, 0, 100_000), (7, 1000, 50, 100_000), (60, 1000, 5000, 100_000),
+                       (0, 5000, 5000, 100_000), (250, 5000, 5000, 100_000), (3, 20, 1, 40)],
+)
+def test_missing_test_is_scipys_fisher_exact(k, n, big_k, m):
+    expected = stats.fisher_exact([[k, n - k], [big_k, m - big_k]]).pvalue
+    assert missing_test(k, n, big_k, m) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
 def test_one_missing_value_where_the_reference_had_none_is_not_an_alarm():
     assert missing_test(1, 100, 0, 100_000) == pytest.approx(stats.fisher_exact([[1, 99], [0, 100_000]]).pvalue)
     assert missing_test(1, 100, 0, 100_000) == pytest.approx(100 / 100_100, rel=0.01)  # n / (n + N), not ~0
@@ -79,6 +88,8 @@ def test_chi2_homogeneity_is_scipys_contingency_test_and_ignores_empty_bins():
     stat, p, dof = chi2_homogeneity(window, reference)
     expected = stats.chi2_contingency(np.array([[30, 50, 20], [300, 400, 300]]), correction=False)
     assert (stat, dof) == (pytest.approx(expected.statistic), 2) and p == pytest.approx(expected.pvalue)
+    far = chi2_homogeneity(np.array([90, 5, 5]), np.array([300, 400, 300]))
+    assert far[1] == pytest.approx(stats.chi2_contingency(np.array([[90, 5, 5], [300, 400, 300]]), correction=False).pvalue)
 
 
 def test_p_values_are_uniform_when_nothing_drifts():
