@@ -151,24 +151,11 @@ class MonitorClient:
         due = time.monotonic() - self._last_send >= self.send_interval_s
         while self._rows and (due or self._buffered >= self.send_batch_rows):
             due = False
-            actor = self._handle()
-            if actor is None:
+            if self._handle() is None:
                 return  # no monitor yet: the buffer fills, then drops and counts
             entries = self._take_same_schema()
             table = await asyncio.to_thread(_rows_table, entries)
-            batch_id = uuid.uuid4().hex
-            while True:  # the same id until acknowledged: the monitor applies it once
-                try:
-                    await actor.ingest.remote(batch_id, table)
-                    break
-                except Exception as exc:
-                    log.warning("monitor ingest failed (%s); resending batch %s", exc, batch_id)
-                    self._actor = None
-                    await asyncio.sleep(1.0)
-                    actor = self._handle()
-                    while actor is None:
-                        await asyncio.sleep(1.0)
-                        actor = self._handle()
+            await self._deliver("ingest", table)
             self._last_send = time.monotonic()
             n = table.num_rows
             self._buffered -= n
@@ -187,24 +174,29 @@ class MonitorClient:
 
     async def _send_labels(self) -> None:
         while self._labels:  # labels are few: everything queued, on every wake
-            actor = self._handle()
-            if actor is None:
+            if self._handle() is None:
                 return
             items = [self._labels.popleft() for _ in range(min(len(self._labels), 4 * self.send_batch_rows))]
             table = label_table([i[0] for i in items], [i[1] for i in items], [i[2] for i in items])
-            batch_id = uuid.uuid4().hex
-            while True:
-                try:
-                    await actor.ingest_labels.remote(batch_id, table)
-                    break
-                except Exception as exc:
-                    log.warning("monitor label ingest failed (%s); resending batch %s", exc, batch_id)
-                    self._actor = None
-                    await asyncio.sleep(1.0)
-                    actor = self._handle()
-                    while actor is None:
-                        await asyncio.sleep(1.0)
-                        actor = self._handle()
+            await self._deliver("ingest_labels", table)
+
+    async def _deliver(self, method: str, table: pa.Table) -> None:
+        """Call the monitor's `method` under one fresh batch id until it acknowledges: the monitor
+        writes the batch ahead before it answers and applies a batch id once, so resending after
+        a failure (or across its restart) neither loses nor doubles rows."""
+        batch_id = uuid.uuid4().hex
+        while True:
+            actor = self._handle()
+            if actor is None:
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await getattr(actor, method).remote(batch_id, table)
+                return
+            except Exception as exc:
+                log.warning("monitor %s failed (%s); resending batch %s", method, exc, batch_id)
+                self._actor = None
+                await asyncio.sleep(1.0)
 
 
 def _rows_table(entries: list[_Entry]) -> pa.Table:

@@ -41,6 +41,7 @@ __all__ = [
     "Reference",
     "WindowSummary",
     "live_metrics",
+    "rows_by_version",
     "summarize_state",
 ]
 
@@ -200,16 +201,9 @@ class MonitorCore:
         self.save()
 
     def _rebuild_index(self, skip_label_batches: set[str]) -> None:
-        keep = self.config.max_pending_labels
         rows = self.log.predictions.read(["request_id", "ts", "probability", "predicted_label"])
         if rows.num_rows:
-            rows = rows.slice(max(0, rows.num_rows - keep))
-            ts = pc.divide(pc.cast(pc.cast(rows.column("ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
-            for rid, t, p, lab in zip(
-                rows.column("request_id").to_pylist(), ts, rows.column("probability").to_pylist(),
-                rows.column("predicted_label").to_pylist(),
-            ):
-                self.pending[rid] = _Pending(float(t), float(p), int(lab))
+            self._index(rows.slice(max(0, rows.num_rows - self.config.max_pending_labels)))
         labeled = self.log.labels.read(["request_id"], include_pending=False)
         ids = labeled.column("request_id").to_pylist() if labeled.num_rows else []
         for item in self.log.labels.pending:
@@ -252,9 +246,8 @@ class MonitorCore:
             return []
         s = self.state
         s.rows_received += n
-        versions = pc.value_counts(table.column("model_version"))
-        for item in versions.to_pylist():
-            s.rows_by_version[str(item["values"])] = s.rows_by_version.get(str(item["values"]), 0) + int(item["counts"])
+        for version, count in rows_by_version(table).items():
+            s.rows_by_version[version] = s.rows_by_version.get(version, 0) + count
         s.serving_version = str(table.column("model_version")[n - 1].as_py())
         if index:
             self._index(table)
@@ -275,7 +268,7 @@ class MonitorCore:
         return closed
 
     def _index(self, table: pa.Table) -> None:
-        ts = pc.divide(pc.cast(pc.cast(table.column("ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
+        ts = _epoch_seconds(table.column("ts"))
         for rid, t, p, lab in zip(
             table.column("request_id").to_pylist(), ts, table.column("probability").to_pylist(),
             table.column("predicted_label").to_pylist(),
@@ -352,7 +345,7 @@ class MonitorCore:
         self._remember(batch_id)
         s = self.state
         outcome = dict.fromkeys(LABEL_OUTCOMES, 0)
-        received = pc.divide(pc.cast(pc.cast(table.column("label_ts"), pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
+        received = _epoch_seconds(table.column("label_ts"))
         lags = []
         for rid, label, at in zip(table.column("request_id").to_pylist(), table.column("label").to_pylist(), received):
             entry = self.pending.get(rid)
@@ -479,6 +472,17 @@ def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringCo
         "restarts": state["restarts"],
         "started": datetime.fromtimestamp(state["started"], tz=timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def rows_by_version(table: pa.Table) -> dict[str, int]:
+    """Rows per model version in a batch of served rows."""
+    counts = pc.value_counts(table.column("model_version")).to_pylist()
+    return {str(item["values"]): int(item["counts"]) for item in counts}
+
+
+def _epoch_seconds(column: pa.ChunkedArray) -> list[float]:
+    """Epoch seconds of a timestamp column (any unit or zone)."""
+    return pc.divide(pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64()), 1000.0).to_pylist()
 
 
 def _seconds(value: pa.Scalar) -> float:

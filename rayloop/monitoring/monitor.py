@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rayloop import metrics, paths
 from rayloop.config import MonitoringConfig
-from rayloop.monitoring.core import MonitorCore, Reference
+from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
 
 __all__ = ["NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor"]
 
@@ -69,7 +69,7 @@ class DriftMonitor:
         with self.lock:
             result = self.core.ingest(batch_id, table)
         if result["accepted"]:
-            for version, n in _value_counts(table, "model_version").items():
+            for version, n in rows_by_version(table).items():
                 self.m[metrics.SAMPLES.name].inc(n, tags={"model_version": version})
             self._export_version()
         for window in result["windows"]:
@@ -213,12 +213,6 @@ class DriftMonitor:
                 self._export_version()  # re-set so the series never goes stale
             except Exception:  # keep the timer alive; the next tick retries
                 log.exception("monitor timer")
-
-
-def _value_counts(table: pa.Table, column: str) -> dict[str, int]:
-    import pyarrow.compute as pc
-
-    return {str(item["values"]): int(item["counts"]) for item in pc.value_counts(table.column(column)).to_pylist()}
 
 
 # ---- starting and finding it --------------------------------------------------------------------
