@@ -719,16 +719,23 @@ async def closed_step(port: int, reqs: list[bytes], concurrency: int, warmup: fl
     hi = time.perf_counter()
     cpu = probe.stop()
     step.stop = True
+    pending = await _end_step(tasks, boxes, grace)
+    stats = summarize_latencies(step.done, lo, hi, False, rows_per_request)
+    return {"mode": "closed", "concurrency": concurrency, "rows_per_request": rows_per_request, **stats,
+            "conn_errors": step.conn_errors, "unfinished_at_end": len(pending), **cpu,
+            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+
+
+async def _end_step(tasks: list, boxes: list, grace: float) -> set:
+    """Wait up to `grace` for the step's workers, cancel the rest, re-enable GC, close the
+    connections; returns the workers that did not finish."""
     _, pending = await asyncio.wait(tasks, timeout=grace)
     for t in pending:
         t.cancel()
     gc.enable()
     for b in boxes:
         b[0].close()
-    stats = summarize_latencies(step.done, lo, hi, False, rows_per_request)
-    return {"mode": "closed", "concurrency": concurrency, "rows_per_request": rows_per_request, **stats,
-            "conn_errors": step.conn_errors, "unfinished_at_end": len(pending), **cpu,
-            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+    return pending
 
 
 def _cpu_per_request(cpu: dict[str, Any], stats: dict[str, Any]) -> float | None:
@@ -756,12 +763,7 @@ async def open_step(port: int, reqs: list[bytes], rate: float, warmup: float, du
     probe.start()
     await asyncio.sleep(max(0.0, hi - time.perf_counter()))
     cpu = probe.stop()
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for t in pending:
-        t.cancel()
-    gc.enable()
-    for b in boxes:
-        b[0].close()
+    await _end_step(tasks, boxes, grace)
     # every request due in the window, sent or not (a worker cancelled at the grace limit never sent its next one)
     # (the same float expression the workers use, so the two counts agree exactly)
     scheduled = sum(1 for i in range(math.ceil((hi - t0) / interval) + 2) if lo <= t0 + i * interval < hi)
