@@ -7,7 +7,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
+    try:
+        import ray
+    except ImportError:  # a machine without Ray (the lent GPU box runs the `gpu` tests): nothing to guard
+        return
 
     def refuse(*args, **kwargs):
         raise RuntimeError("unit tests must not start Ray; move this test to tests/integration")
