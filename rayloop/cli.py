@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Annotated, Optional
@@ -105,29 +106,64 @@ def preprocess(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOp
 
 
 @app.command()
-def demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Run the loop locally: generate data, validate, fit features, tune, train, register, gate."""
-    from rayloop.pipeline import train_and_gate
-    from rayloop.runtime import init_ray
+def demo(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    stop: Annotated[bool, typer.Option("--stop", help="stop the demo's Ray head (Serve, monitor, jobs) and exit")] = False,
+    keep: Annotated[bool, typer.Option(help="leave the head running afterwards, to look at the dashboard")] = True,
+    rate: Annotated[float, typer.Option(help="requests per second")] = 40.0,
+    clean: Annotated[float, typer.Option(help="seconds of clean traffic before the drift")] = 40.0,
+    dashboard_port: Annotated[int, typer.Option(help="the dashboard's port (127.0.0.1)")] = 8265,
+) -> None:
+    """The whole loop on this machine: Ray head, pipeline job, Serve, monitor, drift, retrain, rollout."""
+    from rayloop import demo as demo_lib
 
-    cfg = _config(config, set_)
-    console.rule("[bold]rayloop demo")
-    console.print(f"state under [cyan]{paths.home()}[/cyan]; config hash {config_hash(cfg)[:12]}")
-    result = _preprocess(cfg, None)
-    _print_summary(result)
-    _print_rejects(Path(result.run_dir) / "rejects")
-    with console.status("tuning and training" if cfg.tuning.enabled else "training"):
-        init_ray()
-        try:
-            outcome = train_and_gate(cfg, result.run_id)
-        except RayloopError as exc:
-            raise _fail(exc) from None
-    _print_training_dict(outcome.training)
-    _print_gate(outcome.model_name, outcome.version, outcome.gate)
-    console.print(
-        f"\nMLflow: [cyan]mlflow ui --backend-store-uri {paths.mlflow_tracking_uri()}[/cyan]; "
-        f"the champion loads with mlflow.pyfunc.load_model('models:/{outcome.model_name}@champion')."
-    )
+    if stop:
+        stopped = demo_lib.stop_head()
+        console.print("demo head stopped" if stopped else f"no demo head recorded under {paths.home()}")
+        return
+    overrides = [*demo_lib.DEMO_OVERRIDES, *(set_ or [])]
+    cfg = _config(config, overrides)
+    config_path = str(config.resolve()) if config else None
+    console.rule("[bold]rayloop demo: drift -> retrain job -> gate -> zero-downtime rollout")
+    console.print(f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
+                  f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}")
+    demo_lib.stop_head()  # a previous demo's head, if it was left running
+    with console.status("starting a Ray head (dashboard on 127.0.0.1, token auth on)"):
+        # at least 4 logical CPUs: the replica and a retrain job (Train worker + Ray Data reads) side by side
+        head = demo_lib.start_head(dashboard_port, num_cpus=max(4, os.cpu_count() or 1))
+    console.print(f"Ray head at {head.address}; dashboard [cyan]{head.dashboard}[/cyan]")
+    try:
+        summary = demo_lib.drive(config_path=config_path, overrides=overrides, head=head, say=console.print,
+                                 clean_s=clean, rate=rate)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping the demo head[/yellow]")
+        demo_lib.stop_head()
+        raise typer.Exit(130) from None
+    except Exception:
+        console.print("[red]the demo failed; stopping its head[/red]")
+        demo_lib.stop_head()
+        raise
+    accuracy = summary.get("accuracy") or {}
+    table = Table(title="live accuracy of the answers")
+    table.add_column("traffic, model")
+    table.add_column("accuracy", justify="right")
+    for key, value in accuracy.items():
+        table.add_row(key, "-" if value is None else f"{value:.4f}")
+    console.print(table)
+    console.print(f"after the drift began: {json.dumps(summary.get('seconds_after_drift', {}))} s; "
+                  f"failed requests {summary['traffic']['errors'] if summary.get('traffic') else '?'}; "
+                  f"whole demo {summary['wall_s']} s")
+    console.print(f"report: [cyan]{summary['report']}[/cyan]")
+    if keep:
+        console.print(
+            f"where to look: dashboard [cyan]{head.dashboard}[/cyan] (Jobs, Serve, Actors, Metrics); "
+            f"`ray job list --address {head.dashboard}`; `rayloop status --address {head.address}`; "
+            "the report above. Stop everything with [bold]rayloop demo --stop[/bold]."
+        )
+    else:
+        demo_lib.stop_head()
+        console.print("demo head stopped")
 
 
 def _train_with(fn, cfg: RayloopConfig, address: str | None):
@@ -223,8 +259,9 @@ def status(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     events: Annotated[int, typer.Option(help="how many audit events to show")] = 15,
+    address: Annotated[Optional[str], typer.Option(help="a running cluster: also show the Serve application")] = None,
 ) -> None:
-    """The registry's aliases and the latest decisions (gate, promotions, rollbacks) from the audit log."""
+    """Champion and challenger, the monitor, retrain jobs and their outcome, recent decisions, Serve."""
     from rayloop import audit, registry
 
     cfg = _config(config, set_)
@@ -256,6 +293,25 @@ def status(
         log.add_row(entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail))
     console.print(log)
     _print_monitor(cfg)
+    if address or os.environ.get("RAY_ADDRESS"):
+        _print_serve(address)
+
+
+def _print_serve(address: str | None) -> None:
+    from ray import serve
+
+    from rayloop.runtime import init_ray
+
+    init_ray(address)
+    table = Table(title="Serve applications")
+    for column in ("application", "status", "deployment", "deployment status", "replicas"):
+        table.add_column(column)
+    for app_name, app_status in serve.status().applications.items():
+        for dep_name, dep in app_status.deployments.items():
+            replicas = ", ".join(f"{state.value if hasattr(state, 'value') else state} {n}" for state, n in dep.replica_states.items())
+            table.add_row(app_name, str(app_status.status.value if hasattr(app_status.status, "value") else app_status.status),
+                          dep_name, str(dep.status.value if hasattr(dep.status, "value") else dep.status), replicas)
+    console.print(table)
 
 
 def _print_monitor(cfg: RayloopConfig) -> None:
@@ -298,6 +354,23 @@ def _print_monitor(cfg: RayloopConfig) -> None:
     table.add_row("decisions / suppressed", f"{s['decisions']} / {s['suppressed'] or 0}")
     table.add_row("restarts", str(s["restarts"]))
     console.print(table)
+    retrain = s.get("retrain") or {}
+    records = [*(retrain.get("finished") or []), *([retrain["active"]] if retrain.get("active") else [])]
+    if not records:
+        return
+    jobs_table = Table(title="retrain jobs (`ray job logs <id>`)")
+    for column in ("submission id", "trigger", "phase / outcome", "version", "gate", "seconds"):
+        jobs_table.add_column(column)
+    for record in records[-10:]:
+        gate = record.get("gate") or {}
+        gate_text = (f"{gate.get('metric')} {gate.get('challenger_score')} vs {gate.get('champion_score')} "
+                     f"(v{gate.get('champion_version')}, {gate.get('holdout_rows')} rows)") if gate else ""
+        seconds = "" if record.get("finished_at") is None else f"{record['finished_at'] - record['decided_at']:.0f}"
+        outcome = record.get("outcome") or record["phase"]
+        jobs_table.add_row(record["submission_id"], str(record.get("trigger")),
+                           outcome + (f": {record['detail']}" if record.get("detail") else ""),
+                           str(record.get("version") or ""), gate_text, seconds)
+    console.print(jobs_table)
 
 
 @app.command("serve")
@@ -309,7 +382,6 @@ def serve_cmd(
     detach: Annotated[bool, typer.Option(help="return after deploying (needs a running cluster: --address)")] = False,
 ) -> None:
     """Serve the registered model over HTTP (Ray Serve, 127.0.0.1:serving.port by default)."""
-    import os
     import time
 
     from rayloop.runtime import init_ray
@@ -346,8 +418,6 @@ def monitor_cmd(
     from rayloop.runtime import init_ray
     from rayloop.serving.deploy import start_model_monitor
 
-    import os
-
     cfg = _config(config, set_)
     if not (address or os.environ.get("RAY_ADDRESS")):
         console.print("[red]error:[/red] the monitor lives on a running cluster: pass --address or set RAY_ADDRESS")
@@ -359,8 +429,52 @@ def monitor_cmd(
         console.print(f"monitor for {name}: " + ("stopped (its state stays for the next start)" if stopped else "not running"))
         return
     with console.status(f"starting the monitor for {name}"):
-        start_model_monitor(cfg)
+        start_model_monitor(cfg, config_path=config, overrides=set_)
     console.print(f"monitor for [cyan]{name}[/cyan] is running; `rayloop status` shows its state")
+
+
+@app.command("traffic")
+def traffic_cmd(
+    url: Annotated[str, typer.Option(help="the app's base URL")] = "http://127.0.0.1:8000",
+    rate: Annotated[float, typer.Option(help="requests per second")] = 50.0,
+    duration: Annotated[float, typer.Option(help="seconds to run")] = 60.0,
+    drift_at: Annotated[Optional[float], typer.Option(help="switch to the drift scenario after this many seconds")] = None,
+    scenario: Annotated[str, typer.Option(help="covariate, prior, concept or covariate+concept")] = "covariate+concept",
+    magnitude: Annotated[float, typer.Option(help="drift strength")] = 3.0,
+    rows: Annotated[int, typer.Option(help="rows per request")] = 1,
+    label_delay: Annotated[float, typer.Option(help="seconds before a request's true label is posted")] = 2.0,
+    label_fraction: Annotated[float, typer.Option(help="share of requests whose label arrives")] = 1.0,
+    seed: int = 11,
+) -> None:
+    """Send synthetic traffic to the app, switch to drift at --drift-at, post the true labels late."""
+    from rich.live import Live
+
+    from rayloop.data.synthetic import Scenario
+    from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
+
+    cfg = TrafficConfig(
+        url=url, rate=rate, duration_s=duration, drift_at_s=drift_at, rows_per_request=rows,
+        scenario=Scenario(kind=scenario, onset=0.0, magnitude=magnitude), label_delay_s=label_delay,
+        label_fraction=label_fraction, seed=seed,
+    )
+    last = {"answers": 0, "t": 0.0}
+
+    def line(stats: TrafficStats, elapsed: float) -> str:
+        s = stats.summary()
+        answered = len(stats.answers)
+        rps = (answered - last["answers"]) / max(1e-9, elapsed - last["t"])
+        last.update(answers=answered, t=elapsed)
+        phase = "[red]drift[/red]" if drift_at is not None and elapsed >= drift_at else "clean"
+        acc = stats.accuracy(after_s=max(0.0, elapsed - 10))
+        return (f"{elapsed:6.0f}s {phase:>5}  {rps:7.1f} req/s  sent {s['sent']:,}  errors {s['errors']}  "
+                f"skipped {s['skipped']}  labels {s['labels_posted']:,}  p99 {s['p99_ms'] or 0:.1f} ms  "
+                f"accuracy(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}")
+
+    with Live(console=console, refresh_per_second=2) as live:
+        stats = run_traffic(cfg, on_second=lambda st, el: live.update(line(st, el)))
+    console.print(json.dumps(stats.summary(), indent=2))
+    if stats.errors:
+        raise typer.Exit(1)
 
 
 def _print_training(outcome) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "RegistryConfig",
     "ServingConfig",
     "MonitoringConfig",
+    "RetrainConfig",
     "load_config",
     "apply_overrides",
     "config_hash",
@@ -237,6 +238,36 @@ class MonitoringConfig(_Section):
     storage: str | None = Field(None, description="state and inference-log root (pyarrow URI); default RAYLOOP_HOME")
 
 
+class RetrainConfig(_Section):
+    """What the loop does with a retrain decision: the job, its data window and the rollout."""
+
+    enabled: bool = Field(True, description="the monitor submits `workloads.retrain` for each retrain decision")
+    reference_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="share of the original training data's rows kept in the training window"
+    )
+    recent_weight: int = Field(
+        2, ge=1, le=100, description="each labelled recent row counts this many times (it is repeated)"
+    )
+    holdout_fraction: float = Field(
+        0.3, gt=0.0, lt=1.0, description="the most recent labelled rows kept out of training for the gate"
+    )
+    min_labelled_rows: int = Field(
+        300, ge=20, description="labelled rows since the drift began that a retrain needs; the monitor waits for them"
+    )
+    max_label_wait_s: float = Field(
+        600, ge=0, description="after this long waiting for labels the job is submitted anyway (and refuses if short)"
+    )
+    since: float | None = Field(
+        None, description="epoch seconds: log rows served from then on form the recent window (the monitor sets it)"
+    )
+    tune: bool = Field(False, description="run the Ray Tune search in the retrain job (slower) instead of one training run")
+    timeout_s: float = Field(1800, gt=0, description="a retrain job running longer is stopped and counted as timed out")
+    working_dir: str | None = Field(
+        None, description="runtime_env working_dir of the job; default: the installed rayloop package"
+    )
+    seed: int = 0
+
+
 class RayloopConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -245,6 +276,7 @@ class RayloopConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

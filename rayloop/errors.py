@@ -19,6 +19,7 @@ __all__ = [
     "BundleError",
     "RegistryError",
     "GateRefusedError",
+    "RetrainError",
 ]
 
 
@@ -97,6 +98,10 @@ class BundleError(RayloopError):
 
 class RegistryError(RayloopError):
     """The model registry lacks what was asked for (a name, a version, an alias, a previous champion)."""
+
+
+class RetrainError(RayloopError):
+    """A retrain cannot run as asked (too few labelled recent rows, no champion); the champion stays."""
 
 
 class GateRefusedError(RayloopError):

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FINISHED", "JobInfo", "client", "job_info", "retrain_submission_id", "submit_workload"]
+__all__ = ["FINISHED", "SUBMISSION_ENV", "JobInfo", "client", "job_info", "retrain_submission_id", "submit_workload"]
 
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
+SUBMISSION_ENV = "RAYLOOP_SUBMISSION_ID"  # every job we submit learns its own submission id from it
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,14 @@ def submit_workload(
         args += ["--config", config_path]
     for item in overrides:
         args += ["--set", item]
-    runtime_env: dict[str, Any] = {}
+    runtime_env: dict[str, Any] = {"env_vars": {SUBMISSION_ENV: submission_id, **(env or {})}}
     if working_dir:
         runtime_env["working_dir"] = working_dir
-    if env:
-        runtime_env["env_vars"] = dict(env)
     try:
         return jobs.submit_job(
             entrypoint=shlex.join(args),
             submission_id=submission_id,
-            runtime_env=runtime_env or None,
+            runtime_env=runtime_env,
             metadata=metadata,
         )
     except RuntimeError as exc:

@@ -119,10 +119,23 @@ OPEN_WINDOW_ROWS = MetricSpec("rayloop_monitor_open_window_rows", "gauge", "rows
 LOG_ROWS = MetricSpec(
     "rayloop_monitor_log_rows", "counter", "rows compacted into the inference log's Parquet files", ()
 )
+RETRAINS = MetricSpec(
+    "rayloop_loop_retrains", "counter",
+    "retrain jobs finished, by outcome (promoted, refused, failed, timed_out, submit_failed, rollout_failed)", ("outcome",),
+)
+RETRAIN_PHASE = MetricSpec(
+    "rayloop_loop_retrain_phase", "gauge",
+    "1 for the phase of the retrain in flight (waiting_labels, submitted, rolling_out); all 0 when idle", ("phase",),
+)
+RETRAIN_SECONDS = MetricSpec(
+    "rayloop_loop_retrain_seconds", "histogram", "seconds from a retrain decision to its outcome, by outcome",
+    ("outcome",), (10, 30, 60, 90, 120, 180, 300, 600, 1200, 3600),
+)
 
 MONITOR = (
     DRIFT_PSI, DRIFT_JS, DRIFT_P, DRIFT_DRIFTED, WINDOWS, ALARMS, LIVE_QUALITY, REFERENCE_QUALITY, LABELS, LABEL_LAG_S,
-    SAMPLES, SERVING_VERSION, DECISIONS, PENDING_DECISION, OPEN_WINDOW_ROWS, LOG_ROWS,
+    SAMPLES, SERVING_VERSION, DECISIONS, PENDING_DECISION, OPEN_WINDOW_ROWS, LOG_ROWS, RETRAINS, RETRAIN_PHASE,
+    RETRAIN_SECONDS,
 )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "model_uri",
     "resolve_version",
     "promote",
+    "retrain_result",
     "rollback",
 ]
 
@@ -256,6 +257,8 @@ def promote(
         "rayloop.gate.reason": decision.reason,
         f"rayloop.gate.{metric}": f"{challenger_score:.6g}",
         "rayloop.gate.champion_version": champion_version or "",
+        "rayloop.gate.champion_score": "" if champion_score is None else f"{champion_score:.6g}",
+        "rayloop.gate.metric": metric,
         "rayloop.gate.holdout_rows": str(holdout.num_rows),
     }.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
@@ -270,6 +273,35 @@ def promote(
     audit.record(event, model=name, version=version, previous=champion_version, holdout_rows=holdout.num_rows, **decision.to_dict())
     log.info("%s %s v%s: %s", event, name, version, decision.reason)
     return decision
+
+
+RETRAIN_TAG = "rayloop.retrain.submission_id"  # set by the retrain job on the version it registered
+
+
+def retrain_result(name: str, submission_id: str) -> dict[str, Any] | None:
+    """The version a retrain job registered and its gate outcome, read back from the registry
+    (what any node can see, unlike the job's local files); None when it registered none."""
+    found = client().search_model_versions(f"name = '{name}' and tags.`{RETRAIN_TAG}` = '{submission_id}'")
+    if not found:
+        return None
+    version = max(found, key=lambda v: int(v.version))
+    tags = dict(version.tags or {})
+    gate_tags = {k.removeprefix("rayloop.gate."): v for k, v in tags.items() if k.startswith("rayloop.gate.")}
+    metric = gate_tags.get("metric", "")
+    return {
+        "version": str(version.version),
+        "decision": gate_tags.get("decision"),
+        "reason": gate_tags.get("reason"),
+        "metric": metric,
+        "challenger_score": _number(gate_tags.get(metric)),
+        "champion_score": _number(gate_tags.get("champion_score")),
+        "champion_version": gate_tags.get("champion_version") or None,
+        "holdout_rows": int(gate_tags.get("holdout_rows") or 0),
+    }
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def rollback(name: str) -> tuple[str, str]:

@@ -218,7 +218,7 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    kind: Literal["covariate", "prior", "concept"]
+    kind: Literal["covariate", "prior", "concept", "covariate+concept"]
     onset: float = Field(0.5, ge=0.0, le=1.0)
     mode: Literal["abrupt", "gradual"] = "abrupt"
     width: float = Field(0.2, gt=0.0)
@@ -241,14 +241,14 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _features_only_for_covariate(self) -> Scenario:
-        if self.features is not None and self.kind != "covariate":
-            raise ValueError(f"features only applies to kind='covariate', not {self.kind!r}")
+        if self.features is not None and "covariate" not in self.kind:
+            raise ValueError(f"features only applies to kind='covariate' or 'covariate+concept', not {self.kind!r}")
         return self
 
     @property
     def shifted_features(self) -> tuple[str, ...]:
         """Columns whose marginal distribution changes (empty unless covariate)."""
-        if self.kind != "covariate":
+        if "covariate" not in self.kind:
             return ()
         return self.features if self.features is not None else DEFAULT_COVARIATE_FEATURES
 
@@ -556,6 +556,9 @@ def generate(
     elif kind == "covariate":
         assert scenario is not None
         cols = _simulate(n, rngs, w * magnitude, frozenset(scenario.shifted_features), None)
+    elif kind == "covariate+concept":  # both at once: the inputs move and so does the label function
+        assert scenario is not None
+        cols = _simulate(n, rngs, w * magnitude, frozenset(scenario.shifted_features), w * magnitude)
     else:
         cols = _simulate(n, rngs, np.zeros(n), frozenset(), None)
 

@@ -103,6 +103,7 @@ class _State:
     quality_pairs: list[list[float]] = field(default_factory=list)  # [probability, label]
     serving_version: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)  # the retrain in flight and the last ones (loop.LoopState)
     history: list[dict[str, Any]] = field(default_factory=list)
     seen_batches: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -379,6 +380,10 @@ class MonitorCore:
     def live_metrics(self) -> dict[str, float | None]:
         return live_metrics(self.state.quality_pairs, self.config.min_labels)
 
+    def labelled_since(self, since: float) -> int:
+        """Served rows at or after `since` whose label has arrived: the retrain window's supply."""
+        return sum(1 for entry in self.pending.values() if entry.labeled and entry.ts >= since)
+
     # ---- policy hand-off (the retrain submitter calls these) --------------------------------
     @property
     def policy_state(self) -> policy.PolicyState:
@@ -469,6 +474,7 @@ def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringCo
         "in_flight": pol.in_flight,
         "decisions": pol.decisions,
         "suppressed": pol.suppressed,
+        "retrain": state.get("loop") or {},
         "restarts": state["restarts"],
         "started": datetime.fromtimestamp(state["started"], tz=timezone.utc).isoformat(timespec="seconds"),
     }

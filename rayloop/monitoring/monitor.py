@@ -21,7 +21,8 @@ import ray
 from pydantic import BaseModel, ConfigDict
 
 from rayloop import metrics, paths
-from rayloop.config import MonitoringConfig
+from rayloop.config import MonitoringConfig, RetrainConfig
+from rayloop.monitoring import loop
 from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
 
 __all__ = ["NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor"]
@@ -42,6 +43,12 @@ class MonitorArgs(BaseModel):
     home: str  # RAYLOOP_HOME of whoever started it: the audit trail and the default storage
     tracking_uri: str
     reference_ref: str = "champion"  # the version whose profile is the first reference
+    # what the retrain job and the rollout need: the config the app was deployed with
+    retrain: RetrainConfig = RetrainConfig()
+    config_path: str | None = None
+    overrides: list[str] = []
+    app_name: str = "tabular"
+    jobs_address: str | None = None  # the Jobs API (dashboard URL); default: this cluster's
 
     @property
     def root(self) -> str:
@@ -61,6 +68,8 @@ class DriftMonitor:
         self._export_reference()
         self._stop = threading.Event()
         threading.Thread(target=self._timer, name="monitor-timer", daemon=True).start()
+        self._effects = self._loop_effects()
+        threading.Thread(target=self._retrain_loop, name="monitor-retrain", daemon=True).start()
         log.info("DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
                  self.args.model_name, self.core.reference.version, self.core.state.windows_seen, self.core.state.restarts)
 
@@ -125,6 +134,11 @@ class DriftMonitor:
             self.core.rebase(reference)
         self._export_reference()
         return reference.version
+
+    def retrains(self) -> dict[str, Any]:
+        """The retrain in flight and the last finished ones (loop.LoopState as JSON)."""
+        with self.lock:
+            return self._loop_state().model_dump(mode="json")
 
     def flush(self) -> int:
         """Save the state and compact the whole inference log now."""
@@ -198,6 +212,113 @@ class DriftMonitor:
         version = self.core.state.serving_version
         if version is not None:
             self.m[metrics.SERVING_VERSION.name].set(1, tags={"version": version})
+
+    # ---- the closed loop: acting on decisions ------------------------------------------------
+    def _loop_state(self) -> loop.LoopState:
+        return loop.LoopState.model_validate(self.core.state.loop) if self.core.state.loop else loop.LoopState()
+
+    def _set_loop(self, state: loop.LoopState) -> None:
+        self.core.state.loop = state.model_dump(mode="json")
+        self.core.save()
+
+    def _retrain_loop(self) -> None:
+        """Take a raised decision, then move its retrain one step a second (see rayloop.monitoring.loop)."""
+        from rayloop import jobs
+
+        while not self._stop.wait(1.0):
+            try:
+                now = time.time()
+                with self.lock:
+                    state = self._loop_state()
+                    if state.active is None and self.args.retrain.enabled and self.core.policy_state.pending is not None:
+                        decision = self.core.take_decision()
+                        if decision is not None:
+                            sid = jobs.retrain_submission_id(self.args.model_name, decision["window"], self.core.state.started)
+                            self.core.retrain_started(sid)  # right after taking it: no window slips between
+                            since = loop.since_for(decision, self.core.state.history, fallback=now - 600)
+                            state = loop.LoopState(active=loop.new_record(decision, sid, since, now), finished=state.finished)
+                            self._set_loop(state)
+                    active = state.active
+                if active is None:
+                    self._export_phase(None)
+                    continue
+                updated = loop.advance(active, self.args.retrain, self._effects)
+                if updated == active:
+                    continue
+                with self.lock:
+                    state = self._loop_state()
+                    if updated.phase == "finished":
+                        self.core.retrain_finished(updated.submission_id)
+                        self._set_loop(state.done(updated))
+                    else:
+                        self._set_loop(loop.LoopState(active=updated, finished=state.finished))
+                self._export_phase(None if updated.phase == "finished" else updated.phase)
+                if updated.phase == "finished":
+                    self.m[metrics.RETRAINS.name].inc(1, tags={"outcome": str(updated.outcome)})
+                    if updated.seconds is not None:
+                        self.m[metrics.RETRAIN_SECONDS.name].observe(updated.seconds, tags={"outcome": str(updated.outcome)})
+                    self._event("retrain_outcome", {
+                        "model": self.args.model_name, "submission_id": updated.submission_id,
+                        "outcome": updated.outcome, "version": updated.version, "detail": updated.detail,
+                        "seconds": updated.seconds, "gate": updated.gate,
+                    })
+            except Exception:  # keep the loop alive; the next second retries the same step
+                log.exception("retrain loop")
+
+    def _export_phase(self, phase: str | None) -> None:
+        for name in loop.PHASES:
+            self.m[metrics.RETRAIN_PHASE.name].set(1 if name == phase else 0, tags={"phase": name})
+
+    def _loop_effects(self) -> loop.Effects:
+        from rayloop import jobs, registry
+
+        args = self.args
+
+        def locked(fn):
+            def call(*a):
+                with self.lock:
+                    return fn(*a)
+            return call
+
+        def submit(record: loop.RetrainRecord) -> None:
+            jobs.submit_workload(
+                "retrain",
+                record.submission_id,
+                config_path=args.config_path,
+                overrides=[*args.overrides, f"retrain.since={record.since}"],
+                working_dir=args.retrain.working_dir,
+                env={paths.ENV_HOME: args.home, "MLFLOW_TRACKING_URI": args.tracking_uri},
+                metadata={"rayloop.model": args.model_name, "rayloop.window": str(record.window),
+                          "rayloop.trigger": str(record.trigger), "rayloop.reason": record.reason[:500]},
+                address=args.jobs_address,
+            )
+
+        def job(sid: str) -> loop.JobView | None:
+            info = jobs.job_info(sid, args.jobs_address)
+            return None if info is None else loop.JobView(info.status, info.message)
+
+        def stop(sid: str) -> None:
+            jobs.client(args.jobs_address).stop_job(sid)
+
+        def rollout(version: str) -> None:
+            from rayloop.config import load_config
+            from rayloop.serving.deploy import rollout as serve_rollout
+
+            config = load_config(args.config_path, args.overrides)
+            serve_rollout(config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name)
+
+        return loop.Effects(
+            labelled_since=locked(lambda since: self.core.labelled_since(since)),
+            flush=locked(lambda: self.core.flush()),
+            submit=submit,
+            job=job,
+            stop=stop,
+            result=lambda sid: registry.retrain_result(args.model_name, sid),
+            rollout=rollout,
+            rebase=lambda version: self.rebase(version),
+            rollback=lambda version: registry.rollback(args.model_name),
+            event=lambda name, fields: self._event(name, {"model": args.model_name, **fields}),
+        )
 
     def _timer(self) -> None:
         while not self._stop.wait(1.0):

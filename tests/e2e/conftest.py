@@ -75,7 +75,9 @@ def ray_head(rayloop_home) -> Iterator[Head]:
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         # the agent's default port (52365) is taken when another local cluster runs
         f"--dashboard-agent-listen-port={agent}",
-        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        # 4 logical CPUs on 2 cores: a Serve replica (1) and a retrain job (a Train worker and its
+        # Ray Data reads) must fit beside each other, as on any real cluster
+        "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     # this head's processes all name its session dir; the integration tests' cluster shares

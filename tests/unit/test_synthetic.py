@@ -451,3 +451,23 @@ def test_corrupt_edge_cases_and_determinism() -> None:
     assert a.equals(b) and np.array_equal(ia, ib) and not np.array_equal(ia, ic)
     with pytest.raises(ValueError):
         corrupt(table, 1.5, seed=0)
+
+
+# ---------------------------------------------------------------- both at once
+def test_covariate_and_concept_shift_together() -> None:
+    sc = Scenario(kind="covariate+concept", onset=0.5)
+    assert sc.shifted_features == syn.DEFAULT_COVARIATE_FEATURES
+    both = generate(60_000, 4, sc)
+    covariate_only = generate(60_000, 4, Scenario(kind="covariate", onset=0.5))
+    # the inputs move exactly as in the covariate scenario ...
+    assert both.drop_columns([LABEL_COLUMN]).equals(covariate_only.drop_columns([LABEL_COLUMN]))
+    before, after = _halves(both)
+    assert ks_2samp(_np(before, "age"), _np(after, "age")).pvalue < 1e-6
+    # ... and the label function changes at the onset, as in the concept scenario
+    gaps = []
+    for part in (before, after):
+        util, web = _np(part, "credit_utilization"), _np(part, "channel") == "web"
+        gaps.append(_rate(part, (util > 0.5) & web) - _rate(part, (util > 0.5) & ~web))
+    assert gaps[0] > 0.08 and gaps[1] < -0.08, gaps
+    labels_differ = np.mean(_np(both, LABEL_COLUMN)[30_000:] != _np(covariate_only, LABEL_COLUMN)[30_000:])
+    assert labels_differ > 0.05

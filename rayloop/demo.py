@@ -1,0 +1,367 @@
+"""`rayloop demo`: the whole loop on one machine, as a user would run it on a cluster.
+
+1. `ray start --head` on 127.0.0.1 (dashboard on 127.0.0.1:8265, token auth on), state under RAYLOOP_HOME;
+2. `workloads.pipeline` submitted as a Ray job (preprocess -> tune -> train -> register -> gate);
+3. the Serve app deployed, with its DriftMonitor;
+4. synthetic traffic with late labels, switching to an abrupt covariate + concept drift;
+5. a live timeline of what the loop does (drift windows, decision, retrain job, gate, rollout,
+   live accuracy), an HTML report with plots under RAYLOOP_HOME/reports.
+
+The head keeps running afterwards so the dashboard, `ray job list` and `rayloop status` can be
+looked at; `rayloop demo --stop` (or Ctrl-C during the run) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayloop import paths
+
+__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "start_head", "stop_head", "write_report"]
+
+# On top of configs/demo.yaml: sizes and clocks that fit the loop into a few minutes on 2 cores.
+DEMO_OVERRIDES = [
+    "data.synthetic.n_rows=20000",
+    "tuning.num_samples=2",
+    "tuning.max_concurrent_trials=1",
+    "tuning.time_budget_s=45",
+    "training.lightgbm.num_boost_round=150",
+    "serving.min_replicas=1",
+    "serving.max_replicas=1",
+    "monitoring.window_size=400",
+    "monitoring.consecutive_windows=2",
+    "monitoring.min_labels=150",
+    "monitoring.cooldown_s=900",
+    "monitoring.flush_interval_s=5",
+    "retrain.min_labelled_rows=400",
+    "retrain.max_label_wait_s=120",
+]
+HEAD_FILE = "demo-head.json"
+
+
+@dataclass(frozen=True)
+class DemoHead:
+    address: str  # GCS address (ray.init, RAY_ADDRESS)
+    dashboard: str  # the dashboard and Jobs API
+    session_dir: str  # every process of this head names it: how --stop finds them
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def head_env() -> dict[str, str]:
+    from rayloop.runtime import ray_env
+
+    env = {**os.environ, **ray_env(), paths.ENV_HOME: str(paths.home())}
+    # job entrypoints run `python` from the PATH the head was started with: this environment's
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> DemoHead:
+    """`ray start --head` bound to 127.0.0.1 with the dashboard on `dashboard_port`; token auth on."""
+    import httpx
+
+    env = head_env()
+    temp_dir = paths.ensure_ray_temp_dir(paths.home() / "ray-demo")
+    port = _free_port()
+    cmd = [
+        _ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    env["RAY_TMPDIR"] = str(temp_dir)
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
+    session = str(temp_dir / os.readlink(temp_dir / "session_latest"))
+    head = DemoHead(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard_port}", session_dir=session, env=env)
+    (paths.ensure(paths.home()) / HEAD_FILE).write_text(
+        json.dumps({"address": head.address, "dashboard": head.dashboard, "session_dir": session})
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{head.dashboard}/api/version", timeout=2).status_code < 500:
+                return head
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the dashboard at {head.dashboard} did not come up")
+
+
+def stop_head() -> bool:
+    """Stop the demo's head: every process that names its session dir (never other Ray clusters)."""
+    import psutil
+
+    marker_file = paths.home() / HEAD_FILE
+    if not marker_file.exists():
+        return False
+    session = json.loads(marker_file.read_text())["session_dir"]
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if session in " ".join(proc.info["cmdline"] or []):
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        proc.terminate()
+    _, alive = psutil.wait_procs(victims, timeout=15)
+    for proc in alive:
+        proc.kill()
+    marker_file.unlink(missing_ok=True)
+    return True
+
+
+# ---- watching the loop -------------------------------------------------------------------------
+@dataclass
+class LoopWatcher:
+    """Polls the DriftMonitor and turns what changed into timeline events (and plot data)."""
+
+    monitor: Any  # the actor handle
+    say: Callable[[str], None]
+    started: float = field(default_factory=time.time)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    _seen_window: int = -1
+    _record: dict[str, Any] | None = None
+    _finished: int = 0
+
+    def event(self, kind: str, text: str, **fields: Any) -> None:
+        t = time.time() - self.started
+        self.events.append({"t": round(t, 1), "kind": kind, "text": text, **fields})
+        self.say(f"[{t:6.1f}s] {text}")
+
+    def poll(self) -> dict[str, Any] | None:
+        """One look; returns the retrain record that just finished, if one did."""
+        import ray
+
+        history, retrains = ray.get([self.monitor.history.remote(50), self.monitor.retrains.remote()], timeout=30)
+        for window in history:
+            if window["window"] <= self._seen_window:
+                continue
+            self._seen_window = window["window"]
+            top = sorted(window["scores"].items(), key=lambda kv: -kv[1]["psi"])
+            self.windows.append({"t": window["end"] - self.started, "window": window["window"], "alarm": window["alarm"],
+                                 "max_psi": top[0][1]["psi"] if top else 0.0, "drifted": window["drifted"],
+                                 "live": window["live_metric"], "version": window["reference_version"]})
+            if window["alarm"]:
+                shown = ", ".join(f"{n} (PSI {window['scores'][n]['psi']:.2f})" for n in window["drifted"][:5])
+                more = f" and {len(window['drifted']) - 5} more" if len(window["drifted"]) > 5 else ""
+                self.event("drift", f"window {window['window']}: [red]drift[/red] in {shown}{more}",
+                           window=window["window"], features=window["drifted"])
+            else:
+                self.event("window", f"window {window['window']}: no drift (max PSI {top[0][1]['psi'] if top else 0:.3f}, "
+                           f"reference v{window['reference_version']})", window=window["window"])
+            if window.get("decision") and window["decision"]["action"] == "retrain":
+                self.event("decision", f"[bold]retrain decision[/bold]: {window['decision']['reason']}")
+        active = retrains.get("active")
+        if active and (self._record is None or self._record.get("phase") != active["phase"]
+                       or self._record.get("submission_id") != active["submission_id"]):
+            if active["phase"] == "waiting_labels":
+                self.event("waiting", f"waiting for labels since the drift began ({active['labelled']} so far)")
+            elif active["phase"] == "submitted":
+                self.event("submitted", f"retrain job [cyan]{active['submission_id']}[/cyan] submitted through the Jobs "
+                           f"API ({active['labelled']} labelled recent rows); `ray job logs {active['submission_id']}`",
+                           submission_id=active["submission_id"])
+            elif active["phase"] == "rolling_out":
+                gate = active["gate"]
+                self.event("gate", f"gate: challenger v{active['version']} {gate.get('metric')} "
+                           f"{gate.get('challenger_score')} vs champion v{gate.get('champion_version')} "
+                           f"{gate.get('champion_score')} on {gate.get('holdout_rows')} recent labelled rows: "
+                           "[green]promoted[/green]; rolling out to every replica")
+        self._record = active
+        finished = retrains.get("finished") or []
+        if len(finished) > self._finished:
+            self._finished = len(finished)
+            done = finished[-1]
+            colour = "green" if done["outcome"] == "promoted" else "yellow"
+            self.event("outcome", f"retrain {done['submission_id']}: [{colour}]{done['outcome']}[/{colour}] "
+                       f"({done['detail']}) after {done['finished_at'] - done['decided_at']:.0f}s", outcome=done["outcome"],
+                       version=done.get("version"))
+            return done
+        return None
+
+
+# ---- the report --------------------------------------------------------------------------------
+def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], events: list[dict], summary: dict) -> Path:
+    """One self-contained HTML file: drift per window and live accuracy over time, events marked."""
+    import base64
+    import html
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    marks = [e for e in events if e["kind"] in ("drift_start", "decision", "submitted", "outcome")]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    if windows:
+        top.plot([w["t"] for w in windows], [w["max_psi"] for w in windows], marker="o", color="#1f77b4", label="max PSI")
+        alarms = [w for w in windows if w["alarm"]]
+        top.scatter([w["t"] for w in alarms], [w["max_psi"] for w in alarms], color="#d62728", zorder=3, label="drift alarm")
+    top.set_ylabel("max PSI per window")
+    top.legend(loc="upper left")
+    versions = sorted({v for a in accuracy for v in a["versions"]})
+    for version in versions:
+        pts = [(a["t"], a["accuracy"]) for a in accuracy if a["accuracy"] is not None and max(a["versions"], key=a["versions"].get) == version]
+        bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"answered by v{version}")
+    bottom.set_ylabel("accuracy of answers (5 s buckets)")
+    bottom.set_xlabel("seconds since traffic started")
+    bottom.legend(loc="lower left")
+    for axis in (top, bottom):
+        for mark in marks:
+            axis.axvline(mark["t"], color="grey", linestyle="--", linewidth=0.8)
+    for mark in marks:
+        top.annotate(mark["kind"], (mark["t"], top.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    image = base64.b64encode(buffer.getvalue()).decode()
+    rows = "".join(f"<tr><td>{e['t']:.1f}</td><td>{html.escape(e['kind'])}</td><td>{html.escape(_plain(e['text']))}</td></tr>"
+                   for e in events if e["kind"] != "window")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>rayloop demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td{{padding:2px 8px;vertical-align:top}}
+pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
+<h1>rayloop demo: drift &rarr; retrain &rarr; gate &rarr; rollout</h1>
+<img src="data:image/png;base64,{image}" alt="drift and accuracy over time">
+<h2>Timeline</h2><table><tr><th>s</th><th>event</th><th>what</th></tr>{rows}</table>
+<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre></body></html>""")
+    return target
+
+
+def _plain(text: str) -> str:
+    import re
+
+    return re.sub(r"\[/?[a-z ]+\]", "", text)
+
+
+def drive(
+    *,
+    config_path: str,
+    overrides: list[str],
+    head: DemoHead,
+    say: Callable[[str], None],
+    clean_s: float = 40.0,
+    rate: float = 40.0,
+    after_s: float = 25.0,
+    max_wait_s: float = 300.0,
+) -> dict[str, Any]:
+    """Steps 2-5 against a started head; returns the summary (and writes the report)."""
+    import ray
+
+    from rayloop import jobs, registry
+    from rayloop.config import load_config
+    from rayloop.monitoring.monitor import get_monitor
+    from rayloop.runtime import init_ray
+    from rayloop.serving.deploy import deploy
+    from rayloop.traffic import TrafficConfig, run_traffic
+
+    config = load_config(config_path, overrides)
+    name = config.registry.model_name
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    sid = f"rayloop-demo-pipeline-{int(t0)}"
+    jobs.submit_workload("pipeline", sid, config_path=config_path, overrides=overrides, address=head.dashboard)
+    say(f"pipeline job [cyan]{sid}[/cyan] submitted (`ray job logs {sid} --address {head.dashboard}`)")
+    last = None
+    while True:
+        info = jobs.job_info(sid, head.dashboard)
+        if info is not None and info.status != last:
+            say(f"pipeline job: {info.status}")
+            last = info.status
+        if info is not None and info.finished:
+            break
+        time.sleep(2)
+    if info.status != "SUCCEEDED":
+        raise RuntimeError(f"the pipeline job {info.status}: {info.message}\n"
+                           + jobs.client(head.dashboard).get_job_logs(sid)[-3000:])
+    timings["pipeline_s"] = round(time.time() - t0, 1)
+    champion = registry.resolve_version(name, registry.CHAMPION)
+    metrics = registry.load_bundle(name, champion).metrics
+    say(f"champion: {name} v{champion}, test auc {metrics.get('auc', float('nan')):.4f}, "
+        f"accuracy {metrics.get('accuracy', float('nan')):.4f}")
+
+    os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
+    init_ray(head.address)
+    url = deploy(config, config_path=config_path, overrides=overrides)
+    timings["deploy_s"] = round(time.time() - t0 - timings["pipeline_s"], 1)
+    say(f"serving at [cyan]{url}/v1/predict[/cyan] (docs {url}/docs); DriftMonitor started")
+    monitor = get_monitor(name)
+
+    traffic = TrafficConfig(url=url, rate=rate, duration_s=clean_s + max_wait_s + after_s, drift_at_s=clean_s,
+                            label_delay_s=1.0, seed=int(t0) % 1000)
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+    sender = threading.Thread(target=lambda: box.update(stats=run_traffic(traffic, stop=stop)), daemon=True)
+    traffic_start = time.time()
+    sender.start()
+    watcher = LoopWatcher(monitor, say, started=traffic_start)
+    watcher.event("traffic", f"traffic: {rate:g} req/s, labels 1 s later; abrupt covariate + concept drift at {clean_s:g}s")
+    done = None
+    drift_logged = False
+    deadline = traffic_start + clean_s + max_wait_s
+    try:
+        while time.time() < deadline and done is None:
+            if not drift_logged and time.time() - traffic_start >= clean_s:
+                watcher.event("drift_start", "[bold]drift starts[/bold]: the inputs shift and the label function changes")
+                drift_logged = True
+            done = watcher.poll()
+            time.sleep(1.0)
+        if done is not None:
+            promoted_at = time.time()
+            while time.time() < promoted_at + after_s:
+                watcher.poll()
+                time.sleep(1.0)
+    finally:
+        stop.set()
+        sender.join(timeout=60)
+    stats = box.get("stats")
+    summary: dict[str, Any] = {"model": name, "first_champion": champion, "timings": timings,
+                               "traffic": stats.summary() if stats else None, "retrain": done}
+    if stats is not None:
+        summary["accuracy"] = {
+            "clean, champion": stats.accuracy(version=champion, drift=False),
+            "drift, champion": stats.accuracy(version=champion, drift=True),
+        }
+        if done is not None and done.get("version"):
+            summary["accuracy"][f"drift, v{done['version']}"] = stats.accuracy(version=done["version"], drift=True)
+    drift_t = next((e["t"] for e in watcher.events if e["kind"] == "drift_start"), None)
+    for kind in ("drift", "submitted", "outcome"):
+        t = next((e["t"] for e in watcher.events if e["kind"] == kind and (drift_t is None or e["t"] >= drift_t)), None)
+        if t is not None and drift_t is not None:
+            summary.setdefault("seconds_after_drift", {})[kind] = round(t - drift_t, 1)
+    report = write_report(
+        paths.ensure(paths.reports_dir()) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.html",
+        windows=watcher.windows, accuracy=stats.timeline(5.0) if stats else [], events=watcher.events, summary=summary,
+    )
+    summary["report"] = str(report)
+    summary["wall_s"] = round(time.time() - t0, 1)
+    (report.with_suffix(".json")).write_text(json.dumps({**summary, "events": watcher.events}, indent=2, default=str))
+    ray.shutdown()
+    return summary

@@ -1,0 +1,229 @@
+"""A traffic simulator for the Serve app: synthetic rows at a steady rate, a switch to a drift
+scenario at a chosen time, and the true labels posted back after a delay (`rayloop traffic`).
+
+Open loop: requests leave on schedule whatever the server does (a slow server gets a queue of
+in-flight requests, up to `concurrency`, and then the simulator counts what it could not send as
+`skipped`), so throughput and errors describe the server, not the client. Every response is
+recorded with its model version and whether its label was right, so the loop's effect shows as
+accuracy per second and per version. No Ray here: plain HTTP (httpx) and threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayloop.data.synthetic import Scenario, generate
+
+__all__ = ["TrafficConfig", "TrafficStats", "request_rows", "run_traffic"]
+
+
+class TrafficConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field("http://127.0.0.1:8000", description="the app's base URL")
+    rate: float = Field(50.0, gt=0, description="requests per second")
+    duration_s: float = Field(60.0, gt=0)
+    rows_per_request: int = Field(1, ge=1)
+    drift_at_s: float | None = Field(None, ge=0, description="switch to the drift scenario this many seconds in")
+    scenario: Scenario = Scenario(kind="covariate+concept", onset=0.0, magnitude=3.0)
+    label_delay_s: float = Field(2.0, ge=0, description="a request's true label is posted this long after its answer")
+    label_fraction: float = Field(1.0, ge=0, le=1, description="share of requests whose label arrives")
+    concurrency: int = Field(16, ge=1, description="requests in flight at most")
+    pool_rows: int = Field(20_000, ge=100, description="synthetic rows per phase, reused round-robin")
+    seed: int = 11
+    timeout_s: float = Field(10.0, gt=0)
+    token_env: str | None = Field("RAYLOOP_API_TOKEN", description="bearer token for the app, read from this variable")
+
+
+@dataclass
+class TrafficStats:
+    started: float = field(default_factory=time.time)
+    sent: int = 0
+    skipped: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    labels_posted: int = 0
+    label_errors: int = 0
+    # one entry per answered request: [seconds since start, latency ms, version, correct rows, rows, drift]
+    answers: list[list[Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200)
+
+    def timeline(self, bucket_s: float = 5.0) -> list[dict[str, Any]]:
+        """Per bucket: requests, errors, p99 latency, accuracy and the versions that answered."""
+        buckets: dict[int, list[list[Any]]] = {}
+        with self.lock:
+            for answer in self.answers:
+                buckets.setdefault(int(answer[0] // bucket_s), []).append(answer)
+        out = []
+        for key in sorted(buckets):
+            rows = buckets[key]
+            latencies = sorted(a[1] for a in rows)
+            correct, total = sum(a[3] for a in rows), sum(a[4] for a in rows)
+            out.append({
+                "t": key * bucket_s,
+                "answers": len(rows),
+                "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+                "accuracy": correct / total if total else None,
+                "versions": dict(Counter(a[2] for a in rows)),
+                "drift": any(a[5] for a in rows),
+            })
+        return out
+
+    def accuracy(self, *, version: str | None = None, drift: bool | None = None, after_s: float = 0.0) -> float | None:
+        with self.lock:
+            rows = [a for a in self.answers if (version is None or a[2] == version)
+                    and (drift is None or a[5] == drift) and a[0] >= after_s]
+        total = sum(a[4] for a in rows)
+        return sum(a[3] for a in rows) / total if total else None
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            latencies = sorted(a[1] for a in self.answers)
+            versions = dict(Counter(a[2] for a in self.answers))
+        return {
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "errors": self.errors,
+            "labels_posted": self.labels_posted,
+            "label_errors": self.label_errors,
+            "p50_ms": latencies[len(latencies) // 2] if latencies else None,
+            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+            "versions": versions,
+        }
+
+
+def request_rows(table: pa.Table, drop: tuple[str, ...] = ("label", "entity_id")) -> tuple[list[dict], list[int]]:
+    """Synthetic rows as JSON request records (timestamps as ISO strings) and their true labels."""
+    labels = table.column("label").to_pylist()
+    records = table.drop_columns([c for c in drop if c in table.column_names]).to_pylist()
+    for record in records:
+        for key, value in record.items():
+            if hasattr(value, "isoformat"):
+                record[key] = value.isoformat()
+    return records, labels
+
+
+def _shuffled(table: pa.Table, seed: int) -> pa.Table:
+    # generated rows come in event-time order; live traffic is a mix at every moment (else a window
+    # of consecutive rows would cover a few hours of the month and its time features would "drift")
+    import numpy as np
+
+    return table.take(np.random.default_rng(seed).permutation(table.num_rows))
+
+
+def run_traffic(
+    config: TrafficConfig,
+    *,
+    stop: threading.Event | None = None,
+    on_second: Callable[[TrafficStats, float], None] | None = None,
+    stats: TrafficStats | None = None,
+) -> TrafficStats:
+    """Send `config.rate` requests a second for `config.duration_s` (or until `stop` is set)."""
+    import httpx
+
+    stop = stop or threading.Event()
+    stats = stats or TrafficStats()
+    clean = request_rows(_shuffled(generate(config.pool_rows, config.seed), config.seed))
+    drifted = request_rows(_shuffled(generate(config.pool_rows, config.seed + 1, config.scenario), config.seed + 1))
+    token = os.environ.get(config.token_env) if config.token_env else None
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    client = httpx.Client(base_url=config.url, timeout=config.timeout_s, headers=headers,
+                          limits=httpx.Limits(max_connections=config.concurrency + 4))
+    due: list[tuple[float, str, int]] = []  # (post at, request id, label)
+    due_lock = threading.Lock()
+    in_flight = threading.Semaphore(config.concurrency)
+    done_sending = threading.Event()
+    thinning = random.Random(config.seed)  # which labels arrive (label_fraction)
+
+    def one(records: list[dict], labels: list[int], is_drift: bool) -> None:
+        try:
+            sent_at = time.perf_counter()
+            try:
+                response = client.post("/v1/predict", json=records if len(records) > 1 else records[0])
+                status = response.status_code
+            except httpx.HTTPError:
+                status = 0  # no answer: connection refused, reset or timed out
+            latency_ms = (time.perf_counter() - sent_at) * 1000
+            with stats.lock:
+                stats.statuses[status] += 1
+            if status != 200:
+                return
+            predictions = response.json()["predictions"]
+            correct = sum(int(p["label"] == y) for p, y in zip(predictions, labels))
+            with stats.lock:
+                stats.answers.append([time.time() - stats.started, latency_ms, predictions[0]["model_version"],
+                                      correct, len(predictions), is_drift])
+            with due_lock:
+                for p, y in zip(predictions, labels):
+                    if thinning.random() < config.label_fraction:
+                        heapq.heappush(due, (time.time() + config.label_delay_s, p["request_id"], y))
+        finally:
+            in_flight.release()
+
+    def post_labels() -> None:
+        while not (done_sending.is_set() and not due):
+            with due_lock:
+                ready = []
+                while due and due[0][0] <= time.time():
+                    ready.append(heapq.heappop(due))
+            for _, rid, y in ready:
+                try:
+                    ok = client.post("/v1/feedback", json={"request_id": rid, "label": int(y)}).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with stats.lock:
+                    stats.labels_posted += ok
+                    stats.label_errors += not ok
+            if not ready:
+                time.sleep(0.05)
+            if stop.is_set() and done_sending.is_set():
+                break
+
+    labeller = threading.Thread(target=post_labels, name="traffic-labels", daemon=True)
+    labeller.start()
+    pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="traffic")
+    start = time.perf_counter()
+    interval = 1.0 / config.rate
+    n = config.rows_per_request
+    i = 0
+    next_tick = 1.0
+    try:
+        while not stop.is_set():
+            elapsed = time.perf_counter() - start
+            if elapsed >= config.duration_s:
+                break
+            is_drift = config.drift_at_s is not None and elapsed >= config.drift_at_s
+            records, labels = drifted if is_drift else clean
+            at = (i * n) % (len(records) - n)
+            if in_flight.acquire(blocking=False):
+                stats.sent += 1
+                pool.submit(one, records[at : at + n], labels[at : at + n], is_drift)
+            else:
+                stats.skipped += 1
+            i += 1
+            if on_second is not None and elapsed >= next_tick:
+                on_second(stats, elapsed)
+                next_tick += 1.0
+            time.sleep(max(0.0, start + i * interval - time.perf_counter()))
+    finally:
+        pool.shutdown(wait=True)
+        done_sending.set()
+        labeller.join(timeout=config.label_delay_s + 30)
+        client.close()
+    return stats

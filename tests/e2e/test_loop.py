@@ -1,0 +1,105 @@
+"""The closed loop against a real head (token auth on), driven only the way a user drives it:
+`ray job submit` of the pipeline, `rayloop serve --detach`, HTTP traffic with late labels.
+
+Clean traffic first (the null twin: no drift -> no alarm decision, no retrain), then an abrupt
+covariate + concept drift: alarm -> the monitor submits `workloads.retrain` through the Jobs API
+-> the gate promotes -> every replica swaps -> answers carry the new version, more of them right.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from rayloop import jobs, paths, registry
+from rayloop.monitoring.core import MonitorCore
+from rayloop.traffic import TrafficConfig, run_traffic
+from tests.support import free_port
+
+from .conftest import RAY, ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+MODEL = "e2e-loop"
+
+
+def _overrides(port: int) -> list[str]:
+    return [
+        f"registry.model_name={MODEL}", "data.synthetic.n_rows=8000", "data.synthetic.seed=41",
+        "tuning.enabled=false", "training.lightgbm.num_boost_round=80",
+        f"serving.port={port}", "serving.min_replicas=1", "serving.max_replicas=1",
+        "monitoring.window_size=300", "monitoring.consecutive_windows=2", "monitoring.min_labels=100",
+        "monitoring.cooldown_s=3600", "monitoring.flush_interval_s=5",
+        "retrain.min_labelled_rows=600", "retrain.max_label_wait_s=120",
+    ]
+
+
+def _loop_state() -> dict:
+    saved = MonitorCore.read_state(str(paths.home()), MODEL) or {}
+    return saved
+
+
+def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_triggers_none(ray_head):
+    port = free_port()
+    overrides = _overrides(port)
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    jobs.submit_workload("pipeline", "loop-e2e-pipeline", overrides=overrides, working_dir=str(ROOT),
+                         address=ray_head.dashboard)
+    info = wait_for(lambda: (i := jobs.job_info("loop-e2e-pipeline", ray_head.dashboard)) and i.finished and i, 400,
+                    interval_s=2, what="the pipeline job")
+    assert info.status == "SUCCEEDED", jobs.client(ray_head.dashboard).get_job_logs("loop-e2e-pipeline")[-3000:]
+    first = registry.resolve_version(MODEL, registry.CHAMPION)
+    assert first is not None
+
+    rayloop = str(ROOT / ".venv" / "bin" / "rayloop")
+    deployed = subprocess.run([rayloop, "serve", "--address", ray_head.address, "--detach", *sets],
+                              env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    stop = threading.Event()
+    try:
+        clean_s, rate = 60.0, 40.0
+        traffic = TrafficConfig(url=f"http://127.0.0.1:{port}", rate=rate, duration_s=clean_s + 240,
+                                drift_at_s=clean_s, label_delay_s=1.0, seed=5)
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(stats=run_traffic(traffic, stop=stop)), daemon=True)
+        runner.start()
+
+        # the null twin: a minute of clean traffic (8 windows) raises no retrain decision
+        time.sleep(clean_s - 2)
+        quiet = _loop_state()
+        assert quiet["windows_seen"] >= 6, quiet.get("windows_seen")
+        assert quiet["policy"].get("decisions", 0) == 0 and not quiet.get("loop", {}).get("active")
+        assert not (quiet.get("loop") or {}).get("finished")
+
+        # drift: alarm -> retrain job -> gate -> rollout
+        done = wait_for(lambda: (f := (_loop_state().get("loop") or {}).get("finished")) and f[-1], 300, interval_s=2,
+                        what="the retrain to finish")
+        assert done["outcome"] == "promoted", done
+        new = done["version"]
+        assert registry.resolve_version(MODEL, registry.CHAMPION) == new != first
+        time.sleep(20)  # answers from the new champion
+        stop.set()
+        runner.join(timeout=60)
+        job_list = subprocess.run([RAY, "job", "list", "--address", ray_head.dashboard], env=ray_head.env,
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        stop.set()
+        subprocess.run([rayloop, "monitor", "--address", ray_head.address, "--stop", *sets], env=ray_head.env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+        subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
+                       env=ray_head.env, capture_output=True, text=True, timeout=120)
+    stats = result["stats"]
+
+    listed = [line for line in job_list.stdout.splitlines() if done["submission_id"] in line]
+    assert listed and "SUCCEEDED" in listed[0], job_list.stdout[-3000:]
+    assert stats.errors == 0, stats.summary()  # nothing failed, the swap included
+    assert stats.summary()["versions"].get(new, 0) > 100
+    before = stats.accuracy(version=first, drift=True)
+    after = stats.accuracy(version=new, drift=True)
+    assert before is not None and after is not None and after > before, (before, after)
+    state = _loop_state()
+    assert state["reference_version"] == new  # the monitor compares with the new champion's profile now
+    assert state["policy"]["in_flight"] is None and state["policy"]["decisions"] == 1

@@ -1,0 +1,90 @@
+"""What goes wrong in the loop stays contained: a failing retrain job, a worse challenger and a
+monitor killed mid-retrain, each against a real head, a real DriftMonitor and real Jobs API jobs
+(`loop_driver` feeds the monitor drifted rows as replicas would)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rayloop import audit, jobs
+from tests.support import free_port
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+FAST = [
+    "data.synthetic.n_rows=6000", "data.synthetic.seed=61", "tuning.enabled=false",
+    "training.lightgbm.num_boost_round=60", "monitoring.window_size=200", "monitoring.consecutive_windows=2",
+    "monitoring.min_labels=100", "retrain.min_labelled_rows=200", "retrain.max_label_wait_s=60",
+]
+
+
+def _drive(head, model: str, *extra: str, scenario: str = "covariate+concept", kill: str | None = None) -> dict:
+    cmd = [sys.executable, "-m", "tests.e2e.loop_driver", "--address", head.address, "--model", model,
+           "--scenario", scenario, *(["--kill-monitor-when", kill] if kill else [])]
+    for item in [*FAST, f"serving.port={free_port()}", *extra]:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["record"] is not None, f"no retrain finished: {done.stderr[-3000:]}"
+    return out
+
+
+def _stop(head, model: str) -> None:
+    subprocess.run([str(ROOT / ".venv" / "bin" / "rayloop"), "monitor", "--address", head.address, "--stop",
+                    "--set", f"registry.model_name={model}"], env=head.env, cwd=ROOT, capture_output=True, timeout=120)
+
+
+def test_a_failing_retrain_job_leaves_the_champion_and_says_why(ray_head):
+    model = "e2e-fault-fails"
+    try:
+        # the job refuses to train on fewer labelled rows than it was told it needs: exit 2, FAILED
+        out = _drive(ray_head, model, "retrain.min_labelled_rows=100000", "retrain.max_label_wait_s=0")
+    finally:
+        _stop(ray_head, model)
+    record = out["record"]
+    assert record["outcome"] == "failed" and record["job_status"] == "FAILED", record
+    assert out["champion"] == out["first_champion"]
+    info = jobs.job_info(record["submission_id"], ray_head.dashboard)
+    assert info is not None and info.status == "FAILED"
+    logs = jobs.client(ray_head.dashboard).get_job_logs(record["submission_id"])
+    assert "min_labelled_rows=100000" in logs
+    outcomes = [e for e in audit.read(event="retrain_outcome") if e.get("submission_id") == record["submission_id"]]
+    assert outcomes and outcomes[-1]["outcome"] == "failed"
+
+
+def test_a_worse_challenger_is_refused_by_the_gate(ray_head):
+    model = "e2e-fault-worse"
+    try:
+        # covariate drift only (the champion's concept still holds) and a one-split, one-round challenger
+        out = _drive(ray_head, model, "training.lightgbm.num_boost_round=1", "training.lightgbm.num_leaves=2",
+                     "retrain.reference_fraction=0.0", scenario="covariate")
+    finally:
+        _stop(ray_head, model)
+    record = out["record"]
+    assert record["outcome"] == "refused", record
+    assert record["gate"]["decision"] == "refused"
+    assert record["gate"]["challenger_score"] < record["gate"]["champion_score"]
+    assert out["champion"] == out["first_champion"]
+
+
+def test_a_monitor_killed_while_its_retrain_job_runs_sees_the_job_through_and_promotes(ray_head):
+    model = "e2e-fault-killed"
+    try:
+        out = _drive(ray_head, model, kill="submitted")
+    finally:
+        _stop(ray_head, model)
+        subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
+                       env=ray_head.env, capture_output=True, timeout=120)
+    record = out["record"]
+    assert out["killed_pid"] is not None and out["monitor_pid"] != out["killed_pid"] and out["restarts"] >= 1
+    assert record["outcome"] == "promoted", record
+    assert out["champion"] == record["version"] != out["first_champion"]
+    info = jobs.job_info(record["submission_id"], ray_head.dashboard)
+    assert info is not None and info.status == "SUCCEEDED"

@@ -1,0 +1,78 @@
+"""The retrain window: reference sample + weighted recent labelled rows, the newest held out."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from rayloop.config import RetrainConfig, load_config
+from rayloop.data.synthetic import generate
+from rayloop.errors import RetrainError
+from rayloop.retrain import assemble, recent_rows
+
+CONFIG = load_config()
+SCHEMA = CONFIG.data.schema_
+
+
+def _log(n: int, start_s: float, labelled_every: int = 1) -> pa.Table:
+    """Inference-log rows as the monitor stores them: no entity id, no label column of the source."""
+    rows = generate(n, seed=3).drop_columns(["entity_id"])
+    labels = rows.column("label").to_pylist()
+    rows = rows.drop_columns(["label"])
+    ts = pa.array([int((start_s + i) * 1000) for i in range(n)], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    return rows.append_column("request_id", pa.array([f"r{i}" for i in range(n)])).append_column(
+        "ts", ts
+    ).append_column("probability", pa.array([0.5] * n)).append_column(
+        "label", pa.array([v if i % labelled_every == 0 else None for i, v in enumerate(labels)], pa.int8())
+    )
+
+
+def _assemble(reference: pa.Table, recent: pa.Table, **changes) -> object:
+    return assemble(
+        reference, recent, SCHEMA, RetrainConfig(**{"min_labelled_rows": 20, **changes}),
+        label="label", id_column="entity_id", timestamp_column="event_time",
+    )
+
+
+def test_holdout_is_the_newest_labelled_rows_and_never_trained_on():
+    reference = generate(2000, seed=1)
+    recent = _log(400, 1_000.0, labelled_every=2)  # 200 labelled
+    data = _assemble(reference, recent, holdout_fraction=0.25, recent_weight=3, reference_fraction=0.5)
+    assert data.holdout.num_rows == 50 and data.counts["recent_labelled"] == 200
+    newest = recent.filter(pc.is_valid(recent.column("label"))).slice(150).column("event_time")
+    assert data.holdout.column("event_time").equals(newest)
+    held = set(data.holdout.column("entity_id").to_pylist())
+    assert held.isdisjoint(data.train.column("entity_id").to_pylist())
+    # 150 recent rows three times each, plus about half of the reference
+    assert data.counts["recent_train"] == 150
+    assert data.train.num_rows == data.counts["reference_kept"] + 450
+    assert 900 < data.counts["reference_kept"] < 1100
+    assert data.train.schema.equals(SCHEMA.arrow_schema()) and data.holdout.schema.equals(SCHEMA.arrow_schema())
+    # every recent row (labelled or not) describes the new traffic for the profile
+    assert data.recent.num_rows == 400 and data.recent.column("entity_id").null_count == 0
+
+
+def test_repeats_of_a_row_share_one_entity_id_so_a_hash_split_keeps_them_together():
+    data = _assemble(generate(100, seed=2), _log(100, 0.0), recent_weight=4, reference_fraction=0.0, holdout_fraction=0.5)
+    ids = data.train.column("entity_id")
+    assert data.train.num_rows == 200 and len(pc.unique(ids)) == 50
+
+
+def test_reference_fraction_zero_trains_on_recent_rows_alone_and_the_seed_is_reproducible():
+    reference = generate(500, seed=4)
+    recent = _log(100, 0.0)
+    assert _assemble(reference, recent, reference_fraction=0.0).counts["reference_kept"] == 0
+    a, b = (_assemble(reference, recent, reference_fraction=0.3, seed=9) for _ in range(2))
+    assert a.train.equals(b.train)
+
+
+def test_too_few_labelled_rows_is_a_clear_error():
+    with pytest.raises(RetrainError, match=r"only 10 labelled rows .*retrain.min_labelled_rows=20"):
+        _assemble(generate(100, seed=5), _log(100, 0.0, labelled_every=10))
+
+
+def test_recent_rows_start_at_since():
+    log = _log(50, 100.0)
+    assert recent_rows(log, 130.0).num_rows == 20
+    assert recent_rows(log, None).num_rows == 50
