@@ -288,6 +288,8 @@ def status(
     log.add_column("detail")
     for entry in audit.read(limit=events):
         detail = entry.get("reason") or (f"from {entry['previous']}" if entry.get("previous") else "")
+        if not detail and entry.get("outcome"):
+            detail = f"{entry['outcome']}: {entry.get('detail') or ''}"
         if not detail and entry.get("features"):
             detail = "drift: " + ", ".join(f"{f} (PSI {entry.get('psi', {}).get(f, 0):.3f})" for f in entry["features"])
         log.add_row(entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail))

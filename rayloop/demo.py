@@ -308,7 +308,7 @@ def drive(
         f"accuracy {metrics.get('accuracy', float('nan')):.4f}")
 
     os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
-    init_ray(head.address)
+    init_ray(head.address, log_to_driver=False)  # the timeline, not every worker's log
     url = deploy(config, config_path=config_path, overrides=overrides)
     timings["deploy_s"] = round(time.time() - t0 - timings["pipeline_s"], 1)
     say(f"serving at [cyan]{url}/v1/predict[/cyan] (docs {url}/docs); DriftMonitor started")

@@ -153,6 +153,7 @@ def init_ray(
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
     metrics_export_port: int | None = None,
+    log_to_driver: bool = True,
 ) -> bool:
     """Join the cluster named by `address`/RAY_ADDRESS, else start a local one. Returns True if started here.
 
@@ -167,7 +168,11 @@ def init_ray(
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=target, log_to_driver=True)
+        local_token = paths.auth_token_path()
+        if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) and local_token.is_file():
+            os.environ["RAY_AUTH_TOKEN_PATH"] = str(local_token)  # a head we started (rayloop demo)
+        _reload_auth_config()  # the token env may have been set after Ray was imported
+        ray.init(address=target, log_to_driver=log_to_driver)
         configure_data_context()
         return False
     env = ray_env()

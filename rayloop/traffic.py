@@ -40,7 +40,7 @@ class TrafficConfig(BaseModel):
     scenario: Scenario = Scenario(kind="covariate+concept", onset=0.0, magnitude=3.0)
     label_delay_s: float = Field(2.0, ge=0, description="a request's true label is posted this long after its answer")
     label_fraction: float = Field(1.0, ge=0, le=1, description="share of requests whose label arrives")
-    concurrency: int = Field(16, ge=1, description="requests in flight at most")
+    concurrency: int = Field(64, ge=1, description="requests in flight at most")
     pool_rows: int = Field(20_000, ge=100, description="synthetic rows per phase, reused round-robin")
     seed: int = 11
     timeout_s: float = Field(10.0, gt=0)
@@ -184,7 +184,7 @@ def run_traffic(
                     ready.append(heapq.heappop(due))
             for _, rid, y in ready:
                 try:
-                    ok = client.post("/v1/feedback", json={"request_id": rid, "label": int(y)}).status_code == 200
+                    ok = client.post("/v1/feedback", json={"request_id": rid, "label": int(y)}).is_success  # 202
                 except httpx.HTTPError:
                     ok = False
                 with stats.lock:
