@@ -111,7 +111,7 @@ def demo(
     set_: SetOpt = None,
     stop: Annotated[bool, typer.Option("--stop", help="stop the demo's Ray head (Serve, monitor, jobs) and exit")] = False,
     keep: Annotated[bool, typer.Option(help="leave the head running afterwards, to look at the dashboard")] = True,
-    rate: Annotated[float, typer.Option(help="requests per second")] = 40.0,
+    rate: Annotated[float, typer.Option(help="requests per second")] = 60.0,
     clean: Annotated[float, typer.Option(help="seconds of clean traffic before the drift")] = 40.0,
     dashboard_port: Annotated[int, typer.Option(help="the dashboard's port (127.0.0.1)")] = 8265,
 ) -> None:

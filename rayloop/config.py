@@ -228,6 +228,9 @@ class MonitoringConfig(_Section):
     consecutive_windows: int = Field(2, ge=1, description="drifted windows in a row that raise a retrain decision")
     quality_metric: Literal["auc", "accuracy"] = "auc"
     quality_drop: float = Field(0.05, ge=0, description="live metric this far below the champion's test metric raises one")
+    quality_windows: int = Field(
+        2, ge=1, description="windows in a row the live metric must stay that low (one noisy window is not a drop)"
+    )
     min_labels: int = Field(200, ge=10, description="joined labels a live-quality window needs")
     label_horizon_s: float = Field(86_400, gt=0, description="how long a prediction waits for its label in memory")
     max_pending_labels: int = Field(200_000, ge=1, description="predictions kept in memory for the label join")
@@ -242,8 +245,9 @@ class RetrainConfig(_Section):
     """What the loop does with a retrain decision: the job, its data window and the rollout."""
 
     enabled: bool = Field(True, description="the monitor submits `workloads.retrain` for each retrain decision")
-    reference_fraction: float = Field(
-        0.3, ge=0.0, le=1.0, description="share of the original training data's rows kept in the training window"
+    reference_ratio: float = Field(
+        2.0, ge=0.0,
+        description="original training rows kept per labelled recent training row (a random sample; 0: recent rows only)",
     )
     recent_weight: int = Field(
         2, ge=1, le=100, description="each labelled recent row counts this many times (it is repeated)"
@@ -252,7 +256,7 @@ class RetrainConfig(_Section):
         0.3, gt=0.0, lt=1.0, description="the most recent labelled rows kept out of training for the gate"
     )
     min_labelled_rows: int = Field(
-        300, ge=20, description="labelled rows since the drift began that a retrain needs; the monitor waits for them"
+        1000, ge=20, description="labelled rows since the drift began that a retrain needs; the monitor waits for them"
     )
     max_label_wait_s: float = Field(
         600, ge=0, description="after this long waiting for labels the job is submitted anyway (and refuses if short)"

@@ -27,7 +27,7 @@ from typing import Any
 
 from rayloop import paths
 
-__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "start_head", "stop_head", "write_report"]
+__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "drive", "start_head", "stop_head", "stop_processes", "stop_session", "write_report"]
 
 # On top of configs/demo.yaml: sizes and clocks that fit the loop into a few minutes on 2 cores.
 DEMO_OVERRIDES = [
@@ -41,9 +41,9 @@ DEMO_OVERRIDES = [
     "monitoring.window_size=400",
     "monitoring.consecutive_windows=2",
     "monitoring.min_labels=150",
-    "monitoring.cooldown_s=900",
+    "monitoring.cooldown_s=120",
     "monitoring.flush_interval_s=5",
-    "retrain.min_labelled_rows=400",
+    "retrain.min_labelled_rows=1500",
     "retrain.max_label_wait_s=120",
 ]
 HEAD_FILE = "demo-head.json"
@@ -112,27 +112,53 @@ def start_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> DemoH
 
 
 def stop_head() -> bool:
-    """Stop the demo's head: every process that names its session dir (never other Ray clusters)."""
-    import psutil
-
+    """Stop the demo's head (never other Ray clusters); False when none is recorded."""
     marker_file = paths.home() / HEAD_FILE
     if not marker_file.exists():
         return False
-    session = json.loads(marker_file.read_text())["session_dir"]
+    stop_session(json.loads(marker_file.read_text())["session_dir"])
+    marker_file.unlink(missing_ok=True)
+    return True
+
+
+def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
+    """Stop every process of one Ray head: those naming its session dir, and Serve's HAProxy, which
+    runs outside it (its config lives under RAYLOOP_HOME/haproxy/<node id>) and can outlive its
+    manager, found by the head's node id."""
+    import re
+
+    import psutil
+
+    node_ids = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            line = " ".join(proc.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if session_dir in line:
+            node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
+    stop_processes(session_dir, grace_s)
+    for node_id in node_ids:
+        stop_processes(f"haproxy/{node_id}/", grace_s)
+
+
+def stop_processes(marker: str, grace_s: float = 15.0) -> int:
+    """Terminate (then kill) every process whose command line contains `marker`; returns how many."""
+    import psutil
+
     victims = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if session in " ".join(proc.info["cmdline"] or []):
+            if marker in " ".join(proc.info["cmdline"] or []):
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     for proc in victims:
         proc.terminate()
-    _, alive = psutil.wait_procs(victims, timeout=15)
+    _, alive = psutil.wait_procs(victims, timeout=grace_s)
     for proc in alive:
         proc.kill()
-    marker_file.unlink(missing_ok=True)
-    return True
+    return len(victims)
 
 
 # ---- watching the loop -------------------------------------------------------------------------
@@ -268,7 +294,7 @@ def drive(
     head: DemoHead,
     say: Callable[[str], None],
     clean_s: float = 40.0,
-    rate: float = 40.0,
+    rate: float = 60.0,
     after_s: float = 25.0,
     max_wait_s: float = 300.0,
 ) -> dict[str, Any]:

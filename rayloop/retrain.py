@@ -7,9 +7,10 @@ log, a challenger trained on it, the gate on recent labelled rows training never
 1. the recent window: inference-log rows served since the drift began (`retrain.since`), joined
    with their first label;
 2. the gate's holdout: the most recent `holdout_fraction` of the labelled recent rows;
-3. the training window: a `reference_fraction` sample of the original training data plus the
-   other labelled recent rows, each repeated `recent_weight` times, split by entity hash (a time
-   split would put all the recent rows into validation and test);
+3. the training window: the other labelled recent rows, each repeated `recent_weight` times, plus
+   a random sample of the original training data, `reference_ratio` rows per recent row (so the
+   old data informs but cannot drown the new), split by entity hash (a time split would put all
+   the recent rows into validation and test);
 4. preprocess -> train (or tune) -> register `challenger` -> `registry.promote` on the holdout.
 
 The new bundle's reference profile describes the recent window, not the mixed training data: it
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from rayloop.config import RayloopConfig, RetrainConfig
 from rayloop.data.schema import FeatureSchema
 from rayloop.errors import RetrainError
 
-__all__ = ["RetrainData", "RetrainResult", "assemble", "recent_rows", "run_retrain"]
+__all__ = ["RetrainData", "RetrainResult", "assemble", "recent_rows", "run_retrain", "sample_rows", "split_recent"]
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +112,10 @@ def _as_schema_rows(recent: pa.Table, schema: FeatureSchema, *, label: str, id_c
     return pa.table(columns, schema=target)
 
 
-def assemble(
-    reference: pa.Table,
-    recent: pa.Table,
-    schema: FeatureSchema,
-    config: RetrainConfig,
-    *,
-    label: str,
-    id_column: str | None,
-    timestamp_column: str | None,
-) -> RetrainData:
-    """The training window and the gate's holdout (see the module docstring). Raises RetrainError
-    when there are too few labelled recent rows to train on and to judge with."""
+def split_recent(recent: pa.Table, schema: FeatureSchema, config: RetrainConfig, *, label: str,
+                 id_column: str | None, timestamp_column: str | None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(every recent row, labelled rows to train on, the newest labelled rows held out), in the
+    training data's columns. Raises RetrainError when too few recent rows are labelled."""
     rows = _as_schema_rows(recent, schema, label=label, id_column=id_column, timestamp_column=timestamp_column)
     labelled = rows.filter(pc.is_valid(rows.column(label)))
     if labelled.num_rows < config.min_labelled_rows:
@@ -130,18 +124,42 @@ def assemble(
             f"{config.min_labelled_rows}); the champion keeps serving"
         )
     n_holdout = max(1, math.ceil(labelled.num_rows * config.holdout_fraction))
-    holdout = labelled.slice(labelled.num_rows - n_holdout)  # the newest: most like tomorrow's traffic
-    recent_train = labelled.slice(0, labelled.num_rows - n_holdout)
-    reference = reference.select(rows.column_names).cast(rows.schema, safe=False)
-    keep = np.random.default_rng(config.seed).random(reference.num_rows) < config.reference_fraction
-    sample = reference.filter(pa.array(keep))
+    # the newest labelled rows are the gate's holdout: the most like tomorrow's traffic
+    return rows, labelled.slice(0, labelled.num_rows - n_holdout), labelled.slice(labelled.num_rows - n_holdout)
+
+
+def sample_rows(batches: Iterable[pa.RecordBatch | pa.Table], fraction: float, seed: int) -> pa.Table | None:
+    """A seeded Bernoulli sample of a stream of batches, holding only the sample in memory."""
+    rng = np.random.default_rng(seed)
+    kept = []
+    for batch in batches:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        kept.append(table.filter(pa.array(rng.random(table.num_rows) < fraction)))
+    return pa.concat_tables(kept, promote_options="permissive") if kept else None
+
+
+def assemble(
+    reference_sample: pa.Table,
+    recent: pa.Table,
+    schema: FeatureSchema,
+    config: RetrainConfig,
+    *,
+    label: str,
+    id_column: str | None,
+    timestamp_column: str | None,
+) -> RetrainData:
+    """The training window (the reference sample + the recent labelled rows, repeated
+    `recent_weight` times) and the gate's holdout; see the module docstring."""
+    rows, recent_train, holdout = split_recent(
+        recent, schema, config, label=label, id_column=id_column, timestamp_column=timestamp_column
+    )
+    sample = reference_sample.select(rows.column_names).cast(rows.schema, safe=False)
     train = pa.concat_tables([sample, *([recent_train] * config.recent_weight)])
     counts = {
         "recent_rows": rows.num_rows,
-        "recent_labelled": labelled.num_rows,
+        "recent_labelled": recent_train.num_rows + holdout.num_rows,
         "recent_train": recent_train.num_rows,
         "holdout": holdout.num_rows,
-        "reference_rows": reference.num_rows,
         "reference_kept": sample.num_rows,
         "train_rows": train.num_rows,
         "recent_weight": config.recent_weight,
@@ -149,13 +167,27 @@ def assemble(
     return RetrainData(train=train, holdout=holdout, recent=rows, counts=counts)
 
 
-def _read_reference(config: RayloopConfig, schema: FeatureSchema) -> pa.Table:
-    """The original training data (what the first champion learned from), valid rows only."""
+def _read_reference_sample(config: RayloopConfig, schema: FeatureSchema, rows: int) -> pa.Table:
+    """About `rows` valid rows drawn at random from the original training data, streamed file by
+    file and batch by batch (the sample is all that is held in memory)."""
+    import pyarrow.parquet as pq
+
     from rayloop.data.io import inspect_source, read_table
     from rayloop.preprocess import resolve_source
 
-    source = resolve_source(config.data)
-    valid, _ = schema.validate(read_table(inspect_source(source, config.data.format)), source="reference")
+    info = inspect_source(resolve_source(config.data), config.data.format)
+    if info.format == "parquet":
+        files = [pq.ParquetFile(info.filesystem.open_input_file(f)) for f in info.files]
+        total = sum(f.metadata.num_rows for f in files)
+        batches: Iterable[pa.RecordBatch | pa.Table] = (b for f in files for b in f.iter_batches(batch_size=65_536))
+    else:  # CSV has no row count up front: read it whole (CSV sources are small)
+        table = read_table(info)
+        total, batches = table.num_rows, [table]
+    fraction = min(1.0, rows / total) if total else 0.0
+    sample = sample_rows(batches if fraction > 0 else [], fraction, config.retrain.seed)
+    if sample is None:
+        return schema.arrow_schema().empty_table()
+    valid, _ = schema.validate(sample, source="reference")
     return valid
 
 
@@ -199,10 +231,10 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     audit.record("retrain_job_started", model=model_name, submission_id=submission_id, champion=champion, since=since)
 
     recent = recent_rows(_read_log(root, model_name), since)
-    data = assemble(
-        _read_reference(config, schema), recent, schema, config.retrain,
-        label=data_cfg.label_column, id_column=data_cfg.id_column, timestamp_column=data_cfg.timestamp_column,
-    )
+    roles = {"label": data_cfg.label_column, "id_column": data_cfg.id_column, "timestamp_column": data_cfg.timestamp_column}
+    _, recent_train, _ = split_recent(recent, schema, config.retrain, **roles)  # fails fast when labels are short
+    reference = _read_reference_sample(config, schema, int(config.retrain.reference_ratio * recent_train.num_rows))
+    data = assemble(reference, recent, schema, config.retrain, **roles)
     log.info("retrain window: %s", data.counts)
     work = paths.ensure(paths.home() / "retrain" / (submission_id or f"manual-{int(time.time())}"))
     shutil.rmtree(work / "train", ignore_errors=True)

@@ -91,6 +91,7 @@ class _Pending:
 @dataclass
 class _State:
     reference_version: str
+    reference_since: float = 0.0  # epoch seconds of the last rebase: live quality counts rows served after it
     windows_seen: int = 0
     window: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "bins": {}})
     window_start: float | None = None
@@ -362,7 +363,8 @@ class MonitorCore:
                 else:
                     kind = "joined"
                     lags.append(lag)
-                    s.quality_pairs.append([entry.probability, float(label)])
+                    if entry.ts >= s.reference_since:  # a prediction of the model compared with now
+                        s.quality_pairs.append([entry.probability, float(label)])
             outcome[kind] += 1
         for kind, count in outcome.items():
             s.labels[kind] = s.labels.get(kind, 0) + count
@@ -408,8 +410,12 @@ class MonitorCore:
         self.reference = reference
         self.detector = self._detector(reference)
         self.state.reference_version = reference.version
+        self.state.reference_since = self.clock()
         self.state.window = {"rows": 0, "bins": {}}
         self.state.window_start = None
+        # drift streaks and live quality measured the previous model against the previous reference
+        self.state.quality_pairs = []
+        self.state.policy = policy.reset_streak(self.policy_state).model_dump(mode="json")
         self.save()
 
     # ---- housekeeping -----------------------------------------------------------------------

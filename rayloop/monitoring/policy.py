@@ -1,8 +1,8 @@
 """When to ask for a retrain: pure logic over the DriftMonitor's tumbling windows.
 
 After each window the monitor calls `decide` with what the window showed. The policy raises a
-retrain decision when drift stays on for K windows in a row, or when live quality falls more than
-`quality_drop` below the champion's test metric; it suppresses one while another is pending or in
+retrain decision when drift stays on for K windows in a row, or when live quality stays more than
+`quality_drop` below the champion's test metric for `quality_windows` windows; it suppresses one while another is pending or in
 flight, during the cool-down and past the daily budget. Every answer is a `Decision` with its reason
 and numbers, so the monitor can audit and count acted-on and suppressed decisions alike.
 
@@ -27,6 +27,7 @@ __all__ = [
     "Observation",
     "PolicyState",
     "decide",
+    "reset_streak",
     "retrain_finished",
     "retrain_started",
     "take_pending",
@@ -104,6 +105,7 @@ class PolicyState(_Model):
     """Everything the policy remembers between windows; the monitor persists it as JSON."""
 
     consecutive_drift: int = Field(0, ge=0)
+    consecutive_low_quality: int = Field(0, ge=0)
     last_trigger_window: int | None = None
     pending: Decision | None = Field(None, description="a raised decision the submitter has not taken yet")
     in_flight: str | None = Field(None, description="job id of the running retrain")
@@ -124,14 +126,18 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     live, ref = _finite(obs.live_metric), _finite(obs.reference_metric)
     drop = ref - live if live is not None and ref is not None else None
     drift_fires = streak >= k
-    quality_fires = (
+    quality_low = (
         live is not None and ref is not None and obs.live_labels >= config.min_labels and live < ref - config.quality_drop
     )
+    low_streak = state.consecutive_low_quality + 1 if quality_low else 0
+    quality_fires = low_streak >= config.quality_windows
     day = _utc_day(obs.time)
     today = state.retrains_by_day.get(day, 0)
     cooldown_left = _cooldown_left(state, obs.time, config.cooldown_s)
     numbers: dict[str, Number] = {
         "consecutive_drift": streak,
+        "consecutive_low_quality": low_streak,
+        "quality_windows": config.quality_windows,
         "K": k,
         "drifted_features": list(obs.drifted_features),
         "metric": config.quality_metric,
@@ -152,7 +158,7 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     if not (drift_fires or quality_fires):
         reason = f"no trigger: {_drift_status(streak, k)}; {_quality_status(obs, live, ref, config)}"
         decision = Decision(action="none", reason=reason, window=obs.window, time=obs.time, numbers=numbers)
-        return _replace(state, consecutive_drift=streak), decision
+        return _replace(state, consecutive_drift=streak, consecutive_low_quality=low_streak), decision
 
     trigger: Trigger = "drift+quality" if drift_fires and quality_fires else "drift" if drift_fires else "quality"
     why = []
@@ -162,7 +168,7 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
         assert live is not None and ref is not None and drop is not None
         why.append(
             f"live {config.quality_metric} {live:.4f} is {drop:.4f} below the champion's {ref:.4f} "
-            f"(allowed drop {config.quality_drop:g}, {obs.live_labels} labels)"
+            f"(allowed drop {config.quality_drop:g}, {obs.live_labels} labels, {low_streak} windows in a row)"
         )
     reason = "; ".join(why)
 
@@ -179,11 +185,11 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
             numbers=numbers,
         )
         counts = {**state.suppressed, key: state.suppressed.get(key, 0) + 1}
-        return _replace(state, consecutive_drift=streak, suppressed=counts), decision
+        return _replace(state, consecutive_drift=streak, consecutive_low_quality=low_streak, suppressed=counts), decision
 
     decision = Decision(action="retrain", trigger=trigger, reason=reason, window=obs.window, time=obs.time, numbers=numbers)
     new = _replace(
-        state, consecutive_drift=0, last_trigger_window=obs.window, pending=decision, decisions=state.decisions + 1
+        state, consecutive_drift=0, consecutive_low_quality=0, last_trigger_window=obs.window, pending=decision, decisions=state.decisions + 1
     )
     return new, decision
 
@@ -207,6 +213,11 @@ def retrain_started(state: PolicyState, job_id: str, now: float) -> PolicyState:
     by_day = {d: n for d, n in state.retrains_by_day.items() if d >= oldest}
     by_day[day] = by_day.get(day, 0) + 1
     return _replace(state, in_flight=job_id, last_retrain_started=now, retrains_by_day=by_day)
+
+
+def reset_streak(state: PolicyState) -> PolicyState:
+    """After a rebase: windows judged against the old reference no longer count towards K."""
+    return _replace(state, consecutive_drift=0, consecutive_low_quality=0)
 
 
 def retrain_finished(state: PolicyState, job_id: str) -> PolicyState:

@@ -20,26 +20,77 @@ def deploy(
     name: str = APP_NAME,
     route_prefix: str = "/",
     with_monitor: bool = True,
+    timeout_s: float = 300.0,
 ) -> str:
     """Start Serve on `serving.host:serving.port` (127.0.0.1 by default) if needed and deploy the
-    app; returns its base URL. Redeploying with only `model_ref` changed is a hot swap."""
-    from ray import serve
+    app; returns its base URL once it is running. Redeploying with only `model_ref` changed is a
+    hot swap: each replica reconfigures in place.
 
-    from serve_apps.tabular import TabularAppArgs, app_builder
+    Declarative, as `serve deploy` does (the controller's `apply_config`): the application's code
+    version is then a hash of its import path, args and runtime env, which a new model_ref does not
+    change, so Serve calls `reconfigure` on the running replicas. `serve.run` gives every deploy a
+    new random code version in Ray 2.60 and would start new replicas for each rollout. Other
+    applications deployed this way stay as they are.
+    """
+    import ray
+    from ray.serve._private.api import serve_start  # the client `serve deploy` reaches via the dashboard
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    from rayloop import paths
+    from serve_apps.tabular import TabularAppArgs
 
     serving = config.serving
     if config.monitoring.enabled and with_monitor:  # first, so the replicas find it when they start
         start_model_monitor(config, config_path=config_path, overrides=overrides, app_name=name)
-    serve.start(
-        http_options={"host": serving.host, "port": serving.port},
-        logging_config={"enable_access_log": False},
-    )
+    http_options = {"host": serving.host, "port": serving.port}
+    client = serve_start(http_options=http_options, global_logging_config={"enable_access_log": False})
     args = TabularAppArgs(
-        config=str(config_path) if config_path else None, overrides=list(overrides or []), model_ref=model_ref
+        config=str(Path(config_path).resolve()) if config_path else None,
+        overrides=list(overrides or []),
+        tracking_uri=paths.mlflow_tracking_uri(),
     )
-    serve.run(app_builder(args), name=name, route_prefix=route_prefix)
+    app = ServeApplicationSchema(
+        name=name,
+        route_prefix=route_prefix,
+        import_path="serve_apps.tabular:app_builder",
+        args=args.model_dump(),
+        # the build task and the replicas run in the controller's job, not ours: say where state lives
+        runtime_env={"env_vars": {paths.ENV_HOME: str(paths.home())}},
+        deployments=[{"name": "TabularServer", "user_config": {"model_ref": str(model_ref or serving.model_ref)}}],
+    )
+    details = ray.get(client._controller.get_serve_instance_details.remote(), timeout=60)
+    others = [
+        ServeApplicationSchema.model_validate(detail["deployed_app_config"])
+        for app_name, detail in details.get("applications", {}).items()
+        if app_name != name and detail.get("deployed_app_config")
+    ]
+    client.deploy_apps(ServeDeploySchema(http_options=http_options, applications=[*others, app]))
+    _wait_running(name, timeout_s)
     host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
     return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
+
+
+def _wait_running(name: str, timeout_s: float) -> None:
+    """Until the application is RUNNING with every deployment HEALTHY (a rollout: all replicas
+    reconfigured); a failed deploy raises with Serve's message."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    time.sleep(1.0)  # the controller takes the new target on its next loop
+    while True:
+        status = serve.status().applications.get(name)
+        if status is not None:
+            app_status = str(getattr(status.status, "value", status.status))
+            healthy = all(str(getattr(d.status, "value", d.status)) == "HEALTHY" for d in status.deployments.values())
+            if app_status == "RUNNING" and healthy and status.deployments:
+                return
+            if app_status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RuntimeError(f"Serve application {name!r} is {app_status}: {status.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve application {name!r} not running after {timeout_s:g}s: {status}")
+        time.sleep(0.5)
 
 
 def start_model_monitor(

@@ -97,6 +97,14 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> R
     return Response(json.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
+def _replica_id() -> str | None:
+    """Which replica answered (operators and the hot-swap test: a rollout keeps the replicas)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit tests)
+        return None
+
+
 @serve.deployment(name="TabularServer")
 @serve.ingress(app)
 class TabularServer:
@@ -329,7 +337,7 @@ class TabularServer:
             return refused
         if self.state is None:
             return _json(503, {"detail": "no model loaded yet"}, {"Retry-After": "1"})
-        return JSONResponse(self.state.info)
+        return JSONResponse({**self.state.info, "replica": _replica_id()})
 
     @app.get("/healthz", summary="Liveness: 200 once a model is loaded")
     async def healthz(self) -> Response:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rayloop import paths
@@ -32,20 +31,10 @@ class Head:
     env: dict[str, str]  # what a client needs: token auth and RAYLOOP_HOME
 
 
-def _stop(marker: str) -> None:
-    victims = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if marker in cmd:
-                victims.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for proc in victims:
-        proc.terminate()
-    _, alive = psutil.wait_procs(victims, timeout=10)
-    for proc in alive:
-        proc.kill()
+def _stop(session_dir: str) -> None:
+    from rayloop.demo import stop_session
+
+    stop_session(session_dir, grace_s=10)
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):

@@ -33,7 +33,7 @@ def _overrides(port: int) -> list[str]:
         f"serving.port={port}", "serving.min_replicas=1", "serving.max_replicas=1",
         "monitoring.window_size=300", "monitoring.consecutive_windows=2", "monitoring.min_labels=100",
         "monitoring.cooldown_s=3600", "monitoring.flush_interval_s=5",
-        "retrain.min_labelled_rows=600", "retrain.max_label_wait_s=120",
+        "retrain.min_labelled_rows=1500", "retrain.max_label_wait_s=120",
     ]
 
 
@@ -60,7 +60,7 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
     stop = threading.Event()
     try:
-        clean_s, rate = 60.0, 40.0
+        clean_s, rate = 60.0, 80.0
         traffic = TrafficConfig(url=f"http://127.0.0.1:{port}", rate=rate, duration_s=clean_s + 240,
                                 drift_at_s=clean_s, label_delay_s=1.0, seed=5)
         result: dict = {}

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 FAST = [
     "data.synthetic.n_rows=6000", "data.synthetic.seed=61", "tuning.enabled=false",
     "training.lightgbm.num_boost_round=60", "monitoring.window_size=200", "monitoring.consecutive_windows=2",
-    "monitoring.min_labels=100", "retrain.min_labelled_rows=200", "retrain.max_label_wait_s=60",
+    "monitoring.min_labels=100", "retrain.min_labelled_rows=1500", "retrain.max_label_wait_s=60",
 ]
 
 
@@ -64,7 +64,7 @@ def test_a_worse_challenger_is_refused_by_the_gate(ray_head):
     try:
         # covariate drift only (the champion's concept still holds) and a one-split, one-round challenger
         out = _drive(ray_head, model, "training.lightgbm.num_boost_round=1", "training.lightgbm.num_leaves=2",
-                     "retrain.reference_fraction=0.0", scenario="covariate")
+                     "retrain.reference_ratio=0", scenario="covariate")
     finally:
         _stop(ray_head, model)
     record = out["record"]

@@ -185,24 +185,33 @@ def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_ve
                 if got.status_code == 200:
                     versions.append(got.json()["predictions"][0]["model_version"])
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2)
-    # the rollout: same app, same code and args, only the user config names the new version
-    assert rollout(load_config(None, overrides), v2, overrides=overrides) == base
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not versions or versions[-1] != v2):
-        time.sleep(0.2)
-    time.sleep(2)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    try:
+        time.sleep(2)
+        replicas = _replicas(base)
+        # the rollout: same app, same code and args, only the user config names the new version
+        assert rollout(load_config(None, overrides), v2, overrides=overrides) == base
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not versions or versions[-1] != v2):
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
     assert set(statuses) == {200}, statuses
     assert versions[0] == v1 and versions[-1] == v2
     first_new = versions.index(v2)
     assert set(versions[first_new:]) == {v2}  # once swapped, never back
     assert httpx.get(f"{base}/v1/model", timeout=10).json()["version"] == v2
+    # reconfigured in place (loaded beside, probed, swapped), not replaced by new replicas
+    assert replicas and None not in replicas and _replicas(base) == replicas
+
+
+def _replicas(base: str) -> set[str]:
+    return {httpx.get(f"{base}/v1/model", timeout=10).json()["replica"] for _ in range(5)}
 
 
 def test_overload_gets_fast_503s_or_answers_never_hangs_and_the_app_recovers(server, models):

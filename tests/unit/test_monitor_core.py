@@ -189,3 +189,20 @@ def test_rebase_restarts_the_open_window_against_the_new_reference(tmp_path, ref
     again = _core(tmp_path, reference)
     assert again.state.reference_version == "2"
     assert not math.isnan(again.summary()["rows_received"])
+
+
+def test_rebase_forgets_the_old_models_live_quality_and_drift_streak(tmp_path, reference):
+    core = _core(tmp_path, reference, min_labels=50)
+    old = _batch(generate(200, seed=18), start=time.time() - 30)
+    core.ingest("old", old)
+    core.state.policy = {**core.policy_state.model_dump(mode="json"), "consecutive_drift": 3}
+    core.rebase(Reference(version="2", profile=reference.profile, metrics={"auc": 0.9}))
+    assert core.policy_state.consecutive_drift == 0 and core.state.quality_pairs == []
+    truth = generate(200, seed=18).column("label").to_pylist()
+    # labels of the old model's predictions still join (and are logged), but no longer count as live quality
+    outcome = core.ingest_labels("l-old", label_table(old.column("request_id").to_pylist(), truth))
+    assert outcome["joined"] == 200 and core.state.quality_pairs == []
+    new = _batch(generate(100, seed=19))
+    core.ingest("new", new)
+    core.ingest_labels("l-new", label_table(new.column("request_id").to_pylist(), [1] * 100))
+    assert len(core.state.quality_pairs) == 100

@@ -17,6 +17,7 @@ from rayloop.monitoring.policy import (
     decide,
     retrain_finished,
     retrain_started,
+    reset_streak,
     take_pending,
 )
 
@@ -25,7 +26,8 @@ DAY = 86_400.0
 
 
 def config(**overrides) -> MonitoringConfig:
-    values = {"consecutive_windows": 2, "cooldown_s": 0, "daily_retrain_budget": 4, "quality_drop": 0.05, "min_labels": 200}
+    values = {"consecutive_windows": 2, "cooldown_s": 0, "daily_retrain_budget": 4, "quality_drop": 0.05, "min_labels": 200,
+              "quality_windows": 1}
     return MonitoringConfig(**{**values, **overrides})
 
 
@@ -124,6 +126,17 @@ def test_quality_trigger(live, reference, labels, action, in_reason):
         assert decision.trigger == "quality"
         assert decision.numbers["quality_drop"] == pytest.approx(0.15)
         assert decision.numbers["live_labels"] == 500 and state.pending == decision
+
+
+def test_low_quality_must_persist_for_quality_windows_and_one_good_window_resets_it():
+    cfg = config(quality_windows=2)
+    low = {"drift": False, "live_metric": 0.70, "reference_metric": 0.85, "live_labels": 500}
+    ok = {**low, "live_metric": 0.84}
+    state, decisions = run(PolicyState(), [obs(0, **low), obs(1, **ok), obs(2, **low), obs(3, **low)], cfg)
+    assert [d.action for d in decisions] == ["none", "none", "none", "retrain"]
+    assert decisions[3].numbers["consecutive_low_quality"] == 2 and "2 windows in a row" in decisions[3].reason
+    assert state.consecutive_low_quality == 0  # raising resets the streak, as for drift
+    assert reset_streak(PolicyState(consecutive_drift=3, consecutive_low_quality=1)) == PolicyState()
 
 
 def test_drift_and_quality_together_name_both():

@@ -9,7 +9,7 @@ import pytest
 from rayloop.config import RetrainConfig, load_config
 from rayloop.data.synthetic import generate
 from rayloop.errors import RetrainError
-from rayloop.retrain import assemble, recent_rows
+from rayloop.retrain import assemble, recent_rows, sample_rows
 
 CONFIG = load_config()
 SCHEMA = CONFIG.data.schema_
@@ -36,35 +36,36 @@ def _assemble(reference: pa.Table, recent: pa.Table, **changes) -> object:
 
 
 def test_holdout_is_the_newest_labelled_rows_and_never_trained_on():
-    reference = generate(2000, seed=1)
+    reference = generate(1000, seed=1)
     recent = _log(400, 1_000.0, labelled_every=2)  # 200 labelled
-    data = _assemble(reference, recent, holdout_fraction=0.25, recent_weight=3, reference_fraction=0.5)
+    data = _assemble(reference, recent, holdout_fraction=0.25, recent_weight=3)
     assert data.holdout.num_rows == 50 and data.counts["recent_labelled"] == 200
     newest = recent.filter(pc.is_valid(recent.column("label"))).slice(150).column("event_time")
     assert data.holdout.column("event_time").equals(newest)
     held = set(data.holdout.column("entity_id").to_pylist())
     assert held.isdisjoint(data.train.column("entity_id").to_pylist())
-    # 150 recent rows three times each, plus about half of the reference
-    assert data.counts["recent_train"] == 150
-    assert data.train.num_rows == data.counts["reference_kept"] + 450
-    assert 900 < data.counts["reference_kept"] < 1100
+    # 150 recent rows three times each, plus the reference sample it was given
+    assert data.counts["recent_train"] == 150 and data.counts["reference_kept"] == 1000
+    assert data.train.num_rows == 1000 + 450
     assert data.train.schema.equals(SCHEMA.arrow_schema()) and data.holdout.schema.equals(SCHEMA.arrow_schema())
     # every recent row (labelled or not) describes the new traffic for the profile
     assert data.recent.num_rows == 400 and data.recent.column("entity_id").null_count == 0
 
 
 def test_repeats_of_a_row_share_one_entity_id_so_a_hash_split_keeps_them_together():
-    data = _assemble(generate(100, seed=2), _log(100, 0.0), recent_weight=4, reference_fraction=0.0, holdout_fraction=0.5)
+    data = _assemble(generate(0, seed=2), _log(100, 0.0), recent_weight=4, holdout_fraction=0.5)
     ids = data.train.column("entity_id")
     assert data.train.num_rows == 200 and len(pc.unique(ids)) == 50
 
 
-def test_reference_fraction_zero_trains_on_recent_rows_alone_and_the_seed_is_reproducible():
-    reference = generate(500, seed=4)
-    recent = _log(100, 0.0)
-    assert _assemble(reference, recent, reference_fraction=0.0).counts["reference_kept"] == 0
-    a, b = (_assemble(reference, recent, reference_fraction=0.3, seed=9) for _ in range(2))
-    assert a.train.equals(b.train)
+def test_the_reference_sample_streams_batches_reproducibly_at_the_asked_rate():
+    table = generate(20_000, seed=4)
+    batches = table.to_batches(max_chunksize=3000)
+    a = sample_rows(batches, 0.1, seed=9)
+    assert a.equals(sample_rows(table.to_batches(max_chunksize=3000), 0.1, seed=9))
+    assert 1800 < a.num_rows < 2200 and a.schema.equals(table.schema)
+    assert sample_rows([], 0.5, seed=1) is None
+    assert sample_rows(batches, 0.0, seed=1).num_rows == 0
 
 
 def test_too_few_labelled_rows_is_a_clear_error():
