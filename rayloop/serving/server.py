@@ -6,8 +6,8 @@ Validation, batching and the model live in the same replica, so a request crosse
 request, the configured wait when others are in flight).
 
 Hot swap: Serve calls `reconfigure(user_config)` when only the user config changes and the code
-version is unchanged (a declarative `serve deploy`; Ray 2.60's `serve.run` gives each deploy a new
-code version and so starts new replicas instead, each loading the target version at start). The replica loads the target version beside the serving one, builds its backend (with
+version does not (declarative deploys: `rayloop.serving.deploy`, `serve deploy`; Ray 2.60's
+`serve.run` gives each deploy a new code version and starts new replicas instead). The replica loads the target version beside the serving one, builds its backend (with
 the parity check), checks it on a probe batch, then replaces one reference. A request keeps
 the model it was validated against until it is answered, so none fails during a swap.
 """
