@@ -51,7 +51,7 @@ BASE_OVERRIDES = [
     "serving.min_replicas=1", "serving.max_replicas=1",
     "monitoring.window_size=400", "monitoring.consecutive_windows=2", "monitoring.min_labels=150",
     "monitoring.cooldown_s=60", "monitoring.flush_interval_s=5",
-    "retrain.min_labelled_rows=1500", "retrain.max_label_wait_s=120",
+    "retrain.min_labelled_rows=3000", "retrain.max_label_wait_s=120",
 ]
 
 
@@ -312,7 +312,8 @@ def main() -> None:
          "p99 steady ms", "p99 swap ms", "acc clean", "acc after drift"],
         [[r["arm"], r["retrains"], r["failed_requests"], r.get("time_to_detect_s"), r.get("time_to_retrain_s"),
           r.get("time_to_validate_s"), r.get("time_to_swap_s"), r.get("drift_to_new_champion_s"), r.get("p99_steady_ms"),
-          r.get("p99_swap_ms"), r["accuracy_clean"], r["accuracy_after_drift"]] for r in results],
+          r.get("p99_swap_ms"), *(f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("accuracy_clean", "accuracy_after_drift"))]
+         for r in results],
     )
     if ours and periodic and periodic["accuracy_after_drift"]:
         _say(f"accuracy after the drift, rayloop / periodic: {ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "

@@ -56,6 +56,7 @@ Progress = Callable[[str], None]
 FEATURES_DIR = "features"
 REJECTS_DIR = "rejects"
 HOLDOUT_DIR = "holdout"  # the raw rows of the test split, for the quality gate
+REFERENCE_ROWS_DIR = "reference_rows"  # optional: raw rows the model's score histogram describes (a retrain's recent traffic)
 FITTED_FEATURES_FILE = "fitted_features.json"
 PROFILE_FILE = "profile.json"
 SCHEMA_FILE = "schema.json"
@@ -330,6 +331,14 @@ def load_holdout(run_id: str | None = None, max_rows: int | None = None) -> pa.T
         raise FileNotFoundError(f"no holdout under {directory}; run `rayloop preprocess` first")
     table = pads.dataset(str(directory), format="parquet").to_table()
     return table.slice(0, max_rows) if max_rows is not None else table
+
+
+def load_reference_rows(run_id: str) -> pa.Table | None:
+    """The rows the score histogram should describe when they are not the holdout (see REFERENCE_ROWS_DIR)."""
+    import pyarrow.dataset as pads
+
+    directory = paths.run_dir(run_id) / REFERENCE_ROWS_DIR
+    return pads.dataset(str(directory), format="parquet").to_table() if directory.exists() else None
 
 
 def load_run(run_id: str | None = None) -> tuple[Path, FittedFeatures, ReferenceProfile, dict[str, Any]]:

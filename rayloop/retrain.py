@@ -215,7 +215,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     """The whole job (see the module docstring); a refused gate is a result, not an error."""
     from rayloop import registry
     from rayloop.features.pipeline import FeaturePipeline
-    from rayloop.preprocess import HOLDOUT_DIR, PROFILE_FILE, run_preprocess
+    from rayloop.preprocess import HOLDOUT_DIR, PROFILE_FILE, REFERENCE_ROWS_DIR, run_preprocess
     from rayloop.training.workflow import train_or_tune
 
     started = time.perf_counter()
@@ -259,6 +259,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     # the gate's holdout and the new reference: the recent traffic, not the mixed training window
     shutil.rmtree(run_dir / HOLDOUT_DIR, ignore_errors=True)
     _write(data.holdout, run_dir / HOLDOUT_DIR / "part-recent.parquet")
+    _write(data.recent, run_dir / REFERENCE_ROWS_DIR / "part-recent.parquet")  # the score histogram's rows
     pipeline = FeaturePipeline(
         window.features, schema, label_column=data_cfg.label_column,
         timestamp_column=data_cfg.timestamp_column, id_column=data_cfg.id_column,

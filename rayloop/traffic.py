@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayloop.data.synthetic import Scenario, generate
 
-__all__ = ["TrafficConfig", "TrafficStats", "request_rows", "run_traffic"]
+__all__ = ["MAX_POOL_ROWS", "TrafficConfig", "TrafficStats", "request_rows", "run_traffic"]
+
+MAX_POOL_ROWS = 500_000
 
 
 class TrafficConfig(BaseModel):
@@ -41,7 +43,9 @@ class TrafficConfig(BaseModel):
     label_delay_s: float = Field(2.0, ge=0, description="a request's true label is posted this long after its answer")
     label_fraction: float = Field(1.0, ge=0, le=1, description="share of requests whose label arrives")
     concurrency: int = Field(64, ge=1, description="requests in flight at most")
-    pool_rows: int = Field(20_000, ge=100, description="synthetic rows per phase, reused round-robin")
+    pool_rows: int = Field(
+        20_000, ge=100, description="synthetic rows per phase at least; more when the run needs more (rows never repeat)"
+    )
     seed: int = 11
     timeout_s: float = Field(10.0, gt=0)
     token_env: str | None = Field("RAYLOOP_API_TOKEN", description="bearer token for the app, read from this variable")
@@ -139,8 +143,12 @@ def run_traffic(
 
     stop = stop or threading.Event()
     stats = stats or TrafficStats()
-    clean = request_rows(_shuffled(generate(config.pool_rows, config.seed), config.seed))
-    drifted = request_rows(_shuffled(generate(config.pool_rows, config.seed + 1, config.scenario), config.seed + 1))
+    # rows never repeat within a run (up to MAX_POOL_ROWS): a row the model was retrained on coming
+    # back would flatter the retrained model
+    needed = int(config.rate * config.duration_s * config.rows_per_request) + config.rows_per_request + 1
+    pool = min(max(config.pool_rows, needed), MAX_POOL_ROWS)
+    clean = request_rows(_shuffled(generate(pool, config.seed), config.seed))
+    drifted = request_rows(_shuffled(generate(pool, config.seed + 1, config.scenario), config.seed + 1))
     token = os.environ.get(config.token_env) if config.token_env else None
     headers = {"authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=config.url, timeout=config.timeout_s, headers=headers,

@@ -21,7 +21,7 @@ from rayloop.config import RayloopConfig, config_hash
 from rayloop.data.schema import FeatureSchema
 from rayloop.errors import ConfigError
 from rayloop.lineage import code_version, data_fingerprint, library_versions
-from rayloop.preprocess import FEATURES_DIR, SCHEMA_FILE, load_holdout, load_run
+from rayloop.preprocess import FEATURES_DIR, SCHEMA_FILE, load_holdout, load_reference_rows, load_run
 
 __all__ = ["TrainingOutcome", "train_and_register", "tune_and_register", "train_or_tune"]
 
@@ -170,7 +170,10 @@ def train_and_register(
         )
         fingerprint = data_fingerprint(run_dir / FEATURES_DIR)
         bundle.metrics = {k: float(v) for k, v in test_metrics.items()}
-        bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(probs)})
+        # the score reference: the holdout's scores, or the rows the run names (a retrain: all its recent traffic)
+        reference_rows = load_reference_rows(run_id)
+        scored = probs if reference_rows is None else bundle.predict_proba(reference_rows)
+        bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(scored)})
         bundle.lineage = {
             "preprocess_run_id": run_id,
             "source": summary.get("source"),
