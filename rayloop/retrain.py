@@ -138,21 +138,10 @@ def sample_rows(batches: Iterable[pa.RecordBatch | pa.Table], fraction: float, s
     return pa.concat_tables(kept, promote_options="permissive") if kept else None
 
 
-def assemble(
-    reference_sample: pa.Table,
-    recent: pa.Table,
-    schema: FeatureSchema,
-    config: RetrainConfig,
-    *,
-    label: str,
-    id_column: str | None,
-    timestamp_column: str | None,
-) -> RetrainData:
+def assemble(reference_sample: pa.Table, split: tuple[pa.Table, pa.Table, pa.Table], config: RetrainConfig) -> RetrainData:
     """The training window (the reference sample + the recent labelled rows, repeated
-    `recent_weight` times) and the gate's holdout; see the module docstring."""
-    rows, recent_train, holdout = split_recent(
-        recent, schema, config, label=label, id_column=id_column, timestamp_column=timestamp_column
-    )
+    `recent_weight` times) and the gate's holdout, from `split_recent`'s split; see the module docstring."""
+    rows, recent_train, holdout = split
     sample = reference_sample.select(rows.column_names).cast(rows.schema, safe=False)
     train = pa.concat_tables([sample, *([recent_train] * config.recent_weight)])
     counts = {
@@ -232,9 +221,9 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
 
     recent = recent_rows(_read_log(root, model_name), since)
     roles = {"label": data_cfg.label_column, "id_column": data_cfg.id_column, "timestamp_column": data_cfg.timestamp_column}
-    _, recent_train, _ = split_recent(recent, schema, config.retrain, **roles)  # fails fast when labels are short
-    reference = _read_reference_sample(config, schema, int(config.retrain.reference_ratio * recent_train.num_rows))
-    data = assemble(reference, recent, schema, config.retrain, **roles)
+    split = split_recent(recent, schema, config.retrain, **roles)  # fails fast when labels are short
+    reference = _read_reference_sample(config, schema, int(config.retrain.reference_ratio * split[1].num_rows))
+    data = assemble(reference, split, config.retrain)
     log.info("retrain window: %s", data.counts)
     work = paths.ensure(paths.home() / "retrain" / (submission_id or f"manual-{int(time.time())}"))
     shutil.rmtree(work / "train", ignore_errors=True)

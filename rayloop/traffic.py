@@ -81,7 +81,7 @@ class TrafficStats:
             out.append({
                 "t": key * bucket_s,
                 "answers": len(rows),
-                "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+                "p99_ms": _p99(latencies),
                 "accuracy": correct / total if total else None,
                 "versions": dict(Counter(a[2] for a in rows)),
                 "drift": any(a[5] for a in rows),
@@ -107,9 +107,14 @@ class TrafficStats:
             "labels_posted": self.labels_posted,
             "label_errors": self.label_errors,
             "p50_ms": latencies[len(latencies) // 2] if latencies else None,
-            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+            "p99_ms": _p99(latencies),
             "versions": versions,
         }
+
+
+def _p99(ordered: list[float]) -> float | None:
+    """The 99th percentile of already sorted latencies (nearest rank); None when there are none."""
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
 
 
 def request_rows(table: pa.Table, drop: tuple[str, ...] = ("label", "entity_id")) -> tuple[list[dict], list[int]]:

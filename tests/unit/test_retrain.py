@@ -9,7 +9,7 @@ import pytest
 from rayloop.config import RetrainConfig, load_config
 from rayloop.data.synthetic import generate
 from rayloop.errors import RetrainError
-from rayloop.retrain import assemble, recent_rows, sample_rows
+from rayloop.retrain import assemble, recent_rows, sample_rows, split_recent
 
 CONFIG = load_config()
 SCHEMA = CONFIG.data.schema_
@@ -29,10 +29,9 @@ def _log(n: int, start_s: float, labelled_every: int = 1) -> pa.Table:
 
 
 def _assemble(reference: pa.Table, recent: pa.Table, **changes) -> object:
-    return assemble(
-        reference, recent, SCHEMA, RetrainConfig(**{"min_labelled_rows": 20, **changes}),
-        label="label", id_column="entity_id", timestamp_column="event_time",
-    )
+    config = RetrainConfig(**{"min_labelled_rows": 20, **changes})
+    roles = {"label": "label", "id_column": "entity_id", "timestamp_column": "event_time"}
+    return assemble(reference, split_recent(recent, SCHEMA, config, **roles), config)
 
 
 def test_holdout_is_the_newest_labelled_rows_and_never_trained_on():
