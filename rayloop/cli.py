@@ -45,17 +45,109 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
 
 
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="configs/profiles/<name>.yaml, or a path")]
+
+
 @app.command("env")
-def show_env() -> None:
+def show_env(
+    profile: Annotated[Optional[str], typer.Option(
+        "--profile", "-p", help="a cluster node's environment from this profile (state, checkpoints, MLflow)"
+    )] = None,
+) -> None:
     """Print shell exports for Ray with rayloop's defaults: `eval "$(rayloop env)"` before `ray start`.
 
-    Token auth on with a token under RAYLOOP_HOME, Ray's temp dir under RAYLOOP_HOME, usage stats off.
+    Without --profile: a local head (token auth on with a token under RAYLOOP_HOME, Ray's temp dir
+    under it, usage stats off, listening on 127.0.0.1 only). With --profile: the variables every
+    node of that environment needs; Ray's own settings come from the cluster file.
     """
+    from rayloop.config import load_profile
     from rayloop.runtime import ray_env
 
-    env = {"RAYLOOP_HOME": str(paths.home()), **ray_env()}
+    if profile is not None:
+        try:
+            env = load_profile(profile).env()
+        except RayloopError as exc:
+            raise _fail(exc) from None
+    else:
+        env = {"RAYLOOP_HOME": str(paths.home()), **ray_env()}
     for name, value in env.items():
         typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+@app.command()
+def doctor(
+    files: Annotated[Optional[list[Path]], typer.Argument(
+        help="cluster files to inspect: `ray up` YAML, KubeRay manifests (or their folder), Serve configs"
+    )] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    address: Annotated[Optional[str], typer.Option(
+        "--address", help="a dashboard URL: check that its Jobs API refuses requests without the token"
+    )] = None,
+    listeners: Annotated[bool, typer.Option(help="check the sockets this machine's Ray processes listen on")] = True,
+) -> None:
+    """Report what is unsafe: token auth, token files, listeners beyond 127.0.0.1, exposed
+    dashboards, secrets in files. Exits 1 when anything is unsafe."""
+    from rayloop import doctor as checks
+
+    cfg = _config(config, set_)
+    env = dict(os.environ)
+    findings = checks.check_environment(env, checks.default_token_files(env))
+    findings += checks.check_serving(cfg.serving.host, cfg.serving.auth_token_env, env)
+    if listeners:
+        found = checks.live_listeners()
+        findings += checks.check_listeners(found, token_auth=env.get("RAY_AUTH_MODE") == "token") or [checks.Finding("ok", "listeners", "no Ray process is running here")]
+    if address:
+        findings += checks.probe_dashboard(address)
+    for path in files or []:
+        if not path.exists():
+            console.print(f"[red]error:[/red] {path} does not exist")
+            raise typer.Exit(2)
+        findings += checks.check_cluster_file(path)
+    table = Table(title="rayloop doctor", show_lines=False)
+    for column in ("", "where", "finding", "fix"):
+        table.add_column(column, overflow="fold")
+    style = {"unsafe": "[red]UNSAFE[/red]", "warn": "[yellow]warn[/yellow]", "ok": "[green]ok[/green]"}
+    for finding in findings:
+        table.add_row(style[finding.level], finding.where, finding.what, finding.fix)
+    console.print(table)
+    unsafe = sum(f.level == "unsafe" for f in findings)
+    if unsafe:
+        console.print(f"[red]{unsafe} unsafe finding(s)[/red]")
+        raise typer.Exit(1)
+    console.print("[green]nothing unsafe found[/green]")
+
+
+cluster_app = typer.Typer(help="Cluster manifests: KubeRay files rendered from a profile.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("render")
+def cluster_render(
+    profile: ProfileOpt = "prod",
+    out: Annotated[Optional[Path], typer.Option(help="target folder (default: cluster/kuberay)")] = None,
+    check: Annotated[bool, typer.Option("--check", help="only compare; exit 1 and show the diff when they differ")] = False,
+) -> None:
+    """Write cluster/kuberay/*.yaml from the profile, configs/serve/tabular.yaml and the pinned Ray."""
+    from rayloop import cluster
+    from rayloop.config import load_profile
+
+    try:
+        chosen = load_profile(profile)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    target = out or cluster.KUBERAY_DIR
+    if check:
+        diffs = cluster.check(chosen, target)
+        for diff in diffs:
+            typer.echo(diff)
+        if diffs:
+            console.print(f"[red]{len(diffs)} manifest(s) differ from a fresh render[/red]: run `rayloop cluster render --profile {profile}`")
+            raise typer.Exit(1)
+        console.print(f"[green]cluster manifests in {target} match profile {chosen.name}[/green]")
+        return
+    for path in cluster.write(chosen, target):
+        console.print(f"wrote {path}")
 
 
 @app.command()

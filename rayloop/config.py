@@ -25,6 +25,7 @@ from pydantic import (
 from rayloop.data.schema import FeatureSchema
 from rayloop.data.synthetic import Scenario
 from rayloop.errors import ConfigError
+from rayloop.paths import DEFAULT_HOME
 from rayloop.training.search_space import check_space
 
 __all__ = [
@@ -40,7 +41,9 @@ __all__ = [
     "ServingConfig",
     "MonitoringConfig",
     "RetrainConfig",
+    "ProfileConfig",
     "load_config",
+    "load_profile",
     "apply_overrides",
     "config_hash",
 ]
@@ -283,6 +286,70 @@ class RayloopConfig(_Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
 
+class ProfileConfig(_Section):
+    """Where one environment keeps its state: `configs/profiles/<name>.yaml`.
+
+    The one place that says where checkpoints go and which MLflow server holds the registry;
+    `rayloop env --profile` exports it for `ray start`, and `rayloop cluster render` writes it
+    into every KubeRay manifest."""
+
+    name: str = Field(min_length=1)
+    config: str = Field("configs/demo.yaml", description="the rayloop config the cluster runs (relative to the working dir)")
+    home: str = Field(DEFAULT_HOME, description="RAYLOOP_HOME on every node: a shared volume on a cluster")
+    storage: str | None = Field(
+        None, description="RAYLOOP_STORAGE: Train/Tune checkpoints (s3://, gs:// or a shared path); default under home"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLFLOW_TRACKING_URI: a real MLflow server; default the sqlite store under home"
+    )
+    image: str = Field(
+        "rayproject/ray", description="image repository; the tag is always <pinned Ray>-<python>-gpu (cluster/Dockerfile)"
+    )
+    namespace: str = "default"
+    state_volume_claim: str | None = Field(None, description="a ReadWriteMany PVC mounted at `home` on every Ray pod")
+    operator_namespace: str = Field("kuberay-system", description="where the KubeRay operator runs (it calls the dashboard)")
+    monitoring_namespace: str = Field("monitoring", description="where Prometheus runs (it scrapes port 8080)")
+    serve_client_namespaces: list[str] = Field(
+        default_factory=list, description="namespaces whose pods may call the Serve API on port 8000"
+    )
+
+    @field_validator("mlflow_tracking_uri", "storage")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # a URI with user:password@ would put a secret in a committed file
+        if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials (user:password@host); use the client's env or a secret")
+        return value
+
+    def env(self) -> dict[str, str]:
+        """The environment every Ray node and job of this profile gets."""
+        env = {"RAYLOOP_HOME": self.home}
+        if self.storage:
+            env["RAYLOOP_STORAGE"] = self.storage
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        return env
+
+
+PROFILES_DIR = DEFAULT_CONFIG_PATH.parent / "profiles"
+
+
+def load_profile(name_or_path: str | Path) -> ProfileConfig:
+    """A profile by name (`prod` -> configs/profiles/prod.yaml) or by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"cannot read profile {str(path)!r} ({exc.strerror or exc}); known profiles: {known}") from exc
+    try:
+        return ProfileConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, f"profile {path}", ProfileConfig)) from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply `key.sub=value` strings; values are YAML (`3`, `true`, `[a, b]`, `null`)."""
     result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
@@ -338,13 +405,13 @@ def config_hash(config: RayloopConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _explain(exc: ValidationError, source: str) -> str:
+def _explain(exc: ValidationError, source: str, root: Any = None) -> str:
     lines = [f"invalid config {source}:"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(err["loc"][:-1])
+            allowed = _allowed_keys(err["loc"][:-1], root or RayloopConfig)
             lines.append(f"  {key}: unknown key; allowed keys here: {', '.join(allowed) or '(none)'}")
             continue
         shown = repr(value) if not isinstance(value, dict) else "{...}"
@@ -357,8 +424,8 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"function-after"})
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = RayloopConfig
+def _allowed_keys(loc: tuple[Any, ...], root: Any) -> list[str]:
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

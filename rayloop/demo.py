@@ -122,24 +122,33 @@ def stop_head() -> bool:
 
 
 def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
-    """Stop every process of one Ray head: those naming its session dir, and Serve's HAProxy, which
-    runs outside it (its config lives under RAYLOOP_HOME/haproxy/<node id>) and can outlive its
-    manager, found by the head's node id."""
+    """Stop every process of one Ray head: those naming its session dir, their children (the
+    dashboard and runtime-env agents rename themselves, and outlived the raylet), those naming
+    its node id (the Ray Client server), and Serve's HAProxy, which runs outside it (its config
+    lives under RAYLOOP_HOME/haproxy/<node id>)."""
     import re
 
     import psutil
 
-    node_ids = set()
+    node_ids: set[str] = set()
+    victims: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             line = " ".join(proc.info["cmdline"] or [])
+            if session_dir in line:
+                node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
+                victims[proc.pid] = proc
+                victims.update({child.pid: child for child in proc.children(recursive=True)})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if session_dir in line:
-            node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
-    stop_processes(session_dir, grace_s)
-    for node_id in node_ids:
-        stop_processes(f"haproxy/{node_id}/", grace_s)
+    markers = [f"--node-id={node_id}" for node_id in node_ids] + [f"haproxy/{node_id}/" for node_id in node_ids]
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in " ".join(proc.info["cmdline"] or []) for marker in markers):
+                victims[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    _terminate(list(victims.values()), grace_s)
 
 
 def stop_processes(marker: str, grace_s: float = 15.0) -> int:
@@ -153,12 +162,24 @@ def stop_processes(marker: str, grace_s: float = 15.0) -> int:
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    _terminate(victims, grace_s)
+    return len(victims)
+
+
+def _terminate(victims: list, grace_s: float) -> None:
+    import psutil
+
     for proc in victims:
-        proc.terminate()
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
     _, alive = psutil.wait_procs(victims, timeout=grace_s)
     for proc in alive:
-        proc.kill()
-    return len(victims)
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 # ---- watching the loop -------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 from rayloop.errors import RayTempDirError
 
 ENV_HOME = "RAYLOOP_HOME"
+# Train/Tune checkpoint storage on a cluster (any pyarrow URI); a profile sets it
+ENV_STORAGE = "RAYLOOP_STORAGE"
 DEFAULT_HOME = ".rayloop"
 # Unix socket paths are limited to 107 bytes; Ray appends up to 71 characters to its temp dir:
 # /session_<date>_<time>_<usec>_<pid up to 7 digits>/sockets/dash_TaskEventsHead (the longest
@@ -31,6 +33,7 @@ __all__ = [
     "auth_token_path",
     "train_storage",
     "tune_storage",
+    "checkpoint_storage",
     "mlflow_db",
     "mlflow_tracking_uri",
     "mlflow_artifacts",
@@ -102,6 +105,15 @@ def train_storage() -> Path:
 
 def tune_storage() -> Path:
     return home() / "tune"
+
+
+def checkpoint_storage(kind: str) -> str:
+    """Ray Train/Tune `storage_path` for `kind` ("train" or "tune"): RAYLOOP_STORAGE/<kind> when set
+    (a cluster's s3://, gs:// or shared-filesystem URI, from its profile), else local under home."""
+    root = os.environ.get(ENV_STORAGE, "").rstrip("/")
+    if root:
+        return f"{root}/{kind}"
+    return str(ensure(train_storage() if kind == "train" else tune_storage()))
 
 
 def mlflow_db() -> Path:

@@ -48,6 +48,11 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+# Ray's switch for multi-node clusters on a laptop (ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR);
+# "0" keeps a local cluster on 127.0.0.1 on Linux too.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def ray_env() -> dict[str, str]:
     """Environment for Ray processes rayloop starts (ray.init, `ray start`, subprocesses).
 
@@ -67,6 +72,12 @@ def ray_env() -> dict[str, str]:
         # 150-350 ms whenever the dashboard agent ran (every 10 s); at 0 the benchmark's p99 fell
         # from 554 to 137 ms at 300 req/s (benchmarks/bench_serve.py)
         "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
+        # Ray turns `--node-ip-address=127.0.0.1` into the machine's external address (its
+        # resolve_ip_for_localhost) and binds GCS, raylet, agents, metrics and the Ray Client
+        # server there or on all interfaces. With this its node IP stays 127.0.0.1, so all of them
+        # bind the loopback only (checked by `rayloop doctor`). Such a head takes no worker nodes:
+        # clusters start from cluster/, where this is unset.
+        LOOPBACK_ENV: os.environ.get(LOOPBACK_ENV, "0"),
     }
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token())
@@ -120,6 +131,14 @@ def _reload_auth_config() -> None:
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _reload_loopback_switch() -> None:
+    """Make an already-imported Ray see LOOPBACK_ENV: it reads it once at import, and this
+    driver picks the node IP of the cluster it starts (pinned Ray minor)."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOOPBACK_ENV, True)
 
 
 # Ray Data memory bounds, measured with benchmarks/bench_preprocess.py on 10M rows / 2 cores
@@ -178,6 +197,7 @@ def init_ray(
     env = ray_env()
     os.environ.update(env)
     _reload_auth_config()
+    _reload_loopback_switch()
     temp_dir = env["RAY_TMPDIR"]
     ray.init(
         address="local",  # a new cluster, never one found through a ray_current_cluster file

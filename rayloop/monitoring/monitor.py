@@ -347,6 +347,9 @@ def start_monitor(args: MonitorArgs, *, wait_s: float = 120.0) -> Any:
         max_restarts=-1,
         max_task_retries=-1,
         num_cpus=0,  # mostly waiting; must not take a CPU slot from a replica or a trainer
+        # on the head node: it submits retrain jobs to the Jobs API, which a cluster keeps on the
+        # head's 127.0.0.1 (cluster/launcher); a worker node could not reach it
+        resources={"node:__internal_head__": 0.001},
         max_concurrency=4,  # status calls answer while a window is being tested; the lock orders writes
     )
     handle = remote.remote(args.model_dump(mode="json"))

@@ -18,7 +18,7 @@ def run_config(name: str, max_failures: int):
 
     return RunConfig(
         name=name,
-        storage_path=str(paths.ensure(paths.train_storage())),
+        storage_path=paths.checkpoint_storage("train"),
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )

@@ -246,7 +246,7 @@ def run_tune(
             num_samples=tuning.num_samples,
             time_budget_s=tuning.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(paths.ensure(paths.tune_storage())), verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=paths.checkpoint_storage("tune"), verbose=0),
     )
     start = time.perf_counter()
     grid = tuner.fit()

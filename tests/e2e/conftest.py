@@ -63,7 +63,7 @@ def ray_head(rayloop_home) -> Iterator[Head]:
         "--node-ip-address=127.0.0.1", f"--port={port}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
         # the agent's default port (52365) is taken when another local cluster runs
-        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={free_port()}",
         # 4 logical CPUs on 2 cores: a Serve replica (1) and a retrain job (a Train worker and its
         # Ray Data reads) must fit beside each other, as on any real cluster
         "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats",

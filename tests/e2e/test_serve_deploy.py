@@ -1,10 +1,14 @@
 """`serve deploy configs/serve/tabular.yaml` against a real head (token auth on): the native Serve
-config file deploys the app, which serves the registered champion over HTTP on 127.0.0.1."""
+config file deploys the app, which serves the registered champion over HTTP on 127.0.0.1, asks for
+its bearer token when one is set, and leaves `rayloop doctor` nothing unsafe to report."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import lightgbm as lgb
@@ -50,6 +54,10 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
     port = free_port()
     spec["http_options"]["port"] = port
     spec["applications"][0]["args"]["overrides"] = [f"registry.model_name={MODEL}"]
+    # the Serve API's optional bearer token: an env var on the replicas (serving.auth_token_env),
+    # never a config value; a cluster sets it from a secret, this test through runtime_env
+    token = secrets.token_hex(16)
+    spec["applications"][0]["runtime_env"] = {"env_vars": {"RAYLOOP_SERVE_TOKEN": token}}
     target = tmp_path / "tabular.yaml"
     target.write_text(yaml.safe_dump(spec))
     serve = str(ROOT / ".venv" / "bin" / "serve")
@@ -74,9 +82,24 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
             raise AssertionError(f"app not healthy:\n{status.stdout[-3000:]}{status.stderr[-2000:]}") from None
         row = holdout.drop_columns(["label", "entity_id"]).slice(0, 1).to_pylist()[0]
         row["event_time"] = row["event_time"].isoformat()
-        got = httpx.post(f"{base}/v1/predict", json=row, timeout=30)
+        refused = httpx.post(f"{base}/v1/predict", json=row, timeout=30)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.post(f"{base}/v1/predict", json=row, headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401
+        got = httpx.post(f"{base}/v1/predict", json=row, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert got.status_code == 200, got.text
         assert got.json()["predictions"][0]["model_version"] == version
+        # doctor sees Ray, Serve and HAProxy listening, all on the loopback, and the Jobs API
+        # refusing a request without the cluster token
+        rayloop = str(Path(sys.executable).parent / "rayloop")
+        checked = subprocess.run([rayloop, "doctor", "--address", ray_head.dashboard], env={**ray_head.env, "COLUMNS": "250"},
+                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
+        assert "all on the loopback" in checked.stdout and "refuses a request without the token" in checked.stdout
+        # the one exception, reported as such: Ray binds Serve's inter-deployment gRPC server itself
+        warned = [line for line in checked.stdout.splitlines() if "warn" in line]
+        assert all("ServeReplica" in line for line in warned), warned
         # the HTTP port listens on 127.0.0.1 only: the machine's other addresses refuse it
         for address in _external_addresses():
             with pytest.raises(httpx.HTTPError):

@@ -46,6 +46,7 @@ def test_ray_env_turns_token_auth_on_with_a_private_token_under_home(monkeypatch
     env = ray_env()
     assert env["RAY_AUTH_MODE"] == "token"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # node IP 127.0.0.1: everything on the loopback
     token_file = tmp_path / "auth_token"
     assert env["RAY_AUTH_TOKEN_PATH"] == str(token_file)
     assert token_file.stat().st_mode & 0o777 == 0o600
