@@ -294,11 +294,20 @@ def _serve_config(where: str, doc: dict[str, Any]) -> list[Finding]:
 def check_cluster_file(path: Path) -> list[Finding]:
     """A `ray up` file, a KubeRay manifest (or a folder of them), or a Serve config file."""
     if path.is_dir():
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-        neighbours = [d for f in files for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)]
-        return [finding for f in files for finding in _check_file(f, neighbours)]
-    neighbours = [d for f in sorted(path.parent.glob("*.y*ml")) for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)]
-    return _check_file(path, neighbours)
+        files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")])
+        return [finding for f in files for finding in _check_file(f, _neighbours(f))]
+    return _check_file(path, _neighbours(path))
+
+
+def _neighbours(path: Path) -> list[dict[str, Any]]:
+    """The documents of the file's folder (a NetworkPolicy beside a RayCluster protects it)."""
+    docs = []
+    for other in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
+        try:
+            docs += [d for d in yaml.safe_load_all(other.read_text()) if isinstance(d, dict)]
+        except yaml.YAMLError:
+            continue
+    return docs
 
 
 def _check_file(path: Path, neighbours: list[dict[str, Any]]) -> list[Finding]:

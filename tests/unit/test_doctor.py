@@ -14,7 +14,7 @@ from rayloop.cli import app as cli
 from rayloop.doctor import Finding, Listener
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = [ROOT / "cluster" / "kuberay", ROOT / "cluster" / "launcher", ROOT / "configs" / "serve" / "tabular.yaml",
+SHIPPED = [ROOT / "cluster", ROOT / "configs" / "serve" / "tabular.yaml",
            ROOT / "configs" / "demo.yaml", *sorted((ROOT / "configs" / "profiles").glob("*.yaml"))]
 
 
@@ -27,6 +27,8 @@ def test_every_shipped_cluster_file_and_config_is_clean(path):
     assert path.exists()
     findings = doctor.check_cluster_file(path)
     assert findings and _unsafe(findings) == [], _unsafe(findings)
+    if path.is_dir():  # every file under it was read
+        assert {Path(f.where.split(":")[0]) for f in findings} == set(path.rglob("*.yaml"))
     assert not [f for f in findings if f.level == "warn"], findings
 
 
