@@ -43,16 +43,21 @@ class MetricSpec:
     boundaries: tuple[float, ...] = ()
 
 
+# model_version on the request metrics: the version the replica served the request with (a
+# request refused before a model was chosen gets the replica's current version, "none" before
+# the first load), so dashboards split traffic, latency and batches by version across a rollout.
 REQUESTS = MetricSpec(
-    "rayloop_serve_requests", "counter", "HTTP requests answered, by route and status code", ("route", "status")
+    "rayloop_serve_requests", "counter", "HTTP requests answered, by route, status code and model version",
+    ("route", "status", "model_version"),
 )
 LATENCY_MS = MetricSpec(
-    "rayloop_serve_latency_ms", "histogram", "time in the replica from request to response", ("route",),
+    "rayloop_serve_latency_ms", "histogram", "time in the replica from request to response", ("route", "model_version"),
     tuple(LATENCY_BUCKETS_MS),
 )
 ROWS = MetricSpec("rayloop_serve_rows", "counter", "rows scored", ("model_version",))
 BATCH_ROWS = MetricSpec(
-    "rayloop_serve_batch_rows", "histogram", "rows per model call (a batch of requests)", (), tuple(BATCH_BUCKETS)
+    "rayloop_serve_batch_rows", "histogram", "rows per model call (a batch of requests)", ("model_version",),
+    tuple(BATCH_BUCKETS),
 )
 PREDICTIONS = MetricSpec(
     "rayloop_serve_prediction", "histogram", "predicted probabilities", ("model_version",), tuple(PROBABILITY_BUCKETS)

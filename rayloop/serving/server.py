@@ -228,7 +228,7 @@ class TabularServer:
             rows = [row for i in indices for row in items[i][1]]
             table = pa.Table.from_pylist(rows, schema=state.arrow_schema)
             probs = state.backend.predict(state.bundle.fitted.transform(table))
-            self.m[metrics.BATCH_ROWS.name].observe(len(rows))
+            self.m[metrics.BATCH_ROWS.name].observe(len(rows), tags={"model_version": state.version})
             start = 0
             for i in indices:
                 n = len(items[i][1])
@@ -249,9 +249,15 @@ class TabularServer:
     def _count(self, key: str, **tags: str) -> None:
         self.m[getattr(metrics, key).name].inc(1, tags=tags)
 
-    def _finish(self, route: str, started: float, response: Response) -> Response:
-        self.m[metrics.REQUESTS.name].inc(1, tags={"route": route, "status": str(response.status_code)})
-        self.m[metrics.LATENCY_MS.name].observe((time.perf_counter() - started) * 1000, tags={"route": route})
+    def _finish(self, route: str, started: float, response: Response, version: str | None = None) -> Response:
+        """Count the answer; `version` is the model that served it (default: the one serving now)."""
+        if version is None:
+            version = self.state.version if self.state is not None else "none"
+        status = str(response.status_code)
+        self.m[metrics.REQUESTS.name].inc(1, tags={"route": route, "status": status, "model_version": version})
+        self.m[metrics.LATENCY_MS.name].observe(
+            (time.perf_counter() - started) * 1000, tags={"route": route, "model_version": version}
+        )
         return response
 
     def _unauthorized(self, request: Request) -> Response | None:
@@ -291,8 +297,13 @@ class TabularServer:
         try:
             rows = state.parser.parse(await self._body(request), request.headers.get("content-type"))
         except RequestError as exc:
-            return self._finish("predict", started, _json(exc.status, exc.body()))
-        probs = await self._predict(state, rows)
+            return self._finish("predict", started, _json(exc.status, exc.body()), state.version)
+        try:
+            probs = await self._predict(state, rows)
+        except Exception:  # answered and counted as a 500 (the error-rate alert reads the count)
+            log.exception("scoring failed with version %s", state.version)
+            failed = {"detail": "scoring failed; see the replica log"}
+            return self._finish("predict", started, _json(500, failed), state.version)
         self.m[metrics.ROWS.name].inc(len(rows), tags={"model_version": state.version})
         threshold = self.args.decision_threshold
         first = secrets.randbits(128)  # one random draw per request; rows count up from it
@@ -305,7 +316,7 @@ class TabularServer:
             self.monitor.offer(state.arrow_schema, state.version, rows, probs, ids, threshold)
         for p in probs[:PREDICTION_SAMPLE]:  # a per-request sample keeps large requests cheap
             self.m[metrics.PREDICTIONS.name].observe(float(p), tags={"model_version": state.version})
-        return self._finish("predict", started, _json(200, {"predictions": predictions}))
+        return self._finish("predict", started, _json(200, {"predictions": predictions}), state.version)
 
     @app.post("/v1/feedback", status_code=202, summary="The true label of an earlier prediction")
     async def feedback(self, request: Request) -> Response:
