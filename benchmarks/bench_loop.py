@@ -115,7 +115,7 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
 
     from rayloop import jobs, registry
     from rayloop.monitoring.monitor import get_monitor
-    from rayloop.serving.deploy import rollout
+    from rayloop.serving.deploy import roll_out_promotion
 
     n = 0
     next_at = time.time() + period_s
@@ -136,7 +136,7 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
         result = registry.retrain_result(MODEL, sid) if info.status == "SUCCEEDED" else None
         entry["gate"] = result
         if result and result["decision"] == "promoted":
-            rollout(config, result["version"], overrides=overrides)
+            roll_out_promotion(config, result["version"], overrides=overrides)  # as the loop does
             ray.get(get_monitor(MODEL).rebase.remote(result["version"]))
             entry.update(outcome="promoted", version=result["version"])
         else:

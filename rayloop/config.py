@@ -193,6 +193,10 @@ class ServingConfig(_Section):
         "RAYLOOP_SERVE_TOKEN", description="env var holding an optional bearer token (never the token itself)"
     )
     model_ref: str = Field("champion", description="alias or version the app serves")
+    follow_alias_s: float = Field(
+        1.0, ge=0,
+        description="replicas serving an alias check where it points this often and swap when it moves (0: only on a redeploy)",
+    )
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
     min_replicas: int = Field(1, ge=0)

@@ -135,7 +135,7 @@ def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
     for proc in psutil.process_iter(["cmdline"]):
         try:
             line = " ".join(proc.info["cmdline"] or [])
-            if session_dir in line:
+            if session_dir in line and proc.pid != os.getpid():
                 node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
                 victims[proc.pid] = proc
                 victims.update({child.pid: child for child in proc.children(recursive=True)})
@@ -144,7 +144,7 @@ def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
     markers = [f"--node-id={node_id}" for node_id in node_ids] + [f"haproxy/{node_id}/" for node_id in node_ids]
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in " ".join(proc.info["cmdline"] or []) for marker in markers):
+            if proc.pid != os.getpid() and any(marker in " ".join(proc.info["cmdline"] or []) for marker in markers):
                 victims[proc.pid] = proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -158,7 +158,7 @@ def stop_processes(marker: str, grace_s: float = 15.0) -> int:
     victims = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if marker in " ".join(proc.info["cmdline"] or []):
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

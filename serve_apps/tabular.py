@@ -74,6 +74,7 @@ def app_builder(args: TabularAppArgs) -> Application:
         decision_threshold=serving.decision_threshold,
         auth_token_env=serving.auth_token_env,
         engine_cache_dir=str(paths.home() / "engine-cache"),
+        follow_alias_s=serving.follow_alias_s,
         monitoring=config.monitoring if config.monitoring.enabled else None,
     )
     return TabularServer.options(**deployment_options(config, args.model_ref)).bind(server_args.model_dump())

@@ -150,7 +150,10 @@ class MonitorCore:
 
     def save(self) -> None:
         self._dirty = False
-        payload = json.dumps({"format": STATE_FORMAT, **self.state.__dict__}, default=float).encode()
+        # with the settings it runs with: `rayloop status` reads this file, not the actor's config
+        payload = json.dumps(
+            {"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self.config.model_dump(mode="json")}, default=float
+        ).encode()
         tmp = f"{self.state_dir}/.state.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as sink:
             sink.write(payload)
@@ -458,7 +461,10 @@ def live_metrics(pairs: list[list[float]], min_labels: int) -> dict[str, float |
 
 
 def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
-    """What `rayloop status` shows, from the live actor's state or the one saved on disk."""
+    """What `rayloop status` shows, from the live actor's state or the one saved on disk (whose
+    monitoring settings win over `config`: they are the ones the running monitor uses)."""
+    if state.get("monitoring"):
+        config = MonitoringConfig.model_validate(state["monitoring"])
     pol = policy.PolicyState.model_validate(state["policy"]) if state.get("policy") else policy.PolicyState()
     lags = state.get("label_lag_s") or []
     return {

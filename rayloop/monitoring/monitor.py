@@ -302,10 +302,10 @@ class DriftMonitor:
 
         def rollout(version: str) -> None:
             from rayloop.config import load_config
-            from rayloop.serving.deploy import rollout as serve_rollout
+            from rayloop.serving.deploy import roll_out_promotion
 
             config = load_config(args.config_path, args.overrides)
-            serve_rollout(config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name)
+            roll_out_promotion(config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name)
 
         return loop.Effects(
             labelled_since=locked(lambda since: self.core.labelled_since(since)),

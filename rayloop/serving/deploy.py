@@ -6,7 +6,10 @@ from pathlib import Path
 
 from rayloop.config import RayloopConfig
 
-__all__ = ["APP_NAME", "deploy", "rollout", "start_model_monitor"]
+__all__ = [
+    "APP_NAME", "app_url", "deploy", "follows_champion", "roll_out_promotion", "rollout", "start_model_monitor",
+    "wait_for_version",
+]
 
 APP_NAME = "tabular"
 
@@ -66,8 +69,59 @@ def deploy(
     ]
     client.deploy_apps(ServeDeploySchema(http_options=http_options, applications=[*others, app]))
     _wait_running(name, timeout_s)
+    return app_url(config, route_prefix)
+
+
+def app_url(config: RayloopConfig, route_prefix: str = "/") -> str:
+    serving = config.serving
     host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
     return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
+
+
+def follows_champion(config: RayloopConfig) -> bool:
+    """Whether the app's replicas follow the registry's champion alias by themselves, so a
+    promotion rolls out without a Serve config change (`serving.follow_alias_s`)."""
+    from rayloop.registry import CHAMPION
+
+    return config.serving.model_ref == CHAMPION and config.serving.follow_alias_s > 0
+
+
+def wait_for_version(
+    config: RayloopConfig, version: str, *, name: str = APP_NAME, route_prefix: str = "/", timeout_s: float = 120.0
+) -> dict[str, str]:
+    """Until every running replica of the app answers `GET /v1/model` with `version`; returns
+    replica -> version (empty when no replica runs: new ones load the champion). Each round asks a
+    few times per replica: a round that reaches as many distinct replicas as are running, all on
+    `version`, ends the wait."""
+    import os
+    import time
+
+    import httpx
+    from ray import serve
+
+    token = os.environ.get(config.serving.auth_token_env)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{app_url(config, route_prefix)}/v1/model"
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
+    with httpx.Client(headers=headers, timeout=5) as http:
+        while True:
+            status = serve.status().applications.get(name)
+            running = sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values()) if status else 0
+            if not running:
+                return {}  # no replica serves an older version; new ones load the champion
+            seen = {}
+            for _ in range(max(4, 4 * running)):
+                try:
+                    info = http.get(url).json()
+                    seen[str(info["replica"])] = str(info["version"])
+                except (httpx.HTTPError, ValueError, KeyError):
+                    continue
+            if len(seen) >= running and set(seen.values()) == {str(version)}:
+                return seen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas of {name!r} not all on version {version} after {timeout_s:g}s: {seen}")
+            time.sleep(0.5)
 
 
 def _wait_running(name: str, timeout_s: float) -> None:
@@ -131,3 +185,20 @@ def rollout(
     return deploy(
         config, config_path=config_path, overrides=overrides, model_ref=str(version), name=name, with_monitor=False
     )
+
+
+def roll_out_promotion(
+    config: RayloopConfig,
+    version: str,
+    *,
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    name: str = APP_NAME,
+) -> None:
+    """Every replica on `version` after the gate promoted it. Replicas that follow `champion` swap by
+    themselves (no Serve config change, no HAProxy reload): confirm it. An app pinned to a version
+    gets a user-config rollout."""
+    if follows_champion(config):
+        wait_for_version(config, version, name=name)
+    else:
+        rollout(config, version, config_path=config_path, overrides=overrides, name=name)

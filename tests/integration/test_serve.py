@@ -211,6 +211,64 @@ def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_ve
     assert replicas and None not in replicas and _replicas(base) == replicas
 
 
+def test_replicas_follow_the_champion_alias_without_a_serve_config_change(server, models):
+    """A promotion moves `champion` in the registry; replicas serving the alias swap by themselves
+    within serving.follow_alias_s, so the loop's rollout changes no Serve config (no HAProxy reload)."""
+    import ray
+    from ray import serve
+
+    from rayloop.config import load_config
+    from rayloop.serving.deploy import follows_champion, rollout, wait_for_version
+
+    base, overrides = server
+    v1, v2, holdout = models
+    config = load_config(None, overrides)
+    assert follows_champion(config)
+    client = registry.client()
+    client.set_registered_model_alias(NAME, "champion", v1)
+    rollout(config, "champion", overrides=overrides)  # the app serves the alias again (the test above pinned v2)
+    wait_for_version(config, v1)
+
+    def deployed_user_config() -> dict:
+        details = ray.get(serve.context._get_global_client()._controller.get_serve_instance_details.remote())
+        return details["applications"]["tabular"]["deployed_app_config"]["deployments"][0]["user_config"]
+
+    before_config, replicas = deployed_user_config(), _replicas(base)
+    assert before_config == {"model_ref": "champion"}
+    rows = _records(holdout.slice(0, 2))
+    statuses: Counter = Counter()
+    answers: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                got = http.post("/v1/predict", json=rows)
+                statuses[got.status_code] += 1
+                if got.status_code == 200:
+                    answers.append((sent, got.json()["predictions"][0]["model_version"]))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        client.set_registered_model_alias(NAME, "champion", v2)  # what the gate does on promotion
+        seen = wait_for_version(config, v2, timeout_s=60)
+        confirmed = time.monotonic()
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert set(statuses) == {200}, statuses
+    assert set(seen.values()) == {v2}
+    assert {v for sent, v in answers if sent > confirmed} == {v2}
+    assert deployed_user_config() == before_config  # no Serve config change ...
+    assert _replicas(base) == replicas  # ... and the same replicas
+
+
 def _replicas(base: str) -> set[str]:
     return {httpx.get(f"{base}/v1/model", timeout=10).json()["replica"] for _ in range(5)}
 

@@ -16,7 +16,7 @@ import pytest
 from rayloop.bundle import prediction_histogram
 from rayloop.config import MonitoringConfig
 from rayloop.data.synthetic import generate
-from rayloop.monitoring.core import MonitorCore, Reference
+from rayloop.monitoring.core import MonitorCore, Reference, summarize_state
 from rayloop.monitoring.inference_log import InferenceLog, label_table
 from rayloop.training.evaluate import roc_auc
 from tests.support import fitted_synthetic
@@ -206,3 +206,14 @@ def test_rebase_forgets_the_old_models_live_quality_and_drift_streak(tmp_path, r
     core.ingest("new", new)
     core.ingest_labels("l-new", label_table(new.column("request_id").to_pylist(), [1] * 100))
     assert len(core.state.quality_pairs) == 100
+
+
+def test_status_reads_the_settings_the_monitor_saved_not_its_own(tmp_path, reference):
+    core = _core(tmp_path, reference, window_size=300, min_labels=20)
+    core.ingest("b0", _batch(generate(100, seed=12)))
+    core.save()
+    saved = MonitorCore.read_state(str(tmp_path), "m")
+    shown = summarize_state("m", saved, MonitoringConfig(window_size=1000))  # the CLI's config differs
+    assert shown["window_size"] == 300 and shown["open_window_rows"] == 100
+    restarted = _core(tmp_path, reference, window_size=300, min_labels=20)  # the extra key does not break a restart
+    assert restarted.state.rows_received == 100 and restarted.state.restarts == 1
