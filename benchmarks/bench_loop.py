@@ -98,6 +98,19 @@ def reset(config, overrides: list[str], first: str) -> str:
     from rayloop.serving.deploy import deploy
 
     stop_monitor(MODEL)
+    # a retrain still running from the previous arm would promote into this one (replicas follow
+    # the champion alias): stop it and wait until it has ended
+    from rayloop import jobs
+
+    client = jobs.client()
+    running = [j.submission_id for j in client.list_jobs()
+               if j.submission_id and str(getattr(j.status, "value", j.status)) in ("PENDING", "RUNNING")]
+    for sid in running:
+        client.stop_job(sid)
+    deadline = time.monotonic() + 120
+    while running and time.monotonic() < deadline:
+        running = [sid for sid in running if not jobs.job_info(sid).finished]
+        time.sleep(1.0)
     try:
         serve.delete("tabular")
     except Exception:

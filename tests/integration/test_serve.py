@@ -6,6 +6,8 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import lightgbm as lgb
@@ -162,15 +164,12 @@ def test_malformed_requests_get_their_documented_4xx_and_the_server_keeps_servin
         assert client.post("/v1/predict", json=row).status_code == 200  # still serving
 
 
-def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_version(server, models):
-    from rayloop.config import load_config
-    from rayloop.serving.deploy import rollout
-
-    base, overrides = server
-    v1, v2, holdout = models
-    rows = _records(holdout.slice(0, 4))
+@contextmanager
+def _steady_load(base: str, rows: list[dict], threads: int) -> Iterator[tuple[Counter, list[tuple[float, str]]]]:
+    """Threads posting `rows` back to back until the block ends: (statuses, [(sent at, version)]).
+    Threads finish out of order, so answers carry their send time."""
     statuses: Counter = Counter()
-    answers: list[tuple[float, str]] = []  # (sent at, version); threads finish out of order
+    answers: list[tuple[float, str]] = []
     stop = threading.Event()
 
     def load() -> None:
@@ -186,20 +185,30 @@ def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_ve
                 if got.status_code == 200:
                     answers.append((sent, got.json()["predictions"][0]["model_version"]))
 
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-    for t in threads:
-        t.start()
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
     try:
+        yield statuses, answers
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+
+
+def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_version(server, models):
+    from rayloop.config import load_config
+    from rayloop.serving.deploy import rollout
+
+    base, overrides = server
+    v1, v2, holdout = models
+    with _steady_load(base, _records(holdout.slice(0, 4)), threads=4) as (statuses, answers):
         time.sleep(2)
         replicas = _replicas(base)
         # the rollout: same app, same code and args, only the user config names the new version
         assert rollout(load_config(None, overrides), v2, overrides=overrides) == base
         rolled_out = time.monotonic()  # every replica reconfigured: the app is RUNNING again
         time.sleep(3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
     assert set(statuses) == {200}, statuses
     answers.sort()
     assert answers[0][1] == v1 and answers[-1][1] == v2
@@ -235,33 +244,12 @@ def test_replicas_follow_the_champion_alias_without_a_serve_config_change(server
 
     before_config, replicas = deployed_user_config(), _replicas(base)
     assert before_config == {"model_ref": "champion"}
-    rows = _records(holdout.slice(0, 2))
-    statuses: Counter = Counter()
-    answers: list[tuple[float, str]] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            while not stop.is_set():
-                sent = time.monotonic()
-                got = http.post("/v1/predict", json=rows)
-                statuses[got.status_code] += 1
-                if got.status_code == 200:
-                    answers.append((sent, got.json()["predictions"][0]["model_version"]))
-
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    with _steady_load(base, _records(holdout.slice(0, 2)), threads=2) as (statuses, answers):
         time.sleep(1)
         client.set_registered_model_alias(NAME, "champion", v2)  # what the gate does on promotion
         seen = wait_for_version(config, v2, timeout_s=60)
         confirmed = time.monotonic()
         time.sleep(1)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
     assert set(statuses) == {200}, statuses
     assert set(seen.values()) == {v2}
     assert {v for sent, v in answers if sent > confirmed} == {v2}
