@@ -133,6 +133,32 @@ def _reload_auth_config() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _loopback_only_head(address: str) -> bool:
+    """A GCS address on 127.0.0.1 that answers there but not on this machine's external address:
+    a head started with LOOPBACK_ENV. (A plain `ray start --head` answers on both, and its
+    drivers must keep Ray's external node IP.)"""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit() or not (host in ("localhost", "127.0.0.1") or host.startswith("127.")):
+        return False
+
+    def answers(ip: str) -> bool:
+        try:
+            with socket.create_connection((ip, int(port)), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    from ray._private import services
+
+    try:
+        external = services.node_ip_address_from_perspective()
+    except Exception:
+        return True
+    return answers("127.0.0.1") and (external.startswith("127.") or not answers(external))
+
+
 def _reload_loopback_switch() -> None:
     """Make an already-imported Ray see LOOPBACK_ENV: it reads it once at import, and this
     driver picks the node IP of the cluster it starts (pinned Ray minor)."""
@@ -191,6 +217,11 @@ def init_ray(
         if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) and local_token.is_file():
             os.environ["RAY_AUTH_TOKEN_PATH"] = str(local_token)  # a head we started (rayloop demo)
         _reload_auth_config()  # the token env may have been set after Ray was imported
+        if _loopback_only_head(target):
+            # a head started the rayloop way listens on 127.0.0.1 only; without this Ray would
+            # dial the machine's external address for 127.0.0.1 and never reach it
+            os.environ[LOOPBACK_ENV] = "0"
+        _reload_loopback_switch()
         ray.init(address=target, log_to_driver=log_to_driver)
         configure_data_context()
         return False

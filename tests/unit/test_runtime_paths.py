@@ -98,3 +98,23 @@ def _subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         out += [sub, *_subclasses(sub)]
     return out
+
+
+def test_a_driver_dials_127_0_0_1_only_for_a_head_that_listens_there_alone():
+    import socket
+
+    from rayloop.runtime import _loopback_only_head
+
+    with socket.socket() as local, socket.socket() as everywhere:
+        local.bind(("127.0.0.1", 0))
+        local.listen()
+        everywhere.bind(("0.0.0.0", 0))
+        everywhere.listen()
+        assert _loopback_only_head(f"127.0.0.1:{local.getsockname()[1]}")
+        # a plain `ray start --head` answers on the external address too: keep Ray's node IP
+        # (a machine whose only address is the loopback has nothing else to dial)
+        from ray._private import services
+
+        no_external = services.node_ip_address_from_perspective().startswith("127.")
+        assert _loopback_only_head(f"127.0.0.1:{everywhere.getsockname()[1]}") is no_external
+    assert not _loopback_only_head("10.1.2.3:6379") and not _loopback_only_head("auto")
