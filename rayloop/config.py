@@ -25,7 +25,7 @@ from pydantic import (
 from rayloop.data.schema import FeatureSchema
 from rayloop.data.synthetic import Scenario
 from rayloop.errors import ConfigError
-from rayloop.paths import DEFAULT_HOME
+from rayloop.paths import DEFAULT_HOME, ENV_HOME, ENV_STORAGE
 from rayloop.training.search_space import check_space
 
 __all__ = [
@@ -327,9 +327,9 @@ class ProfileConfig(_Section):
 
     def env(self) -> dict[str, str]:
         """The environment every Ray node and job of this profile gets."""
-        env = {"RAYLOOP_HOME": self.home}
+        env = {ENV_HOME: self.home}
         if self.storage:
-            env["RAYLOOP_STORAGE"] = self.storage
+            env[ENV_STORAGE] = self.storage
         if self.mlflow_tracking_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
         return env

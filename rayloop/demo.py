@@ -27,7 +27,7 @@ from typing import Any
 
 from rayloop import paths
 
-__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "drive", "start_head", "stop_head", "stop_processes", "stop_session", "write_report"]
+__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "drive", "start_head", "stop_head", "stop_session", "write_report"]
 
 # On top of configs/demo.yaml: sizes and clocks that fit the loop into a few minutes on 2 cores.
 DEMO_OVERRIDES = [
@@ -136,38 +136,31 @@ def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
 
     node_ids: set[str] = set()
     victims: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc, line in _processes_naming([session_dir]):
+        node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
+        victims[proc.pid] = proc
         try:
-            line = " ".join(proc.info["cmdline"] or [])
-            if session_dir in line and proc.pid != os.getpid():
-                node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
-                victims[proc.pid] = proc
-                victims.update({child.pid: child for child in proc.children(recursive=True)})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            victims.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
             continue
-    markers = [f"--node-id={node_id}" for node_id in node_ids] + [f"haproxy/{node_id}/" for node_id in node_ids]
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and any(marker in " ".join(proc.info["cmdline"] or []) for marker in markers):
-                victims[proc.pid] = proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    markers = [marker for node_id in node_ids for marker in (f"--node-id={node_id}", f"haproxy/{node_id}/")]
+    victims.update({proc.pid: proc for proc, _ in _processes_naming(markers)})
     _terminate(list(victims.values()), grace_s)
 
 
-def stop_processes(marker: str, grace_s: float = 15.0) -> int:
-    """Terminate (then kill) every process whose command line contains `marker`; returns how many."""
+def _processes_naming(markers: list[str]) -> list[tuple[Any, str]]:
+    """(process, command line) of every process but this one whose command line contains a marker."""
     import psutil
 
-    victims = []
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-                victims.append(proc)
+            line = " ".join(proc.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    _terminate(victims, grace_s)
-    return len(victims)
+        if proc.pid != os.getpid() and any(marker in line for marker in markers):
+            found.append((proc, line))
+    return found
 
 
 def _terminate(victims: list, grace_s: float) -> None:

@@ -295,14 +295,15 @@ def check_cluster_file(path: Path) -> list[Finding]:
     """A `ray up` file, a KubeRay manifest (or a folder of them), or a Serve config file."""
     if path.is_dir():
         files = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")])
-        return [finding for f in files for finding in _check_file(f, _neighbours(f))]
-    return _check_file(path, _neighbours(path))
+        folders = {folder: _folder_docs(folder) for folder in {f.parent for f in files}}  # each folder read once
+        return [finding for f in files for finding in _check_file(f, folders[f.parent])]
+    return _check_file(path, _folder_docs(path.parent))
 
 
-def _neighbours(path: Path) -> list[dict[str, Any]]:
-    """The documents of the file's folder (a NetworkPolicy beside a RayCluster protects it)."""
+def _folder_docs(folder: Path) -> list[dict[str, Any]]:
+    """The documents of a file's folder (a NetworkPolicy beside a RayCluster protects it)."""
     docs = []
-    for other in sorted([*path.parent.glob("*.yaml"), *path.parent.glob("*.yml")]):
+    for other in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
             docs += [d for d in yaml.safe_load_all(other.read_text()) if isinstance(d, dict)]
         except yaml.YAMLError:

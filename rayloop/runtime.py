@@ -140,7 +140,7 @@ def _loopback_only_head(address: str) -> bool:
     import socket
 
     host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit() or not (host in ("localhost", "127.0.0.1") or host.startswith("127.")):
+    if not port.isdigit() or not (host == "localhost" or host.startswith("127.")):
         return False
 
     def answers(ip: str) -> bool:

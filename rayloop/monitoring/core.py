@@ -123,6 +123,7 @@ class MonitorCore:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
+        self._config_dump = config.model_dump(mode="json")  # saved with every state (it never changes)
         self.model_name = model_name
         self.reference = reference
         self.clock = clock
@@ -152,7 +153,7 @@ class MonitorCore:
         self._dirty = False
         # with the settings it runs with: `rayloop status` reads this file, not the actor's config
         payload = json.dumps(
-            {"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self.config.model_dump(mode="json")}, default=float
+            {"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self._config_dump}, default=float
         ).encode()
         tmp = f"{self.state_dir}/.state.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as sink:
