@@ -63,7 +63,7 @@ SCHEMA_FILE = "schema.json"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 LATEST_FILE = "LATEST"
-WRITE_BATCH_ROWS = 131_072
+WRITE_BATCH_ROWS = 65_536
 
 
 @dataclass

@@ -177,10 +177,21 @@ def _file_schema(fs: pafs.FileSystem, path: str, fmt: Format) -> pa.Schema:
 def read_dataset(
     source: SourceInfo | str, *, override_num_blocks: int | None = None, malformed_dir: str | None = None
 ) -> ray.data.Dataset:
-    """A lazy Ray Dataset over the source, through the fast Parquet path (see stack-facts)."""
+    """A lazy Ray Dataset over the source.
+
+    Parquet goes through rayloop.data.parquet_stream (read tasks per file or row-group range,
+    a few thousand rows decoded at a time), not `ray.data.read_parquet`: that decodes whole row
+    groups and held 3.6x the memory per read task. Without `override_num_blocks` there is a read
+    task per row group.
+    """
     import ray.data
 
     info = source if isinstance(source, SourceInfo) else inspect_source(source)
+    if info.format == "parquet":
+        from rayloop.data.parquet_stream import StreamingParquetDatasource
+
+        datasource = StreamingParquetDatasource(info)
+        return ray.data.read_datasource(datasource, override_num_blocks=override_num_blocks or datasource.max_tasks)
     ctx = ray.data.DataContext.get_current()
     # The v2 datasource read 8 files as one block in one task and ignored override_num_blocks.
     ctx.use_datasource_v2 = False
@@ -189,8 +200,6 @@ def read_dataset(
         "override_num_blocks": override_num_blocks,
         **info.read_options(malformed_dir),
     }
-    if info.format == "parquet":
-        return ray.data.read_parquet(list(info.files), **kwargs)
     return ray.data.read_csv(list(info.files), **kwargs)
 
 

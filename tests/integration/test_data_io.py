@@ -78,3 +78,28 @@ def test_unknown_format_and_empty_directory_are_explained(tmp_path):
 
 def test_read_table_matches_the_dataset(parquet_dir):
     assert read_table(str(parquet_dir)).num_rows == read_dataset(str(parquet_dir)).count()
+
+
+def test_row_groups_spread_over_read_tasks_and_every_row_arrives_once(tmp_path):
+    table = synthetic.generate(5_000, seed=3)
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=1_000)  # 5 row groups, 1 file
+    ds = read_dataset(str(tmp_path), override_num_blocks=5).materialize()
+    assert ds.num_blocks() >= 5
+    assert sorted(_arrow(ds).column("entity_id").to_pylist()) == sorted(table.column("entity_id").to_pylist())
+
+
+def test_files_with_different_columns_read_as_one_schema(tmp_path):
+    table = synthetic.generate(300, seed=4)
+    pq.write_table(table, tmp_path / "full.parquet")
+    narrow = table.drop_columns(["income"])
+    pq.write_table(narrow, tmp_path / "narrow.parquet")
+    merged = _arrow(read_dataset(str(tmp_path)))
+    assert merged.num_rows == 600
+    assert merged.schema.field("income").type == table.schema.field("income").type
+    assert merged.column("income").null_count == table.column("income").null_count + 300
+
+
+def _arrow(ds) -> pa.Table:
+    import ray
+
+    return pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
