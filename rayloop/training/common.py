@@ -9,7 +9,7 @@ from typing import Any
 
 from rayloop import paths
 
-__all__ = ["data_config", "model_columns", "report", "run_config"]
+__all__ = ["check_ingest_headroom", "data_config", "model_columns", "report", "run_config"]
 
 
 def run_config(name: str, max_failures: int):
@@ -31,6 +31,27 @@ def data_config():
     from ray.train import DataConfig
 
     return DataConfig(datasets_to_split=["train"])
+
+
+def check_ingest_headroom(node_cpus: Sequence[float], num_workers: int, cpus_per_worker: float) -> None:
+    """Refuse a run whose workers would take every CPU of a one-machine cluster.
+
+    Ray Data's ingest tasks (the Parquet read, the column projection) need a CPU beside the
+    training workers; without one the run waits forever ("Cluster resources are not enough to
+    run any task"), found with 2 workers on a 2-CPU machine. Only a single node that runs tasks
+    is judged: a cluster from cluster/ has a head without CPUs and an autoscaler that adds nodes.
+    """
+    from rayloop.errors import ConfigError
+
+    if len(node_cpus) != 1 or node_cpus[0] <= 0:
+        return
+    wanted = num_workers * cpus_per_worker
+    if node_cpus[0] - wanted < 1:
+        raise ConfigError(
+            f"training.num_workers={num_workers} x training.cpus_per_worker={cpus_per_worker:g} = {wanted:g} CPUs "
+            f"leaves none of this machine's {node_cpus[0]:g} for reading the data; the run would wait forever. "
+            f"Use at most {max(node_cpus[0] - 1, 0):g} CPUs for training workers"
+        )
 
 
 def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label: str) -> dict[str, Any]:

@@ -70,9 +70,15 @@ def _log_curve(run_id: str, curve: dict[str, list[float]], prefix: str = "valida
 
 def _fit(config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], steps: int | None, refit: bool, name: str):
     """One Ray Train run; returns (model, reported metrics, validation curve, checkpoint path)."""
+    import ray
     import ray.data
 
+    from rayloop.training.common import check_ingest_headroom
+
     training = config.training
+    check_ingest_headroom(
+        [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")], training.num_workers, training.cpus_per_worker
+    )
     features = run_dir / FEATURES_DIR
     train_dirs = [str(features / "split=train")] + ([str(features / "split=validation")] if refit else [])
     datasets = {"train": ray.data.read_parquet(train_dirs)}

@@ -87,3 +87,13 @@ def test_mlp_trials_report_per_epoch_and_the_best_is_the_maximum(feature_run):
     assert outcome.best_metrics["best_validation_auc"] == max(t.metrics["best_validation_auc"] for t in outcome.trials)
     assert 1 <= outcome.best_steps <= 3
     assert outcome.trial_seconds > 0
+
+
+def test_workers_taking_every_cpu_fail_at_once_instead_of_waiting_forever(feature_run):
+    # the session's local Ray has 2 CPUs: two 1-CPU workers would starve the data ingest
+    from rayloop.errors import ConfigError
+
+    config = load_config(None, ["registry.model_name=wf-starved", "training.num_workers=2"])
+    with pytest.raises(ConfigError, match="training.num_workers=2"):
+        train_and_register(config, feature_run.run_id)
+    assert registry.resolve_version("wf-starved", registry.CHALLENGER) is None
