@@ -122,11 +122,20 @@ ORACLE_RATIO = 0.9
 ORACLE_INFORMATIVE = 0.2  # the oracle target is judged where the oracle's power is at least this
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": ("rank", "scale", "ks", "chi2"),
+    "score-split": ("rank", "scale", "ks", "chi2"),  # the default tests; half of alpha for the scores' own family
     "rank+ks+chi2": ("rank", "ks", "chi2"),
     "rank+chi2": ("rank", "chi2"),
     "ks": ("ks",),
     "rank": ("rank",),
 }
+SCORE_SPLIT_SHARE = 0.5
+
+
+def variant_share(variant: str) -> float | None:
+    """The share of alpha for the scores' own family: the detector's default (one family), or a split."""
+    from rayloop.monitoring.drift import DEFAULT_PREDICTION_SHARE
+
+    return SCORE_SPLIT_SHARE if variant == "score-split" else DEFAULT_PREDICTION_SHARE
 FIVE = ("age", "income", "credit_utilization", "latency_ms", "risk_score")
 EVIDENTLY_VENV = ROOT / ".rayloop" / "venvs" / "evidently"
 EVIDENTLY_REQUIREMENTS = HERE / "requirements-evidently.txt"
@@ -210,13 +219,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
-def bh_min(p_values: Sequence[float]) -> float:
-    """The smallest Benjamini-Hochberg adjusted p of a family: what DriftDetector.test alarms on."""
-    if not len(p_values):
-        return 1.0
-    return float(np.min(stats.false_discovery_control(np.clip(p_values, 0.0, 1.0), method="bh")))
 
 
 def code_version() -> dict[str, Any]:
@@ -450,7 +452,9 @@ def draw_window(s: dict[str, Any], shift: Shift, n: int, index: int, scenario_in
 # ---- methods --------------------------------------------------------------------------------
 def ours(detectors: dict[tuple[str, float], Any], window: pa.Table, scores: np.ndarray, verify: bool) -> dict[str, Any]:
     """The real default detector at alpha 0.05 on every window; variants and alpha 0.01 from its report."""
-    main = detectors[(VARIANTS["default"], 0.05)]
+    from rayloop.monitoring.drift import family_min_q
+
+    main = detectors[("default", 0.05)]
     t0 = time.perf_counter()
     counts = main.count(window, scores)
     t1 = time.perf_counter()
@@ -462,15 +466,16 @@ def ours(detectors: dict[tuple[str, float], Any], window: pa.Table, scores: np.n
     best = min(((q, f"{f.name}:{t}") for f in report.features for t, q in f.p_adjusted.items()), default=(1.0, ""))
     out["decisive"] = best[1]
     for variant, tests in VARIANTS.items():
-        family = [p for f in report.features for t, p in f.p_values.items() if f.kind == "categorical" or t == "missing" or t in tests]
-        out["min_q"][variant] = bh_min(family)
+        family = [(p, f.kind == "prediction") for f in report.features for t, p in f.p_values.items()
+                  if f.kind == "categorical" or t == "missing" or t in tests]
+        out["min_q"][variant] = family_min_q([p for p, _ in family], [k for _, k in family], variant_share(variant))
     out["family_size"] = {v: sum(1 for f in report.features for t in f.p_values if f.kind == "categorical" or t == "missing" or t in tests)
                           for v, tests in VARIANTS.items()}
     if verify:
         checks: dict[str, Any] = {}
         for variant, tests in VARIANTS.items():
             for alpha in ALPHAS:
-                det = detectors[(tests, alpha)]
+                det = detectors[(variant, alpha)]
                 t = time.perf_counter()
                 real = det.test(counts)
                 checks[f"{variant}@{alpha}"] = {
@@ -1018,8 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
     s = setup(args)
     print(f"[setup] {s['info']['setup_s']} s; held-out AUC {s['info']['model']['held_out_auc']}, "
           f"label rate {s['info']['reference_label_rate']}", flush=True)
-    detectors = {(tests, alpha): DriftDetector(s["profile"], alpha=alpha, numeric_tests=tests)
-                 for tests in VARIANTS.values() for alpha in ALPHAS}
+    detectors = {(variant, alpha): DriftDetector(s["profile"], alpha=alpha, numeric_tests=tests,
+                                                 prediction_share=variant_share(variant))
+                 for variant, tests in VARIANTS.items() for alpha in ALPHAS}
     shifts = scenarios(s["numeric"], args.deltas, args.age_deltas, args.all_deltas)
     oracle_flavours = []
     for sh in shifts[1:]:

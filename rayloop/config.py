@@ -28,6 +28,10 @@ from rayloop.errors import ConfigError
 from rayloop.paths import DEFAULT_HOME, ENV_HOME, ENV_STORAGE
 from rayloop.training.search_space import check_space
 
+# share of a drift window's false-alarm level spent on the model scores' tests, None: scores and
+# features in one family (rayloop.monitoring.drift; benchmarks/results/drift-score-split.json)
+DEFAULT_PREDICTION_SHARE: float | None = None
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "RayloopConfig",
@@ -228,6 +232,11 @@ class MonitoringConfig(_Section):
     p_value: float = Field(0.01, gt=0, lt=1, description="false-discovery level across all drift tests of a window")
     psi_threshold: float = Field(0.2, gt=0, description="PSI over which a feature counts as materially drifted")
     min_psi: float = Field(0.0, ge=0, description="a significant feature alarms only when its PSI is also above this")
+    prediction_share: float | None = Field(
+        DEFAULT_PREDICTION_SHARE, gt=0, lt=1,
+        description="share of p_value for the model scores' tests, the rest for the features' (null: one family); "
+        "0.5 finds label-prior shifts sooner and input shifts a little later",
+    )
     numeric_tests: list[Literal["rank", "scale", "ks", "chi2"]] = Field(
         ["rank", "scale", "ks", "chi2"], min_length=1,
         description="tests that decide numeric and score drift (all are reported; missingness is always tested)",

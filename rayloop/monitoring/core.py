@@ -142,7 +142,10 @@ class MonitorCore:
 
     def _detector(self, reference: Reference) -> DriftDetector:
         c = self.config
-        return DriftDetector(reference.profile, alpha=c.p_value, numeric_tests=c.numeric_tests, min_psi=c.min_psi)
+        return DriftDetector(
+            reference.profile, alpha=c.p_value, numeric_tests=c.numeric_tests, min_psi=c.min_psi,
+            prediction_share=c.prediction_share,
+        )
 
     # ---- persistence ------------------------------------------------------------------------
     @property

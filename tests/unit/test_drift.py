@@ -15,6 +15,8 @@ from rayloop.monitoring.drift import (
     DriftDetector,
     WindowCounts,
     chi2_homogeneity,
+    family_adjusted,
+    family_min_q,
     js_distance,
     ks_binned,
     merge_groups,
@@ -195,3 +197,60 @@ def test_unseen_categories_and_missing_values_fill_their_buckets(detector):
     assert counts.bins["age"][-1] == 2 and "income" not in counts.bins  # absent columns are not counted
     again = WindowCounts.from_dict(counts.to_dict()) + counts
     assert again.rows == 8 and again.bins["channel"][-2] == 4
+
+
+# ---- the two families: the scores' tests and the features' tests ------------------------------
+def test_one_family_is_plain_benjamini_hochberg():
+    p = RNG.uniform(size=30)
+    assert np.allclose(family_adjusted(p, [False] * 30, None), stats.false_discovery_control(p, method="bh"))
+
+
+def test_each_family_is_adjusted_on_its_own_and_scaled_by_its_share():
+    p = np.array([0.001, 0.02, 0.3, 0.004, 0.5, 0.6, 0.7])
+    is_pred = np.array([True, True, True, False, False, False, False])
+    out = family_adjusted(p, is_pred, 0.25)
+    assert np.allclose(out[is_pred], np.minimum(stats.false_discovery_control(p[is_pred], method="bh") / 0.25, 1))
+    assert np.allclose(out[~is_pred], np.minimum(stats.false_discovery_control(p[~is_pred], method="bh") / 0.75, 1))
+
+
+def test_a_shift_only_the_scores_show_alarms_with_the_split_and_not_in_one_family():
+    # 4 score tests, 50 feature tests: one clear score signal drowns in one family of 54
+    p = np.array([0.002, 0.4, 0.6, 0.8, *np.linspace(0.1, 0.99, 50)])
+    is_pred = np.array([True] * 4 + [False] * 50)
+    assert family_min_q(p, is_pred, None) > 0.05
+    assert family_min_q(p, is_pred, 0.5) < 0.05
+
+
+@pytest.mark.parametrize("share", [None, 0.5, 0.2])
+def test_the_split_keeps_the_false_alarm_rate_at_alpha_when_nothing_drifts(share):
+    rng = np.random.default_rng(9)
+    windows, alpha = 4000, 0.05
+    is_pred = np.array([True] * 4 + [False] * 40)
+    alarms = sum(family_min_q(rng.uniform(size=44), is_pred, share) < alpha for _ in range(windows))
+    # no more alarms than alpha allows, beyond sampling error
+    assert stats.binomtest(alarms, windows, alpha, alternative="greater").pvalue > 0.001
+
+
+def test_a_share_outside_zero_and_one_is_refused(detector):
+    with pytest.raises(ValueError, match="prediction_share"):
+        DriftDetector(detector.profile, prediction_share=1.0)
+
+
+def test_a_score_only_shift_weighs_more_with_the_split_than_in_one_family(detector):
+    # a mild label-prior shift seen only through the scores: a fifth of the low-scored rows go
+    live = generate(6000, seed=31)
+    scores = _score(live)
+    rng = np.random.default_rng(3)
+    keep = (scores >= np.median(scores)) | (rng.uniform(size=len(scores)) < 0.8)
+    split = DriftDetector(detector.profile, alpha=0.01, prediction_share=0.5)
+    single = DriftDetector(detector.profile, alpha=0.01)  # the default: one family
+    counts = split.count(live.slice(0, 1000), scores[keep][:1000])  # features from unshifted rows
+    reports = split.test(counts), single.test(counts)
+    q_split, q_single = (min(q for f in r.features for q in f.p_adjusted.values()) for r in reports)
+    assert reports[0].drifted == [PREDICTION]
+    assert q_split < q_single / 2
+
+
+def test_a_window_without_scores_gives_the_features_all_of_alpha():
+    p = np.array([0.001, 0.2, 0.5])
+    assert np.allclose(family_adjusted(p, [False] * 3, 0.5), stats.false_discovery_control(p, method="bh"))
