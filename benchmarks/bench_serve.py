@@ -13,6 +13,10 @@ $RAYLOOP_HOME and promoted to champion; every HTTP arm loads that exact version 
   run as rayloop does by default: the replica samples every row (monitoring.sample_rate 1.0) and
   sends it to the DriftMonitor actor, which runs on the server's core and logs every row to
   the Parquet inference log and tests every window;
+- rayloop-haproxy-lean-nomon: rayloop-haproxy-nomon with `RAY_SERVE_HAPROXY_METRICS_ENABLED=0`:
+  HAProxy then writes no per-request log line for Serve's own ingress metrics
+  (serve_num_http_requests and friends; rayloop's request and latency metrics from the replica
+  stay), and the HAProxyManager actor does not parse one per request;
 - fastapi: one uvicorn worker (uvloop, httptools, access log off) running a FastAPI app written
   below with the same handler logic and no batching: the same RecordParser, `pa.Table.from_pylist`,
   `FittedFeatures.transform` + `booster.predict` per request, the same response JSON;
@@ -72,7 +76,8 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_HOME = ".rayloop/bench-serve"
 MODEL_NAME = "bench-serve"
-HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-haproxy-nomon", "rayloop-proxy")
+HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-haproxy-nomon", "rayloop-haproxy-lean-nomon", "rayloop-proxy")
+LEAN_MARK = "-lean"  # HAProxy without Serve's per-request ingress metrics
 NO_MONITOR_SUFFIX = "-nomon"  # the same arm with monitoring.enabled=false
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -980,6 +985,8 @@ def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Serv
         # HAProxy's fixed listener ports would clash with any other cluster on this machine
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        if LEAN_MARK in arm:
+            env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
         for item in args.env:
             key, _, value = item.partition("=")
             env[key] = value

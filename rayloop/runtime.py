@@ -113,6 +113,8 @@ def serve_ingress_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(socket_dir / "admin.sock"),
+        # the datagram socket of Serve's per-request ingress metrics (default /tmp/haproxy-serve)
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(socket_dir / "metrics.sock"),
         "RAY_SERVE_HAPROXY_METRICS_PORT": "9101",
         "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
         # a replica being removed stays routable this long before it exits (Ray's default 30 s

