@@ -49,7 +49,7 @@ def check_ingest_headroom(node_cpus: Sequence[float], num_workers: int, cpus_per
     if node_cpus[0] - wanted < 1:
         raise ConfigError(
             f"training.num_workers={num_workers} x training.cpus_per_worker={cpus_per_worker:g} = {wanted:g} CPUs "
-            f"leaves none of this machine's {node_cpus[0]:g} for reading the data; the run would wait forever. "
+            f"leaves less than one of this machine's {node_cpus[0]:g} for reading the data; the run would wait forever. "
             f"Use at most {max(node_cpus[0] - 1, 0):g} CPUs for training workers"
         )
 
