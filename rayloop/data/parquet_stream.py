@@ -94,7 +94,7 @@ class StreamingParquetDatasource(Datasource):
         """One task per row group at most: Ray's size-based default asks for more on files with
         one big group, and then splits every block after the read (SplitBlocks), which cost
         about 20 s at 10M rows."""
-        return sum(len(groups) for groups in self._groups.values())
+        return max(1, sum(len(groups) for groups in self._groups.values()))
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(size for groups in self._groups.values() for _, size in groups)

@@ -103,3 +103,14 @@ def _arrow(ds) -> pa.Table:
     import ray
 
     return pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()])
+
+
+def test_an_empty_parquet_file_reads_as_no_rows_beside_a_full_one(tmp_path):
+    table = synthetic.generate(50, seed=5)
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    pq.write_table(table, tmp_path / "full.parquet")
+    assert read_dataset(str(tmp_path)).count() == 50
+    only_empty = tmp_path / "only"
+    only_empty.mkdir()
+    pq.write_table(table.slice(0, 0), only_empty / "empty.parquet")
+    assert read_dataset(str(only_empty)).count() == 0
