@@ -241,7 +241,7 @@ def fastapi_app():
     from rayloop import registry
     from rayloop.config import load_config
     from rayloop.data.schema import ARROW_TYPES
-    from rayloop.serving.api import RecordParser, RequestError
+    from rayloop.serving.api import RecordParser, RequestError, json_bytes
 
     name, _, version = os.environ["BENCH_SERVE_MODEL"].partition("@")
     serving = load_config(None).serving
@@ -254,7 +254,7 @@ def fastapi_app():
     fitted, predict_matrix = bundle.fitted, bundle.predict_matrix
 
     def _json(status: int, payload: Any) -> Response:
-        return Response(json.dumps(payload), status_code=status, media_type="application/json")
+        return Response(json_bytes(payload), status_code=status, media_type="application/json")
 
     app = FastAPI(title="bench-serve baseline")
 
@@ -367,7 +367,7 @@ def limit_arm(args: argparse.Namespace) -> int:
     from rayloop import registry
     from rayloop.config import load_config
     from rayloop.data.schema import ARROW_TYPES
-    from rayloop.serving.api import RecordParser
+    from rayloop.serving.api import RecordParser, json_bytes
 
     serving = load_config(None).serving
     bundle = registry.load_bundle(MODEL_NAME, args.model_version)
@@ -394,7 +394,7 @@ def limit_arm(args: argparse.Namespace) -> int:
         first = secrets.randbits(128)
         predictions = [{"request_id": f"{(first + i) % ID_SPACE:032x}", "probability": float(p),
                         "label": int(p >= threshold), "model_version": version} for i, p in enumerate(probs)]
-        return json.dumps({"predictions": predictions}).encode()
+        return json_bytes({"predictions": predictions})
 
     def handler(body: bytes) -> bytes:
         rows = parser.parse(body, "application/json")

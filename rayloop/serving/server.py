@@ -17,7 +17,6 @@ the model it was validated against until it is answered, so none fails during a 
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -38,6 +37,7 @@ from rayloop.bundle import ModelBundle
 from rayloop.config import MonitoringConfig
 from rayloop.data.schema import ARROW_TYPES
 from rayloop.serving.api import (
+    json_bytes,
     Feedback,
     RecordParser,
     RequestError,
@@ -95,7 +95,7 @@ app = FastAPI(
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+    return Response(json_bytes(payload), status_code=status, media_type="application/json", headers=headers)
 
 
 def _replica_id() -> str | None:

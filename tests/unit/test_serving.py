@@ -178,3 +178,16 @@ def test_the_bearer_token_is_checked_only_when_its_env_var_is_set():
     for header in (None, "Bearer wrong", "Basic s3cret", "s3cret"):
         refused = check(guarded, request(header))
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+
+
+def test_response_json_round_trips_floats_exactly_and_never_writes_nan():
+    import json
+    import math
+
+    from rayloop.serving.api import json_bytes
+
+    rng = np.random.default_rng(4)
+    probabilities = [float(p) for p in rng.uniform(size=500)] + [1e-300, 0.1 + 0.2]
+    assert json.loads(json_bytes({"p": probabilities}))["p"] == probabilities  # exact, not approximate
+    text = json_bytes({"a": math.nan, "b": math.inf, "c": [1, "x", None]})
+    assert json.loads(text) == {"a": None, "b": None, "c": [1, "x", None]}  # valid JSON, NaN as null
