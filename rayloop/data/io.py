@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -50,6 +50,8 @@ class SourceInfo:
     filesystem: pafs.FileSystem
     schema: pa.Schema
     file_columns: dict[str, tuple[str, ...]]
+    # Parquet: per file, per row group, (rows, uncompressed bytes), from the footer read above
+    row_groups: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     def read_options(self, malformed_dir: str | None = None) -> dict:
         """Reader kwargs. CSV columns are read as text so one bad value can never abort a read:
@@ -144,7 +146,8 @@ def inspect_source(uri: str, format: Literal["auto", "parquet", "csv"] = "auto")
         fmt: Format = formats.pop()  # type: ignore[assignment]
     else:
         fmt = format
-    schemas = [_file_schema(fs, f, fmt) for f in files]
+    opened = [_open_file(fs, f, fmt) for f in files]
+    schemas = [schema for schema, _ in opened]
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -156,20 +159,26 @@ def inspect_source(uri: str, format: Literal["auto", "parquet", "csv"] = "auto")
         filesystem=fs,
         schema=schema,
         file_columns={f: tuple(s.names) for f, s in zip(files, schemas)},
+        row_groups={f: groups for f, (_, groups) in zip(files, opened) if fmt == "parquet"},
     )
 
 
-def _file_schema(fs: pafs.FileSystem, path: str, fmt: Format) -> pa.Schema:
+def _open_file(fs: pafs.FileSystem, path: str, fmt: Format) -> tuple[pa.Schema, tuple[tuple[int, int], ...]]:
+    """The file's schema and, for Parquet, its row groups' (rows, bytes): one footer read."""
     try:
         if fmt == "parquet":
-            return pq.read_schema(path, filesystem=fs)
+            meta = pq.read_metadata(path, filesystem=fs)
+            groups = tuple(
+                (meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)
+            )
+            return meta.schema.to_arrow_schema(), groups
         with fs.open_input_stream(path, compression="detect") as stream:
             reader = pacsv.open_csv(
                 stream,
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=MalformedRowSink(None)),
             )
-            return pa.schema([(name, pa.string()) for name in reader.schema.names])
+            return pa.schema([(name, pa.string()) for name in reader.schema.names]), ()
     except (OSError, pa.ArrowInvalid, pa.ArrowException) as exc:
         raise DataSourceError(path, f"not a readable {fmt} file: {exc}") from exc
 

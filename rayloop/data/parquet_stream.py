@@ -78,13 +78,7 @@ class StreamingParquetDatasource(Datasource):
         super().__init__()
         self._info = info
         self._batch_rows = batch_rows
-        # per file, per row group: (rows, uncompressed bytes); plain ints so the plan pickles
-        self._groups: dict[str, list[tuple[int, int]]] = {}
-        for path in info.files:
-            meta = pq.read_metadata(path, filesystem=info.filesystem)
-            self._groups[path] = [
-                (meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)
-            ]
+        self._groups = info.row_groups  # per file, per row group: (rows, uncompressed bytes)
 
     def get_name(self) -> str:
         return "ParquetStream"
