@@ -61,6 +61,26 @@ def test_rule_violations_name_the_field_and_the_rule(parser, parts, mutate, stat
     assert {"field": field, "rule": rule} == {k: caught.value.errors[0][k] for k in ("field", "rule")}
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["0", "120", "0.5", "7", "1.5e1", '"3.5"', "null", "NaN", "-1", "121", "Infinity", "-Infinity", "1e400", '"x"', "true"],
+)
+def test_the_fast_path_agrees_with_the_full_rules_on_every_value(parser, parts, value):
+    """The native fast types only shortcut: each value parses to what the full rules give, or
+    fails with the full rules' error (age: nullable float in [0, 120], infinities refused)."""
+    body = json.dumps([{**_row(parts), "age": None}]).replace('"age": null', f'"age": {value}', 1).encode()
+    try:
+        expected = parser._many.validate_json(body)
+    except Exception as exc:  # the full rules refuse: parse must answer their 4xx
+        with pytest.raises(RequestError) as caught:
+            parser.parse(body, "application/json")
+        assert caught.value.status == 422 and type(exc).__name__ == "ValidationError"
+        assert caught.value.errors[0]["field"] == "records[0].age"
+        return
+    assert parser.parse(body, "application/json") == expected
+    assert value != "NaN" or expected[0]["age"] is None  # NaN means missing in a nullable column
+
+
 def test_transport_errors_are_400_413_415(parser, parts):
     row = json.dumps(_row(parts)).encode()
     for body, content_type, status in [
