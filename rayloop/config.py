@@ -255,6 +255,11 @@ class MonitoringConfig(_Section):
     cooldown_s: float = Field(600, ge=0, description="seconds after a retrain starts before another may")
     daily_retrain_budget: int = Field(4, ge=0, description="retrains per UTC day")
     storage: str | None = Field(None, description="state and inference-log root (pyarrow URI); default RAYLOOP_HOME")
+    niceness: int = Field(
+        10, ge=0, le=19,
+        description="the monitor process's nice increment: its work waits (its buffers absorb it), the replicas "
+        "sharing its CPU do not; 0 keeps Ray's worker priority",
+    )
 
 
 class RetrainConfig(_Section):

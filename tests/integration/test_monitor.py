@@ -167,6 +167,18 @@ def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
     assert {"age", "channel", "prediction"} <= features
 
 
+def _worker_niceness() -> int:
+    return os.nice(0)
+
+
+def test_the_monitor_runs_below_the_priority_of_rays_workers(app):
+    _, monitor, config = app
+    pid = ray.get(monitor.ping_pid.remote())
+    worker = ray.get(ray.remote(num_cpus=0)(_worker_niceness).remote())
+    assert config.monitoring.niceness == 10
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, worker + config.monitoring.niceness)
+
+
 def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowledged_row(app, rayloop_home):
     base, monitor, _ = app
     before = _wait(monitor, lambda s: True)
