@@ -68,6 +68,9 @@ def ray_env() -> dict[str, str]:
         # Ray Train's controller polls its workers every 2 s by default, and every report and the
         # end of a run wait for that poll: 0.2 s took 3 s off a 1-round LightGBM fit (18 -> 15 s)
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+        # Ray Train starts a preemption watcher actor per run; a local cluster has no node to be
+        # preempted, and the process cost about 1 CPU-second of a 2-core machine per run
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
         # Ray starts workers at nice 15, below its own agents: a Serve replica then stalled for
         # 150-350 ms whenever the dashboard agent ran (every 10 s); at 0 the benchmark's p99 fell
         # from 554 to 137 ms at 300 req/s (benchmarks/bench_serve.py)

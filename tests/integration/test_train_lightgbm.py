@@ -43,6 +43,12 @@ def test_lightgbm_on_ray_train_learns_and_checkpoints_under_rayloop_home(feature
     booster = load_booster(outcome.checkpoint)
     x, y = feature_run.test_split()
     assert roc_auc(y, booster.predict(x)) > 0.75
+    # a local cluster has nothing to preempt: no watcher process per run (rayloop.runtime.ray_env)
+    # (the GCS actor table: the state API needs the dashboard, which the test cluster runs without)
+    from ray._private.state import actors
+
+    started = {info["ActorClassName"] for info in actors().values()}
+    assert "TrainController" in started and "PreemptionWatcher" not in started
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
