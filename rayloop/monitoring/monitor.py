@@ -59,7 +59,7 @@ class DriftMonitor:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorArgs.model_validate(args)
         # below the replicas: on a shared core its window tests, log writes and state saves came
-        # in bursts that held a request up; nothing here waits on a client
+        # in bursts that held requests up; no request waits on this actor (replicas buffer)
         os.nice(self.args.monitoring.niceness)
         os.environ[paths.ENV_HOME] = self.args.home
         os.environ["MLFLOW_TRACKING_URI"] = self.args.tracking_uri
