@@ -465,15 +465,14 @@ def ours(detectors: dict[tuple[str, float], Any], window: pa.Table, scores: np.n
     # the feature:test behind the window's smallest adjusted p (what made an alarm)
     best = min(((q, f"{f.name}:{t}") for f in report.features for t, q in f.p_adjusted.items()), default=(1.0, ""))
     out["decisive"] = best[1]
-    for variant, tests in VARIANTS.items():
+    for variant in VARIANTS:
+        det = detectors[(variant, 0.05)]  # the variant's own rule for which tests decide
         family = [(p, f.kind == "prediction") for f in report.features for t, p in f.p_values.items()
-                  if f.kind == "categorical" or t == "missing" or t in tests]
+                  if det.decides(f.kind, t)]
         out["min_q"][variant] = family_min_q([p for p, _ in family], [k for _, k in family], variant_share(variant))
-    out["family_size"] = {v: sum(1 for f in report.features for t in f.p_values if f.kind == "categorical" or t == "missing" or t in tests)
-                          for v, tests in VARIANTS.items()}
     if verify:
         checks: dict[str, Any] = {}
-        for variant, tests in VARIANTS.items():
+        for variant in VARIANTS:
             for alpha in ALPHAS:
                 det = detectors[(variant, alpha)]
                 t = time.perf_counter()

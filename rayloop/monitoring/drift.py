@@ -53,8 +53,6 @@ from rayloop.features.stats import numeric_values
 
 __all__ = [
     "DEFAULT_PREDICTION_SHARE",
-    "family_adjusted",
-    "family_min_q",
     "NUMERIC_TESTS",
     "PREDICTION",
     "DriftDetector",
@@ -62,12 +60,14 @@ __all__ = [
     "FeatureDrift",
     "WindowCounts",
     "chi2_homogeneity",
+    "family_adjusted",
+    "family_min_q",
     "js_distance",
     "ks_binned",
     "merge_groups",
+    "missing_test",
     "psi",
     "psi_null_quantile",
-    "missing_test",
     "rank_test",
     "scale_test",
 ]
@@ -504,7 +504,8 @@ class DriftDetector:
             psi_null_quantile(int(n), int(m), bins_used, self.alpha),
         )
 
-    def _decides(self, kind: Kind, test: str) -> bool:
+    def decides(self, kind: Kind, test: str) -> bool:
+        """Whether a test of a feature of this kind is in the window's alarm family."""
         return kind == "categorical" or test == "missing" or test in self.numeric_tests
 
     def test(self, window: WindowCounts) -> DriftReport:
@@ -519,7 +520,7 @@ class DriftDetector:
             (i, test, p)
             for i, (_, ref, _, _, p_values, *_rest) in enumerate(partial)
             for test, p in p_values.items()
-            if self._decides(ref.kind, test)
+            if self.decides(ref.kind, test)
         ]
         is_prediction = [partial[i][1].kind == "prediction" for i, _, _ in family]
         adjusted = family_adjusted([p for *_, p in family], is_prediction, self.prediction_share)
