@@ -24,6 +24,14 @@ failed: each failure is recorded with its error, and the JSON is rewritten after
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # on the lent GPU machine
     .venv/bin/python benchmarks/gpu_check.py --out /tmp/gpu_check_cpu.json   # CPU smoke run
+
+`--part serving` measures instead what a Serve replica calls: `rayloop.serving.backends.build_backend`
+on the demo MLP bundle (features fitted on synthetic rows), numpy float32 rows in, float64
+probabilities out, host copies included. Named baseline: the `native` reference (eager torch on the
+CPU, what a replica without a GPU serves). It needs rayloop's own dependencies (pydantic,
+datasketches, pyarrow) but no Ray, LightGBM or MLflow.
+
+    python benchmarks/gpu_check.py --part serving --out $OUT/gpu_serving.json
 """
 
 from __future__ import annotations
@@ -528,6 +536,157 @@ def save(payload: dict, out: Path) -> None:
     tmp.replace(out)
 
 
+# ---- --part serving: rayloop's serving backends, numpy in -> numpy out ------------------------
+SERVING_SIZES = [1, 8, 64, 256, 1024, 4096]
+
+
+def _demo_mlp_bundle(seed: int, rows: int) -> Any:
+    """The demo config's MLP shape on FittedFeatures fitted in-process (random weights: parity and
+    speed do not depend on training)."""
+    from rayloop.bundle import ModelBundle
+    from rayloop.config import load_config
+    from rayloop.data.synthetic import generate
+    from rayloop.features.pipeline import FeaturePipeline
+    from rayloop.training.torch import build_model
+
+    config = load_config(None)
+    pipeline = FeaturePipeline(config.features, config.data.schema_, label_column="label",
+                               timestamp_column="event_time", id_column="entity_id")
+    fitted, profile = pipeline.fit_table(generate(rows, seed=seed))
+    params = {"hidden": list(config.training.mlp["hidden"]), "dropout": 0.0}
+    torch.manual_seed(seed)
+    model = build_model({"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
+                         "cardinalities": fitted.cardinalities, **params}).eval()
+    return ModelBundle("mlp", model, fitted, config.data.schema_, profile, model_params=params)
+
+
+def _timed(fn: Callable[[], Any], calls: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    mean = sum(times) / len(times)
+    return {"p50_ms": round(_percentile(times, 0.5) * 1e3, 4), "p99_ms": round(_percentile(times, 0.99) * 1e3, 4),
+            "mean_ms": round(mean * 1e3, 4)}
+
+
+def serving_main(args: argparse.Namespace) -> int:
+    """Every serving backend as build_backend makes it, against the native CPU reference."""
+    import numpy as np
+
+    from rayloop.serving import backends as sb
+
+    budget = Budget(args.budget_s)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    sizes = args.batches or (SERVING_SIZES if cuda else [1, 64, 1024])
+    calls = args.calls or (200 if cuda else 20)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    bundle = _demo_mlp_bundle(args.seed, 5000)
+    payload: dict[str, Any] = {
+        "name": "gpu_serving",
+        "baseline": "native",
+        "environment": environment(device),
+        "settings": {
+            "sizes": sizes, "calls": calls, "warmup": warmup, "seed": args.seed, "budget_s": args.budget_s,
+            "model_params": bundle.model_params, "n_features": len(bundle.fitted.feature_names),
+            "max_batch_size": 64, "max_rows": sb.MAX_ROWS, "tolerance": 2e-3,
+            "call": "backend.predict(float32 numpy rows) -> float64 numpy probabilities, host copies included",
+            "mixed": "then 300 calls with row counts drawn uniformly from 1..64 (as Serve's batches vary): "
+                     "the first call at each new size included",
+        },
+        "backends": {},
+        "results": [],
+        "errors": [],
+    }
+    print(f"gpu_check --part serving: {payload['environment'].get('device_name')} ({device}), torch "
+          f"{torch.__version__}, MLP {bundle.model_params}, {len(bundle.fitted.feature_names)} features", flush=True)
+    inputs = {n: sb.probe_matrix(bundle.fitted, rows=n, seed=100 + n) for n in sizes}
+    expected = {n: bundle.predict_matrix(x) for n, x in inputs.items()}
+    rng = np.random.default_rng(args.seed)
+    mixed_sizes = [int(v) for v in rng.integers(1, 65, 300)]
+    mixed_pool = sb.probe_matrix(bundle.fitted, rows=64, seed=7)
+    base: dict[int, float] = {}
+    choices = ["native", "torch", "torch_compile", "cuda_graph", "tensorrt"] if cuda else ["native", "torch", "torch_compile"]
+    payload["auto"] = sb.resolve_choice("mlp", "auto")
+    for choice in choices:
+        info: dict[str, Any] = {}
+        payload["backends"][choice] = info
+        if budget.left() < 15:
+            info.update(status="skipped", reason=f"budget: {budget.left():.0f} s left")
+            continue
+        print(f"[{budget.elapsed():6.1f} s] {choice}", flush=True)
+        fallbacks: list[tuple[str, str]] = []
+        try:
+            with time_limit(min(180.0, budget.left() - 5)):
+                t0 = time.perf_counter()
+                backend = sb.build_backend(bundle, choice, max_batch_size=64, tolerance=2e-3,
+                                           cache_dir=Path(tempfile.mkdtemp(prefix="gpu_serving_")),
+                                           on_fallback=lambda *a, sink=fallbacks: sink.append(a))
+                info["build_s"] = round(time.perf_counter() - t0, 3)
+        except (Exception, BackendTimeout) as exc:  # noqa: BLE001
+            info.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            continue
+        info.update(served_by=backend.name, device=backend.device, probe_max_abs_diff=backend.max_abs_diff,
+                    fallbacks=[list(f) for f in fallbacks])
+        if backend.name != choice:
+            info.update(status="fell back", reason=f"{fallbacks}")
+            print(f"  fell back to {backend.name}: {fallbacks}", flush=True)
+            continue
+        try:
+            with time_limit(min(240.0, budget.left() - 5)):
+                for n in sizes:
+                    t0 = time.perf_counter()
+                    got = backend.predict(inputs[n])
+                    first = time.perf_counter() - t0
+                    row = {"backend": choice, "rows": n, "first_call_ms": round(first * 1e3, 3),
+                           **_timed(lambda b=backend, x=inputs[n]: b.predict(x), calls, warmup),
+                           "parity_max_abs_prob_diff": float(np.max(np.abs(got - expected[n])))}
+                    row["rows_per_s"] = round(n / (row["mean_ms"] / 1e3), 1)
+                    if choice == "native":
+                        base[n] = row["rows_per_s"]
+                    row["ratio_vs_native"] = round(row["rows_per_s"] / base[n], 3) if n in base else None
+                    payload["results"].append(row)
+                    print(f"  rows {n:5d}: p50 {row['p50_ms']:.3f} ms, first {row['first_call_ms']:.1f} ms, "
+                          f"{row['rows_per_s']:,.0f} rows/s ({row['ratio_vs_native'] or 0:.2f}x native), "
+                          f"parity {row['parity_max_abs_prob_diff']:.1e}", flush=True)
+                times = []
+                for n in mixed_sizes:
+                    t0 = time.perf_counter()
+                    backend.predict(mixed_pool[:n])
+                    times.append(time.perf_counter() - t0)
+                ordered = sorted(times)
+                info["mixed"] = {"calls": len(times), "mean_ms": round(sum(times) / len(times) * 1e3, 4),
+                                 "p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4),
+                                 "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
+                                 "max_ms": round(ordered[-1] * 1e3, 3),
+                                 "first_100_mean_ms": round(sum(times[:100]) / 100 * 1e3, 4)}
+                print(f"  mixed 1..64 rows: {info['mixed']}", flush=True)
+            info["status"] = "ok"
+        except (Exception, BackendTimeout) as exc:  # noqa: BLE001
+            info.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            payload["errors"].append({"backend": choice, "traceback": traceback.format_exc()[-3000:]})
+            print(f"  failed: {info['reason']}", flush=True)
+        finally:
+            backend = None
+            if choice == "torch_compile":
+                torch._dynamo.reset()
+            gc.collect()
+        payload["elapsed_s"] = round(budget.elapsed(), 1)
+        save(payload, args.out)
+    payload["elapsed_s"] = round(budget.elapsed(), 1)
+    save(payload, args.out)
+    print(f"\nsaved {args.out} ({payload['elapsed_s']} s); auto picks {payload['auto']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
@@ -540,7 +699,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--backends", nargs="+", help="only these backends (the baseline always runs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--part", choices=["models", "serving"], default="models",
+                        help="models: TabularMLP backends on device tensors (default); serving: rayloop's "
+                             "serving backends, numpy in and out")
     args = parser.parse_args(argv)
+    if args.part == "serving":
+        return serving_main(args)
 
     budget = Budget(args.budget_s)
     cuda = torch.cuda.is_available() and args.device != "cpu"

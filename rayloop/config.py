@@ -184,7 +184,7 @@ class RegistryConfig(_Section):
 class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    backend: Literal["auto", "native", "torch", "torch_compile", "tensorrt"] = "auto"
+    backend: Literal["auto", "native", "torch", "torch_compile", "cuda_graph", "tensorrt"] = "auto"
     max_batch_size: int = Field(64, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)

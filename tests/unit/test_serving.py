@@ -11,7 +11,15 @@ from pydantic import ValidationError
 
 from rayloop.bundle import ModelBundle
 from rayloop.serving.api import Feedback, RecordParser, RequestError
-from rayloop.serving.backends import build_backend, parity, probe_matrix, resolve_choice
+from rayloop.serving.backends import (
+    Backend,
+    _chunked,
+    build_backend,
+    graph_sizes,
+    parity,
+    probe_matrix,
+    resolve_choice,
+)
 from rayloop.training.torch import build_model
 from tests.support import fitted_synthetic
 
@@ -156,18 +164,47 @@ def test_auto_picks_native_for_trees_and_on_cpu():
     if not torch.cuda.is_available():
         assert resolve_choice("mlp", "auto") == "native"
     assert resolve_choice("mlp", "torch_compile") == "torch_compile"
+    assert resolve_choice("mlp", "cuda_graph") == "cuda_graph"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where no CUDA device is visible")
+def test_cuda_graphs_without_cuda_fall_back_to_the_reference(parts):
+    calls: list[tuple[str, str]] = []
+    backend = build_backend(_mlp_bundle(parts), "cuda_graph", on_fallback=lambda *a: calls.append(a))
+    assert backend.name == "native" and calls == [("cuda_graph", "unavailable")]
+
+
+def test_graph_sizes_cover_every_row_count_up_to_max_rows():
+    assert graph_sizes(1) == [1] and graph_sizes(5) == [1, 2, 4, 8]
+    assert graph_sizes(1024)[-1] == 1024 and graph_sizes(1000)[-1] == 1024 and len(graph_sizes(1024)) == 11
+
+
+def test_a_shape_bound_backend_scores_large_inputs_in_chunks():
+    seen: list[int] = []
+
+    def engine(x: np.ndarray) -> np.ndarray:
+        assert len(x) <= 4, "the engine was given more rows than its shape range"
+        seen.append(len(x))
+        return x[:, 0].astype(np.float64) * 2
+
+    backend = _chunked(Backend("engine", engine), max_rows=4)
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    assert np.array_equal(backend.predict(x), x[:, 0] * 2) and seen == [4, 4, 2]
+    assert np.array_equal(backend.predict(x[:3]), x[:3, 0] * 2) and seen[-1] == 3
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
-@pytest.mark.parametrize("name", ["torch", "torch_compile", "tensorrt"])
+@pytest.mark.parametrize("name", ["torch", "torch_compile", "cuda_graph", "tensorrt"])
 def test_cuda_backends_serve_only_after_passing_parity(parts, name, tmp_path):
     from rayloop.serving.backends import _has_tensorrt
 
     bundle = _mlp_bundle(parts)
     calls: list[tuple[str, str]] = []
-    backend = build_backend(bundle, name, max_batch_size=64, tolerance=2e-3, cache_dir=tmp_path,
+    # max_rows 100: the 300 rows below also go through the chunked path of the shape-bound backends
+    backend = build_backend(bundle, name, max_batch_size=64, max_rows=100, tolerance=2e-3, cache_dir=tmp_path,
                             on_fallback=lambda *a: calls.append(a))
+    assert resolve_choice("mlp", "auto") == ("tensorrt" if _has_tensorrt() else "cuda_graph")
     if name == "tensorrt" and not _has_tensorrt():
         assert backend.name == "native" and calls == [("tensorrt", "unavailable")]
         return
@@ -175,8 +212,34 @@ def test_cuda_backends_serve_only_after_passing_parity(parts, name, tmp_path):
     x = probe_matrix(bundle.fitted, rows=300, seed=9)
     got = np.concatenate([backend.predict(x[i : i + 64]) for i in range(0, 300, 64)])
     assert parity(bundle.predict_matrix(x), got) <= 2e-3
+    for rows in (1, 3, 37, 300):  # padded up to a captured size, or chunked
+        assert parity(bundle.predict_matrix(x[:rows]), backend.predict(x[:rows])) <= 2e-3
     if name == "tensorrt":
         assert any(tmp_path.iterdir())  # the engine was cached for the next replica
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+def test_a_new_cuda_graph_backend_builds_in_a_thread_while_the_old_one_serves(parts):
+    """A hot swap loads the next version in a worker thread (server.reconfigure) while the event
+    loop keeps replaying the serving version's graphs: capture must not break either."""
+    import threading
+
+    bundle = _mlp_bundle(parts)
+    serving = build_backend(bundle, "cuda_graph", max_batch_size=64, tolerance=2e-3)
+    assert serving.name == "cuda_graph"
+    x = probe_matrix(bundle.fitted, rows=64, seed=11)
+    want = bundle.predict_matrix(x)
+    built: list = []
+    loader = threading.Thread(target=lambda: built.append(build_backend(bundle, "cuda_graph", tolerance=2e-3)))
+    loader.start()
+    served = 0
+    while loader.is_alive() or served < 50:
+        rows = 1 + served % 64
+        assert parity(want[:rows], serving.predict(x[:rows])) <= 2e-3
+        served += 1
+    loader.join()
+    assert built[0].name == "cuda_graph" and parity(want, built[0].predict(x)) <= 2e-3
 
 
 def test_the_bearer_token_is_checked_only_when_its_env_var_is_set():
