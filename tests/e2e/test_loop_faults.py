@@ -77,7 +77,7 @@ def test_a_worse_challenger_is_refused_by_the_gate(ray_head):
 def test_a_monitor_killed_while_its_retrain_job_runs_sees_the_job_through_and_promotes(ray_head):
     model = "e2e-fault-killed"
     try:
-        out = _drive(ray_head, model, kill="submitted")
+        out = _drive(ray_head, model, "registry.gate_metric=accuracy", kill="submitted")  # see test_loop.py
     finally:
         _stop(ray_head, model)
         subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
