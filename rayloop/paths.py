@@ -150,6 +150,12 @@ def data_dir() -> Path:
     return home() / "data"
 
 
+def compile_cache_dir(tool: str) -> Path:
+    """Where torch.compile (`torchinductor`) and Triton keep compiled kernels instead of /tmp and
+    ~/.triton: a replica with the torch_compile backend writes there."""
+    return home() / "cache" / tool
+
+
 def logs_dir() -> Path:
     return home() / "logs"
 

@@ -13,7 +13,7 @@ from rayloop.runtime import auth_headers, auth_token, ray_env
 def test_state_lives_under_rayloop_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path / "h"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for path in (paths.ray_temp_dir(), paths.train_storage(), paths.tune_storage(), paths.mlflow_db(),
+    for path in (paths.ray_temp_dir(), paths.train_storage(), paths.tune_storage(), paths.mlflow_db(), paths.compile_cache_dir("triton"),
                  paths.inference_log_dir(), paths.reports_dir(), paths.run_dir("x"), paths.auth_token_path()):
         assert path.is_relative_to(tmp_path / "h")
     assert paths.mlflow_tracking_uri() == f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"
@@ -44,12 +44,14 @@ def test_a_home_too_long_for_ray_sockets_gets_a_short_link_to_it(monkeypatch, tm
 def test_ray_env_turns_token_auth_on_with_a_private_token_under_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
     monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
     env = ray_env()
     assert env["RAY_AUTH_MODE"] == "token"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # node IP 127.0.0.1: everything on the loopback
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # compiled kernels too
+        assert Path(env[var]).is_relative_to(tmp_path)
     token_file = tmp_path / "auth_token"
     assert env["RAY_AUTH_TOKEN_PATH"] == str(token_file)
     assert token_file.stat().st_mode & 0o777 == 0o600
