@@ -87,11 +87,26 @@ def short_path(real: Path, tag: str, max_chars: int) -> Path:
             f"link {str(link)!r}; Unix socket paths allow at most {max_chars} here. "
             f"Set {ENV_HOME} (or TMPDIR) to a shorter path."
         )
+    prune_dangling_links(tag)
     if link.is_symlink() and Path(os.readlink(link)) != real:
         link.unlink()
     if not link.is_symlink():
         link.symlink_to(real, target_is_directory=True)
     return link
+
+
+def prune_dangling_links(tag: str) -> int:
+    """Remove this user's earlier `short_path` links whose target is gone (a removed test, demo or
+    benchmark home), so the system temp dir does not collect one per home; returns how many."""
+    removed = 0
+    for link in Path(tempfile.gettempdir()).glob(f"{tag}-{os.getuid()}-*"):
+        try:
+            if link.is_symlink() and not link.exists():
+                link.unlink()
+                removed += 1
+        except OSError:  # another process removed or replaced it meanwhile
+            continue
+    return removed
 
 
 def auth_token_path() -> Path:

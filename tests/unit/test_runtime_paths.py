@@ -41,6 +41,26 @@ def test_a_home_too_long_for_ray_sockets_gets_a_short_link_to_it(monkeypatch, tm
     monkeypatch.setattr(tempfile, "tempdir", None)
 
 
+def test_short_links_whose_home_is_gone_are_pruned_and_no_others(monkeypatch, tmp_path):
+    import tempfile
+
+    links = tmp_path / "t"
+    links.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(links))
+    gone = links / f"rltest-{os.getuid()}-0000000000"  # a removed home's link
+    gone.symlink_to(tmp_path / "removed-home", target_is_directory=True)
+    (tmp_path / "alive").mkdir()
+    alive = links / f"rltest-{os.getuid()}-1111111111"
+    alive.symlink_to(tmp_path / "alive", target_is_directory=True)
+    foreign = links / "someone-elses-link"
+    foreign.symlink_to(tmp_path / "nowhere")
+    real = tmp_path / ("x" * 80)
+    link = paths.short_path(real, "rltest", len(str(real)) - 1)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert not gone.is_symlink()
+    assert alive.is_symlink() and foreign.is_symlink()
+
+
 def test_ray_env_turns_token_auth_on_with_a_private_token_under_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
     monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)
