@@ -151,8 +151,17 @@ def merge_groups(reference: np.ndarray, min_share: float, ordered: bool) -> list
     return [np.asarray(g) for g in groups]
 
 
-def _grouped(counts: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
-    return np.array([counts[g].sum() for g in groups], dtype=np.float64)
+def _group_index(groups: Sequence[np.ndarray], bins: int) -> np.ndarray:
+    """bin -> the index of its group in `groups` (which cover every bin once)."""
+    index = np.empty(bins, dtype=np.intp)
+    for g, members in enumerate(groups):
+        index[members] = g
+    return index
+
+
+def _grouped(counts: np.ndarray, index: np.ndarray, n_groups: int) -> np.ndarray:
+    """Counts summed per group: one bincount (exact for counts, which are whole numbers)."""
+    return np.bincount(index, weights=counts, minlength=n_groups)
 
 
 def chi2_homogeneity(window: np.ndarray, reference: np.ndarray) -> tuple[float, float, int]:
@@ -419,6 +428,9 @@ class DriftDetector:
         self.min_expected = min_expected
         self.max_test_bins = max_test_bins
         self.psi_bins = psi_bins
+        # (feature, share, ordered) -> (bin -> group, the reference's grouped counts): they depend on
+        # the reference and the window size only, so every full window reuses them
+        self._groupings: dict[tuple[str, float, bool], tuple[np.ndarray, np.ndarray]] = {}
         self.refs: dict[str, _Ref] = {p.name: _numeric_ref(p) for p in profile.numeric}
         self.refs.update({p.name: _categorical_ref(p) for p in profile.categorical})
         if profile.prediction_histogram is not None:
@@ -464,6 +476,17 @@ class DriftDetector:
         return WindowCounts(0, {name: np.zeros(len(ref.counts), dtype=np.int64) for name, ref in self.refs.items()})
 
     # ---- testing ---------------------------------------------------------------------------
+    def _grouping(self, ref: _Ref, reference: np.ndarray, share: float, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
+        key = (ref.name, share, ordered)
+        cached = self._groupings.get(key)
+        if cached is None:
+            if len(self._groupings) >= 1024:  # many window sizes (partial windows): start over
+                self._groupings.clear()
+            groups = merge_groups(reference, share, ordered=ordered)
+            index = _group_index(groups, len(reference))
+            cached = self._groupings[key] = (index, _grouped(reference, index, len(groups)))
+        return cached
+
     def _feature_tests(self, ref: _Ref, window: np.ndarray) -> tuple[dict[str, float], dict[str, float], float, float, float]:
         n = float(window.sum())
         m = float(ref.counts.sum())
@@ -474,24 +497,24 @@ class DriftDetector:
         if ordered:
             # location, spread, KS and shape on the present values; missingness on its own (exact)
             w_present, r_present = window[:-1], ref.counts[:-1]
-            groups = merge_groups(r_present, test_share, ordered=True)
+            index, r_test = self._grouping(ref, r_present, test_share, ordered=True)
             z, p = rank_test(w_present, r_present)
             statistics["rank_z"], p_values["rank"] = z, p
             z, p = scale_test(w_present, r_present)
             statistics["scale_z"], p_values["scale"] = z, p
             d, p = ks_binned(w_present, r_present)
             statistics["ks_d"], p_values["ks"] = d, p
-            stat, p, _ = chi2_homogeneity(_grouped(w_present, groups), _grouped(r_present, groups))
+            stat, p, _ = chi2_homogeneity(_grouped(w_present, index, len(r_test)), r_test)
             statistics["chi2"], p_values["chi2"] = stat, p
             if window[-1] or ref.counts[-1]:
                 p_values["missing"] = missing_test(int(window[-1]), int(n), int(ref.counts[-1]), int(m))
                 statistics["missing_rate"] = float(window[-1] / n)
-            psi_groups = merge_groups(r_present, 1.0 / self.psi_bins, ordered=True)
-            w_psi = np.append(_grouped(w_present, psi_groups), window[-1])
-            r_psi = np.append(_grouped(r_present, psi_groups), ref.counts[-1])
+            psi_index, r_psi_present = self._grouping(ref, r_present, 1.0 / self.psi_bins, ordered=True)
+            w_psi = np.append(_grouped(w_present, psi_index, len(r_psi_present)), window[-1])
+            r_psi = np.append(r_psi_present, ref.counts[-1])
         else:
-            groups = merge_groups(ref.counts, test_share, ordered=False)
-            w_test, r_test = _grouped(window, groups), _grouped(ref.counts, groups)
+            index, r_test = self._grouping(ref, ref.counts, test_share, ordered=False)
+            w_test = _grouped(window, index, len(r_test))
             stat, p, _ = chi2_homogeneity(w_test, r_test)
             statistics["chi2"], p_values["chi2"] = stat, p
             w_psi, r_psi = w_test, r_test

@@ -254,3 +254,14 @@ def test_a_score_only_shift_weighs_more_with_the_split_than_in_one_family(detect
 def test_a_window_without_scores_gives_the_features_all_of_alpha():
     p = np.array([0.001, 0.2, 0.5])
     assert np.allclose(family_adjusted(p, [False] * 3, 0.5), stats.false_discovery_control(p, method="bh"))
+
+
+def test_a_reused_detector_judges_every_window_size_as_a_fresh_one_does(detector):
+    """The grouping of bins is cached per feature and window size: a detector that has seen other
+    sizes (and the same size before) must report exactly what a new detector reports."""
+    live = generate(3000, seed=31)
+    for rows in (1000, 40, 1000, 250, 3000, 40):
+        window = live.slice(0, rows)
+        got = detector.check(window, _score(window)).to_dict()
+        fresh = DriftDetector(detector.profile, alpha=0.01).check(window, _score(window)).to_dict()
+        assert got == fresh, rows
