@@ -590,6 +590,7 @@ def serving_main(args: argparse.Namespace) -> int:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
     bundle = _demo_mlp_bundle(args.seed, 5000)
+    max_rows = args.max_rows or sb.MAX_ROWS
     payload: dict[str, Any] = {
         "name": "gpu_serving",
         "baseline": "native",
@@ -597,7 +598,7 @@ def serving_main(args: argparse.Namespace) -> int:
         "settings": {
             "sizes": sizes, "calls": calls, "warmup": warmup, "seed": args.seed, "budget_s": args.budget_s,
             "model_params": bundle.model_params, "n_features": len(bundle.fitted.feature_names),
-            "max_batch_size": 64, "max_rows": sb.MAX_ROWS, "tolerance": 2e-3,
+            "max_batch_size": 64, "max_rows": max_rows, "tolerance": 2e-3,
             "call": "backend.predict(float32 numpy rows) -> float64 numpy probabilities, host copies included",
             "mixed": "then 300 calls with row counts drawn uniformly from 1..64 (as Serve's batches vary): "
                      "the first call at each new size included",
@@ -615,6 +616,8 @@ def serving_main(args: argparse.Namespace) -> int:
     mixed_pool = sb.probe_matrix(bundle.fitted, rows=64, seed=7)
     base: dict[int, float] = {}
     choices = ["native", "torch", "torch_compile", "cuda_graph", "tensorrt"] if cuda else ["native", "torch", "torch_compile"]
+    if args.backends:  # the baseline always runs
+        choices = ["native", *[c for c in choices if c in args.backends and c != "native"]]
     payload["auto"] = sb.resolve_choice("mlp", "auto")
     for choice in choices:
         info: dict[str, Any] = {}
@@ -627,7 +630,7 @@ def serving_main(args: argparse.Namespace) -> int:
         try:
             with time_limit(min(180.0, budget.left() - 5)):
                 t0 = time.perf_counter()
-                backend = sb.build_backend(bundle, choice, max_batch_size=64, tolerance=2e-3,
+                backend = sb.build_backend(bundle, choice, max_batch_size=64, max_rows=max_rows, tolerance=2e-3,
                                            cache_dir=Path(tempfile.mkdtemp(prefix="gpu_serving_")),
                                            on_fallback=lambda *a, sink=fallbacks: sink.append(a))
                 info["build_s"] = round(time.perf_counter() - t0, 3)
@@ -702,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=["models", "serving"], default="models",
                         help="models: TabularMLP backends on device tensors (default); serving: rayloop's "
                              "serving backends, numpy in and out")
+    parser.add_argument("--max-rows", type=int, help="--part serving: rows per call of a shape-bound backend "
+                                                      "(default rayloop.serving.backends.MAX_ROWS)")
     args = parser.parse_args(argv)
     if args.part == "serving":
         return serving_main(args)
