@@ -30,6 +30,7 @@ __all__ = [
     "ray_temp_dir",
     "ensure_ray_temp_dir",
     "short_path",
+    "prune_dangling_links",
     "auth_token_path",
     "train_storage",
     "tune_storage",
@@ -42,6 +43,7 @@ __all__ = [
     "runs_dir",
     "run_dir",
     "data_dir",
+    "compile_cache_dir",
     "logs_dir",
     "audit_log",
 ]
