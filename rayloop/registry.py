@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from rayloop import audit, paths
 from rayloop.errors import RegistryError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
     from mlflow import MlflowClient
 
@@ -65,6 +66,9 @@ class GateDecision:
     champion: float | None
     tolerance: float
     reason: str
+    # 95% paired-bootstrap interval of challenger - champion on the holdout: how much of the
+    # margin is noise (informs a person; the decision is the tolerance rule alone)
+    difference_interval: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,13 +220,16 @@ def _set_champion(mlflow_client, name: str, version: str, history: list[str]) ->
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
 
 
+def _labels(holdout: pa.Table, label: str) -> np.ndarray:
+    if label not in holdout.column_names:
+        raise RegistryError(f"the holdout has no label column {label!r}; it has {holdout.column_names}")
+    return holdout.column(label).to_numpy(zero_copy_only=False)
+
+
 def score(bundle: ModelBundle, holdout: pa.Table, label: str, metric: str) -> float:
     from rayloop.training.evaluate import evaluate
 
-    if label not in holdout.column_names:
-        raise RegistryError(f"the holdout has no label column {label!r}; it has {holdout.column_names}")
-    y = holdout.column(label).to_numpy(zero_copy_only=False)
-    return float(evaluate(y, bundle.predict_proba(holdout))[metric])
+    return float(evaluate(_labels(holdout, label), bundle.predict_proba(holdout))[metric])
 
 
 def promote(
@@ -249,9 +256,20 @@ def promote(
     holdout, rejected = challenger.schema.validate(holdout, source="holdout")
     if holdout.num_rows == 0:
         raise RegistryError(f"no valid rows in the holdout ({rejected.num_rows} rejected)")
-    challenger_score = score(challenger, holdout, label, metric)
-    champion_score = score(load_bundle(name, champion_version), holdout, label, metric) if champion_version else None
+    from rayloop.training.evaluate import METRICS, paired_difference_interval
+
+    y = _labels(holdout, label)
+    challenger_probs = challenger.predict_proba(holdout)
+    challenger_score = float(METRICS[metric](y, challenger_probs))
+    champion_probs = load_bundle(name, champion_version).predict_proba(holdout) if champion_version else None
+    champion_score = None if champion_probs is None else float(METRICS[metric](y, champion_probs))
     decision = gate(metric, challenger_score, champion_score, tolerance)
+    if champion_probs is not None and not math.isnan(challenger_score) and not math.isnan(champion_score):
+        lo, hi = paired_difference_interval(y, challenger_probs, champion_probs, metric)
+        decision = replace(
+            decision, difference_interval=[lo, hi],
+            reason=f"{decision.reason}; challenger - champion 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] over {len(y)} rows",
+        )
     for key, value in {
         "rayloop.gate.decision": "promoted" if decision.promote else "refused",
         "rayloop.gate.reason": decision.reason,
@@ -260,6 +278,7 @@ def promote(
         "rayloop.gate.champion_score": "" if champion_score is None else f"{champion_score:.6g}",
         "rayloop.gate.metric": metric,
         "rayloop.gate.holdout_rows": str(holdout.num_rows),
+        "rayloop.gate.difference_interval": json.dumps(decision.difference_interval),
     }.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if decision.promote:

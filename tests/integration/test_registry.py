@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightgbm as lgb
 import mlflow
 import numpy as np
@@ -54,11 +56,14 @@ def test_gate_promotes_the_first_model_refuses_a_worse_one_and_rollback_restores
     refused = registry.promote(NAME, v2, holdout, label="label", tolerance=0.005)
     assert not refused.promote
     assert refused.champion > 0.75 and refused.challenger < 0.6
+    lo, hi = refused.difference_interval  # the paired bootstrap brackets the observed difference
+    assert lo <= refused.challenger - refused.champion <= hi < 0 and "bootstrap interval" in refused.reason
     assert registry.resolve_version(NAME, registry.CHAMPION) == v1  # the champion stays
     assert registry.resolve_version(NAME, registry.CHALLENGER) == v2
     tags = registry.client().get_model_version(NAME, v2).tags
     assert tags["rayloop.gate.decision"] == "refused"
     assert "below the champion" in tags["rayloop.gate.reason"]
+    assert json.loads(tags["rayloop.gate.difference_interval"]) == [lo, hi]
     assert audit.read(event="promotion_refused")[-1]["version"] == v2
 
     # a retrained good model passes; rollback returns to v1, and then there is nothing before v1

@@ -66,3 +66,20 @@ def test_evaluate_and_slices():
 def test_bad_inputs_are_explained(y, p, message):
     with pytest.raises(ValueError, match=message):
         evaluate(y, p)
+
+
+def test_the_paired_bootstrap_interval_brackets_the_difference_and_is_zero_for_the_same_model():
+    from rayloop.training.evaluate import paired_difference_interval, roc_auc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.4).astype(float)
+    signal = y + rng.normal(0, 1.0, 400)
+    strong = 1 / (1 + np.exp(-signal))
+    weak = 1 / (1 + np.exp(-(signal + rng.normal(0, 3.0, 400))))  # much noisier scores
+    lo, hi = paired_difference_interval(y, strong, weak, "auc")
+    assert 0 < lo <= roc_auc(y, strong) - roc_auc(y, weak) <= hi  # clearly better: the interval excludes 0
+    assert paired_difference_interval(y, strong, weak, "auc") == (lo, hi)  # seeded
+    assert paired_difference_interval(y, strong, strong, "accuracy") == (0.0, 0.0)
+    twin = 1 / (1 + np.exp(-(signal + rng.normal(0, 0.05, 400))))  # nearly the same model
+    lo, hi = paired_difference_interval(y, twin, strong, "logloss")
+    assert lo < 0 < hi  # indistinguishable: the interval straddles 0
