@@ -226,12 +226,6 @@ def _labels(holdout: pa.Table, label: str) -> np.ndarray:
     return holdout.column(label).to_numpy(zero_copy_only=False)
 
 
-def score(bundle: ModelBundle, holdout: pa.Table, label: str, metric: str) -> float:
-    from rayloop.training.evaluate import evaluate
-
-    return float(evaluate(_labels(holdout, label), bundle.predict_proba(holdout))[metric])
-
-
 def promote(
     name: str,
     version: str,
