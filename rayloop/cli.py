@@ -221,6 +221,8 @@ def demo(
     console.print(f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
                   f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}")
     demo_lib.stop_head()  # a previous demo's head, if it was left running
+    if demo_lib.archive_previous_run(cfg.registry.model_name):  # its monitor is gone with its head
+        console.print(f"the previous demo's monitor state and inference log: {paths.home() / demo_lib.PREVIOUS_DIR}")
     with console.status("starting a Ray head (dashboard on 127.0.0.1, token auth on)"):
         # at least 4 logical CPUs: the replica and a retrain job (Train worker + Ray Data reads) side by side
         head = demo_lib.start_head(dashboard_port, num_cpus=max(4, os.cpu_count() or 1))

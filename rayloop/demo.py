@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,7 +28,10 @@ from typing import Any
 
 from rayloop import paths
 
-__all__ = ["DEMO_OVERRIDES", "DemoHead", "LoopWatcher", "drive", "start_head", "stop_head", "stop_session", "write_report"]
+__all__ = [
+    "DEMO_OVERRIDES", "PREVIOUS_DIR", "DemoHead", "LoopWatcher", "archive_previous_run", "drive", "start_head", "stop_head",
+    "stop_session", "write_report",
+]
 
 # On top of configs/demo.yaml: sizes and clocks that fit the loop into a few minutes on 2 cores.
 DEMO_OVERRIDES = [
@@ -51,6 +55,32 @@ DEMO_OVERRIDES = [
     "registry.gate_metric=accuracy",
 ]
 HEAD_FILE = "demo-head.json"
+PREVIOUS_DIR = "demo-previous"  # under RAYLOOP_HOME: the last demo's monitor state and inference log
+
+
+def archive_previous_run(model_name: str) -> list[Path]:
+    """Give a new demo a monitor that starts from nothing.
+
+    The DriftMonitor reloads its saved state by design, so a second demo in the same home would
+    start with the first one's windows, cooldown, spent daily retrain budget and finished
+    retrains. The previous demo's monitor state and inference log move to
+    RAYLOOP_HOME/demo-previous/ (replacing the run before), where they can still be read; the
+    registry keeps its versions. Returns where they went.
+    """
+    home = paths.home()
+    sources = [home / "monitor" / model_name, paths.inference_log_dir() / model_name]
+    if not any(source.exists() for source in sources):
+        return []
+    target = home / PREVIOUS_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    moved = []
+    for source in sources:
+        if source.exists():
+            destination = target / source.parent.name / model_name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(destination))
+            moved.append(destination)
+    return moved
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,31 @@ def test_the_report_embeds_the_plot_and_lists_the_events(tmp_path):
     html = target.read_text()
     assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
     assert "retrain job &lt;x&gt; submitted" in html and "[green]" not in html and "promoted" in html
+
+
+def test_a_new_demo_moves_the_previous_monitor_state_and_log_aside(monkeypatch, tmp_path):
+    from rayloop import paths
+    from rayloop.demo import PREVIOUS_DIR, archive_previous_run
+
+    monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
+    assert archive_previous_run("m") == []  # a first demo: nothing to move
+    state = tmp_path / "monitor" / "m" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"windows_seen": 16}')
+    part = paths.inference_log_dir() / "m" / "date=2026-11-27" / "part-0.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1")
+    other = tmp_path / "monitor" / "another-model" / "state.json"  # another model's monitor stays
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    moved = archive_previous_run("m")
+    previous = tmp_path / PREVIOUS_DIR
+    assert moved == [previous / "monitor" / "m", previous / "inference_log" / "m"]
+    assert not state.exists() and not part.exists() and other.exists()
+    assert (previous / "monitor" / "m" / "state.json").read_text() == '{"windows_seen": 16}'
+    assert (previous / "inference_log" / "m" / "date=2026-11-27" / "part-0.parquet").exists()
+    state.parent.mkdir(parents=True)
+    state.write_text('{"windows_seen": 3}')
+    archive_previous_run("m")  # the next demo replaces the one before
+    assert (previous / "monitor" / "m" / "state.json").read_text() == '{"windows_seen": 3}'
+    assert not (previous / "inference_log").exists()
