@@ -68,7 +68,7 @@ def archive_previous_run(model_name: str) -> list[Path]:
     registry keeps its versions. Returns where they went.
     """
     home = paths.home()
-    sources = [home / "monitor" / model_name, paths.inference_log_dir() / model_name]
+    sources = [Path(paths.monitor_state_dir(str(home), model_name)), Path(paths.inference_log_root(str(home), model_name))]
     if not any(source.exists() for source in sources):
         return []
     target = home / PREVIOUS_DIR

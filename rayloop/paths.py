@@ -39,6 +39,8 @@ __all__ = [
     "mlflow_tracking_uri",
     "mlflow_artifacts",
     "inference_log_dir",
+    "monitor_state_dir",
+    "inference_log_root",
     "reports_dir",
     "runs_dir",
     "run_dir",
@@ -148,6 +150,17 @@ def mlflow_artifacts() -> Path:
 
 def inference_log_dir() -> Path:
     return home() / "inference_log"
+
+
+def monitor_state_dir(root: str, model_name: str) -> str:
+    """A model's DriftMonitor state under a storage root: RAYLOOP_HOME or `monitoring.storage`
+    (a path or a pyarrow URI)."""
+    return f"{root.rstrip('/')}/monitor/{model_name}"
+
+
+def inference_log_root(root: str, model_name: str) -> str:
+    """A model's inference log (Parquet, partitioned by date and hour) under a storage root."""
+    return f"{root.rstrip('/')}/inference_log/{model_name}"
 
 
 def reports_dir() -> Path:

@@ -185,7 +185,7 @@ def _read_log(root: str, model_name: str) -> pa.Table:
 
     for attempt in range(3):  # the monitor may compact a write-ahead file while we read it
         try:
-            return InferenceLog(f"{root.rstrip('/')}/inference_log/{model_name}").joined()
+            return InferenceLog(paths.inference_log_root(root, model_name)).joined()
         except FileNotFoundError:
             if attempt == 2:
                 raise

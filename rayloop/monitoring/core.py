@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic_core import to_json
 
+from rayloop import paths
 from rayloop.config import MonitoringConfig
 from rayloop.features.profile import ReferenceProfile
 from rayloop.monitoring import policy
@@ -130,9 +131,9 @@ class MonitorCore:
         self.clock = clock
         self.on_event = on_event or (lambda event, fields: None)
         self.fs, root_path = open_filesystem(root)
-        self.state_dir = f"{root_path.rstrip('/')}/monitor/{model_name}"
+        self.state_dir = paths.monitor_state_dir(root_path, model_name)
         self.fs.create_dir(self.state_dir, recursive=True)
-        self.log = InferenceLog(f"{root.rstrip('/')}/inference_log/{model_name}")
+        self.log = InferenceLog(paths.inference_log_root(root, model_name))
         self.detector = self._detector(reference)
         self.state = _State(reference_version=reference.version)
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
@@ -167,7 +168,7 @@ class MonitorCore:
     def read_state(cls, root: str, model_name: str) -> dict[str, Any] | None:
         """The saved state as plain data (for `rayloop status` when the actor is not running)."""
         fs, path = open_filesystem(root)
-        target = f"{path.rstrip('/')}/monitor/{model_name}/state.json"
+        target = f"{paths.monitor_state_dir(path, model_name)}/state.json"
         try:
             with fs.open_input_stream(target) as source:
                 return json.loads(source.read())
