@@ -560,6 +560,13 @@ def _demo_mlp_bundle(seed: int, rows: int) -> Any:
     return ModelBundle("mlp", model, fitted, config.data.schema_, profile, model_params=params)
 
 
+def _latency_ms(times: list[float]) -> dict[str, float]:
+    """p50, p99 and mean of call times in seconds, as ms."""
+    ordered = sorted(times)
+    return {"p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4), "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
+            "mean_ms": round(sum(times) / len(times) * 1e3, 4)}
+
+
 def _timed(fn: Callable[[], Any], calls: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
@@ -568,10 +575,7 @@ def _timed(fn: Callable[[], Any], calls: int, warmup: int) -> dict[str, float]:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    mean = sum(times) / len(times)
-    return {"p50_ms": round(_percentile(times, 0.5) * 1e3, 4), "p99_ms": round(_percentile(times, 0.99) * 1e3, 4),
-            "mean_ms": round(mean * 1e3, 4)}
+    return _latency_ms(times)
 
 
 def serving_main(args: argparse.Namespace) -> int:
@@ -665,11 +669,7 @@ def serving_main(args: argparse.Namespace) -> int:
                     t0 = time.perf_counter()
                     backend.predict(mixed_pool[:n])
                     times.append(time.perf_counter() - t0)
-                ordered = sorted(times)
-                info["mixed"] = {"calls": len(times), "mean_ms": round(sum(times) / len(times) * 1e3, 4),
-                                 "p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4),
-                                 "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
-                                 "max_ms": round(ordered[-1] * 1e3, 3),
+                info["mixed"] = {"calls": len(times), **_latency_ms(times), "max_ms": round(max(times) * 1e3, 3),
                                  "first_100_mean_ms": round(sum(times[:100]) / 100 * 1e3, 4)}
                 print(f"  mixed 1..64 rows: {info['mixed']}", flush=True)
             info["status"] = "ok"
