@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from rayloop.bundle import prediction_histogram
@@ -166,6 +167,19 @@ def test_a_replayed_compaction_writes_the_same_parts_no_duplicates(tmp_path):
     again.labels.flush()
     assert again.labels.read().num_rows == 50
     assert all("/date=" in p and "/hour=" in p for p in again.labels.files())
+
+
+def test_compacted_parts_hold_what_was_logged_with_dictionaries_only_for_categories(tmp_path):
+    log = InferenceLog(str(tmp_path))
+    batch = _batch(generate(300, seed=17))
+    log.predictions.append("p", batch)
+    assert log.predictions.flush() == 300
+    back = log.predictions.read(include_pending=False)
+    assert back.sort_by("request_id").equals(batch.sort_by("request_id"))
+    meta = pq.ParquetFile(log.predictions.files()[0]).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["channel"] and "RLE_DICTIONARY" in encodings["model_version"]
+    assert not any("DICTIONARY" in e for e in encodings["request_id"] + encodings["age"])
 
 
 def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
