@@ -219,7 +219,7 @@ class MonitorCore:
         for item in self.log.labels.pending:
             if item.batch_id in skip_label_batches:
                 continue
-            ids.extend(self.log.labels.read_batch(item).column("request_id").to_pylist())
+            ids.extend(item.table.column("request_id").to_pylist())
         for rid in ids:
             entry = self.pending.get(rid)
             if entry is not None:

@@ -67,7 +67,7 @@ class _Pending:
     path: str
     rows: int
     written: float
-    table: pa.Table | None = None  # the batch as written, kept until compaction (None after a restart)
+    table: pa.Table  # the batch as written (or read back after a restart), held until compaction
 
 
 class LogStream:
@@ -117,12 +117,6 @@ class LogStream:
         self.pending = [_Pending(b, p, t.num_rows, m, t) for m, b, p, t in found]
         return [(b, t) for _, b, _, t in found]
 
-    def read_batch(self, item: _Pending) -> pa.Table:
-        if item.table is not None:
-            return item.table
-        with self.fs.open_input_file(item.path) as source:
-            return pa.ipc.open_file(source).read_all()
-
     @property
     def pending_rows(self) -> int:
         return sum(p.rows for p in self.pending)
@@ -139,7 +133,7 @@ class LogStream:
         if not self.pending:
             return 0
         batches = list(self.pending)
-        tables = [self.read_batch(item) for item in batches]
+        tables = [item.table for item in batches]
         table = pa.concat_tables(tables, promote_options="permissive")
         part = hashlib.sha256("\n".join(p.batch_id for p in batches).encode()).hexdigest()[:20]
         ts = table.column(self.time_column)
@@ -173,7 +167,7 @@ class LogStream:
                 tables.append(pq.read_table(source, columns=columns))
         if include_pending:
             for item in self.pending:
-                t = self.read_batch(item)
+                t = item.table
                 tables.append(t.select(columns) if columns else t)
         if not tables:
             return pa.table({})
