@@ -148,19 +148,23 @@ def mlflow_artifacts() -> Path:
     return home() / "mlartifacts"
 
 
+_INFERENCE_LOG = "inference_log"  # under a monitoring storage root (RAYLOOP_HOME by default)
+_MONITOR = "monitor"
+
+
 def inference_log_dir() -> Path:
-    return home() / "inference_log"
+    return home() / _INFERENCE_LOG
 
 
 def monitor_state_dir(root: str, model_name: str) -> str:
     """A model's DriftMonitor state under a storage root: RAYLOOP_HOME or `monitoring.storage`
     (a path or a pyarrow URI)."""
-    return f"{root.rstrip('/')}/monitor/{model_name}"
+    return f"{root.rstrip('/')}/{_MONITOR}/{model_name}"
 
 
 def inference_log_root(root: str, model_name: str) -> str:
     """A model's inference log (Parquet, partitioned by date and hour) under a storage root."""
-    return f"{root.rstrip('/')}/inference_log/{model_name}"
+    return f"{root.rstrip('/')}/{_INFERENCE_LOG}/{model_name}"
 
 
 def reports_dir() -> Path:
