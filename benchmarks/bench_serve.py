@@ -67,6 +67,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -964,11 +965,11 @@ async def wait_http(port: int, path: str, timeout: float, server: Server) -> flo
 
 
 def start_server(arm: str, args: argparse.Namespace, version: str,
-                 extra_env: list[str] = ()) -> tuple[Server, int, dict[str, Any]]:
-    """`extra_env` items are NAME=VALUE environment entries, or rayloop config overrides where the
-    key has a dot (monitoring.niceness=19)."""
-    extra_overrides = [e for e in extra_env if "." in e.partition("=")[0]]
-    extra_env = [e for e in extra_env if e not in extra_overrides]
+                 variant_items: Sequence[str] = ()) -> tuple[Server, int, dict[str, Any]]:
+    """`variant_items` (a --variant's) are NAME=VALUE environment entries, or rayloop config
+    overrides where the key has a dot (monitoring.niceness=19)."""
+    extra_overrides = [e for e in variant_items if "." in e.partition("=")[0]]
+    extra_env = [e for e in variant_items if e not in extra_overrides]
     port = free_port()
     logs = home() / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -1033,13 +1034,13 @@ async def parity(port: int, rows: list[dict[str, Any]], expected: list[float]) -
 
 
 def with_server(label: str, record: dict[str, Any], arm: str, args: argparse.Namespace, version: str,
-                measure: Any, extra_env: list[str] = ()) -> dict[str, Any]:
+                measure: Any, variant_items: Sequence[str] = ()) -> dict[str, Any]:
     """Start the arm's server, run `measure(server, port, info)` (a coroutine function) against it,
     record a failure instead of raising (the other arms still run), and always stop the server."""
     print(f"[{label}] starting ...", flush=True)
     server = None
     try:
-        server, port, info = start_server(arm, args, version, extra_env)
+        server, port, info = start_server(arm, args, version, variant_items)
         record["server"] = info
         asyncio.run(measure(server, port, info))
         record["ok"] = True
@@ -1346,14 +1347,14 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
 
 
 # ---- rounds -------------------------------------------------------------------------------------
-def run_cost_arm(arm: str, variant: str, extra_env: list[str], args: argparse.Namespace, version: str,
+def run_cost_arm(arm: str, variant: str, variant_items: list[str], args: argparse.Namespace, version: str,
                  bodies: dict[str, list[bytes]], parity_rows: list[dict[str, Any]], expected: list[float],
                  settings: dict[str, Any]) -> dict[str, Any]:
     """`--cost-at`: open-loop steps at fixed rates, and the server CPU each request cost there.
 
     At an equal, evenly spaced load below the limit, server CPU per request hardly moves with noise
     from the rest of the machine, while a max-rate search shifts by 10-20% between runs."""
-    record: dict[str, Any] = {"arm": arm, "variant": variant, "env": extra_env, "loadavg_before": loadavg()}
+    record: dict[str, Any] = {"arm": arm, "variant": variant, "env": variant_items, "loadavg_before": loadavg()}
     label = f"{arm}[{variant}]"
 
     async def measure(server: Server, port: int, info: dict[str, Any]) -> None:
@@ -1381,7 +1382,7 @@ def run_cost_arm(arm: str, variant: str, extra_env: list[str], args: argparse.Na
             print(f"[{label}] max req/s at p99 <= {SLO_P99_MS:.0f} ms: {record['open_loop']['max_rps_at_slo']:.0f}",
                   flush=True)
 
-    return with_server(label, record, arm, args, version, measure, extra_env)
+    return with_server(label, record, arm, args, version, measure, variant_items)
 
 
 def cost_summary(runs: dict[str, list[dict[str, Any]]], rates: list[float]) -> dict[str, Any]:
