@@ -187,14 +187,30 @@ def ks_binned(window: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     D is the largest gap between the two empirical CDFs at the reference's bin edges, so it is at
     most the D of the raw values and the test is conservative by the width of one bin.
     """
+    d, en = _ks_statistic(window, reference)
+    return d, _ks_p_values([d], [en])[0]
+
+
+def _ks_statistic(window: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
+    """KS's D on ordered bins and its effective sample size (0 when either side is empty)."""
     w = np.asarray(window, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     n, m = w.sum(), r.sum()
     if n == 0 or m == 0:
-        return 0.0, 1.0
+        return 0.0, 0
     d = float(np.max(np.abs(np.cumsum(w)[:-1] / n - np.cumsum(r)[:-1] / m), initial=0.0))
-    en = n * m / (n + m)
-    return d, float(stats.kstwo.sf(d, max(1, round(en))))
+    return d, max(1, round(n * m / (n + m)))
+
+
+def _ks_p_values(d: Sequence[float], en: Sequence[int]) -> list[float]:
+    """`kstwo.sf` of many statistics in one call: its argument checks cost as much as one
+    p-value, so a window's features share them (the values are the same as one call each)."""
+    d_arr, en_arr = np.asarray(d, dtype=np.float64), np.asarray(en, dtype=np.int64)
+    out = np.ones(len(d_arr))
+    tested = en_arr > 0
+    if tested.any():
+        out[tested] = stats.kstwo.sf(d_arr[tested], en_arr[tested])
+    return [float(p) for p in out]
 
 
 def _score_test(window: np.ndarray, reference: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -487,7 +503,9 @@ class DriftDetector:
             cached = self._groupings[key] = (index, _grouped(reference, index, len(groups)))
         return cached
 
-    def _feature_tests(self, ref: _Ref, window: np.ndarray) -> tuple[dict[str, float], dict[str, float], float, float, float]:
+    def _feature_tests(
+        self, ref: _Ref, window: np.ndarray, ks_sizes: dict[str, int]
+    ) -> tuple[dict[str, float], dict[str, float], float, float, float]:
         n = float(window.sum())
         m = float(ref.counts.sum())
         statistics: dict[str, float] = {}
@@ -502,8 +520,9 @@ class DriftDetector:
             statistics["rank_z"], p_values["rank"] = z, p
             z, p = scale_test(w_present, r_present)
             statistics["scale_z"], p_values["scale"] = z, p
-            d, p = ks_binned(w_present, r_present)
-            statistics["ks_d"], p_values["ks"] = d, p
+            d, en = _ks_statistic(w_present, r_present)
+            statistics["ks_d"], p_values["ks"] = d, math.nan  # filled for all features at once (`test`)
+            ks_sizes[ref.name] = en
             stat, p, _ = chi2_homogeneity(_grouped(w_present, index, len(r_test)), r_test)
             statistics["chi2"], p_values["chi2"] = stat, p
             if window[-1] or ref.counts[-1]:
@@ -534,11 +553,17 @@ class DriftDetector:
     def test(self, window: WindowCounts) -> DriftReport:
         """Judge one window: every feature's tests, one Benjamini-Hochberg family."""
         partial = []
+        ks_sizes: dict[str, int] = {}
         for name, ref in self.refs.items():
             counts = window.bins.get(name)
             if counts is None or counts.sum() == 0:
                 continue
-            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64))))
+            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64), ks_sizes)))
+        by_name = {item[0]: item for item in partial}
+        ks_names = list(ks_sizes)
+        ks_p = _ks_p_values([by_name[k][3]["ks_d"] for k in ks_names], [ks_sizes[k] for k in ks_names])
+        for name, p in zip(ks_names, ks_p):
+            by_name[name][4]["ks"] = p
         family = [
             (i, test, p)
             for i, (_, ref, _, _, p_values, *_rest) in enumerate(partial)
