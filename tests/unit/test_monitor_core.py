@@ -6,6 +6,7 @@ import math
 import secrets
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,24 @@ def test_compacted_parts_hold_what_was_logged_with_dictionaries_only_for_categor
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     assert "RLE_DICTIONARY" in encodings["channel"] and "RLE_DICTIONARY" in encodings["model_version"]
     assert not any("DICTIONARY" in e for e in encodings["request_id"] + encodings["age"])
+
+
+def test_compaction_puts_each_row_in_the_utc_date_and_hour_of_its_timestamp(tmp_path):
+    midnight = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+    times = [midnight - 3600.5, midnight - 0.001, midnight, midnight + 0.001, midnight + 7199.999, midnight - 0.001]
+    log = InferenceLog(str(tmp_path))
+    log.labels.append("a", label_table([f"id{i}" for i in range(len(times))], [1] * len(times), times))
+    assert log.labels.flush() == len(times)
+    found = {}
+    for path in log.labels.files():
+        for ts in pq.read_table(path).column("label_ts").to_pylist():
+            found.setdefault(path.split("/labels/")[1].rsplit("/", 1)[0], []).append(ts.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    assert found == {
+        "date=2025-12-31/hour=22": ["2025-12-31 22:59:59.500000"],
+        "date=2025-12-31/hour=23": ["2025-12-31 23:59:59.999000", "2025-12-31 23:59:59.999000"],
+        "date=2026-01-01/hour=00": ["2026-01-01 00:00:00.000000", "2026-01-01 00:00:00.001000"],
+        "date=2026-01-01/hour=01": ["2026-01-01 01:59:59.999000"],
+    }
 
 
 def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
