@@ -25,7 +25,9 @@ from rayloop.config import MonitoringConfig, RetrainConfig
 from rayloop.monitoring import loop
 from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
 
-__all__ = ["NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor"]
+__all__ = [
+    "NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor", "yield_cpu",
+]
 
 NAMESPACE = "rayloop"
 log = logging.getLogger(__name__)
@@ -58,9 +60,6 @@ class MonitorArgs(BaseModel):
 class DriftMonitor:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorArgs.model_validate(args)
-        # below the replicas: on a shared core its window tests, log writes and state saves came
-        # in bursts that held requests up; no request waits on this actor (replicas buffer)
-        os.nice(self.args.monitoring.niceness)
         os.environ[paths.ENV_HOME] = self.args.home
         os.environ["MLFLOW_TRACKING_URI"] = self.args.tracking_uri
         self.lock = threading.Lock()
@@ -73,6 +72,10 @@ class DriftMonitor:
         threading.Thread(target=self._timer, name="monitor-timer", daemon=True).start()
         self._effects = self._loop_effects()
         threading.Thread(target=self._retrain_loop, name="monitor-retrain", daemon=True).start()
+        # below the replicas from here on (starting up at full priority: a busy core must not
+        # stall a restart): its window tests, log writes and state saves compete with requests
+        # on a shared core, and no request waits for this actor (replicas buffer)
+        yield_cpu(self.args.monitoring.niceness)
         log.info("DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
                  self.args.model_name, self.core.reference.version, self.core.state.windows_seen, self.core.state.restarts)
 
@@ -337,6 +340,29 @@ class DriftMonitor:
                 self._export_version()  # re-set so the series never goes stale
             except Exception:  # keep the timer alive; the next tick retries
                 log.exception("monitor timer")
+
+
+def yield_cpu(niceness: int | str) -> None:
+    """Put every thread of this process below the replicas ("idle": SCHED_IDLE; a number: nice +n).
+
+    Thread by thread: on Linux both the nice value and the policy belong to one thread, and Ray's
+    core-worker threads (which receive the replicas' calls) exist before `__init__` runs, so an
+    `os.nice` there left them at the workers' priority. Threads started later inherit it. Under
+    SCHED_IDLE a waking replica preempts the monitor at once; at nice 10-19 the monitor still ran
+    out its time slice first, and its bursts held requests up at high load.
+    """
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
+    if not tids or (niceness == "idle" and not hasattr(os, "SCHED_IDLE")):
+        os.nice(19 if niceness == "idle" else int(niceness))  # one call for the whole process here (macOS)
+        return
+    for tid in tids:
+        try:
+            if niceness == "idle":
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(niceness)))
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            continue
 
 
 # ---- starting and finding it --------------------------------------------------------------------
