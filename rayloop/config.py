@@ -258,10 +258,10 @@ class MonitoringConfig(_Section):
     daily_retrain_budget: int = Field(4, ge=0, description="retrains per UTC day")
     storage: str | None = Field(None, description="state and inference-log root (pyarrow URI); default RAYLOOP_HOME")
     niceness: Annotated[int, Field(ge=0, le=19)] | Literal["idle"] = Field(
-        "idle",
+        10,
         description="how the monitor's threads yield the CPU to replicas sharing it (its buffers absorb the wait): "
-        "'idle' runs them only when nothing else wants the CPU (Linux SCHED_IDLE; nice 19 elsewhere), "
-        "a number is a nice increment (0 keeps Ray's worker priority)",
+        "a nice increment (0 keeps Ray's worker priority), or 'idle': only when nothing else wants the CPU "
+        "(Linux SCHED_IDLE; nice 19 elsewhere), so a saturated core starves it and replicas drop samples",
     )
 
 

@@ -348,8 +348,9 @@ def yield_cpu(niceness: int | str) -> None:
     Thread by thread: on Linux both the nice value and the policy belong to one thread, and Ray's
     core-worker threads (which receive the replicas' calls) exist before `__init__` runs, so an
     `os.nice` there left them at the workers' priority. Threads started later inherit it. Under
-    SCHED_IDLE a waking replica preempts the monitor at once; at nice 10-19 the monitor still ran
-    out its time slice first, and its bursts held requests up at high load.
+    SCHED_IDLE a waking replica preempts the monitor at once, but a saturated core leaves the
+    monitor almost nothing (replicas then drop samples), and in benchmarks/bench_serve.py it
+    served no more requests at the SLO than nice 10 (serve-monitoring-idle.json).
     """
     tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
     if not tids or (niceness == "idle" and not hasattr(os, "SCHED_IDLE")):

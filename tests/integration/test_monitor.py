@@ -167,13 +167,18 @@ def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
     assert {"age", "channel", "prediction"} <= features
 
 
-def test_every_thread_of_the_monitor_runs_at_idle_priority(app):
+def _worker_niceness() -> int:
+    return os.nice(0)
+
+
+def test_every_thread_of_the_monitor_runs_below_the_priority_of_rays_workers(app):
     _, monitor, config = app
     pid = ray.get(monitor.ping_pid.remote())
-    assert config.monitoring.niceness == "idle"
+    worker = ray.get(ray.remote(num_cpus=0)(_worker_niceness).remote())
+    assert config.monitoring.niceness == 10
     threads = os.listdir(f"/proc/{pid}/task")
     assert len(threads) > 5  # Ray's core-worker threads, the actor's task threads and its timers
-    assert {os.sched_getscheduler(int(tid)) for tid in threads} == {os.SCHED_IDLE}
+    assert {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in threads} == {min(19, worker + config.monitoring.niceness)}
 
 
 def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowledged_row(app, rayloop_home):
