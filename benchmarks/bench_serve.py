@@ -84,6 +84,10 @@ LEAN_MARK = "-lean"  # HAProxy without Serve's per-request ingress metrics
 NO_MONITOR_SUFFIX = "-nomon"  # the same arm with monitoring.enabled=false
 SERVER_CORE = 0
 CLIENT_CORE = 1
+# --variant items the benchmark carries out itself: monitor_core=N moves the DriftMonitor (every
+# thread) to core N once the arm is up, as on a cluster, where it sits on the head node and the
+# replicas on workers (cluster/: the head has num-cpus 0)
+BENCH_ITEMS = ("monitor_core",)
 SLO_P99_MS = 50.0
 # targets (reported, not asserted)
 TARGET_RPS_RATIO = 1.0  # one-row max req/s at the SLO, rayloop / fastapi
@@ -966,10 +970,11 @@ async def wait_http(port: int, path: str, timeout: float, server: Server) -> flo
 
 def start_server(arm: str, args: argparse.Namespace, version: str,
                  variant_items: Sequence[str] = ()) -> tuple[Server, int, dict[str, Any]]:
-    """`variant_items` (a --variant's) are NAME=VALUE environment entries, or rayloop config
-    overrides where the key has a dot (monitoring.niceness=19)."""
+    """`variant_items` (a --variant's) are NAME=VALUE environment entries, rayloop config
+    overrides where the key has a dot (monitoring.niceness=19), or BENCH_ITEMS."""
+    bench_items = dict(e.partition("=")[::2] for e in variant_items if e.partition("=")[0] in BENCH_ITEMS)
     extra_overrides = [e for e in variant_items if "." in e.partition("=")[0]]
-    extra_env = [e for e in variant_items if e not in extra_overrides]
+    extra_env = [e for e in variant_items if e not in extra_overrides and e.partition("=")[0] not in BENCH_ITEMS]
     port = free_port()
     logs = home() / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -1014,7 +1019,25 @@ def start_server(arm: str, args: argparse.Namespace, version: str,
             time.sleep(0.5)
         info["deployed"] = json.loads(ready.read_text())
         info["ready_s"] = round(time.perf_counter() - start + asyncio.run(wait_http(port, "/healthz", 60, server)), 2)
+        if "monitor_core" in bench_items:
+            info["monitor_moved"] = move_monitor(server, int(bench_items["monitor_core"]))
     return server, port, info
+
+
+def move_monitor(server: "Server", core: int) -> dict[str, Any]:
+    """Pin every thread of the arm's DriftMonitor to `core` (affinity is per thread on Linux;
+    threads it starts later inherit it). Its CPU still counts as the server's."""
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline:
+        found = [p for p in server.tree() if process_label(p) == "ray::DriftMonitor"]
+        if found:
+            pid = found[0].pid
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            for tid in threads:
+                os.sched_setaffinity(tid, {core})
+            return {"pid": pid, "core": core, "threads": len(threads)}
+        time.sleep(0.5)
+    raise RuntimeError(f"{server.label}: no DriftMonitor process to move to core {core}")
 
 
 async def parity(port: int, rows: list[dict[str, Any]], expected: list[float]) -> dict[str, Any]:
