@@ -211,10 +211,19 @@ class MonitorCore:
         self.save()
 
     def _rebuild_index(self, skip_label_batches: set[str]) -> None:
-        rows = self.log.predictions.read(["request_id", "ts", "probability", "predicted_label"])
+        """The label join's index as it was: the newest `max_pending_labels` predictions (all it
+        holds while running) and which of them have a label. Only the latest hours of the log are
+        read: reading all of it made every restart slower and larger as the log grew."""
+        rows = self.log.predictions.read_newest(["request_id", "ts", "probability", "predicted_label"],
+                                                self.config.max_pending_labels)
+        since_hour = None
         if rows.num_rows:
-            self._index(rows.slice(max(0, rows.num_rows - self.config.max_pending_labels)))
-        labeled = self.log.labels.read(["request_id"], include_pending=False)
+            rows = rows.slice(max(0, rows.num_rows - self.config.max_pending_labels))
+            self._index(rows)
+            # a label arrives after its prediction, so in that hour's partition or a later one
+            # (an hour earlier: the replica that took the label may run a little behind)
+            since_hour = int(_epoch_seconds(rows.column("ts").slice(0, 1))[0]) // 3600 - 1
+        labeled = self.log.labels.read(["request_id"], include_pending=False, since_hour=since_hour)
         ids = labeled.column("request_id").to_pylist() if labeled.num_rows else []
         for item in self.log.labels.pending:
             if item.batch_id in skip_label_batches:

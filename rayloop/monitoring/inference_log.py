@@ -160,10 +160,13 @@ class LogStream:
             i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
         )
 
-    def read(self, columns: list[str] | None = None, include_pending: bool = True) -> pa.Table:
-        """Everything in the stream (compacted parts, then write-ahead batches), schemas unified."""
+    def read(self, columns: list[str] | None = None, include_pending: bool = True, since_hour: int | None = None) -> pa.Table:
+        """Everything in the stream (compacted parts, then write-ahead batches), schemas unified;
+        with `since_hour`, only the parts of that hour (whole hours since the epoch, UTC) and later."""
         tables = []
         for path in self.files():
+            if since_hour is not None and _partition_hour(path) < since_hour:
+                continue
             with self.fs.open_input_file(path) as source:
                 tables.append(pq.read_table(source, columns=columns))
         if include_pending:
@@ -173,6 +176,29 @@ class LogStream:
         if not tables:
             return pa.table({})
         return pa.concat_tables(tables, promote_options="permissive")
+
+
+    def read_newest(self, columns: list[str], rows: int) -> pa.Table:
+        """At least the newest `rows` rows (write-ahead batches and the latest hours' parts, whole
+        hours), oldest first: what a restart needs, without reading the whole history."""
+        pending = [item.table.select(columns) for item in self.pending]
+        have = sum(t.num_rows for t in pending)
+        by_hour: dict[int, list[str]] = {}
+        for path in self.files():
+            by_hour.setdefault(_partition_hour(path), []).append(path)
+        tables = []
+        for hour in sorted(by_hour, reverse=True):
+            if have >= rows:
+                break
+            for path in by_hour[hour]:
+                with self.fs.open_input_file(path) as source:
+                    table = pq.read_table(source, columns=columns)
+                tables.append(table)
+                have += table.num_rows
+        tables = tables[::-1] + pending
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive").sort_by(self.time_column)
 
 
 class InferenceLog:
@@ -223,6 +249,13 @@ def _epoch_hours(ts: pa.ChunkedArray) -> np.ndarray:
 
 def _partition(hour: int) -> str:
     return datetime.fromtimestamp(hour * 3600, timezone.utc).strftime("date=%Y-%m-%d/hour=%H")
+
+
+def _partition_hour(path: str) -> int:
+    """The hour (since the epoch) of a part's date=/hour= folder: `_partition`'s inverse."""
+    folder = "/".join(path.split("/")[-3:-1])
+    at = datetime.strptime(folder, "date=%Y-%m-%d/hour=%H").replace(tzinfo=timezone.utc)
+    return int(at.timestamp()) // 3600
 
 
 def _safe_id(batch_id: str) -> str:

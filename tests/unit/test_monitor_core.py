@@ -201,6 +201,29 @@ def test_compaction_puts_each_row_in_the_utc_date_and_hour_of_its_timestamp(tmp_
     }
 
 
+def test_a_restart_rebuilds_the_label_index_from_the_newest_hours_only(tmp_path, reference):
+    live = generate(300, seed=21)
+    now = time.time()
+    core = _core(tmp_path, reference, max_pending_labels=150, flush_rows=1)
+    old, recent = _batch(live.slice(0, 100), start=now - 6 * 3600), _batch(live.slice(100, 200), start=now)
+    old_ids, recent_ids = old.column("request_id").to_pylist(), recent.column("request_id").to_pylist()
+    core.ingest("old", old)
+    core.tick()
+    core.ingest("recent", recent)
+    core.ingest_labels("l1", label_table(recent_ids[-5:], [1] * 5))
+    core.flush()
+    old_parts = [p for p in core.log.predictions.files() if f"hour={time.gmtime(now - 6 * 3600).tm_hour:02d}" in p]
+    assert old_parts and len(core.log.predictions.files()) > len(old_parts)
+    for path in old_parts:  # history a restart must not need: reading it would fail now
+        Path(path).write_bytes(b"not parquet")
+    del core
+
+    again = _core(tmp_path, reference, max_pending_labels=150, flush_rows=1)
+    assert list(again.pending) == recent_ids[-150:]  # the newest, oldest first, as before the restart
+    outcome = again.ingest_labels("l2", label_table([*recent_ids[-10:], old_ids[0], recent_ids[0]], [0] * 12))
+    assert outcome == {"joined": 5, "late": 0, "duplicate": 5, "unknown": 2}
+
+
 def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
     core = _core(tmp_path, reference)
     table = _batch(generate(20, seed=16))
