@@ -1006,6 +1006,12 @@ def start_server(arm: str, args: argparse.Namespace, version: str,
             env[key] = value
         ready = logs / f"serve-{arm}.ready.json"
         ready.unlink(missing_ok=True)
+        # every arm's monitor starts empty: a restart reads the newest part of the log and saves
+        # its state every window, so history from earlier runs would change what is measured
+        from rayloop import paths
+
+        for folder in (paths.monitor_state_dir(str(home()), MODEL_NAME), paths.inference_log_root(str(home()), MODEL_NAME)):
+            shutil.rmtree(folder, ignore_errors=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-arm", "--port", str(port),
                "--model-version", version, "--ready-file", str(ready), "--num-cpus", "1",
                *[f"--set={o}" for o in arm_overrides]]
