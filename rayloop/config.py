@@ -228,7 +228,7 @@ class MonitoringConfig(_Section):
     sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="fraction of served rows sent to the monitor")
     buffer_size: int = Field(10_000, ge=1, description="rows a replica holds for the monitor; beyond it, drop and count")
     # each send costs the monitor a Ray call and a pass over every feature whatever its size: at
-    # 800 rows/s, 256-row batches every 0.5 s made its CPU per served row a third higher
+    # 800 rows/s, 256-row batches every 0.5 s cost it 38.8 us per served row against 26.2
     send_batch_rows: int = Field(1024, ge=1, description="a replica sends when this many rows are buffered ...")
     send_interval_s: float = Field(1.0, gt=0, description="... or when this much time has passed")
     p_value: float = Field(0.01, gt=0, lt=1, description="false-discovery level across all drift tests of a window")

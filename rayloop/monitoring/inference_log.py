@@ -177,7 +177,6 @@ class LogStream:
             return pa.table({})
         return pa.concat_tables(tables, promote_options="permissive")
 
-
     def read_newest(self, columns: list[str], rows: int) -> pa.Table:
         """At least the newest `rows` rows (write-ahead batches and the latest hours' parts, whole
         hours), oldest first: what a restart needs, without reading the whole history."""
