@@ -180,12 +180,12 @@ def _read_reference_sample(config: RayloopConfig, schema: FeatureSchema, rows: i
     return valid
 
 
-def _read_log(root: str, model_name: str) -> pa.Table:
+def _read_log(root: str, model_name: str, since: float | None) -> pa.Table:
     from rayloop.monitoring.inference_log import InferenceLog
 
     for attempt in range(3):  # the monitor may compact a write-ahead file while we read it
         try:
-            return InferenceLog(paths.inference_log_root(root, model_name)).joined()
+            return InferenceLog(paths.inference_log_root(root, model_name)).joined(since)
         except FileNotFoundError:
             if attempt == 2:
                 raise
@@ -219,7 +219,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     root = config.monitoring.storage or str(paths.home())
     audit.record("retrain_job_started", model=model_name, submission_id=submission_id, champion=champion, since=since)
 
-    recent = recent_rows(_read_log(root, model_name), since)
+    recent = recent_rows(_read_log(root, model_name, since), since)
     roles = {"label": data_cfg.label_column, "id_column": data_cfg.id_column, "timestamp_column": data_cfg.timestamp_column}
     split = split_recent(recent, schema, config.retrain, **roles)  # fails fast when labels are short
     reference = _read_reference_sample(config, schema, int(config.retrain.reference_ratio * split[1].num_rows))

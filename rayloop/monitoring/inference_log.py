@@ -221,12 +221,18 @@ class InferenceLog:
     def flush(self) -> int:
         return sum(s.flush() for s in self.streams.values())
 
-    def joined(self) -> pa.Table:
-        """Predictions with their first label (null where none arrived yet): the retrain window."""
-        predictions = self.predictions.read()
+    def joined(self, since: float | None = None) -> pa.Table:
+        """Predictions with their first label (null where none arrived yet): the retrain window.
+
+        With `since` (epoch seconds), parts of earlier hours are not read (rows of the hour
+        `since` falls in may still be older); labels from an hour before it on, since a label
+        arrives after its prediction (on a replica whose clock may run a little behind).
+        """
+        hour = None if since is None else int(since) // 3600
+        predictions = self.predictions.read(since_hour=hour)
         if predictions.num_rows == 0:
             return predictions
-        labels = self.labels.read(["request_id", "label", "label_ts"])
+        labels = self.labels.read(["request_id", "label", "label_ts"], since_hour=None if hour is None else hour - 1)
         if labels.num_rows == 0:
             return predictions.append_column("label", pa.nulls(predictions.num_rows, pa.int8())).append_column(
                 "label_ts", pa.nulls(predictions.num_rows, _TS)

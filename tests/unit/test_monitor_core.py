@@ -236,6 +236,25 @@ def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
     assert labels[ids[0]] == 1 and labels[ids[1]] == 0 and labels[ids[2]] is None
 
 
+def test_joined_since_reads_no_parts_of_earlier_hours(tmp_path, reference):
+    live = generate(60, seed=23)
+    now = time.time()
+    core = _core(tmp_path, reference, flush_rows=1)
+    old, recent = _batch(live.slice(0, 30), start=now - 6 * 3600), _batch(live.slice(30, 30), start=now)
+    core.ingest("old", old)
+    core.ingest("recent", recent)
+    recent_ids = recent.column("request_id").to_pylist()
+    core.ingest_labels("l", label_table([old.column("request_id")[0].as_py(), recent_ids[0]], [1, 1]))
+    core.flush()
+    for path in core.log.predictions.files():
+        if f"hour={time.gmtime(now - 6 * 3600).tm_hour:02d}" in path:
+            Path(path).write_bytes(b"not parquet")  # a retrain since `now` must not need it
+    joined = core.log.joined(since=now - 60)
+    assert sorted(joined.column("request_id").to_pylist()) == sorted(recent_ids)
+    labels = dict(zip(joined.column("request_id").to_pylist(), joined.column("label").to_pylist()))
+    assert labels[recent_ids[0]] == 1 and labels[recent_ids[1]] is None
+
+
 def test_rebase_restarts_the_open_window_against_the_new_reference(tmp_path, reference):
     core = _core(tmp_path, reference)
     core.ingest("p", _batch(generate(300, seed=17)))
