@@ -33,7 +33,12 @@ from rayloop.config import MonitoringConfig
 from rayloop.features.profile import ReferenceProfile
 from rayloop.monitoring import policy
 from rayloop.monitoring.drift import DriftDetector, DriftReport, WindowCounts
-from rayloop.monitoring.inference_log import InferenceLog, open_filesystem
+from rayloop.monitoring.inference_log import (
+    InferenceLog,
+    epoch_hours,
+    labels_from,
+    open_filesystem,
+)
 from rayloop.training.evaluate import accuracy, roc_auc
 
 __all__ = [
@@ -220,9 +225,7 @@ class MonitorCore:
         if rows.num_rows:
             rows = rows.slice(max(0, rows.num_rows - self.config.max_pending_labels))
             self._index(rows)
-            # a label arrives after its prediction, so in that hour's partition or a later one
-            # (an hour earlier: the replica that took the label may run a little behind)
-            since_hour = int(_epoch_seconds(rows.column("ts").slice(0, 1))[0]) // 3600 - 1
+            since_hour = labels_from(int(epoch_hours(rows.column("ts").slice(0, 1))[0]))
         labeled = self.log.labels.read(["request_id"], include_pending=False, since_hour=since_hour)
         ids = labeled.column("request_id").to_pylist() if labeled.num_rows else []
         for item in self.log.labels.pending:

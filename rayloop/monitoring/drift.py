@@ -504,7 +504,7 @@ class DriftDetector:
         return cached
 
     def _feature_tests(
-        self, ref: _Ref, window: np.ndarray, ks_sizes: dict[str, int]
+        self, ref: _Ref, window: np.ndarray, ks_pending: list[tuple[dict[str, float], float, int]]
     ) -> tuple[dict[str, float], dict[str, float], float, float, float]:
         n = float(window.sum())
         m = float(ref.counts.sum())
@@ -522,7 +522,7 @@ class DriftDetector:
             statistics["scale_z"], p_values["scale"] = z, p
             d, en = _ks_statistic(w_present, r_present)
             statistics["ks_d"], p_values["ks"] = d, math.nan  # filled for all features at once (`test`)
-            ks_sizes[ref.name] = en
+            ks_pending.append((p_values, d, en))
             stat, p, _ = chi2_homogeneity(_grouped(w_present, index, len(r_test)), r_test)
             statistics["chi2"], p_values["chi2"] = stat, p
             if window[-1] or ref.counts[-1]:
@@ -553,17 +553,15 @@ class DriftDetector:
     def test(self, window: WindowCounts) -> DriftReport:
         """Judge one window: every feature's tests, one Benjamini-Hochberg family."""
         partial = []
-        ks_sizes: dict[str, int] = {}
+        ks_pending: list[tuple[dict[str, float], float, int]] = []  # (the feature's p-values, D, size)
         for name, ref in self.refs.items():
             counts = window.bins.get(name)
             if counts is None or counts.sum() == 0:
                 continue
-            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64), ks_sizes)))
-        by_name = {item[0]: item for item in partial}
-        ks_names = list(ks_sizes)
-        ks_p = _ks_p_values([by_name[k][3]["ks_d"] for k in ks_names], [ks_sizes[k] for k in ks_names])
-        for name, p in zip(ks_names, ks_p):
-            by_name[name][4]["ks"] = p
+            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64), ks_pending)))
+        ks_p = _ks_p_values([d for _, d, _ in ks_pending], [en for _, _, en in ks_pending])
+        for (p_values, _, _), p in zip(ks_pending, ks_p):
+            p_values["ks"] = p
         family = [
             (i, test, p)
             for i, (_, ref, _, _, p_values, *_rest) in enumerate(partial)
