@@ -66,8 +66,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -1450,12 +1450,10 @@ def run_cost(args: argparse.Namespace, version: str, bodies: dict[str, list[byte
                                     for v in args.variant]
     units = [(arm, name, env) for arm in args.arms for name, env in variants]
     runs: dict[str, list[dict[str, Any]]] = {f"{a}[{n}]": [] for a, n, _ in units}
-    for r in range(args.rounds):
-        order = units if r % 2 == 0 else list(reversed(units))
-        for arm, name, env in order:
-            print(f"round {r + 1}/{args.rounds}", flush=True)
-            runs[f"{arm}[{name}]"].append(
-                run_cost_arm(arm, name, env, args, version, bodies, parity_rows, expected, settings))
+    for r, (arm, name, env) in alternating(units, args.rounds):
+        print(f"round {r + 1}/{args.rounds}", flush=True)
+        runs[f"{arm}[{name}]"].append(
+            run_cost_arm(arm, name, env, args, version, bodies, parity_rows, expected, settings))
     summary = cost_summary(runs, args.cost_at)
     for unit, per_rate in summary.items():
         for rate, row in per_rate.items():
@@ -1467,11 +1465,11 @@ def run_cost(args: argparse.Namespace, version: str, bodies: dict[str, list[byte
         rps = {unit: [r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records]
                for unit, records in runs.items()}
         first = next(iter(rps.values()))
+        ratios = {unit: paired_ratios(values, first) for unit, values in rps.items()}
         out["max_rps_at_slo"] = {
             unit: {"rounds": values, "median": statistics.median([v for v in values if v]) if any(values) else None,
-                   "paired_ratios_vs_first": paired_ratios(values, first),
-                   "median_paired_ratio_vs_first": (statistics.median(paired_ratios(values, first))
-                                                    if paired_ratios(values, first) else None)}
+                   "paired_ratios_vs_first": ratios[unit],
+                   "median_paired_ratio_vs_first": statistics.median(ratios[unit]) if ratios[unit] else None}
             for unit, values in rps.items()}
         for unit, row in out["max_rps_at_slo"].items():
             print(f"{unit:48s} max req/s at the SLO by round {row['rounds']}; paired ratios vs the first "
@@ -1486,17 +1484,20 @@ def _median_record(records: list[dict[str, Any]]) -> dict[str, Any]:
     return ok[(len(ok) - 1) // 2] if ok else records[-1]
 
 
+def alternating(units: Sequence[Any], rounds: int) -> list[tuple[int, Any]]:
+    """(round, unit) for every unit `rounds` times, the order reversed every other round."""
+    return [(r, u) for r in range(rounds) for u in (units if r % 2 == 0 else list(reversed(units)))]
+
+
 def run_rounds(args: argparse.Namespace, run_arm) -> dict[str, dict[str, Any]]:
     """Every arm `args.rounds` times, the order reversed every other round, so slow drift on the
     machine hits both arms of a pair alike. Each arm's record is its median round, with every
     round's max req/s at the SLO beside it (`rounds_max_rps_at_slo`)."""
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
-    for r in range(args.rounds):
-        order = args.arms if r % 2 == 0 else list(reversed(args.arms))
-        for arm in order:
-            if args.rounds > 1:
-                print(f"round {r + 1}/{args.rounds}: {arm}", flush=True)
-            runs[arm].append(run_arm(arm))
+    for r, arm in alternating(args.arms, args.rounds):
+        if args.rounds > 1:
+            print(f"round {r + 1}/{args.rounds}: {arm}", flush=True)
+        runs[arm].append(run_arm(arm))
     arms = {}
     for arm, records in runs.items():
         arms[arm] = dict(_median_record(records))
@@ -1545,7 +1546,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(req/s), per arm and --variant, --rounds times (results/serve-cost.json)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
                         help="with --cost-at: also run each arm with this environment (or config override, a key "
-                             "with a dot), e.g. mainloop:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
+                             "with a dot; monitor_core=N moves the DriftMonitor to core N), "
+                             "e.g. mainloop:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
     parser.add_argument("--search-precision", type=float, default=None,
                         help="stop the max req/s search when the passing and failing rates are within this "
                              "fraction (default 0.08; quick 0.15)")
