@@ -113,8 +113,14 @@ TRAIN_SHARE = 0.7
 REFERENCE_SAMPLE_ROWS = 5_000  # raw reference rows for KS + Bonferroni and Evidently
 POOL_ROWS = 400_000
 WINDOW_SIZES = (100, 500, 1000, 5000)
-MODEL_PARAMS = {"objective": "binary", "verbosity": -1, "num_leaves": 31, "learning_rate": 0.2,
-                "min_data_in_leaf": 50, "seed": 7}
+MODEL_PARAMS = {
+    "objective": "binary",
+    "verbosity": -1,
+    "num_leaves": 31,
+    "learning_rate": 0.2,
+    "min_data_in_leaf": 50,
+    "seed": 7,
+}
 MODEL_ROUNDS = 50  # held-out AUC 0.838, as 100 rounds at 0.1 (0.839) at half the scoring time
 ALPHAS = (0.05, 0.01)
 TARGET_ALPHA = 0.05  # false-alarm level of the targets
@@ -136,30 +142,42 @@ def variant_share(variant: str) -> float | None:
     from rayloop.monitoring.drift import DEFAULT_PREDICTION_SHARE
 
     return SCORE_SPLIT_SHARE if variant == "score-split" else DEFAULT_PREDICTION_SHARE
+
+
 FIVE = ("age", "income", "credit_utilization", "latency_ms", "risk_score")
 EVIDENTLY_VENV = ROOT / ".rayloop" / "venvs" / "evidently"
 EVIDENTLY_REQUIREMENTS = HERE / "requirements-evidently.txt"
 SCRATCH = ROOT / ".rayloop" / "scratch" / "bench-drift"
 SCORE = "score"  # the scores' column name for the baselines (not "prediction": Evidently maps that name)
 NOTES = [
-    ("Run to run, only our detector's numbers move: the reference profile's bin edges come from a randomized KLL "
-    "sketch (rayloop.features.stats, no seed), so two fits of the same 100k rows give different edges and "
-    "setup.profile.content_hash changes; per-cell power moved by up to 0.03 and the n=100 false-alarm rate by "
-    "0.004 between two runs. Everything else is seeded."),
-    ("A mean shift of delta x sigma on a column with a sharp lower edge moves the edge: avg_session_minutes "
-    "(3 x (1 + Pareto(2.5)), starts at 3), tenure_months (exponential, starts at 0), age (clipped at 18, a point "
-    "mass). Distribution tests (ours, KS) see the emptied strip far more easily than a t-test sees the mean, so in "
-    "'mean all 9 numeric' cells the Welch-t oracle is not the most powerful test and ours/oracle exceeds 1 "
-    "(see ours_decisive_test_top: avg_session_minutes:chi2)."),
-    ("The oracle target (ours >= 0.9 x oracle) is judged where the oracle's power is >= 0.2, with our FAR <= 0.05 "
-    "within sampling error (its 95% Wilson interval reaches 0.05); met_oracle_strict_far uses the point estimate."),
-    ("At 100 rows Evidently's default preset alarms on most null windows, so 'ours@FAR_E' there is power at that "
-    "same high false-alarm rate; the comparison that matters is at 500-5,000 rows, where Evidently's FAR is 0."),
-    ("KS + Bonferroni's false alarms: at 100 rows mostly merchant_id's chi-square on a sparse table (thousands of "
-    "categories); at 5,000 rows mostly the scores' KS against the 5,000-row reference sample. That sample is one "
-    "fixed draw, and conditional on a draw a two-sample test's false-alarm rate grows with window size / reference "
-    "size; ours tests against the whole reference (100k rows, 30k held-out scores) as bin counts. PSI > 0.1 / 0.25 "
-    "alarms on every window up to 1,000 rows because of merchant_id (psi_argmax_top)."),
+    (
+        "Run to run, only our detector's numbers move: the reference profile's bin edges come from a randomized KLL "
+        "sketch (rayloop.features.stats, no seed), so two fits of the same 100k rows give different edges and "
+        "setup.profile.content_hash changes; per-cell power moved by up to 0.03 and the n=100 false-alarm rate by "
+        "0.004 between two runs. Everything else is seeded."
+    ),
+    (
+        "A mean shift of delta x sigma on a column with a sharp lower edge moves the edge: avg_session_minutes "
+        "(3 x (1 + Pareto(2.5)), starts at 3), tenure_months (exponential, starts at 0), age (clipped at 18, a point "
+        "mass). Distribution tests (ours, KS) see the emptied strip far more easily than a t-test sees the mean, so in "
+        "'mean all 9 numeric' cells the Welch-t oracle is not the most powerful test and ours/oracle exceeds 1 "
+        "(see ours_decisive_test_top: avg_session_minutes:chi2)."
+    ),
+    (
+        "The oracle target (ours >= 0.9 x oracle) is judged where the oracle's power is >= 0.2, with our FAR <= 0.05 "
+        "within sampling error (its 95% Wilson interval reaches 0.05); met_oracle_strict_far uses the point estimate."
+    ),
+    (
+        "At 100 rows Evidently's default preset alarms on most null windows, so 'ours@FAR_E' there is power at that "
+        "same high false-alarm rate; the comparison that matters is at 500-5,000 rows, where Evidently's FAR is 0."
+    ),
+    (
+        "KS + Bonferroni's false alarms: at 100 rows mostly merchant_id's chi-square on a sparse table (thousands of "
+        "categories); at 5,000 rows mostly the scores' KS against the 5,000-row reference sample. That sample is one "
+        "fixed draw, and conditional on a draw a two-sample test's false-alarm rate grows with window size / reference "
+        "size; ours tests against the whole reference (100k rows, 30k held-out scores) as bin counts. PSI > 0.1 / 0.25 "
+        "alarms on every window up to 1,000 rows because of merchant_id (psi_argmax_top)."
+    ),
 ]
 
 
@@ -189,12 +207,19 @@ class Shift:
         return f"{self.kind}:{self.group}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "features": list(self.features), "size": self.size,
-                "group": self.group, "oracle_name": self.oracle_name}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "features": list(self.features),
+            "size": self.size,
+            "group": self.group,
+            "oracle_name": self.oracle_name,
+        }
 
 
-def scenarios(numeric: Sequence[str], deltas: Sequence[float], age_deltas: Sequence[float],
-              all_deltas: Sequence[float]) -> list[Shift]:
+def scenarios(
+    numeric: Sequence[str], deltas: Sequence[float], age_deltas: Sequence[float], all_deltas: Sequence[float]
+) -> list[Shift]:
     out = [Shift("none")]
     out += [Shift("mean", ("income",), d, "income") for d in deltas]
     out += [Shift("mean", ("age",), d, "age") for d in age_deltas]
@@ -224,7 +249,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
 def code_version() -> dict[str, Any]:
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False).stdout
+            return subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -256,15 +283,21 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(None)
     data = config.data
     reference = generate(REFERENCE_ROWS, SEED_REFERENCE)
-    pipeline = FeaturePipeline(config.features, data.schema_, label_column=data.label_column,
-                               timestamp_column=data.timestamp_column, id_column=data.id_column)
+    pipeline = FeaturePipeline(
+        config.features,
+        data.schema_,
+        label_column=data.label_column,
+        timestamp_column=data.timestamp_column,
+        id_column=data.id_column,
+    )
     fitted, profile = pipeline.fit_table(reference)
     x = fitted.transform(reference)
     y = reference.column("label").to_numpy()
     n_train = int(REFERENCE_ROWS * TRAIN_SHARE)
     params = {**MODEL_PARAMS, "num_threads": 1}
-    booster = lgb.train(params, lgb.Dataset(x[:n_train], y[:n_train], categorical_feature=fitted.categorical_indices),
-                        MODEL_ROUNDS)
+    booster = lgb.train(
+        params, lgb.Dataset(x[:n_train], y[:n_train], categorical_feature=fitted.categorical_indices), MODEL_ROUNDS
+    )
     held_scores = booster.predict(x[n_train:], num_threads=1)
     profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(held_scores)})
     held = reference.slice(n_train)
@@ -288,10 +321,18 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         v = v[~np.isnan(v)]
         med = float(np.median(v))
         dev = np.abs(v - med)
-        oracle_ref[name] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "n": int(v.size),
-                            "dev_mean": float(dev.mean()), "dev_std": float(dev.std(ddof=1))}
+        oracle_ref[name] = {
+            "mean": float(v.mean()),
+            "std": float(v.std(ddof=1)),
+            "n": int(v.size),
+            "dev_mean": float(dev.mean()),
+            "dev_std": float(dev.std(ddof=1)),
+        }
     channel_vocab = pa.array(sorted(set(reference.column("channel").to_pylist())), pa.string())
-    oracle_ref["channel"] = {"vocab": channel_vocab, "counts": category_counts(reference.column("channel"), channel_vocab)}
+    oracle_ref["channel"] = {
+        "vocab": channel_vocab,
+        "counts": category_counts(reference.column("channel"), channel_vocab),
+    }
     oracle_ref["label_rate"] = float(y.mean())
 
     # KS + Bonferroni: the raw sample's sorted values and category counts
@@ -345,9 +386,14 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         "info": {
             "reference_rows": REFERENCE_ROWS,
             "reference_seed": SEED_REFERENCE,
-            "model": {"kind": "lightgbm", "params": MODEL_PARAMS, "rounds": MODEL_ROUNDS,
-                      "train_rows": n_train, "held_out_rows": REFERENCE_ROWS - n_train,
-                      "held_out_auc": round(auc, 4)},
+            "model": {
+                "kind": "lightgbm",
+                "params": MODEL_PARAMS,
+                "rounds": MODEL_ROUNDS,
+                "train_rows": n_train,
+                "held_out_rows": REFERENCE_ROWS - n_train,
+                "held_out_auc": round(auc, 4),
+            },
             "profile": {
                 "profile_bins": config.features.profile_bins,
                 "top_k": config.features.top_k,
@@ -460,15 +506,24 @@ def ours(detectors: dict[tuple[str, float], Any], window: pa.Table, scores: np.n
     t1 = time.perf_counter()
     report = main.test(counts)
     t2 = time.perf_counter()
-    out: dict[str, Any] = {"count_s": t1 - t0, "test_s": t2 - t1, "alarm_real": report.alarm, "min_q": {},
-                           "drifted": report.drifted}
+    out: dict[str, Any] = {
+        "count_s": t1 - t0,
+        "test_s": t2 - t1,
+        "alarm_real": report.alarm,
+        "min_q": {},
+        "drifted": report.drifted,
+    }
     # the feature:test behind the window's smallest adjusted p (what made an alarm)
     best = min(((q, f"{f.name}:{t}") for f in report.features for t, q in f.p_adjusted.items()), default=(1.0, ""))
     out["decisive"] = best[1]
     for variant in VARIANTS:
         det = detectors[(variant, 0.05)]  # the variant's own rule for which tests decide
-        family = [(p, f.kind == "prediction") for f in report.features for t, p in f.p_values.items()
-                  if det.decides(f.kind, t)]
+        family = [
+            (p, f.kind == "prediction")
+            for f in report.features
+            for t, p in f.p_values.items()
+            if det.decides(f.kind, t)
+        ]
         out["min_q"][variant] = family_min_q([p for p, _ in family], [k for _, k in family], variant_share(variant))
     if verify:
         checks: dict[str, Any] = {}
@@ -531,12 +586,14 @@ def oracle_p(s: dict[str, Any], shift: Shift, values: dict[str, np.ndarray], win
             v = v[~np.isnan(v)]
             r = ref[name]
             if shift.kind == "mean":  # Welch
-                res = stats.ttest_ind_from_stats(v.mean(), v.std(ddof=1), v.size, r["mean"], r["std"], r["n"],
-                                                 equal_var=False)
+                res = stats.ttest_ind_from_stats(
+                    v.mean(), v.std(ddof=1), v.size, r["mean"], r["std"], r["n"], equal_var=False
+                )
             else:  # Brown-Forsythe = Levene(center="median") = pooled t on |x - group median| for two groups
                 dev = np.abs(v - np.median(v))
-                res = stats.ttest_ind_from_stats(dev.mean(), dev.std(ddof=1), dev.size, r["dev_mean"], r["dev_std"],
-                                                 r["n"], equal_var=True)
+                res = stats.ttest_ind_from_stats(
+                    dev.mean(), dev.std(ddof=1), dev.size, r["dev_mean"], r["dev_std"], r["n"], equal_var=True
+                )
             p.append(float(res.pvalue))
         return min(1.0, len(p) * min(p))
     if shift.kind == "categorical":
@@ -554,8 +611,9 @@ def oracle_p(s: dict[str, Any], shift: Shift, values: dict[str, np.ndarray], win
 class Evidently:
     """The worker process in the Evidently venv: one window in, one JSON line out."""
 
-    def __init__(self, python: Path, reference: pa.Table, numeric: list[str], categorical: list[str],
-                 timeout_s: float) -> None:
+    def __init__(
+        self, python: Path, reference: pa.Table, numeric: list[str], categorical: list[str], timeout_s: float
+    ) -> None:
         SCRATCH.mkdir(parents=True, exist_ok=True)
         self.reference_path = SCRATCH / "evidently-reference.parquet"
         pq.write_table(reference, self.reference_path)
@@ -564,8 +622,16 @@ class Evidently:
         self.columns = [*numeric, *categorical]
         self.schema = pa.schema([*(reference.schema.field(c) for c in self.columns), pa.field("__full__", pa.int8())])
         self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in close())
-        cmd = [str(python), str(HERE / "drift_evidently.py"), "--reference", str(self.reference_path),
-               "--numerical", *numeric, "--categorical", *categorical]
+        cmd = [
+            str(python),
+            str(HERE / "drift_evidently.py"),
+            "--reference",
+            str(self.reference_path),
+            "--numerical",
+            *numeric,
+            "--categorical",
+            *categorical,
+        ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ)
@@ -573,7 +639,9 @@ class Evidently:
         self.hello = self._read(timeout_s=300)
         if not self.hello.get("ready"):
             self.close()
-            raise RuntimeError(f"Evidently worker did not start: {self.hello.get('error')}\n{self.hello.get('traceback', '')}")
+            raise RuntimeError(
+                f"Evidently worker did not start: {self.hello.get('error')}\n{self.hello.get('traceback', '')}"
+            )
         self.writer = pa.ipc.new_stream(pa.PythonFile(self.proc.stdin, mode="w"), self.schema)
 
     def _read(self, timeout_s: float) -> dict[str, Any]:
@@ -620,7 +688,10 @@ def evidently_python(args: argparse.Namespace, record: dict[str, Any]) -> Path |
     python = venv / "bin" / "python"
     record["venv"] = str(venv)
     record["requirements"] = EVIDENTLY_REQUIREMENTS.read_text().splitlines()
-    ok = python.exists() and subprocess.run([str(python), "-c", "import evidently"], capture_output=True, check=False).returncode == 0
+    ok = (
+        python.exists()
+        and subprocess.run([str(python), "-c", "import evidently"], capture_output=True, check=False).returncode == 0
+    )
     if ok:
         return python
     print(f"[evidently] creating {venv} from {EVIDENTLY_REQUIREMENTS.name} (about a minute) ...", flush=True)
@@ -628,8 +699,10 @@ def evidently_python(args: argparse.Namespace, record: dict[str, Any]) -> Path |
     log = SCRATCH / "evidently-install.log"
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        steps = [[sys.executable, "-m", "venv", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", "-r", str(EVIDENTLY_REQUIREMENTS)]]
+        steps = [
+            [sys.executable, "-m", "venv", str(venv)],
+            [str(python), "-m", "pip", "install", "-q", "-r", str(EVIDENTLY_REQUIREMENTS)],
+        ]
         for cmd in steps:
             rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
             if rc != 0:
@@ -642,9 +715,18 @@ def evidently_python(args: argparse.Namespace, record: dict[str, Any]) -> Path |
 
 
 # ---- the run --------------------------------------------------------------------------------
-def run_cell(s: dict[str, Any], detectors: dict, ev: Evidently | None, ev_state: dict[str, Any], shift: Shift,
-             scenario_index: int, n: int, windows: int, args: argparse.Namespace,
-             oracle_flavours: list[Shift]) -> dict[str, Any]:
+def run_cell(
+    s: dict[str, Any],
+    detectors: dict,
+    ev: Evidently | None,
+    ev_state: dict[str, Any],
+    shift: Shift,
+    scenario_index: int,
+    n: int,
+    windows: int,
+    args: argparse.Namespace,
+    oracle_flavours: list[Shift],
+) -> dict[str, Any]:
     booster, fitted = s["booster"], s["fitted"]
     rows: list[dict[str, Any]] = []
     for i in range(windows):
@@ -708,8 +790,12 @@ def merge_null_extra(cell: dict[str, Any], extra: dict[str, Any]) -> None:
         cell["_min_q"][v] = q
         for alpha in ALPHAS:
             k = int(np.sum(q < alpha))
-            combined[f"ours[{v}]@{alpha}"] = {"rate": round(k / len(q), 4), "alarms": k, "windows": len(q),
-                                              "wilson95": wilson(k, len(q))}
+            combined[f"ours[{v}]@{alpha}"] = {
+                "rate": round(k / len(q), 4),
+                "alarms": k,
+                "windows": len(q),
+                "wilson95": wilson(k, len(q)),
+            }
     cell["ours_null_all_windows"] = combined
     cell["null_extra"] = {k: v for k, v in extra.items() if k != "min_q"}
     cell["verification"]["mismatches"] += extra["mismatches"]
@@ -781,7 +867,9 @@ def summarize_cell(shift: Shift, n: int, rows: list[dict[str, Any]]) -> dict[str
             "full_checked": len(full),
             "full_vs_fast_mismatch": sum(
                 (f["count"] != e["fast"]["count"]) or (f["dataset_drift"] != e["fast"]["dataset_drift"])
-                for e in ev_rows if "full" in e for f in [e["full"]]
+                for e in ev_rows
+                if "full" in e
+                for f in [e["full"]]
             ),
             "mean_drifted_columns": round(float(np.mean([e["fast"]["count"] for e in ev_rows])), 3),
             "column_drift_rate": column_drift_rate(ev_rows),
@@ -887,39 +975,116 @@ def false_alarm_table(cells: list[dict[str, Any]]) -> dict[str, Any]:
 def print_report(cells: list[dict[str, Any]], has_ev: bool) -> None:
     sizes = sorted({c["window_size"] for c in cells})
     nulls = [c for c in cells if c["shift"]["kind"] == "none"]
-    cols = ["window", "ours windows", "ours@.05", "ours@.01", "rank+chi2@.05", "rank+chi2@.01", "ks@.05", "rank@.05",
-            "windows", "KS+Bonf", "PSI>0.1", "PSI>0.25", "Evidently", "Ev any col", "oracle max"]
+    cols = [
+        "window",
+        "ours windows",
+        "ours@.05",
+        "ours@.01",
+        "rank+chi2@.05",
+        "rank+chi2@.01",
+        "ks@.05",
+        "rank@.05",
+        "windows",
+        "KS+Bonf",
+        "PSI>0.1",
+        "PSI>0.25",
+        "Evidently",
+        "Ev any col",
+        "oracle max",
+    ]
     rows = []
     for c in sorted(nulls, key=lambda c: c["window_size"]):
         a = c["alarm_rate"]
         o = {k: v["rate"] for k, v in c.get("ours_null_all_windows", {}).items()} or a
         ours_windows = c.get("ours_null_all_windows", {}).get("ours[default]@0.05", {}).get("windows", c["windows"])
-        rows.append([c["window_size"], ours_windows, o["ours[default]@0.05"], o["ours[default]@0.01"],
-                     o["ours[rank+chi2]@0.05"], o["ours[rank+chi2]@0.01"], o["ours[ks]@0.05"], o["ours[rank]@0.05"],
-                     c["windows"], a["ks_bonferroni@0.05"], a["psi>0.1"], a["psi>0.25"], a.get("evidently"),
-                     a.get("evidently_any_column"), max(c["oracle_false_alarm"].values())])
+        rows.append(
+            [
+                c["window_size"],
+                ours_windows,
+                o["ours[default]@0.05"],
+                o["ours[default]@0.01"],
+                o["ours[rank+chi2]@0.05"],
+                o["ours[rank+chi2]@0.01"],
+                o["ours[ks]@0.05"],
+                o["ours[rank]@0.05"],
+                c["windows"],
+                a["ks_bonferroni@0.05"],
+                a["psi>0.1"],
+                a["psi>0.25"],
+                a.get("evidently"),
+                a.get("evidently_any_column"),
+                max(c["oracle_false_alarm"].values()),
+            ]
+        )
     print()
-    print_table("False-alarm rate (null windows: reference distribution; ours over more windows than the others)",
-                cols, [[fmt(v, 3) for v in r] for r in rows])
+    print_table(
+        "False-alarm rate (null windows: reference distribution; ours over more windows than the others)",
+        cols,
+        [[fmt(v, 3) for v in r] for r in rows],
+    )
 
-    cols = ["scenario", "n", "oracle", "ours", "r/o", "rank+chi2", "ks", "rank", "ours@.01", "KS+Bonf", "PSI>.1",
-            "PSI>.25", "Evid", "ours@FAR_E", "Ev any"]
+    cols = [
+        "scenario",
+        "n",
+        "oracle",
+        "ours",
+        "r/o",
+        "rank+chi2",
+        "ks",
+        "rank",
+        "ours@.01",
+        "KS+Bonf",
+        "PSI>.1",
+        "PSI>.25",
+        "Evid",
+        "ours@FAR_E",
+        "Ev any",
+    ]
     rows = []
     for c in cells:
         if c["shift"]["kind"] == "none":
             continue
         a, t = c["alarm_rate"], c.get("targets", {}).get("default", {})
         ratio = t.get("ratio_to_oracle")
-        rows.append([c["scenario"], c["window_size"], a.get("oracle@0.05"), a["ours[default]@0.05"],
-                     None if ratio is None else round(ratio, 2), a["ours[rank+chi2]@0.05"], a["ours[ks]@0.05"],
-                     a["ours[rank]@0.05"], a["ours[default]@0.01"], a["ks_bonferroni@0.05"], a["psi>0.1"], a["psi>0.25"],
-                     a.get("evidently"), t.get("power_at_evidently_far"), a.get("evidently_any_column")])
+        rows.append(
+            [
+                c["scenario"],
+                c["window_size"],
+                a.get("oracle@0.05"),
+                a["ours[default]@0.05"],
+                None if ratio is None else round(ratio, 2),
+                a["ours[rank+chi2]@0.05"],
+                a["ours[ks]@0.05"],
+                a["ours[rank]@0.05"],
+                a["ours[default]@0.01"],
+                a["ks_bonferroni@0.05"],
+                a["psi>0.1"],
+                a["psi>0.25"],
+                a.get("evidently"),
+                t.get("power_at_evidently_far"),
+                a.get("evidently_any_column"),
+            ]
+        )
     print()
-    print_table("Power (alarm rate on shifted windows; ours = rank+ks+chi2 at alpha 0.05 unless named; "
-                "r/o = ours / oracle)", cols, [[fmt(v, 3) if not isinstance(v, str) else v for v in r] for r in rows])
+    print_table(
+        "Power (alarm rate on shifted windows; ours = rank+ks+chi2 at alpha 0.05 unless named; r/o = ours / oracle)",
+        cols,
+        [[fmt(v, 3) if not isinstance(v, str) else v for v in r] for r in rows],
+    )
 
-    cols = ["window", "score", "ours (count+test)", "test default", "test rank+chi2", "test ks", "KS+Bonf", "PSI",
-            "oracle", "Evidently fast", "Evidently Report.run"]
+    cols = [
+        "window",
+        "score",
+        "ours (count+test)",
+        "test default",
+        "test rank+chi2",
+        "test ks",
+        "KS+Bonf",
+        "PSI",
+        "oracle",
+        "Evidently fast",
+        "Evidently Report.run",
+    ]
     rows = []
     for n in sizes:
         cs = [c for c in cells if c["window_size"] == n]
@@ -928,12 +1093,27 @@ def print_report(cells: list[dict[str, Any]], has_ev: bool) -> None:
             vals = [c["time_ms_per_window"].get(key) for c in cs if c["time_ms_per_window"].get(key) is not None]
             return round(float(np.mean(vals)), 2) if vals else None
 
-        rows.append([n, avg("score"), avg("ours"), avg("ours_test[default]"), avg("ours_test[rank+chi2]"),
-                     avg("ours_test[ks]"), avg("ks_bonferroni"), avg("psi"), avg("oracle"), avg("evidently_fast"),
-                     avg("evidently_full_report")])
+        rows.append(
+            [
+                n,
+                avg("score"),
+                avg("ours"),
+                avg("ours_test[default]"),
+                avg("ours_test[rank+chi2]"),
+                avg("ours_test[ks]"),
+                avg("ks_bonferroni"),
+                avg("psi"),
+                avg("oracle"),
+                avg("evidently_fast"),
+                avg("evidently_full_report"),
+            ]
+        )
     print()
-    print_table("Compute time per window, ms (mean over cells; score = the model, shared by all methods)", cols,
-                [[fmt(v, 2) for v in r] for r in rows])
+    print_table(
+        "Compute time per window, ms (mean over cells; score = the model, shared by all methods)",
+        cols,
+        [[fmt(v, 2) for v in r] for r in rows],
+    )
 
 
 def summarize_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -956,10 +1136,14 @@ def summarize_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 "cells_met": len(met),
                 "cells_met_with_strict_far": len(met_strict),
                 "judged_where": f"oracle power >= {ORACLE_INFORMATIVE}; FAR <= 0.05 within sampling error "
-                                f"(95% Wilson interval reaches 0.05); strict: point estimate <= 0.05",
+                f"(95% Wilson interval reaches 0.05); strict: point estimate <= 0.05",
                 "mean_ratio": round(float(np.mean(mean_ratio)), 3) if mean_ratio else None,
-                "not_met": [f"{c['scenario']} n={c['window_size']}: {c['targets'][v]['power']} vs oracle "
-                            f"{c['targets'][v]['oracle_power']}" for c in informative if id(c) not in met_ids],
+                "not_met": [
+                    f"{c['scenario']} n={c['window_size']}: {c['targets'][v]['power']} vs oracle "
+                    f"{c['targets'][v]['oracle_power']}"
+                    for c in informative
+                    if id(c) not in met_ids
+                ],
             },
             "evidently_target": {
                 "cells": len(ev_cells),
@@ -967,16 +1151,26 @@ def summarize_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 "equal": len(ev_cells) - len(ev_more) - len(ev_less),
                 "less": [f"{c['scenario']} n={c['window_size']}" for c in ev_less],
                 "where_evidently_far_at_most_0.05": {
-                    r: sum(1 for c in ev_cells if c["targets"][v]["evidently_far"] <= TARGET_ALPHA
-                           and c["targets"][v]["vs_evidently"] == r) for r in ("more", "equal", "less")},
+                    r: sum(
+                        1
+                        for c in ev_cells
+                        if c["targets"][v]["evidently_far"] <= TARGET_ALPHA and c["targets"][v]["vs_evidently"] == r
+                    )
+                    for r in ("more", "equal", "less")
+                },
             },
             "mean_power_at_far_0.05": round(float(np.mean([c["targets"][v]["power_at_far_0.05"] for c in shifted])), 4),
             "mean_power_at_far_0.01": round(float(np.mean([c["targets"][v]["power_at_far_0.01"] for c in shifted])), 4),
             "mean_power_at_far_0.05_by_kind": {
-                k: round(float(np.mean([c["targets"][v]["power_at_far_0.05"] for c in shifted
-                                        if c["shift"]["kind"] == k])), 4) for k in kinds},
-            "mean_power_at_0.05_shift_cells": round(float(np.mean(
-                [c["alarm_rate"][f"ours[{v}]@0.05"] for c in cells if c["shift"]["kind"] != "none"])), 4),
+                k: round(
+                    float(np.mean([c["targets"][v]["power_at_far_0.05"] for c in shifted if c["shift"]["kind"] == k])),
+                    4,
+                )
+                for k in kinds
+            },
+            "mean_power_at_0.05_shift_cells": round(
+                float(np.mean([c["alarm_rate"][f"ours[{v}]@0.05"] for c in cells if c["shift"]["kind"] != "none"])), 4
+            ),
         }
     return out
 
@@ -984,27 +1178,53 @@ def summarize_targets(cells: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 windows per cell, a smaller pool")
-    parser.add_argument("--out", default=None, help="results file (default benchmarks/results/drift.json, "
-                        "drift-quick.json with --quick)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file (default benchmarks/results/drift.json, drift-quick.json with --quick)",
+    )
     parser.add_argument("--windows", type=int, default=None, help="windows per shift cell (default 200)")
     parser.add_argument("--null-windows", type=int, default=None, help="windows per null cell (default = --windows)")
-    parser.add_argument("--null-extra", type=int, default=None,
-                        help="more null windows per size for our detector alone (default 800)")
+    parser.add_argument(
+        "--null-extra", type=int, default=None, help="more null windows per size for our detector alone (default 800)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=list(WINDOW_SIZES))
-    parser.add_argument("--deltas", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5],
-                        help="mean shifts in reference sigmas (income, 5 features, all numeric)")
+    parser.add_argument(
+        "--deltas",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.1, 0.25, 0.5],
+        help="mean shifts in reference sigmas (income, 5 features, all numeric)",
+    )
     parser.add_argument("--age-deltas", type=float, nargs="*", default=[0.1, 0.25])
-    parser.add_argument("--all-deltas", type=float, nargs="*", default=[0.05, 0.1, 0.25],
-                        help="mean shifts on all 9 numeric features (0.5 alarms every method, Evidently included)")
+    parser.add_argument(
+        "--all-deltas",
+        type=float,
+        nargs="*",
+        default=[0.05, 0.1, 0.25],
+        help="mean shifts on all 9 numeric features (0.5 alarms every method, Evidently included)",
+    )
     parser.add_argument("--pool-rows", type=int, default=None)
-    parser.add_argument("--verify-every", type=int, default=50,
-                        help="every k-th window also runs the real detector of every variant at both alphas")
+    parser.add_argument(
+        "--verify-every",
+        type=int,
+        default=50,
+        help="every k-th window also runs the real detector of every variant at both alphas",
+    )
     parser.add_argument("--no-evidently", action="store_true")
     parser.add_argument("--evidently-venv", default=str(EVIDENTLY_VENV))
-    parser.add_argument("--evidently-full", type=int, default=1,
-                        help="windows per shift cell also run through Evidently's whole Report.run")
-    parser.add_argument("--evidently-full-null", type=int, default=5,
-                        help="windows per null cell also run through Evidently's whole Report.run")
+    parser.add_argument(
+        "--evidently-full",
+        type=int,
+        default=1,
+        help="windows per shift cell also run through Evidently's whole Report.run",
+    )
+    parser.add_argument(
+        "--evidently-full-null",
+        type=int,
+        default=5,
+        help="windows per null cell also run through Evidently's whole Report.run",
+    )
     parser.add_argument("--evidently-timeout", type=float, default=120.0, help="seconds per Evidently answer")
     args = parser.parse_args(argv)
     args.windows = args.windows or (20 if args.quick else 200)
@@ -1020,11 +1240,18 @@ def main(argv: list[str] | None = None) -> int:
     load_start = loadavg()
     print(f"[setup] reference {REFERENCE_ROWS:,} rows, model, pool {args.pool_rows:,} rows ...", flush=True)
     s = setup(args)
-    print(f"[setup] {s['info']['setup_s']} s; held-out AUC {s['info']['model']['held_out_auc']}, "
-          f"label rate {s['info']['reference_label_rate']}", flush=True)
-    detectors = {(variant, alpha): DriftDetector(s["profile"], alpha=alpha, numeric_tests=tests,
-                                                 prediction_share=variant_share(variant))
-                 for variant, tests in VARIANTS.items() for alpha in ALPHAS}
+    print(
+        f"[setup] {s['info']['setup_s']} s; held-out AUC {s['info']['model']['held_out_auc']}, "
+        f"label rate {s['info']['reference_label_rate']}",
+        flush=True,
+    )
+    detectors = {
+        (variant, alpha): DriftDetector(
+            s["profile"], alpha=alpha, numeric_tests=tests, prediction_share=variant_share(variant)
+        )
+        for variant, tests in VARIANTS.items()
+        for alpha in ALPHAS
+    }
     shifts = scenarios(s["numeric"], args.deltas, args.age_deltas, args.all_deltas)
     oracle_flavours = []
     for sh in shifts[1:]:
@@ -1038,12 +1265,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             python = evidently_python(args, ev_record)
             if python is not None:
-                reference = s["sample"].select([*s["numeric"], *s["categorical"]]).append_column(
-                    SCORE, pa.array(np.asarray(s["sample_scores"], dtype=np.float64)))
+                reference = (
+                    s["sample"]
+                    .select([*s["numeric"], *s["categorical"]])
+                    .append_column(SCORE, pa.array(np.asarray(s["sample_scores"], dtype=np.float64)))
+                )
                 ev = Evidently(python, reference, [*s["numeric"], SCORE], s["categorical"], args.evidently_timeout)
                 ev_record["worker"] = ev.hello
-                print(f"[evidently] worker ready: evidently {ev.hello['versions']['evidently']}, "
-                      f"pandas {ev.hello['versions']['pandas']}", flush=True)
+                print(
+                    f"[evidently] worker ready: evidently {ev.hello['versions']['evidently']}, "
+                    f"pandas {ev.hello['versions']['pandas']}",
+                    flush=True,
+                )
         except Exception as exc:  # noqa: BLE001
             ev_record["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
             ev_record["traceback"] = traceback.format_exc()[-3000:]
@@ -1052,9 +1285,12 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = [(si, sh, n) for si, sh in enumerate(shifts) for n in sorted(args.sizes)]
     total_windows = sum(args.null_windows if sh.kind == "none" else args.windows for _, sh, _ in plan)
-    print(f"[plan] {len(shifts)} scenarios x {len(args.sizes)} window sizes = {len(plan)} cells, "
-          f"{total_windows:,} windows ({args.windows}/cell, {args.null_windows}/null cell), plus "
-          f"{args.null_extra} null windows per size for our detector alone", flush=True)
+    print(
+        f"[plan] {len(shifts)} scenarios x {len(args.sizes)} window sizes = {len(plan)} cells, "
+        f"{total_windows:,} windows ({args.windows}/cell, {args.null_windows}/null cell), plus "
+        f"{args.null_extra} null windows per size for our detector alone",
+        flush=True,
+    )
     cells: list[dict[str, Any]] = []
     per_size: dict[int, list[float]] = {}
     done_windows = 0
@@ -1079,15 +1315,20 @@ def main(argv: list[str] | None = None) -> int:
         if not known:  # only null cells so far: their time includes the extra null windows
             known = {c["window_size"]: c["wall_s"] / c["windows"] for c in cells}
         fallback = float(np.mean(list(known.values())))
-        left = sum((args.null_windows if s2.kind == "none" else args.windows) * known.get(n2, fallback)
-                   for _, s2, n2 in plan[k:])
+        left = sum(
+            (args.null_windows if s2.kind == "none" else args.windows) * known.get(n2, fallback)
+            for _, s2, n2 in plan[k:]
+        )
         a = cell["alarm_rate"]
         ev_txt = f" ev {a['evidently']:.2f}" if "evidently" in a else ""
         orc = f" oracle {a['oracle@0.05']:.2f}" if "oracle@0.05" in a else ""
-        print(f"[{k}/{len(plan)}] {sh.name:<28} n={n:<5} ours {a['ours[default]@0.05']:.3f} "
-              f"(@.01 {a['ours[default]@0.01']:.3f}){orc} ks {a['ks_bonferroni@0.05']:.2f} "
-              f"psi.25 {a['psi>0.25']:.2f}{ev_txt}  {dt:.1f} s ({1000 * dt / w:.0f} ms/window); "
-              f"elapsed {time.perf_counter() - loop_start:.0f} s, about {left:.0f} s left", flush=True)
+        print(
+            f"[{k}/{len(plan)}] {sh.name:<28} n={n:<5} ours {a['ours[default]@0.05']:.3f} "
+            f"(@.01 {a['ours[default]@0.01']:.3f}){orc} ks {a['ks_bonferroni@0.05']:.2f} "
+            f"psi.25 {a['psi>0.25']:.2f}{ev_txt}  {dt:.1f} s ({1000 * dt / w:.0f} ms/window); "
+            f"elapsed {time.perf_counter() - loop_start:.0f} s, about {left:.0f} s left",
+            flush=True,
+        )
 
     if ev is not None:
         ev.close()
@@ -1099,11 +1340,11 @@ def main(argv: list[str] | None = None) -> int:
     print_report(cells, has_ev=any("evidently" in c["alarm_rate"] for c in cells))
     targets = summarize_targets(cells)
     far = false_alarm_table(cells)
-    default_far = {
-        str(alpha): {n: far[n][f"ours[default]@{alpha}"] for n in far} for alpha in ALPHAS
+    default_far = {str(alpha): {n: far[n][f"ours[default]@{alpha}"] for n in far} for alpha in ALPHAS}
+    verify = {
+        "windows_verified": sum(c["verification"]["windows_verified"] for c in cells),
+        "mismatches": sum(c["verification"]["mismatches"] for c in cells),
     }
-    verify = {"windows_verified": sum(c["verification"]["windows_verified"] for c in cells),
-              "mismatches": sum(c["verification"]["mismatches"] for c in cells)}
     ev_check = [c["evidently"] for c in cells if "evidently" in c]
     if ev_check:
         ev_record["full_report_checked_windows"] = sum(e["full_checked"] for e in ev_check)
@@ -1111,31 +1352,55 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = sorted({c["shift"]["kind"] for c in cells if c["shift"]["kind"] != "none"})
     print()
-    print_table("Our variants: mean power over shift cells at alpha 0.05, and at an empirical FAR of 0.05 / 0.01 "
-                "(thresholds set on our null windows)",
-                ["variant", "@alpha .05", "@FAR .05", "@FAR .01", *(f"@FAR .05 {k}" for k in kinds)],
-                [[v, *(fmt(x, 3) for x in (t["mean_power_at_0.05_shift_cells"], t["mean_power_at_far_0.05"],
-                                            t["mean_power_at_far_0.01"],
-                                            *(t["mean_power_at_far_0.05_by_kind"][k] for k in kinds)))]
-                 for v, t in targets.items()])
+    print_table(
+        "Our variants: mean power over shift cells at alpha 0.05, and at an empirical FAR of 0.05 / 0.01 "
+        "(thresholds set on our null windows)",
+        ["variant", "@alpha .05", "@FAR .05", "@FAR .01", *(f"@FAR .05 {k}" for k in kinds)],
+        [
+            [
+                v,
+                *(
+                    fmt(x, 3)
+                    for x in (
+                        t["mean_power_at_0.05_shift_cells"],
+                        t["mean_power_at_far_0.05"],
+                        t["mean_power_at_far_0.01"],
+                        *(t["mean_power_at_far_0.05_by_kind"][k] for k in kinds),
+                    )
+                ),
+            ]
+            for v, t in targets.items()
+        ],
+    )
     print()
     print("Targets (ours at alpha 0.05; FAR = measured false-alarm rate of the same configuration):")
     for v, t in targets.items():
         o, e = t["oracle_target"], t["evidently_target"]
         low = e["where_evidently_far_at_most_0.05"]
-        print(f"  {v:<10} oracle x{ORACLE_RATIO}: met in {o['cells_met']}/{o['cells_judged']} cells with oracle power "
-              f">= {ORACLE_INFORMATIVE} ({o['cells_met_with_strict_far']} with FAR <= 0.05 strictly; mean ratio "
-              f"{o['mean_ratio']}); vs Evidently at equal FAR: more in {e['more']}, equal in {e['equal']}, less in "
-              f"{len(e['less'])} of {e['cells']} cells (where Evidently's FAR <= 0.05: {low['more']}/{low['equal']}/"
-              f"{low['less']})")
-    print(f"  FAR of the default ({'+'.join(VARIANTS['default'])}): " + "; ".join(
-        f"alpha {alpha}: " + ", ".join(f"n={n} {default_far[str(alpha)][n]['rate']}" for n in default_far[str(alpha)])
-        for alpha in ALPHAS))
-    print(f"  verification (derived variants vs real detectors): {verify['mismatches']} mismatches in "
-          f"{verify['windows_verified']} verified windows (x{len(VARIANTS) * len(ALPHAS)} detectors)")
+        print(
+            f"  {v:<10} oracle x{ORACLE_RATIO}: met in {o['cells_met']}/{o['cells_judged']} cells with oracle power "
+            f">= {ORACLE_INFORMATIVE} ({o['cells_met_with_strict_far']} with FAR <= 0.05 strictly; mean ratio "
+            f"{o['mean_ratio']}); vs Evidently at equal FAR: more in {e['more']}, equal in {e['equal']}, less in "
+            f"{len(e['less'])} of {e['cells']} cells (where Evidently's FAR <= 0.05: {low['more']}/{low['equal']}/"
+            f"{low['less']})"
+        )
+    print(
+        f"  FAR of the default ({'+'.join(VARIANTS['default'])}): "
+        + "; ".join(
+            f"alpha {alpha}: "
+            + ", ".join(f"n={n} {default_far[str(alpha)][n]['rate']}" for n in default_far[str(alpha)])
+            for alpha in ALPHAS
+        )
+    )
+    print(
+        f"  verification (derived variants vs real detectors): {verify['mismatches']} mismatches in "
+        f"{verify['windows_verified']} verified windows (x{len(VARIANTS) * len(ALPHAS)} detectors)"
+    )
     if ev_check:
-        print(f"  Evidently fast path vs Report.run: {ev_record['full_vs_fast_mismatches']} mismatches in "
-              f"{ev_record['full_report_checked_windows']} windows")
+        print(
+            f"  Evidently fast path vs Report.run: {ev_record['full_vs_fast_mismatches']} mismatches in "
+            f"{ev_record['full_report_checked_windows']} windows"
+        )
     if ev_record.get("error"):
         print(f"  Evidently: FAILED: {ev_record['error'][:300]}")
 
@@ -1163,22 +1428,25 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": [sh.to_dict() for sh in shifts],
             "verify_every": args.verify_every,
             "evidently_full_per_cell": args.evidently_full,
-            "targets": {"oracle_ratio": ORACLE_RATIO, "at_false_alarm_rate": TARGET_ALPHA,
-                        "oracle_target_judged_where_oracle_power_at_least": ORACLE_INFORMATIVE},
+            "targets": {
+                "oracle_ratio": ORACLE_RATIO,
+                "at_false_alarm_rate": TARGET_ALPHA,
+                "oracle_target_judged_where_oracle_power_at_least": ORACLE_INFORMATIVE,
+            },
             "methods": {
                 "ours": "DriftDetector(profile, alpha, numeric_tests).check(window without label, scores)",
                 "ks_bonferroni": f"scipy ks_2samp per numeric column and the scores, chi2_contingency per categorical, "
-                                 f"vs {REFERENCE_SAMPLE_ROWS} held-out reference rows; Bonferroni over 14 tests at 0.05",
+                f"vs {REFERENCE_SAMPLE_ROWS} held-out reference rows; Bonferroni over 14 tests at 0.05",
                 "psi": "rayloop psi per column: 10 reference-decile bins + missing (numeric, scores); every reference "
-                       "category + other + missing (categorical); alarm if any column > 0.1 / > 0.25",
+                "category + other + missing (categorical); alarm if any column > 0.1 / > 0.25",
                 "evidently": "DataDriftPreset() defaults vs the same reference sample (drift_share 0.5); see "
-                             "benchmarks/drift_evidently.py",
+                "benchmarks/drift_evidently.py",
                 "oracle": "mean: Welch t per shifted column vs the 100k reference, Bonferroni over k; variance: "
-                          "Brown-Forsythe per shifted column, Bonferroni over k; categorical: chi-square of channel "
-                          "counts vs the reference's; label: exact binomial test of the label count vs the "
-                          "reference rate; all at 0.05",
+                "Brown-Forsythe per shifted column, Bonferroni over k; categorical: chi-square of channel "
+                "counts vs the reference's; label: exact binomial test of the label count vs the "
+                "reference rate; all at 0.05",
                 "ours_at_evidently_far": "threshold on our smallest BH-adjusted p set on the null windows of the same "
-                                         "size so that at most Evidently's measured false-alarm share of them alarms",
+                "size so that at most Evidently's measured false-alarm share of them alarms",
             },
         },
         "setup": s["info"],

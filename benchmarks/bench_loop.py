@@ -46,12 +46,19 @@ ARMS = ("rayloop", "periodic", "none")
 MODEL = "bench-loop"
 BASE_OVERRIDES = [
     f"registry.model_name={MODEL}",
-    "data.synthetic.n_rows=20000", "data.synthetic.seed=17",
-    "tuning.enabled=false", "training.lightgbm.num_boost_round=150",
-    "serving.min_replicas=1", "serving.max_replicas=1",
-    "monitoring.window_size=400", "monitoring.consecutive_windows=2", "monitoring.min_labels=150",
-    "monitoring.cooldown_s=60", "monitoring.flush_interval_s=5",
-    "retrain.min_labelled_rows=3000", "retrain.max_label_wait_s=120",
+    "data.synthetic.n_rows=20000",
+    "data.synthetic.seed=17",
+    "tuning.enabled=false",
+    "training.lightgbm.num_boost_round=150",
+    "serving.min_replicas=1",
+    "serving.max_replicas=1",
+    "monitoring.window_size=400",
+    "monitoring.consecutive_windows=2",
+    "monitoring.min_labels=150",
+    "monitoring.cooldown_s=60",
+    "monitoring.flush_interval_s=5",
+    "retrain.min_labelled_rows=3000",
+    "retrain.max_label_wait_s=120",
 ]
 
 
@@ -103,8 +110,11 @@ def reset(config, overrides: list[str], first: str) -> str:
     from rayloop import jobs
 
     client = jobs.client()
-    running = [j.submission_id for j in client.list_jobs()
-               if j.submission_id and str(getattr(j.status, "value", j.status)) in ("PENDING", "RUNNING")]
+    running = [
+        j.submission_id
+        for j in client.list_jobs()
+        if j.submission_id and str(getattr(j.status, "value", j.status)) in ("PENDING", "RUNNING")
+    ]
     for sid in running:
         client.stop_job(sid)
     deadline = time.monotonic() + 120
@@ -144,8 +154,12 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
             time.sleep(1.0)
         else:
             return
-        entry: dict[str, Any] = {"submission_id": sid, "decided_at": started, "job_status": info.status,
-                                 "job_finished_at": time.time()}
+        entry: dict[str, Any] = {
+            "submission_id": sid,
+            "decided_at": started,
+            "job_status": info.status,
+            "job_finished_at": time.time(),
+        }
         result = registry.retrain_result(MODEL, sid) if info.status == "SUCCEEDED" else None
         entry["gate"] = result
         if result and result["decision"] == "promoted":
@@ -159,7 +173,9 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
         next_at = started + period_s
 
 
-def run_arm(arm: str, *, head, first: str, rate: float, clean_s: float, drift_s: float, period_s: float) -> dict[str, Any]:
+def run_arm(
+    arm: str, *, head, first: str, rate: float, clean_s: float, drift_s: float, period_s: float
+) -> dict[str, Any]:
     import ray
 
     from rayloop import jobs
@@ -172,8 +188,9 @@ def run_arm(arm: str, *, head, first: str, rate: float, clean_s: float, drift_s:
     url = reset(config, overrides, first)
     monitor = get_monitor(MODEL)
     _say(f"== arm {arm}: {url}, {rate:.0f} req/s, drift at {clean_s:g}s, {clean_s + drift_s:g}s in all")
-    traffic = TrafficConfig(url=url, rate=rate, duration_s=clean_s + drift_s, drift_at_s=clean_s, label_delay_s=1.0,
-                            seed=29)
+    traffic = TrafficConfig(
+        url=url, rate=rate, duration_s=clean_s + drift_s, drift_at_s=clean_s, label_delay_s=1.0, seed=29
+    )
     stop = threading.Event()
     periodic_log: list[dict] = []
     box: dict[str, Any] = {}
@@ -192,7 +209,11 @@ def run_arm(arm: str, *, head, first: str, rate: float, clean_s: float, drift_s:
     drift_at = t0 + clean_s
     history = ray.get(monitor.history.remote(200))
     retrains = ray.get(monitor.retrains.remote())
-    records = periodic_log if arm == "periodic" else [*retrains["finished"], *([retrains["active"]] if retrains["active"] else [])]
+    records = (
+        periodic_log
+        if arm == "periodic"
+        else [*retrains["finished"], *([retrains["active"]] if retrains["active"] else [])]
+    )
     first_alarm = next((w for w in history if w["alarm"] and w["end"] >= drift_at), None)
     promoted = [r for r in records if r.get("outcome") == "promoted"]
     out: dict[str, Any] = {
@@ -217,8 +238,9 @@ def run_arm(arm: str, *, head, first: str, rate: float, clean_s: float, drift_s:
         swap_from, swap_to = p["job_finished_at"] - t0, p["finished_at"] - t0 + 5.0
         during = sorted(a[1] for a in answers if swap_from <= a[0] <= swap_to)
         out["p99_swap_ms"] = during[int(0.99 * (len(during) - 1))] if during else None
-        out["p99_swap_ratio"] = (round(out["p99_swap_ms"] / out["p99_steady_ms"], 2)
-                                 if out["p99_swap_ms"] and out["p99_steady_ms"] else None)
+        out["p99_swap_ratio"] = (
+            round(out["p99_swap_ms"] / out["p99_steady_ms"], 2) if out["p99_swap_ms"] and out["p99_steady_ms"] else None
+        )
         out["time_to_retrain_s"] = round(p["job_finished_at"] - p["decided_at"], 1)
         out["time_to_swap_s"] = round(p["finished_at"] - p["job_finished_at"], 1)
         out["drift_to_new_champion_s"] = round(p["finished_at"] - drift_at, 1)
@@ -230,7 +252,9 @@ def run_arm(arm: str, *, head, first: str, rate: float, clean_s: float, drift_s:
             out["time_to_validate_s"] = (result.get("seconds") or {}).get("gate")
         except (ValueError, RuntimeError):
             out["job_seconds"] = None
-    _say(json.dumps({k: v for k, v in out.items() if k not in ("accuracy_timeline", "records", "traffic")}, default=str))
+    _say(
+        json.dumps({k: v for k, v in out.items() if k not in ("accuracy_timeline", "records", "traffic")}, default=str)
+    )
     return out
 
 
@@ -243,7 +267,12 @@ def plot(results: list[dict], clean_s: float, target: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for res in results:
         tl = [b for b in res["accuracy_timeline"] if b["accuracy"] is not None]
-        ax.plot([b["t"] for b in tl], [b["accuracy"] for b in tl], marker=".", label=f"{res['arm']} ({res['retrains']} retrains)")
+        ax.plot(
+            [b["t"] for b in tl],
+            [b["accuracy"] for b in tl],
+            marker=".",
+            label=f"{res['arm']} ({res['retrains']} retrains)",
+        )
     ax.axvline(clean_s, color="grey", linestyle="--", linewidth=0.8)
     ax.annotate("drift", (clean_s, ax.get_ylim()[1]), rotation=90, va="top", ha="right", fontsize=8)
     ax.set_xlabel("seconds since traffic started")
@@ -294,8 +323,12 @@ def main() -> None:
         max_rps = probe_max_rps(url)
         rate = min(args.max_rate, max_rps / 2)
         _say(f"max {max_rps:.0f} req/s (32 clients, closed loop); load {rate:.0f} req/s")
-        results = [run_arm(arm, head=head, first=first, rate=rate, clean_s=args.clean, drift_s=args.drift,
-                           period_s=args.period) for arm in args.arms]
+        results = [
+            run_arm(
+                arm, head=head, first=first, rate=rate, clean_s=args.clean, drift_s=args.drift, period_s=args.period
+            )
+            for arm in args.arms
+        ]
     finally:
         import ray
 
@@ -312,25 +345,60 @@ def main() -> None:
             "drift_to_new_champion_under_120s": (ours.get("drift_to_new_champion_s") or 1e9) < 120,
         }
         if periodic:
-            targets["better_accuracy_than_periodic"] = (ours["accuracy_after_drift"] or 0) > (periodic["accuracy_after_drift"] or 0)
+            targets["better_accuracy_than_periodic"] = (ours["accuracy_after_drift"] or 0) > (
+                periodic["accuracy_after_drift"] or 0
+            )
             targets["fewer_retrains_than_periodic"] = ours["retrains"] < periodic["retrains"]
-    payload = {"name": name, "environment": machine_info(("ray", "lightgbm", "mlflow")), "settings": vars(args),
-               "max_rps": max_rps, "rate": rate, "results": results, "targets": targets,
-               "wall_s": round(time.time() - started, 1)}
+    payload = {
+        "name": name,
+        "environment": machine_info(("ray", "lightgbm", "mlflow")),
+        "settings": vars(args),
+        "max_rps": max_rps,
+        "rate": rate,
+        "results": results,
+        "targets": targets,
+        "wall_s": round(time.time() - started, 1),
+    }
     path = save_results(name, payload)
     plot(results, args.clean, path.with_suffix(".png"))
     print_table(
         "closed loop under load (baseline: periodic retraining)",
-        ["arm", "retrains", "failed", "detect s", "retrain s", "validate s", "swap s", "drift->champion s",
-         "p99 steady ms", "p99 swap ms", "acc clean", "acc after drift"],
-        [[r["arm"], r["retrains"], r["failed_requests"], r.get("time_to_detect_s"), r.get("time_to_retrain_s"),
-          r.get("time_to_validate_s"), r.get("time_to_swap_s"), r.get("drift_to_new_champion_s"), r.get("p99_steady_ms"),
-          r.get("p99_swap_ms"), *(f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("accuracy_clean", "accuracy_after_drift"))]
-         for r in results],
+        [
+            "arm",
+            "retrains",
+            "failed",
+            "detect s",
+            "retrain s",
+            "validate s",
+            "swap s",
+            "drift->champion s",
+            "p99 steady ms",
+            "p99 swap ms",
+            "acc clean",
+            "acc after drift",
+        ],
+        [
+            [
+                r["arm"],
+                r["retrains"],
+                r["failed_requests"],
+                r.get("time_to_detect_s"),
+                r.get("time_to_retrain_s"),
+                r.get("time_to_validate_s"),
+                r.get("time_to_swap_s"),
+                r.get("drift_to_new_champion_s"),
+                r.get("p99_steady_ms"),
+                r.get("p99_swap_ms"),
+                *(f"{r[k]:.3f}" if r[k] is not None else "-" for k in ("accuracy_clean", "accuracy_after_drift")),
+            ]
+            for r in results
+        ],
     )
     if ours and periodic and periodic["accuracy_after_drift"]:
-        _say(f"accuracy after the drift, rayloop / periodic: {ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "
-             f"retrains {ours['retrains']} vs {periodic['retrains']}")
+        _say(
+            f"accuracy after the drift, rayloop / periodic: {ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "
+            f"retrains {ours['retrains']} vs {periodic['retrains']}"
+        )
     _say(f"targets: {targets}")
     _say(f"saved {path} and {path.with_suffix('.png')}")
 

@@ -311,9 +311,7 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
     rejects_dir.mkdir(parents=True, exist_ok=True)
     if rows_rejected:
         sub = df.loc[bad, [c.name for c in columns]]
-        text = {
-            c.name: pd.Series([None if pd.isna(v) else str(v) for v in sub[c.name]], dtype=object) for c in columns
-        }
+        text = {c.name: pd.Series([None if pd.isna(v) else str(v) for v in sub[c.name]], dtype=object) for c in columns}
         pieces = []
         for name, rule, mask, detail in problems:
             shown = text[name].fillna("null")
@@ -364,7 +362,11 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
         fitted_numeric[name] = [mean, std, bool(feats.missing_indicators and finite.size < x.size)]
         edges = np.quantile(finite, profile_q)
         counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
-        profile["numeric"][name] = {"edges": edges.tolist(), "counts": counts.tolist(), "missing": int(x.size - finite.size)}
+        profile["numeric"][name] = {
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "missing": int(x.size - finite.size),
+        }
     vocab: dict[str, list[str]] = {}
     for name in categorical:
         counts = df.loc[train, name].value_counts(dropna=True)
@@ -460,8 +462,18 @@ def run_one(args: argparse.Namespace, arm: str, rows: int, source: Path) -> dict
     result_file = bench_out / f"{arm}.result.json"
     log_file = bench_out / f"{arm}.log"
     out = bench_out / arm if arm == "pandas" else child_home(bench_out)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--source", str(source),
-           "--out", str(out), "--result-file", str(result_file)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--arm",
+        arm,
+        "--source",
+        str(source),
+        "--out",
+        str(out),
+        "--result-file",
+        str(result_file),
+    ]
     for item in args.overrides:
         cmd += ["--set", item]
     if arm == "rayloop":
@@ -536,7 +548,9 @@ def parity(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     mean_diff = max(
         (abs(num_a[k][0] - num_b[k][0]) / max(abs(num_b[k][1]), 1e-12) for k in num_a if k in num_b), default=None
     )
-    std_rel = max((abs(num_a[k][1] - num_b[k][1]) / max(abs(num_b[k][1]), 1e-12) for k in num_a if k in num_b), default=None)
+    std_rel = max(
+        (abs(num_a[k][1] - num_b[k][1]) / max(abs(num_b[k][1]), 1e-12) for k in num_a if k in num_b), default=None
+    )
     split_a, split_b = ours["rows_per_split"], base["rows_per_split"]
     return {
         "rows_total_equal": ours["rows_total"] == base["rows_total"],
@@ -547,8 +561,10 @@ def parity(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         # exact equality needs identical train rows; adjacent ranks swap when counts tie or differ by one
         "vocabularies_equal": ours["fitted"]["categorical"] == base["fitted"]["categorical"],
         "min_vocabulary_overlap": min(
-            (len(set(v) & set(base["fitted"]["categorical"].get(k, []))) / max(len(v), 1)
-             for k, v in ours["fitted"]["categorical"].items()),
+            (
+                len(set(v) & set(base["fitted"]["categorical"].get(k, []))) / max(len(v), 1)
+                for k, v in ours["fitted"]["categorical"].items()
+            ),
             default=None,
         ),
         "max_mean_diff_in_std_units": mean_diff,
@@ -584,28 +600,32 @@ def summarize(records: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]
     for rows in sizes:
         a, b = cells.get(f"{rows}:rayloop"), cells.get(f"{rows}:pandas")
         if a and b:
-            ratios.append({
-                "rows": rows,
-                "wall_ratio": round(a["wall_s"] / b["wall_s"], 3),
-                "work_ratio": round(a["work_s"] / b["work_s"], 3),
-                "peak_pss_ratio": round(a["peak_pss_mib"] / b["peak_pss_mib"], 3),
-                "peak_rss_ratio": round(a["peak_rss_mib"] / b["peak_rss_mib"], 3),
-            })
+            ratios.append(
+                {
+                    "rows": rows,
+                    "wall_ratio": round(a["wall_s"] / b["wall_s"], 3),
+                    "work_ratio": round(a["work_s"] / b["work_s"], 3),
+                    "peak_pss_ratio": round(a["peak_pss_mib"] / b["peak_pss_mib"], 3),
+                    "peak_rss_ratio": round(a["peak_rss_mib"] / b["peak_rss_mib"], 3),
+                }
+            )
     growth = []
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)
         for arm in ARMS:
             a, b = cells.get(f"{lo}:{arm}"), cells.get(f"{hi}:{arm}")
             if a and b:
-                growth.append({
-                    "arm": arm,
-                    "from_rows": lo,
-                    "to_rows": hi,
-                    "rows_factor": hi / lo,
-                    "peak_pss_growth": round(b["peak_pss_mib"] / a["peak_pss_mib"], 3),
-                    "peak_rss_growth": round(b["peak_rss_mib"] / a["peak_rss_mib"], 3),
-                    "wall_growth": round(b["wall_s"] / a["wall_s"], 3),
-                })
+                growth.append(
+                    {
+                        "arm": arm,
+                        "from_rows": lo,
+                        "to_rows": hi,
+                        "rows_factor": hi / lo,
+                        "peak_pss_growth": round(b["peak_pss_mib"] / a["peak_pss_mib"], 3),
+                        "peak_rss_growth": round(b["peak_rss_mib"] / a["peak_rss_mib"], 3),
+                        "wall_growth": round(b["wall_s"] / a["wall_s"], 3),
+                    }
+                )
     target: dict[str, Any] = {
         "memory_ratio_limit": round(TARGET_MEMORY_RATIO, 4),
         "flat_growth_limit": FLAT_GROWTH_LIMIT,
@@ -627,7 +647,15 @@ def report(summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
         "preprocess: rayloop (Ray Data) vs pandas (one process)",
         ["rows", "arm", "wall s", "work s", "rows/s", "peak RSS MiB", "peak PSS MiB"],
         [
-            [fmt(c["rows"]), c["arm"], c["wall_s"], c["work_s"], fmt(c["rows_per_s"], 0), c["peak_rss_mib"], c["peak_pss_mib"]]
+            [
+                fmt(c["rows"]),
+                c["arm"],
+                c["wall_s"],
+                c["work_s"],
+                fmt(c["rows_per_s"], 0),
+                c["peak_rss_mib"],
+                c["peak_pss_mib"],
+            ]
             for c in summary["cells"]
         ],
     )
@@ -635,15 +663,31 @@ def report(summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
         print_table(
             "ratios rayloop / pandas (time <1: rayloop faster; memory <1: rayloop smaller)",
             ["rows", "wall", "work (no startup)", "peak PSS", "peak RSS"],
-            [[fmt(r["rows"]), f"{r['wall_ratio']:.2f}x", f"{r['work_ratio']:.2f}x", f"{r['peak_pss_ratio']:.2f}x",
-              f"{r['peak_rss_ratio']:.2f}x"] for r in summary["ratios"]],
+            [
+                [
+                    fmt(r["rows"]),
+                    f"{r['wall_ratio']:.2f}x",
+                    f"{r['work_ratio']:.2f}x",
+                    f"{r['peak_pss_ratio']:.2f}x",
+                    f"{r['peak_rss_ratio']:.2f}x",
+                ]
+                for r in summary["ratios"]
+            ],
         )
     if summary["growth"]:
         print_table(
             "growth of peak memory as rows grow",
             ["arm", "rows", "peak PSS growth", "peak RSS growth", "wall growth"],
-            [[g["arm"], f"{g['from_rows']:,} -> {g['to_rows']:,}", f"{g['peak_pss_growth']:.2f}x",
-              f"{g['peak_rss_growth']:.2f}x", f"{g['wall_growth']:.2f}x"] for g in summary["growth"]],
+            [
+                [
+                    g["arm"],
+                    f"{g['from_rows']:,} -> {g['to_rows']:,}",
+                    f"{g['peak_pss_growth']:.2f}x",
+                    f"{g['peak_rss_growth']:.2f}x",
+                    f"{g['wall_growth']:.2f}x",
+                ]
+                for g in summary["growth"]
+            ],
         )
     stage_rows = []
     for r in records:
@@ -652,8 +696,11 @@ def report(summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
             stages = ", ".join(f"{k} {v:.1f}" for k, v in res["stage_seconds"].items())
             top = ", ".join(f"{k} {v / MiB:,.0f}" for k, v in list(r["peak_pss_breakdown"].items())[:4])
             stage_rows.append([fmt(r["rows"]), r["arm"], res["init_s"], stages, top])
-    print_table("where time and memory go (seconds; MiB of PSS at the peak)",
-                ["rows", "arm", "init s", "stages s", "largest processes at peak PSS"], stage_rows)
+    print_table(
+        "where time and memory go (seconds; MiB of PSS at the peak)",
+        ["rows", "arm", "init s", "stages s", "largest processes at peak PSS"],
+        stage_rows,
+    )
     t = summary["target"]
     if "memory_ratio_met" in t or "flat_met" in t:
         print(
@@ -668,21 +715,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--name", default=None, help="results file name (default: preprocess; "
-                        "preprocess-tuned when rayloop settings are changed)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="results file name (default: preprocess; preprocess-tuned when rayloop settings are changed)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per arm run")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for both arms, e.g. data.read_blocks=40")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for both arms, e.g. data.read_blocks=40",
+    )
     tune = parser.add_argument_group("rayloop arm experiments (documented Ray settings)")
     tune.add_argument("--num-cpus", type=int, default=None, help="ray.init(num_cpus=...)")
     tune.add_argument("--object-store-mb", type=int, default=None, help="ray.init(object_store_memory=...)")
-    tune.add_argument("--limit-object-store-mb", type=int, default=None,
-                      help="DataContext.execution_options.resource_limits object_store_memory")
-    tune.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                      help="environment variable for the rayloop arm (Ray workers inherit it), "
-                      "e.g. ARROW_DEFAULT_MEMORY_POOL=system")
-    tune.add_argument("--ctx", action="append", default=[], metavar="ATTR=VALUE",
-                      help="DataContext attribute (dotted for nested), e.g. target_max_block_size=33554432")
+    tune.add_argument(
+        "--limit-object-store-mb",
+        type=int,
+        default=None,
+        help="DataContext.execution_options.resource_limits object_store_memory",
+    )
+    tune.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the rayloop arm (Ray workers inherit it), e.g. ARROW_DEFAULT_MEMORY_POOL=system",
+    )
+    tune.add_argument(
+        "--ctx",
+        action="append",
+        default=[],
+        metavar="ATTR=VALUE",
+        help="DataContext attribute (dotted for nested), e.g. target_max_block_size=33554432",
+    )
     # internal: one arm, run as a subprocess by the driver
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -701,8 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     sources: dict[int, dict[str, Any]] = {}
     for rows in sizes:
         source = ensure_data(rows)
-        sources[rows] = {"path": str(source), "files": len(list(source.glob("*.parquet"))),
-                         "bytes": data_bytes(source)}
+        sources[rows] = {"path": str(source), "files": len(list(source.glob("*.parquet"))), "bytes": data_bytes(source)}
         for rep in range(args.repeat):
             order = list(args.arms) if rep % 2 == 0 else list(reversed(args.arms))
             for arm in order:
@@ -723,8 +791,14 @@ def main(argv: list[str] | None = None) -> int:
                 checks.append({"rows": rows, "repeat": rep, **parity(pair["rayloop"], pair["pandas"])})
     report(summary, records)
     for c in checks:
-        print(f"parity at {c['rows']:,} rows: " + ", ".join(f"{k}={v if not isinstance(v, float) else f'{v:.2g}'}"
-                                                          for k, v in c.items() if k not in ("rows", "repeat")))
+        print(
+            f"parity at {c['rows']:,} rows: "
+            + ", ".join(
+                f"{k}={v if not isinstance(v, float) else f'{v:.2g}'}"
+                for k, v in c.items()
+                if k not in ("rows", "repeat")
+            )
+        )
     for r in records:  # keep the JSON readable: drop bulky per-arm details
         res = r.get("result")
         if res:
@@ -735,16 +809,27 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "preprocess",
         "description": "rayloop run_preprocess (Ray Data, local Ray started in the measured process tree) vs "
-                       "plain pandas in one process, same data and same work; memory = summed over the whole "
-                       "process tree, sampled every 0.1 s",
+        "plain pandas in one process, same data and same work; memory = summed over the whole "
+        "process tree, sampled every 0.1 s",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(["ray", "pandas", "pyarrow", "numpy", "psutil"]),
         "code": code,
-        "data": {"seed": SEED, "rows_per_file": ROWS_PER_FILE, "bad_row_fraction": BAD_ROW_FRACTION,
-                 "sources": sources},
-        "settings": {"arms": args.arms, "repeat": args.repeat, "overrides": args.overrides,
-                     "num_cpus": args.num_cpus, "object_store_mb": args.object_store_mb,
-                     "limit_object_store_mb": args.limit_object_store_mb, "ctx": args.ctx, "env": args.env},
+        "data": {
+            "seed": SEED,
+            "rows_per_file": ROWS_PER_FILE,
+            "bad_row_fraction": BAD_ROW_FRACTION,
+            "sources": sources,
+        },
+        "settings": {
+            "arms": args.arms,
+            "repeat": args.repeat,
+            "overrides": args.overrides,
+            "num_cpus": args.num_cpus,
+            "object_store_mb": args.object_store_mb,
+            "limit_object_store_mb": args.limit_object_store_mb,
+            "ctx": args.ctx,
+            "env": args.env,
+        },
         "summary": summary,
         "parity": checks,
         "runs": records,

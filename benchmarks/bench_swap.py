@@ -52,10 +52,16 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, default=15.0, help="seconds between rollouts")
     parser.add_argument("--warmup-s", type=float, default=20.0)
     parser.add_argument("--rows", type=int, default=20_000, help="training rows per bundle")
-    parser.add_argument("--rounds", type=int, default=200, help="boosting rounds per bundle (bigger model: slower load)")
-    parser.add_argument("--via", choices=("alias", "config"), default="alias",
-                        help="alias: move the registry's champion alias (replicas follow it, as a promotion does); "
-                             "config: a Serve user_config rollout to the version (a pinned rollout)")
+    parser.add_argument(
+        "--rounds", type=int, default=200, help="boosting rounds per bundle (bigger model: slower load)"
+    )
+    parser.add_argument(
+        "--via",
+        choices=("alias", "config"),
+        default="alias",
+        help="alias: move the registry's champion alias (replicas follow it, as a promotion does); "
+        "config: a Serve user_config rollout to the version (a pinned rollout)",
+    )
     parser.add_argument("--name", default="swap")
     args = parser.parse_args()
 
@@ -132,28 +138,44 @@ def main() -> int:
         swap["max_ms"] = round(max((a[1] for a in window), default=0.0), 1)
         swap["answers"] = len(window)
         # when the slow answers came, relative to the rollout call: where the time goes
-        swap["slowest"] = [[round(a[0] - swap["began_s"], 3), round(a[1], 1), a[2]]
-                           for a in sorted(window, key=lambda a: -a[1])[:8]]
+        swap["slowest"] = [
+            [round(a[0] - swap["began_s"], 3), round(a[1], 1), a[2]] for a in sorted(window, key=lambda a: -a[1])[:8]
+        ]
         during_all += [a[1] for a in window]
     failed = sum(n for status, n in stats.statuses.items() if status != 200)
     result = {
-        "rate": args.rate, "via": args.via, "swaps": swaps, "rows": args.rows, "rounds": args.rounds,
-        "p50_steady_ms": percentile(steady, 0.5), "p99_steady_ms": percentile(steady, 0.99),
-        "p99_swap_ms": percentile(during_all, 0.99), "failed_requests": failed,
+        "rate": args.rate,
+        "via": args.via,
+        "swaps": swaps,
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "p50_steady_ms": percentile(steady, 0.5),
+        "p99_steady_ms": percentile(steady, 0.99),
+        "p99_swap_ms": percentile(during_all, 0.99),
+        "failed_requests": failed,
         "statuses": {str(k): v for k, v in stats.statuses.items()},
     }
-    result["p99_swap_ratio"] = (round(result["p99_swap_ms"] / result["p99_steady_ms"], 2)
-                                if result["p99_swap_ms"] and result["p99_steady_ms"] else None)
-    result["targets"] = {"p99_swap_at_most_2x": result["p99_swap_ratio"] is not None and result["p99_swap_ratio"] <= 2.0,
-                         "no_failed_requests": failed == 0}
+    result["p99_swap_ratio"] = (
+        round(result["p99_swap_ms"] / result["p99_steady_ms"], 2)
+        if result["p99_swap_ms"] and result["p99_steady_ms"]
+        else None
+    )
+    result["targets"] = {
+        "p99_swap_at_most_2x": result["p99_swap_ratio"] is not None and result["p99_swap_ratio"] <= 2.0,
+        "no_failed_requests": failed == 0,
+    }
     serve.shutdown()
 
     print(f"{'':>10} {'p99 ms':>8}")
     print(f"{'steady':>10} {result['p99_steady_ms']:>8}   (baseline: the same run before any swap)")
     for swap in swaps:
-        print(f"{'-> v' + swap['to']:>10} {swap['p99_ms']:>8}   max {swap['max_ms']} ms, rollout {swap['returned_s'] - swap['began_s']:.1f} s, "
-              f"first new answer after {swap['first_new_answer_s']} s")
-    print(f"swap p99 {result['p99_swap_ms']} ms = {result['p99_swap_ratio']}x steady (target <= 2x); failed requests {failed}")
+        print(
+            f"{'-> v' + swap['to']:>10} {swap['p99_ms']:>8}   max {swap['max_ms']} ms, rollout {swap['returned_s'] - swap['began_s']:.1f} s, "
+            f"first new answer after {swap['first_new_answer_s']} s"
+        )
+    print(
+        f"swap p99 {result['p99_swap_ms']} ms = {result['p99_swap_ratio']}x steady (target <= 2x); failed requests {failed}"
+    )
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

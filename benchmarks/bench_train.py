@@ -173,8 +173,13 @@ def guarded(name: str, fn, timeout: float, on_timeout, default: Any = None) -> A
     if thread.is_alive():
         print(f"[{name}] TIMED OUT after {timeout:.0f} s (hung); restarting the local Ray cluster", flush=True)
         on_timeout()
-        record = {"arm": name, "error": f"timed out after {timeout:.0f} s (hung); Ray restarted",
-                  "wall_s": float(timeout), "loadavg_before": load, "loadavg_after": loadavg()}
+        record = {
+            "arm": name,
+            "error": f"timed out after {timeout:.0f} s (hung); Ray restarted",
+            "wall_s": float(timeout),
+            "loadavg_before": load,
+            "loadavg_after": loadavg(),
+        }
         return (record, *default) if isinstance(default, tuple) else record
     if "error" in box:
         raise box["error"]
@@ -306,8 +311,12 @@ def lightgbm_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     params = {**params, "num_threads": args.plain_threads}
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = (d["arrays"][k] for k in ("train", "validation", "test"))
     cats = d["fitted"].categorical_indices or "auto"
-    record: dict[str, Any] = {"arm": "lightgbm plain", "params": params, "num_boost_round": rounds,
-                              "early_stopping_rounds": stopping}
+    record: dict[str, Any] = {
+        "arm": "lightgbm plain",
+        "params": params,
+        "num_boost_round": rounds,
+        "early_stopping_rounds": stopping,
+    }
     with Arm(record, "lightgbm plain") as arm:
         train = lgb.Dataset(x_train, y_train, categorical_feature=cats, free_raw_data=False)
         valid = lgb.Dataset(x_valid, y_valid, reference=train, categorical_feature=cats, free_raw_data=False)
@@ -316,8 +325,14 @@ def lightgbm_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         def count(env) -> None:  # the returned booster is cut at the best iteration
             trained["rounds"] = env.iteration + 1
 
-        booster = lgb.train(params, train, num_boost_round=rounds, valid_sets=[valid], valid_names=["validation"],
-                            callbacks=[lgb.early_stopping(stopping, verbose=False), count])
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=rounds,
+            valid_sets=[valid],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(stopping, verbose=False), count],
+        )
         stop_clock(arm)
         best = booster.best_iteration or booster.current_iteration()
         record |= {
@@ -337,8 +352,12 @@ def lightgbm_ray(d: dict[str, Any], args: argparse.Namespace, run_id: str, *, pr
     params = {k: v for k, v in params.items() if k not in ("objective", "metric", "verbosity")}  # the loop adds them
     label = "lightgbm Ray Train probe" if probe else "lightgbm Ray Train"
     record: dict[str, Any] = {
-        "arm": label, "workers": args.workers, "cpus_per_worker": 1, "params": params,
-        "num_boost_round": 1 if probe else rounds, "early_stopping_rounds": stopping,
+        "arm": label,
+        "workers": args.workers,
+        "cpus_per_worker": 1,
+        "params": params,
+        "num_boost_round": 1 if probe else rounds,
+        "early_stopping_rounds": stopping,
     }
     tables = tiny_tables(d["tables"]) if probe else d["tables"]
     if probe:
@@ -381,15 +400,23 @@ def mlp_params(args: argparse.Namespace) -> dict[str, Any]:
     from rayloop.config import load_config
 
     base = dict(load_config(None).training.mlp)
-    base |= {"hidden": list(args.mlp_hidden), "epochs": args.mlp_epochs, "batch_size": args.mlp_batch_size,
-             "lr": args.mlp_lr, "patience": args.mlp_patience or args.mlp_epochs}
+    base |= {
+        "hidden": list(args.mlp_hidden),
+        "epochs": args.mlp_epochs,
+        "batch_size": args.mlp_batch_size,
+        "lr": args.mlp_lr,
+        "patience": args.mlp_patience or args.mlp_epochs,
+    }
     return base
 
 
 def model_config(d: dict[str, Any]) -> dict[str, Any]:
     fitted = d["fitted"]
-    return {"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-            "cardinalities": fitted.cardinalities}
+    return {
+        "feature_names": fitted.feature_names,
+        "categorical_indices": fitted.categorical_indices,
+        "cardinalities": fitted.cardinalities,
+    }
 
 
 def _auc(model, x, y, batch: int = 8192) -> float:
@@ -400,7 +427,7 @@ def _auc(model, x, y, batch: int = 8192) -> float:
     from rayloop.training.torch import predict_batches
 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    probs, labels = predict_batches(model, ((xt[i:i + batch], yt[i:i + batch]) for i in range(0, len(xt), batch)))
+    probs, labels = predict_batches(model, ((xt[i : i + batch], yt[i : i + batch]) for i in range(0, len(xt), batch)))
     return round(roc_auc(labels, probs), 5)
 
 
@@ -425,12 +452,19 @@ def mlp_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         optimizer = torch.optim.Adam(model.parameters(), lr=mlp["lr"])
         best_loss, stale, best_state, epochs_run, curve = float("inf"), 0, None, 0, []
         for epoch in range(int(mlp["epochs"])):
-            train_epoch(model, ((xt[i:i + batch], yt[i:i + batch]) for i in range(0, len(xt), batch)), optimizer)
-            probs, labels = predict_batches(model, ((xv[i:i + batch], yv[i:i + batch]) for i in range(0, len(xv), batch)))
+            train_epoch(model, ((xt[i : i + batch], yt[i : i + batch]) for i in range(0, len(xt), batch)), optimizer)
+            probs, labels = predict_batches(
+                model, ((xv[i : i + batch], yv[i : i + batch]) for i in range(0, len(xv), batch))
+            )
             scores = evaluate(labels, probs)
             epochs_run = epoch + 1
-            curve.append({"epoch": epochs_run, "validation_auc": round(scores["auc"], 5),
-                          "validation_logloss": round(scores["logloss"], 5)})
+            curve.append(
+                {
+                    "epoch": epochs_run,
+                    "validation_auc": round(scores["auc"], 5),
+                    "validation_logloss": round(scores["logloss"], 5),
+                }
+            )
             if scores["logloss"] < best_loss - 1e-6:
                 best_loss, stale = scores["logloss"], 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -522,31 +556,39 @@ def tune_arm(d: dict[str, Any], args: argparse.Namespace, run_id: str, scheduler
     training, tuning, overrides = tune_configs(args, scheduler)
     fitted = d["fitted"]
     (x_train, y_train), (x_valid, y_valid) = d["arrays"]["train"], d["arrays"]["validation"]
-    data = TuneData(x_train, y_train, x_valid, y_valid, fitted.feature_names, fitted.categorical_indices,
-                    fitted.cardinalities)
+    data = TuneData(
+        x_train, y_train, x_valid, y_valid, fitted.feature_names, fitted.categorical_indices, fitted.cardinalities
+    )
     label = f"tune {scheduler}"
     record: dict[str, Any] = {
-        "arm": label, "scheduler": scheduler, "overrides": overrides,
-        "tuning": tuning.model_dump(mode="json"), "training_lightgbm": training.lightgbm,
+        "arm": label,
+        "scheduler": scheduler,
+        "overrides": overrides,
+        "tuning": tuning.model_dump(mode="json"),
+        "training_lightgbm": training.lightgbm,
         "early_stopping_rounds": training.early_stopping_rounds,
     }
     outcome = None
     with Arm(record, label) as arm:
-        outcome = run_tune(data, model="lightgbm", training=training, tuning=tuning, name=f"bench-tune-{scheduler}-{run_id}")
+        outcome = run_tune(
+            data, model="lightgbm", training=training, tuning=tuning, name=f"bench-tune-{scheduler}-{run_id}"
+        )
         stop_clock(arm)
         max_rounds = int(training.lightgbm["num_boost_round"])
         trials = []
         for t in outcome.trials:
-            trials.append({
-                "trial_id": t.trial_id,
-                "config": rounded(t.config, 6),
-                "status": t.status,
-                "iterations": t.iterations,
-                "rounds": int(t.metrics.get("rounds", 0)) if t.metrics else None,
-                "seconds": round(t.seconds, 3),
-                "best_validation_auc": round(t.metrics["best_validation_auc"], 5) if t.metrics else None,
-                "best_round": int(t.metrics["best_round"]) if t.metrics else None,
-            })
+            trials.append(
+                {
+                    "trial_id": t.trial_id,
+                    "config": rounded(t.config, 6),
+                    "status": t.status,
+                    "iterations": t.iterations,
+                    "rounds": int(t.metrics.get("rounds", 0)) if t.metrics else None,
+                    "seconds": round(t.seconds, 3),
+                    "best_validation_auc": round(t.metrics["best_validation_auc"], 5) if t.metrics else None,
+                    "best_round": int(t.metrics["best_round"]) if t.metrics else None,
+                }
+            )
         record |= {
             "tune_wall_s": round(outcome.wall_seconds, 3),
             "trials_run": len(trials),
@@ -576,8 +618,13 @@ def retrain_best(d: dict[str, Any], args: argparse.Namespace, params: dict[str, 
     start = time.perf_counter()
     train = lgb.Dataset(x_train, y_train, categorical_feature=cats)
     valid = lgb.Dataset(x_valid, y_valid, reference=train, categorical_feature=cats)
-    booster = lgb.train(full, train, num_boost_round=args.tune_rounds, valid_sets=[valid],
-                        callbacks=[lgb.early_stopping(args.early_stopping_rounds, verbose=False)])
+    booster = lgb.train(
+        full,
+        train,
+        num_boost_round=args.tune_rounds,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(args.early_stopping_rounds, verbose=False)],
+    )
     best = booster.best_iteration or booster.current_iteration()
     return {
         "params": rounded(params, 6),
@@ -601,8 +648,18 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in records if "error" not in r]
     if not ok:
         return {**records[-1], "runs": 0, "failed_runs": len(records)}
-    per_run = ("wall_s", "loadavg_before", "loadavg_after", "driver_cpu_s", "machine_busy_cpu_s", "test_auc",
-               "validation_auc", "reported", "curve", "repeat")
+    per_run = (
+        "wall_s",
+        "loadavg_before",
+        "loadavg_after",
+        "driver_cpu_s",
+        "machine_busy_cpu_s",
+        "test_auc",
+        "validation_auc",
+        "reported",
+        "curve",
+        "repeat",
+    )
     out = {k: v for k, v in ok[0].items() if k not in per_run}
     walls = [r["wall_s"] for r in ok]
     out |= {
@@ -644,7 +701,9 @@ def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune:
             "plain_wall_s_min": plain["wall_s_min"],
             "ray_wall_s_min": ray_["wall_s_min"],
             "wall_ratios_per_repeat": pair_ratios,
-            "wall_ratio": round(statistics.median(pair_ratios), 3) if pair_ratios else ratio(ray_["wall_s"], plain["wall_s"]),
+            "wall_ratio": round(statistics.median(pair_ratios), 3)
+            if pair_ratios
+            else ratio(ray_["wall_s"], plain["wall_s"]),
             "wall_ratio_of_minimums": ratio(ray_["wall_s_min"], plain["wall_s_min"]),
             # CPU seconds of our whole process tree: what each arm cost, whatever else ran meanwhile
             "plain_cpu_s": plain.get("tree_cpu_s"),
@@ -656,12 +715,15 @@ def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune:
         }
         if probe and "error" not in probe:
             fixed = probe["wall_s"]
-            entry |= {"ray_fixed_cost_s": fixed,
-                      "ray_wall_minus_fixed_s": round(ray_["wall_s"] - fixed, 3),
-                      "wall_ratio_without_fixed": ratio(ray_["wall_s"] - fixed, plain["wall_s"])}
+            entry |= {
+                "ray_fixed_cost_s": fixed,
+                "ray_wall_minus_fixed_s": round(ray_["wall_s"] - fixed, 3),
+                "wall_ratio_without_fixed": ratio(ray_["wall_s"] - fixed, plain["wall_s"]),
+            }
         if model == "lightgbm":
             entry["target"] = {
-                "auc_within": AUC_TOLERANCE, "wall_ratio_at_most": LGB_WALL_RATIO_LIMIT,
+                "auc_within": AUC_TOLERANCE,
+                "wall_ratio_at_most": LGB_WALL_RATIO_LIMIT,
                 "auc_met": abs(entry["test_auc_diff"]) <= AUC_TOLERANCE,
                 "wall_met": entry["wall_ratio"] <= LGB_WALL_RATIO_LIMIT,
             }
@@ -689,7 +751,8 @@ def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune:
             r = tune["retrain"]
             entry |= {"fifo_best_test_auc": r["fifo"]["test_auc"], "asha_best_test_auc": r["asha"]["test_auc"]}
         entry["target"] = {
-            "auc_within": AUC_TOLERANCE, "compute_ratio_at_most": round(TUNE_COMPUTE_RATIO_LIMIT, 4),
+            "auc_within": AUC_TOLERANCE,
+            "compute_ratio_at_most": round(TUNE_COMPUTE_RATIO_LIMIT, 4),
             "auc_met": entry["best_validation_auc_diff"] >= -AUC_TOLERANCE,
             "compute_met": entry["trial_seconds_ratio"] <= TUNE_COMPUTE_RATIO_LIMIT,
         }
@@ -708,29 +771,49 @@ def report(payload: dict[str, Any]) -> None:
         a = arms.get(name)
         if not a:
             continue
-        setup = (f"{a['workers']} workers x 1 CPU" if "workers" in a
-                 else f"1 process, {a.get('params', {}).get('num_threads') or a.get('torch_threads')} threads")
+        setup = (
+            f"{a['workers']} workers x 1 CPU"
+            if "workers" in a
+            else f"1 process, {a.get('params', {}).get('num_threads') or a.get('torch_threads')} threads"
+        )
         steps = a.get("best_iteration") if name.startswith("lightgbm") else a.get("epochs_run")
         total = a.get("rounds") if name.startswith("lightgbm") else (a.get("mlp") or {}).get("epochs")
-        wall = (f"{a['wall_s']:.1f} (min {a['wall_s_min']:.1f}, n={a['runs']})" if a.get("runs")
-                else "FAILED")
-        rows.append([name, setup, wall,
-                     f"{fmt(steps)} / {fmt(total)}", fmt(a.get("validation_auc"), 4), fmt(a.get("test_auc"), 4),
-                     f"{a.get('loadavg_1m_max', a['loadavg_before'][0]):.2f}",
-                     f"{fmt(a.get('tree_cpu_s'))} / {fmt(a.get('machine_busy_cpu_s'))}"])
+        wall = f"{a['wall_s']:.1f} (min {a['wall_s_min']:.1f}, n={a['runs']})" if a.get("runs") else "FAILED"
+        rows.append(
+            [
+                name,
+                setup,
+                wall,
+                f"{fmt(steps)} / {fmt(total)}",
+                fmt(a.get("validation_auc"), 4),
+                fmt(a.get("test_auc"), 4),
+                f"{a.get('loadavg_1m_max', a['loadavg_before'][0]):.2f}",
+                f"{fmt(a.get('tree_cpu_s'))} / {fmt(a.get('machine_busy_cpu_s'))}",
+            ]
+        )
     if rows:
         print_table(
             f"training at {payload['data']['rows']:,} rows: Ray Train vs plain (AUC on the full splits, in this driver)",
-            ["arm", "setup", "wall s median", "best / rounds|epochs", "valid AUC", "test AUC",
-             "load 1m max", "CPU-s ours / machine (median)"],
+            [
+                "arm",
+                "setup",
+                "wall s median",
+                "best / rounds|epochs",
+                "valid AUC",
+                "test AUC",
+                "load 1m max",
+                "CPU-s ours / machine (median)",
+            ],
             rows,
         )
     fixed = [["ray.init (local cluster, once)", payload.get("ray_init_s")]]
     for name in ("lightgbm Ray Train probe", "mlp Ray Train probe"):
         if name in arms:
             a = arms[name]
-            what = (f"{name.replace(' probe', '')}: same trainer on {a.get('rows_train', PROBE_ROWS):,} rows, "
-                    f"1 {'round' if 'lightgbm' in name else 'epoch'}")
+            what = (
+                f"{name.replace(' probe', '')}: same trainer on {a.get('rows_train', PROBE_ROWS):,} rows, "
+                f"1 {'round' if 'lightgbm' in name else 'epoch'}"
+            )
             fixed.append([what, a["wall_s"] if "error" not in a else "FAILED"])
     print_table("fixed costs (seconds)", ["what", "s"], fixed)
     ratio_rows = []
@@ -739,19 +822,29 @@ def report(payload: dict[str, Any]) -> None:
         if not s:
             continue
         t = s.get("target", {})
-        ratio_rows.append([
-            model, f"{s['wall_ratio']:.2f}x", ", ".join(f"{r:.2f}x" for r in s["wall_ratios_per_repeat"]),
-            f"{s['wall_ratio_of_minimums']:.2f}x", f"{s['cpu_ratio']:.2f}x" if s.get("cpu_ratio") else "-",
-            f"{s['wall_ratio_without_fixed']:.2f}x" if s.get("wall_ratio_without_fixed") is not None else "-",
-            f"{s['test_auc_diff']:+.4f}",
-            (f"wall <= {LGB_WALL_RATIO_LIMIT}x: {met(t.get('wall_met'))}; |AUC diff| <= {AUC_TOLERANCE}: "
-             f"{met(t.get('auc_met'))}") if t else "(no target)",
-        ])
+        ratio_rows.append(
+            [
+                model,
+                f"{s['wall_ratio']:.2f}x",
+                ", ".join(f"{r:.2f}x" for r in s["wall_ratios_per_repeat"]),
+                f"{s['wall_ratio_of_minimums']:.2f}x",
+                f"{s['cpu_ratio']:.2f}x" if s.get("cpu_ratio") else "-",
+                f"{s['wall_ratio_without_fixed']:.2f}x" if s.get("wall_ratio_without_fixed") is not None else "-",
+                f"{s['test_auc_diff']:+.4f}",
+                (
+                    f"wall <= {LGB_WALL_RATIO_LIMIT}x: {met(t.get('wall_met'))}; |AUC diff| <= {AUC_TOLERANCE}: "
+                    f"{met(t.get('auc_met'))}"
+                )
+                if t
+                else "(no target)",
+            ]
+        )
     if ratio_rows:
-        print_table("Ray Train / plain (wall: median of the per-repeat ratios)",
-                    ["model", "wall", "per repeat", "of minimums", "CPU-s", "wall minus fixed cost", "test AUC diff",
-                     "target"],
-                    ratio_rows)
+        print_table(
+            "Ray Train / plain (wall: median of the per-repeat ratios)",
+            ["model", "wall", "per repeat", "of minimums", "CPU-s", "wall minus fixed cost", "test AUC diff", "target"],
+            ratio_rows,
+        )
     tune_rows = []
     for sched in ("fifo", "asha"):
         a = tune.get(sched)
@@ -761,24 +854,42 @@ def report(payload: dict[str, Any]) -> None:
             tune_rows.append([sched, "FAILED", "", "", "", "", "", ""])
             continue
         retrain = (tune.get("retrain") or {}).get(sched) or {}
-        tune_rows.append([
-            "random search (FIFO)" if sched == "fifo" else "ASHA", f"{a['trials_run']}", fmt(a["trial_seconds"]),
-            fmt(a["rounds_total"]), fmt(a["wall_s"]), fmt(a["best_validation_auc"], 4),
-            fmt(retrain.get("test_auc"), 4), f"{a['loadavg_before'][0]:.2f} -> {a['loadavg_after'][0]:.2f}",
-        ])
+        tune_rows.append(
+            [
+                "random search (FIFO)" if sched == "fifo" else "ASHA",
+                f"{a['trials_run']}",
+                fmt(a["trial_seconds"]),
+                fmt(a["rounds_total"]),
+                fmt(a["wall_s"]),
+                fmt(a["best_validation_auc"], 4),
+                fmt(retrain.get("test_auc"), 4),
+                f"{a['loadavg_before'][0]:.2f} -> {a['loadavg_after'][0]:.2f}",
+            ]
+        )
     if tune_rows:
         print_table(
             "Tune: ASHA vs random search (same seeded configs, LightGBM, 1 CPU per trial)",
-            ["arm", "trials", "trial-s (sum)", "rounds (sum)", "wall s", "best valid AUC", "best cfg test AUC", "load 1m"],
+            [
+                "arm",
+                "trials",
+                "trial-s (sum)",
+                "rounds (sum)",
+                "wall s",
+                "best valid AUC",
+                "best cfg test AUC",
+                "load 1m",
+            ],
             tune_rows,
         )
     s = summary.get("tune")
     if s:
         t = s["target"]
-        print(f"ASHA / random search: compute {s['trial_seconds_ratio']:.2f}x (rounds {s['rounds_ratio']:.2f}x, "
-              f"CPU-s ours {fmt(s['cpu_ratio'], 2)}x, wall {s['wall_ratio']:.2f}x), best valid AUC diff {s['best_validation_auc_diff']:+.4f}; same sampled "
-              f"configs: {s['same_sampled_configs']}; target compute <= 1/3: {met(t['compute_met'])}, AUC within "
-              f"{AUC_TOLERANCE}: {met(t['auc_met'])}")
+        print(
+            f"ASHA / random search: compute {s['trial_seconds_ratio']:.2f}x (rounds {s['rounds_ratio']:.2f}x, "
+            f"CPU-s ours {fmt(s['cpu_ratio'], 2)}x, wall {s['wall_ratio']:.2f}x), best valid AUC diff {s['best_validation_auc_diff']:+.4f}; same sampled "
+            f"configs: {s['same_sampled_configs']}; target compute <= 1/3: {met(t['compute_met'])}, AUC within "
+            f"{AUC_TOLERANCE}: {met(t['auc_met'])}"
+        )
 
 
 # ---- driver ---------------------------------------------------------------------------------
@@ -789,31 +900,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="train", help="results file name (benchmarks/results/<name>.json)")
     parser.add_argument("--home", default=str(ROOT / ".rayloop" / "bench-train"), help="RAYLOOP_HOME for this run")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (1 CPU each)")
-    parser.add_argument("--ray-cpus", type=int, default=3,
-                        help="logical CPUs of the local Ray cluster (default 3 on this 2-core machine: the 2 "
-                             "workers hold 2 and Ray Data's ingest task needs 1 more, or it never runs)")
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=3,
+        help="logical CPUs of the local Ray cluster (default 3 on this 2-core machine: the 2 "
+        "workers hold 2 and Ray Data's ingest task needs 1 more, or it never runs)",
+    )
     parser.add_argument("--plain-threads", type=int, default=2, help="threads of the plain arms")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="runs of each Train comparison pair (order flipped each time); walls are medians")
-    parser.add_argument("--arm-timeout", type=float, default=900,
-                        help="seconds before a Ray arm counts as hung: recorded as failed, Ray restarted")
-    parser.add_argument("--no-probe", action="store_true", help="skip the tiny runs that measure Ray Train's fixed cost")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="environment for the driver and Ray workers, set before ray.init "
-                             "(e.g. RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs of each Train comparison pair (order flipped each time); walls are medians",
+    )
+    parser.add_argument(
+        "--arm-timeout",
+        type=float,
+        default=900,
+        help="seconds before a Ray arm counts as hung: recorded as failed, Ray restarted",
+    )
+    parser.add_argument(
+        "--no-probe", action="store_true", help="skip the tiny runs that measure Ray Train's fixed cost"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the driver and Ray workers, set before ray.init "
+        "(e.g. RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1)",
+    )
     g = parser.add_argument_group("LightGBM (Train arms; params from configs/demo.yaml training.lightgbm)")
     g.add_argument("--lgb-rounds", type=int, default=None, help="num_boost_round (default: the config's, 200)")
-    g.add_argument("--lgb-early-stopping", type=int, default=0,
-                   help="early_stopping_rounds of the Train comparison; 0 (default): off, i.e. num_boost_round "
-                        "(on, rayloop's multi-worker loop can deadlock; see the README)")
+    g.add_argument(
+        "--lgb-early-stopping",
+        type=int,
+        default=0,
+        help="early_stopping_rounds of the Train comparison; 0 (default): off, i.e. num_boost_round "
+        "(on, rayloop's multi-worker loop can deadlock; see the README)",
+    )
     g = parser.add_argument_group("MLP")
     g.add_argument("--mlp-epochs", type=int, default=10)
     g.add_argument("--mlp-batch-size", type=int, default=512)
     g.add_argument("--mlp-lr", type=float, default=1e-3)
     g.add_argument("--mlp-hidden", type=int, nargs="+", default=[128, 64])
-    g.add_argument("--mlp-patience", type=int, default=0,
-                   help="epochs without validation logloss gain before stopping; 0 (default): off, i.e. "
-                        "--mlp-epochs (on, workers decide on their own validation shard; see the README)")
+    g.add_argument(
+        "--mlp-patience",
+        type=int,
+        default=0,
+        help="epochs without validation logloss gain before stopping; 0 (default): off, i.e. "
+        "--mlp-epochs (on, workers decide on their own validation shard; see the README)",
+    )
     g = parser.add_argument_group("Tune (LightGBM, default search space)")
     g.add_argument("--tune-samples", type=int, default=32, help="trials per arm")
     g.add_argument("--tune-rounds", type=int, default=300, help="num_boost_round of each trial")
@@ -822,8 +960,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--grace-period", type=int, default=2, help="ASHA grace period, in reports")
     g.add_argument("--reduction-factor", type=int, default=3)
     g.add_argument("--report-every", type=int, default=10, help="LightGBM rounds per Tune report")
-    g.add_argument("--early-stopping-rounds", type=int, default=20,
-                   help="LightGBM early stopping inside every trial, both arms (and the retrains)")
+    g.add_argument(
+        "--early-stopping-rounds",
+        type=int,
+        default=20,
+        help="LightGBM early stopping inside every trial, both arms (and the retrains)",
+    )
     g.add_argument("--no-retrain", action="store_true", help="skip retraining each arm's best config for a test AUC")
     args = parser.parse_args(argv)
 
@@ -843,8 +985,10 @@ def main(argv: list[str] | None = None) -> int:
     code = code_version()
     print(f"preparing {args.rows:,} rows ...", flush=True)
     d = prepare_data(args.rows)
-    print(f"  {d['info']['rows_per_split']}, {len(d['info']['feature_names'])} features, "
-          f"{d['info']['seconds']}", flush=True)
+    print(
+        f"  {d['info']['rows_per_split']}, {len(d['info']['feature_names'])} features, {d['info']['seconds']}",
+        flush=True,
+    )
     import lightgbm  # noqa: F401  (imports outside the timed arms)
     import torch  # noqa: F401
 
@@ -876,10 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
             for model in ("lightgbm", "mlp"):
                 if model not in args.parts:
                     continue
-                plain = (lambda m=model: lightgbm_plain(d, args) if m == "lightgbm" else mlp_plain(d, args))
+                plain = lambda m=model: lightgbm_plain(d, args) if m == "lightgbm" else mlp_plain(d, args)
                 ray_fn = lightgbm_ray if model == "lightgbm" else mlp_ray
-                on_ray = (lambda f=ray_fn, m=model, r=rep: run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}"))
-                for fn in ((plain, on_ray) if rep % 2 == 0 else (on_ray, plain)):
+                on_ray = lambda f=ray_fn, m=model, r=rep: run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}")
+                for fn in (plain, on_ray) if rep % 2 == 0 else (on_ray, plain):
                     record = fn()
                     record["repeat"] = rep
                     runs.append(record)
@@ -889,8 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
                 arms[name] = aggregate(mine)
         if not args.no_probe:
             if "lightgbm" in args.parts:
-                arms["lightgbm Ray Train probe"] = run("lightgbm Ray Train probe", lightgbm_ray, d, args, run_id,
-                                                       probe=True)
+                arms["lightgbm Ray Train probe"] = run(
+                    "lightgbm Ray Train probe", lightgbm_ray, d, args, run_id, probe=True
+                )
             if "mlp" in args.parts:
                 arms["mlp Ray Train probe"] = run("mlp Ray Train probe", mlp_ray, d, args, run_id, probe=True)
         if "tune" in args.parts:
@@ -919,23 +1064,35 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, Any] = {
         "benchmark": "train",
         "description": "Ray Train LightGBM / TorchTrainer MLP vs plain single-process lightgbm / torch, and Ray Tune "
-                       "ASHA vs random search (FIFO, same seeded configs), same data in one run; wall = "
-                       "time.perf_counter around the fit calls in one driver process",
+        "ASHA vs random search (FIFO, same seeded configs), same data in one run; wall = "
+        "time.perf_counter around the fit calls in one driver process",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(["ray", "lightgbm", "torch", "numpy", "pyarrow", "psutil"]),
         "code": code,
         "data": d["info"],
         "settings": {
-            "parts": args.parts, "repeat": args.repeat, "workers": args.workers, "cpus_per_worker": 1, "plain_threads": args.plain_threads,
-            "probe_rows": None if args.no_probe else PROBE_ROWS, "env": args.env,
+            "parts": args.parts,
+            "repeat": args.repeat,
+            "workers": args.workers,
+            "cpus_per_worker": 1,
+            "plain_threads": args.plain_threads,
+            "probe_rows": None if args.no_probe else PROBE_ROWS,
+            "env": args.env,
             "lightgbm": {"params": lgb_p, "num_boost_round": lgb_rounds, "early_stopping_rounds": lgb_stopping},
             "arm_timeout_s": args.arm_timeout,
             "mlp": mlp_params(args),
-            "tune": {"num_samples": args.tune_samples, "num_boost_round": args.tune_rounds,
-                     "early_stopping_rounds": args.early_stopping_rounds, "max_concurrent_trials": args.tune_concurrency,
-                     "cpus_per_trial": 1, "seed": args.tune_seed, "grace_period": args.grace_period,
-                     "reduction_factor": args.reduction_factor, "report_every_rounds": args.report_every,
-                     "search_space": "rayloop.training.search_space.DEFAULT_SPACES['lightgbm']"},
+            "tune": {
+                "num_samples": args.tune_samples,
+                "num_boost_round": args.tune_rounds,
+                "early_stopping_rounds": args.early_stopping_rounds,
+                "max_concurrent_trials": args.tune_concurrency,
+                "cpus_per_trial": 1,
+                "seed": args.tune_seed,
+                "grace_period": args.grace_period,
+                "reduction_factor": args.reduction_factor,
+                "report_every_rounds": args.report_every,
+                "search_space": "rayloop.training.search_space.DEFAULT_SPACES['lightgbm']",
+            },
             "ray_cpus": args.ray_cpus,
             "cluster_cpus": cluster.get("CPU"),
         },
@@ -950,8 +1107,11 @@ def main(argv: list[str] | None = None) -> int:
     report(payload)
     path = save_results(args.name, payload)
     print(f"total {payload['total_wall_s']:.0f} s; saved {path}")
-    failed = [a["arm"] for a in [*arms.values(), *(v for v in tune.values() if isinstance(v, dict) and "arm" in v)]
-              if "error" in a]
+    failed = [
+        a["arm"]
+        for a in [*arms.values(), *(v for v in tune.values() if isinstance(v, dict) and "arm" in v)]
+        if "error" in a
+    ]
     if failed:
         print(f"FAILED arms: {failed}")
     return 1 if failed else 0

@@ -74,20 +74,24 @@ def main() -> int:
         reference_ds = Dataset.from_pandas(reference, data_definition=definition)
         preset = DataDriftPreset()
         options = DataDriftOptions()
-        columns = [(c, ColumnType.Numerical) for c in args.numerical] + [(c, ColumnType.Categorical) for c in args.categorical]
+        columns = [(c, ColumnType.Numerical) for c in args.numerical] + [
+            (c, ColumnType.Categorical) for c in args.categorical
+        ]
         ref_clean = {c: reference[c].replace([-np.inf, np.inf], np.nan).dropna() for c, _ in columns}
         versions = {name: metadata.version(name) for name in ("evidently", "pandas", "numpy", "scipy", "pyarrow")}
     except Exception as exc:  # noqa: BLE001  (reported to the driver, which goes on without Evidently)
         emit({"ready": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]})
         return 1
-    emit({
-        "ready": True,
-        "versions": versions,
-        "import_s": round(import_s, 3),
-        "reference_rows": len(reference),
-        "drift_share": preset.drift_share,
-        "columns": [[c, t.value] for c, t in columns],
-    })
+    emit(
+        {
+            "ready": True,
+            "versions": versions,
+            "import_s": round(import_s, 3),
+            "reference_rows": len(reference),
+            "drift_share": preset.drift_share,
+            "columns": [[c, t.value] for c, t in columns],
+        }
+    )
 
     def fast(current: pd.DataFrame) -> dict:
         t0 = time.perf_counter()
@@ -117,7 +121,9 @@ def main() -> int:
 
     def full(current: pd.DataFrame) -> dict:
         t0 = time.perf_counter()
-        snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current, data_definition=definition), reference_ds)
+        snapshot = Report([DataDriftPreset()]).run(
+            Dataset.from_pandas(current, data_definition=definition), reference_ds
+        )
         seconds = time.perf_counter() - t0
         metrics = snapshot.dict()["metrics"]
         value = next(m["value"] for m in metrics if m["metric_name"].startswith("DriftedColumnsCount"))

@@ -333,33 +333,110 @@ def backends() -> list[dict[str, Any]]:
     """In priority order: when the budget runs out, the ones at the end are skipped."""
     bf16, fp16 = torch.bfloat16, torch.float16
     return [
-        {"name": BASELINE, "dtype": "fp32", "cpu": True, "est_s": 2,
-         "prepare": lambda m, c: m, "bind": _plain_bind},
-        {"name": "cuda-graph-fp32", "dtype": "fp32", "cpu": False, "est_s": 3,
-         "prepare": lambda m, c: m, "bind": _graph_bind},
-        {"name": "eager-bf16", "dtype": "bf16", "cpu": True, "est_s": 2,
-         "prepare": lambda m, c: CastInput(m, bf16), "bind": _plain_bind},
-        {"name": "cuda-graph-bf16", "dtype": "bf16", "cpu": False, "est_s": 3,
-         "prepare": lambda m, c: CastInput(m, bf16), "bind": _graph_bind},
-        {"name": "eager-bf16-autocast", "dtype": "bf16", "cpu": True, "est_s": 2,
-         "prepare": lambda m, c: Autocast(m, bf16), "bind": _plain_bind},
-        {"name": "eager-fp16", "dtype": "fp16", "cpu": False, "est_s": 2,
-         "prepare": lambda m, c: CastInput(m, fp16), "bind": _plain_bind},
-        {"name": "compile-reduce-overhead-fp32", "dtype": "fp32", "cpu": False, "est_s": 30, "timeout_s": 120,
-         "prepare": _compile("reduce-overhead", None), "bind": _compile_bind, "compile": True},
+        {"name": BASELINE, "dtype": "fp32", "cpu": True, "est_s": 2, "prepare": lambda m, c: m, "bind": _plain_bind},
+        {
+            "name": "cuda-graph-fp32",
+            "dtype": "fp32",
+            "cpu": False,
+            "est_s": 3,
+            "prepare": lambda m, c: m,
+            "bind": _graph_bind,
+        },
+        {
+            "name": "eager-bf16",
+            "dtype": "bf16",
+            "cpu": True,
+            "est_s": 2,
+            "prepare": lambda m, c: CastInput(m, bf16),
+            "bind": _plain_bind,
+        },
+        {
+            "name": "cuda-graph-bf16",
+            "dtype": "bf16",
+            "cpu": False,
+            "est_s": 3,
+            "prepare": lambda m, c: CastInput(m, bf16),
+            "bind": _graph_bind,
+        },
+        {
+            "name": "eager-bf16-autocast",
+            "dtype": "bf16",
+            "cpu": True,
+            "est_s": 2,
+            "prepare": lambda m, c: Autocast(m, bf16),
+            "bind": _plain_bind,
+        },
+        {
+            "name": "eager-fp16",
+            "dtype": "fp16",
+            "cpu": False,
+            "est_s": 2,
+            "prepare": lambda m, c: CastInput(m, fp16),
+            "bind": _plain_bind,
+        },
+        {
+            "name": "compile-reduce-overhead-fp32",
+            "dtype": "fp32",
+            "cpu": False,
+            "est_s": 30,
+            "timeout_s": 120,
+            "prepare": _compile("reduce-overhead", None),
+            "bind": _compile_bind,
+            "compile": True,
+        },
         # on CPU reduce-overhead has nothing to capture: the CPU run uses the default mode instead
-        {"name": "compile-default-fp32", "dtype": "fp32", "cpu": True, "gpu": False, "est_s": 20, "timeout_s": 90,
-         "prepare": _compile(None, None), "bind": _compile_bind, "compile": True},
-        {"name": "onnxruntime-cuda-fp32", "dtype": "fp32", "cpu": False, "est_s": 10, "timeout_s": 60,
-         "prepare": _ort_prepare, "bind": _ort_bind},
-        {"name": "tensorrt-fp16", "dtype": "fp16", "cpu": False, "est_s": 40, "timeout_s": 150,
-         "prepare": _trt_prepare, "bind": _plain_bind},
-        {"name": "compile-reduce-overhead-bf16", "dtype": "bf16", "cpu": False, "est_s": 30, "timeout_s": 90,
-         "prepare": _compile("reduce-overhead", bf16), "bind": _compile_bind, "compile": True},
+        {
+            "name": "compile-default-fp32",
+            "dtype": "fp32",
+            "cpu": True,
+            "gpu": False,
+            "est_s": 20,
+            "timeout_s": 90,
+            "prepare": _compile(None, None),
+            "bind": _compile_bind,
+            "compile": True,
+        },
+        {
+            "name": "onnxruntime-cuda-fp32",
+            "dtype": "fp32",
+            "cpu": False,
+            "est_s": 10,
+            "timeout_s": 60,
+            "prepare": _ort_prepare,
+            "bind": _ort_bind,
+        },
+        {
+            "name": "tensorrt-fp16",
+            "dtype": "fp16",
+            "cpu": False,
+            "est_s": 40,
+            "timeout_s": 150,
+            "prepare": _trt_prepare,
+            "bind": _plain_bind,
+        },
+        {
+            "name": "compile-reduce-overhead-bf16",
+            "dtype": "bf16",
+            "cpu": False,
+            "est_s": 30,
+            "timeout_s": 90,
+            "prepare": _compile("reduce-overhead", bf16),
+            "bind": _compile_bind,
+            "compile": True,
+        },
         # GEMM autotuning costs seconds per matmul and shape: only where tuning can matter (large batches)
-        {"name": "compile-max-autotune-no-cudagraphs-fp32", "dtype": "fp32", "cpu": False, "est_s": 60,
-         "timeout_s": 120, "prepare": _compile("max-autotune-no-cudagraphs", None), "bind": _compile_bind,
-         "compile": True, "only_models": ["mlp-128-64"], "only_batches": [1024, 8192]},
+        {
+            "name": "compile-max-autotune-no-cudagraphs-fp32",
+            "dtype": "fp32",
+            "cpu": False,
+            "est_s": 60,
+            "timeout_s": 120,
+            "prepare": _compile("max-autotune-no-cudagraphs", None),
+            "bind": _compile_bind,
+            "compile": True,
+            "only_models": ["mlp-128-64"],
+            "only_batches": [1024, 8192],
+        },
     ]
 
 
@@ -463,7 +540,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         try:
             smi = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version,name,clocks.max.sm", "--format=csv,noheader"],
-                check=False, capture_output=True, text=True, timeout=10,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
             )
             env["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[:200]
         except Exception as exc:  # noqa: BLE001
@@ -504,9 +584,16 @@ def summary(payload: dict) -> None:
         b = base.get((r["model"], r["batch"]))
         rows.append(
             [
-                r["model"], r["backend"], r["batch"], f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                r["calls_per_s"], r["rows_per_s"], f"{r['ratio_vs_eager_fp32']:.2f}x" if b else "-",
-                r["pipelined_rows_per_s"], f"{r['pipelined_ratio_vs_eager_fp32']:.2f}x" if b else "-",
+                r["model"],
+                r["backend"],
+                r["batch"],
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+                r["calls_per_s"],
+                r["rows_per_s"],
+                f"{r['ratio_vs_eager_fp32']:.2f}x" if b else "-",
+                r["pipelined_rows_per_s"],
+                f"{r['pipelined_ratio_vs_eager_fp32']:.2f}x" if b else "-",
                 f"{r['parity_max_abs_prob_diff']:.1e}" + ("" if r["parity_ok"] else " !"),
                 f"{r['first_call_s']:.2f}",
             ]
@@ -515,8 +602,20 @@ def summary(payload: dict) -> None:
     print_table(
         f"TabularMLP inference on {env.get('device_name')} ({env['device_type']}), torch {env['torch']}; "
         f"baseline = {BASELINE} at the same batch size; parity vs eager fp32 ('!' = over {TOLERANCE})",
-        ["model", "backend", "batch", "p50 ms", "p99 ms", "calls/s", "rows/s", "x eager", "rows/s pipel.",
-         "x eager", "parity", "1st call s"],
+        [
+            "model",
+            "backend",
+            "batch",
+            "p50 ms",
+            "p99 ms",
+            "calls/s",
+            "rows/s",
+            "x eager",
+            "rows/s pipel.",
+            "x eager",
+            "parity",
+            "1st call s",
+        ],
         rows,
     )
     print("\nbackends:")
@@ -550,21 +649,31 @@ def _demo_mlp_bundle(seed: int, rows: int) -> Any:
     from rayloop.training.torch import build_model
 
     config = load_config(None)
-    pipeline = FeaturePipeline(config.features, config.data.schema_, label_column="label",
-                               timestamp_column="event_time", id_column="entity_id")
+    pipeline = FeaturePipeline(
+        config.features, config.data.schema_, label_column="label", timestamp_column="event_time", id_column="entity_id"
+    )
     fitted, profile = pipeline.fit_table(generate(rows, seed=seed))
     params = {"hidden": list(config.training.mlp["hidden"]), "dropout": 0.0}
     torch.manual_seed(seed)
-    model = build_model({"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-                         "cardinalities": fitted.cardinalities, **params}).eval()
+    model = build_model(
+        {
+            "feature_names": fitted.feature_names,
+            "categorical_indices": fitted.categorical_indices,
+            "cardinalities": fitted.cardinalities,
+            **params,
+        }
+    ).eval()
     return ModelBundle("mlp", model, fitted, config.data.schema_, profile, model_params=params)
 
 
 def _latency_ms(times: list[float]) -> dict[str, float]:
     """p50, p99 and mean of call times in seconds, as ms."""
     ordered = sorted(times)
-    return {"p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4), "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
-            "mean_ms": round(sum(times) / len(times) * 1e3, 4)}
+    return {
+        "p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4),
+        "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
+        "mean_ms": round(sum(times) / len(times) * 1e3, 4),
+    }
 
 
 def _timed(fn: Callable[[], Any], calls: int, warmup: int) -> dict[str, float]:
@@ -600,26 +709,38 @@ def serving_main(args: argparse.Namespace) -> int:
         "baseline": "native",
         "environment": environment(device),
         "settings": {
-            "sizes": sizes, "calls": calls, "warmup": warmup, "seed": args.seed, "budget_s": args.budget_s,
-            "model_params": bundle.model_params, "n_features": len(bundle.fitted.feature_names),
-            "max_batch_size": 64, "max_rows": max_rows, "tolerance": 2e-3,
+            "sizes": sizes,
+            "calls": calls,
+            "warmup": warmup,
+            "seed": args.seed,
+            "budget_s": args.budget_s,
+            "model_params": bundle.model_params,
+            "n_features": len(bundle.fitted.feature_names),
+            "max_batch_size": 64,
+            "max_rows": max_rows,
+            "tolerance": 2e-3,
             "call": "backend.predict(float32 numpy rows) -> float64 numpy probabilities, host copies included",
             "mixed": "then 300 calls with row counts drawn uniformly from 1..64 (as Serve's batches vary): "
-                     "the first call at each new size included",
+            "the first call at each new size included",
         },
         "backends": {},
         "results": [],
         "errors": [],
     }
-    print(f"gpu_check --part serving: {payload['environment'].get('device_name')} ({device}), torch "
-          f"{torch.__version__}, MLP {bundle.model_params}, {len(bundle.fitted.feature_names)} features", flush=True)
+    print(
+        f"gpu_check --part serving: {payload['environment'].get('device_name')} ({device}), torch "
+        f"{torch.__version__}, MLP {bundle.model_params}, {len(bundle.fitted.feature_names)} features",
+        flush=True,
+    )
     inputs = {n: sb.probe_matrix(bundle.fitted, rows=n, seed=100 + n) for n in sizes}
     expected = {n: bundle.predict_matrix(x) for n, x in inputs.items()}
     rng = np.random.default_rng(args.seed)
     mixed_sizes = [int(v) for v in rng.integers(1, 65, 300)]
     mixed_pool = sb.probe_matrix(bundle.fitted, rows=64, seed=7)
     base: dict[int, float] = {}
-    choices = ["native", "torch", "torch_compile", "cuda_graph", "tensorrt"] if cuda else ["native", "torch", "torch_compile"]
+    choices = (
+        ["native", "torch", "torch_compile", "cuda_graph", "tensorrt"] if cuda else ["native", "torch", "torch_compile"]
+    )
     if args.backends:  # the baseline always runs
         choices = ["native", *[c for c in choices if c in args.backends and c != "native"]]
     payload["auto"] = sb.resolve_choice("mlp", "auto")
@@ -634,15 +755,25 @@ def serving_main(args: argparse.Namespace) -> int:
         try:
             with time_limit(min(180.0, budget.left() - 5)):
                 t0 = time.perf_counter()
-                backend = sb.build_backend(bundle, choice, max_batch_size=64, max_rows=max_rows, tolerance=2e-3,
-                                           cache_dir=Path(tempfile.mkdtemp(prefix="gpu_serving_")),
-                                           on_fallback=lambda *a, sink=fallbacks: sink.append(a))
+                backend = sb.build_backend(
+                    bundle,
+                    choice,
+                    max_batch_size=64,
+                    max_rows=max_rows,
+                    tolerance=2e-3,
+                    cache_dir=Path(tempfile.mkdtemp(prefix="gpu_serving_")),
+                    on_fallback=lambda *a, sink=fallbacks: sink.append(a),
+                )
                 info["build_s"] = round(time.perf_counter() - t0, 3)
         except (Exception, BackendTimeout) as exc:  # noqa: BLE001
             info.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
             continue
-        info.update(served_by=backend.name, device=backend.device, probe_max_abs_diff=backend.max_abs_diff,
-                    fallbacks=[list(f) for f in fallbacks])
+        info.update(
+            served_by=backend.name,
+            device=backend.device,
+            probe_max_abs_diff=backend.max_abs_diff,
+            fallbacks=[list(f) for f in fallbacks],
+        )
         if backend.name != choice:
             info.update(status="fell back", reason=f"{fallbacks}")
             print(f"  fell back to {backend.name}: {fallbacks}", flush=True)
@@ -653,24 +784,35 @@ def serving_main(args: argparse.Namespace) -> int:
                     t0 = time.perf_counter()
                     got = backend.predict(inputs[n])
                     first = time.perf_counter() - t0
-                    row = {"backend": choice, "rows": n, "first_call_ms": round(first * 1e3, 3),
-                           **_timed(lambda b=backend, x=inputs[n]: b.predict(x), calls, warmup),
-                           "parity_max_abs_prob_diff": float(np.max(np.abs(got - expected[n])))}
+                    row = {
+                        "backend": choice,
+                        "rows": n,
+                        "first_call_ms": round(first * 1e3, 3),
+                        **_timed(lambda b=backend, x=inputs[n]: b.predict(x), calls, warmup),
+                        "parity_max_abs_prob_diff": float(np.max(np.abs(got - expected[n]))),
+                    }
                     row["rows_per_s"] = round(n / (row["mean_ms"] / 1e3), 1)
                     if choice == "native":
                         base[n] = row["rows_per_s"]
                     row["ratio_vs_native"] = round(row["rows_per_s"] / base[n], 3) if n in base else None
                     payload["results"].append(row)
-                    print(f"  rows {n:5d}: p50 {row['p50_ms']:.3f} ms, first {row['first_call_ms']:.1f} ms, "
-                          f"{row['rows_per_s']:,.0f} rows/s ({row['ratio_vs_native'] or 0:.2f}x native), "
-                          f"parity {row['parity_max_abs_prob_diff']:.1e}", flush=True)
+                    print(
+                        f"  rows {n:5d}: p50 {row['p50_ms']:.3f} ms, first {row['first_call_ms']:.1f} ms, "
+                        f"{row['rows_per_s']:,.0f} rows/s ({row['ratio_vs_native'] or 0:.2f}x native), "
+                        f"parity {row['parity_max_abs_prob_diff']:.1e}",
+                        flush=True,
+                    )
                 times = []
                 for n in mixed_sizes:
                     t0 = time.perf_counter()
                     backend.predict(mixed_pool[:n])
                     times.append(time.perf_counter() - t0)
-                info["mixed"] = {"calls": len(times), **_latency_ms(times), "max_ms": round(max(times) * 1e3, 3),
-                                 "first_100_mean_ms": round(sum(times[:100]) / 100 * 1e3, 4)}
+                info["mixed"] = {
+                    "calls": len(times),
+                    **_latency_ms(times),
+                    "max_ms": round(max(times) * 1e3, 3),
+                    "first_100_mean_ms": round(sum(times[:100]) / 100 * 1e3, 4),
+                }
                 print(f"  mixed 1..64 rows: {info['mixed']}", flush=True)
             info["status"] = "ok"
         except (Exception, BackendTimeout) as exc:  # noqa: BLE001
@@ -693,8 +835,9 @@ def serving_main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    parser.add_argument("--budget-s", type=float, default=240.0,
-                        help="stop starting new work after this many seconds (default 240)")
+    parser.add_argument(
+        "--budget-s", type=float, default=240.0, help="stop starting new work after this many seconds (default 240)"
+    )
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--batches", type=int, nargs="+", help="default 1 64 1024 8192 (CUDA), 1 64 1024 (CPU)")
     parser.add_argument("--calls", type=int, help="timed calls per cell (default 200 CUDA, 20 CPU)")
@@ -702,11 +845,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--backends", nargs="+", help="only these backends (the baseline always runs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--part", choices=["models", "serving"], default="models",
-                        help="models: TabularMLP backends on device tensors (default); serving: rayloop's "
-                             "serving backends, numpy in and out")
-    parser.add_argument("--max-rows", type=int, help="--part serving: rows per call of a shape-bound backend "
-                                                      "(default rayloop.serving.backends.MAX_ROWS)")
+    parser.add_argument(
+        "--part",
+        choices=["models", "serving"],
+        default="models",
+        help="models: TabularMLP backends on device tensors (default); serving: rayloop's "
+        "serving backends, numpy in and out",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        help="--part serving: rows per call of a shape-bound backend (default rayloop.serving.backends.MAX_ROWS)",
+    )
     args = parser.parse_args(argv)
     if args.part == "serving":
         return serving_main(args)
@@ -731,8 +881,14 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": BASELINE,
         "environment": environment(device),
         "settings": {
-            "batches": batches, "calls": calls, "warmup": warmup, "budget_s": args.budget_s, "seed": args.seed,
-            "n_features": N_FEATURES, "categorical_indices": CAT_IDX, "cardinalities": CARDINALITIES,
+            "batches": batches,
+            "calls": calls,
+            "warmup": warmup,
+            "budget_s": args.budget_s,
+            "seed": args.seed,
+            "n_features": N_FEATURES,
+            "categorical_indices": CAT_IDX,
+            "cardinalities": CARDINALITIES,
             "models": {m: list(MODELS[m]) for m in args.models},
             "call": "input already on the device -> logits on the device; latency = one call + synchronize",
             "parity": "max |sigmoid(logit) - sigmoid(logit of eager fp32)| on the same input",
@@ -744,8 +900,11 @@ def main(argv: list[str] | None = None) -> int:
         "notes": {},
     }
     ctx = {"device": device, "cuda": cuda, "batches": batches, "notes": payload["notes"]}
-    print(f"gpu_check: device {payload['environment'].get('device_name')} ({device}), torch {torch.__version__}, "
-          f"batches {batches}, {calls} calls, budget {args.budget_s:.0f} s", flush=True)
+    print(
+        f"gpu_check: device {payload['environment'].get('device_name')} ({device}), torch {torch.__version__}, "
+        f"batches {batches}, {calls} calls, budget {args.budget_s:.0f} s",
+        flush=True,
+    )
 
     models = {name: build_model(MODELS[name], args.seed, device) for name in args.models}
     inputs = {b: make_inputs(b, args.seed + b, device) for b in batches}
@@ -759,8 +918,14 @@ def main(argv: list[str] | None = None) -> int:
     def record_error(backend: str, model: str | None, batch: int | None, stage: str, exc: BaseException) -> str:
         msg = f"{type(exc).__name__}: {exc}"
         payload["errors"].append(
-            {"backend": backend, "model": model, "batch": batch, "stage": stage, "error": msg[:2000],
-             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:]}
+            {
+                "backend": backend,
+                "model": model,
+                "batch": batch,
+                "stage": stage,
+                "error": msg[:2000],
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:],
+            }
         )
         print(f"  {backend} {model or ''} {batch or ''} {stage}: {msg[:300]}", flush=True)
         return msg[:300]
@@ -831,9 +996,11 @@ def main(argv: list[str] | None = None) -> int:
                     round(row["pipelined_rows_per_s"] / base["pipelined_rows_per_s"], 3) if base else None
                 )
                 payload["results"].append(row)
-                print(f"  {model_name:16s} batch {b:5d}: p50 {row['p50_ms']:.3f} ms, {row['rows_per_s']:,.0f} rows/s"
-                      f" ({row['ratio_vs_eager_fp32'] or 0:.2f}x eager fp32), parity {row['parity_max_abs_prob_diff']:.1e}",
-                      flush=True)
+                print(
+                    f"  {model_name:16s} batch {b:5d}: p50 {row['p50_ms']:.3f} ms, {row['rows_per_s']:,.0f} rows/s"
+                    f" ({row['ratio_vs_eager_fp32'] or 0:.2f}x eager fp32), parity {row['parity_max_abs_prob_diff']:.1e}",
+                    flush=True,
+                )
             state = None
             try:
                 if spec.get("compile"):

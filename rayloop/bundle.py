@@ -114,7 +114,9 @@ class ModelBundle:
         except FileNotFoundError as exc:
             raise BundleError(f"{directory} is not a rayloop model bundle (no {_FILES['meta']})") from exc
         if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"bundle format {meta.get('format')!r} in {directory}; this rayloop reads {BUNDLE_FORMAT}")
+            raise BundleError(
+                f"bundle format {meta.get('format')!r} in {directory}; this rayloop reads {BUNDLE_FORMAT}"
+            )
         kind = meta["kind"]
         fitted = FittedFeatures.from_json((directory / _FILES["fitted"]).read_text())
         model_file = directory / meta["model_file"]

@@ -17,12 +17,16 @@ from rayloop import paths
 from rayloop.config import RayloopConfig, config_hash, load_config
 from rayloop.errors import RayloopError
 
-app = typer.Typer(help="rayloop: train, serve, monitor and retrain a tabular model as one loop on Ray.", no_args_is_help=True)
+app = typer.Typer(
+    help="rayloop: train, serve, monitor and retrain a tabular model as one loop on Ray.", no_args_is_help=True
+)
 console = Console()
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override key.sub=value (repeatable)")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="Ray address to join (default: RAY_ADDRESS or a new local cluster)")]
+AddressOpt = Annotated[
+    Optional[str], typer.Option("--address", help="Ray address to join (default: RAY_ADDRESS or a new local cluster)")
+]
 
 
 def _config(config: Path | None, overrides: list[str] | None) -> RayloopConfig:
@@ -50,9 +54,12 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="configs/profil
 
 @app.command("env")
 def show_env(
-    profile: Annotated[Optional[str], typer.Option(
-        "--profile", "-p", help="a cluster node's environment from this profile (state, checkpoints, MLflow)"
-    )] = None,
+    profile: Annotated[
+        Optional[str],
+        typer.Option(
+            "--profile", "-p", help="a cluster node's environment from this profile (state, checkpoints, MLflow)"
+        ),
+    ] = None,
 ) -> None:
     """Print shell exports for Ray with rayloop's defaults: `eval "$(rayloop env)"` before `ray start`.
 
@@ -76,14 +83,18 @@ def show_env(
 
 @app.command()
 def doctor(
-    files: Annotated[Optional[list[Path]], typer.Argument(
-        help="cluster files to inspect: `ray up` YAML, KubeRay manifests (or their folder), Serve configs"
-    )] = None,
+    files: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="cluster files to inspect: `ray up` YAML, KubeRay manifests (or their folder), Serve configs"
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    address: Annotated[Optional[str], typer.Option(
-        "--address", help="a dashboard URL: check that its Jobs API refuses requests without the token"
-    )] = None,
+    address: Annotated[
+        Optional[str],
+        typer.Option("--address", help="a dashboard URL: check that its Jobs API refuses requests without the token"),
+    ] = None,
     listeners: Annotated[bool, typer.Option(help="check the sockets this machine's Ray processes listen on")] = True,
 ) -> None:
     """Report what is unsafe: token auth, token files, listeners beyond 127.0.0.1, exposed
@@ -96,7 +107,9 @@ def doctor(
     findings += checks.check_serving(cfg.serving.host, cfg.serving.auth_token_env, env)
     if listeners:
         found = checks.live_listeners()
-        findings += checks.check_listeners(found, token_auth=env.get("RAY_AUTH_MODE") == "token") or [checks.Finding("ok", "listeners", "no Ray process is running here")]
+        findings += checks.check_listeners(found, token_auth=env.get("RAY_AUTH_MODE") == "token") or [
+            checks.Finding("ok", "listeners", "no Ray process is running here")
+        ]
     if address:
         findings += checks.probe_dashboard(address)
     for path in files or []:
@@ -126,7 +139,9 @@ app.add_typer(cluster_app, name="cluster")
 def cluster_render(
     profile: ProfileOpt = "prod",
     out: Annotated[Optional[Path], typer.Option(help="target folder (default: cluster/kuberay)")] = None,
-    check: Annotated[bool, typer.Option("--check", help="only compare; exit 1 and show the diff when they differ")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="only compare; exit 1 and show the diff when they differ")
+    ] = False,
 ) -> None:
     """Write cluster/kuberay/*.yaml from the profile, configs/serve/tabular.yaml and the pinned Ray."""
     from rayloop import cluster
@@ -142,7 +157,9 @@ def cluster_render(
         for diff in diffs:
             typer.echo(diff)
         if diffs:
-            console.print(f"[red]{len(diffs)} manifest(s) differ from a fresh render[/red]: run `rayloop cluster render --profile {profile}`")
+            console.print(
+                f"[red]{len(diffs)} manifest(s) differ from a fresh render[/red]: run `rayloop cluster render --profile {profile}`"
+            )
             raise typer.Exit(1)
         console.print(f"[green]cluster manifests in {target} match profile {chosen.name}[/green]")
         return
@@ -201,7 +218,9 @@ def preprocess(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOp
 def demo(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    stop: Annotated[bool, typer.Option("--stop", help="stop the demo's Ray head (Serve, monitor, jobs) and exit")] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="stop the demo's Ray head (Serve, monitor, jobs) and exit")
+    ] = False,
     keep: Annotated[bool, typer.Option(help="leave the head running afterwards, to look at the dashboard")] = True,
     rate: Annotated[float, typer.Option(help="requests per second")] = 60.0,
     clean: Annotated[float, typer.Option(help="seconds of clean traffic before the drift")] = 40.0,
@@ -218,8 +237,10 @@ def demo(
     cfg = _config(config, overrides)
     config_path = str(config.resolve()) if config else None
     console.rule("[bold]rayloop demo: drift -> retrain job -> gate -> zero-downtime rollout")
-    console.print(f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
-                  f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}")
+    console.print(
+        f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
+        f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}"
+    )
     demo_lib.stop_head()  # a previous demo's head, if it was left running
     if demo_lib.archive_previous_run(cfg.registry.model_name):  # its monitor is gone with its head
         console.print(f"the previous demo's monitor state and inference log: {paths.home() / demo_lib.PREVIOUS_DIR}")
@@ -228,8 +249,9 @@ def demo(
         head = demo_lib.start_head(dashboard_port, num_cpus=max(4, os.cpu_count() or 1))
     console.print(f"Ray head at {head.address}; dashboard [cyan]{head.dashboard}[/cyan]")
     try:
-        summary = demo_lib.drive(config_path=config_path, overrides=overrides, head=head, say=console.print,
-                                 clean_s=clean, rate=rate)
+        summary = demo_lib.drive(
+            config_path=config_path, overrides=overrides, head=head, say=console.print, clean_s=clean, rate=rate
+        )
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the demo head[/yellow]")
         demo_lib.stop_head()
@@ -245,9 +267,11 @@ def demo(
     for key, value in accuracy.items():
         table.add_row(key, "-" if value is None else f"{value:.4f}")
     console.print(table)
-    console.print(f"after the drift began: {json.dumps(summary.get('seconds_after_drift', {}))} s; "
-                  f"failed requests {summary['traffic']['errors'] if summary.get('traffic') else '?'}; "
-                  f"whole demo {summary['wall_s']} s")
+    console.print(
+        f"after the drift began: {json.dumps(summary.get('seconds_after_drift', {}))} s; "
+        f"failed requests {summary['traffic']['errors'] if summary.get('traffic') else '?'}; "
+        f"whole demo {summary['wall_s']} s"
+    )
     console.print(f"report: [cyan]{summary['report']}[/cyan]")
     if keep:
         console.print(
@@ -308,7 +332,8 @@ def promote(
     set_: SetOpt = None,
     version: Annotated[str, typer.Option(help="version number or alias to promote")] = "challenger",
     holdout: Annotated[
-        Optional[str], typer.Option(help="labelled raw rows (Parquet/CSV path or URI); default: the test rows of the preprocess run")
+        Optional[str],
+        typer.Option(help="labelled raw rows (Parquet/CSV path or URI); default: the test rows of the preprocess run"),
     ] = None,
 ) -> None:
     """Move `champion` to a version if it passes the gate on a labelled holdout; exit 1 when refused."""
@@ -386,7 +411,9 @@ def status(
             detail = f"{entry['outcome']}: {entry.get('detail') or ''}"
         if not detail and entry.get("features"):
             detail = "drift: " + ", ".join(f"{f} (PSI {entry.get('psi', {}).get(f, 0):.3f})" for f in entry["features"])
-        log.add_row(entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail))
+        log.add_row(
+            entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail)
+        )
     console.print(log)
     _print_monitor(cfg)
     if address or os.environ.get("RAY_ADDRESS"):
@@ -404,9 +431,16 @@ def _print_serve(address: str | None) -> None:
         table.add_column(column)
     for app_name, app_status in serve.status().applications.items():
         for dep_name, dep in app_status.deployments.items():
-            replicas = ", ".join(f"{state.value if hasattr(state, 'value') else state} {n}" for state, n in dep.replica_states.items())
-            table.add_row(app_name, str(app_status.status.value if hasattr(app_status.status, "value") else app_status.status),
-                          dep_name, str(dep.status.value if hasattr(dep.status, "value") else dep.status), replicas)
+            replicas = ", ".join(
+                f"{state.value if hasattr(state, 'value') else state} {n}" for state, n in dep.replica_states.items()
+            )
+            table.add_row(
+                app_name,
+                str(app_status.status.value if hasattr(app_status.status, "value") else app_status.status),
+                dep_name,
+                str(dep.status.value if hasattr(dep.status, "value") else dep.status),
+                replicas,
+            )
     console.print(table)
 
 
@@ -459,13 +493,24 @@ def _print_monitor(cfg: RayloopConfig) -> None:
         jobs_table.add_column(column)
     for record in records[-10:]:
         gate = record.get("gate") or {}
-        gate_text = (f"{gate.get('metric')} {gate.get('challenger_score')} vs {gate.get('champion_score')} "
-                     f"(v{gate.get('champion_version')}, {gate.get('holdout_rows')} rows)") if gate else ""
+        gate_text = (
+            (
+                f"{gate.get('metric')} {gate.get('challenger_score')} vs {gate.get('champion_score')} "
+                f"(v{gate.get('champion_version')}, {gate.get('holdout_rows')} rows)"
+            )
+            if gate
+            else ""
+        )
         seconds = "" if record.get("finished_at") is None else f"{record['finished_at'] - record['decided_at']:.0f}"
         outcome = record.get("outcome") or record["phase"]
-        jobs_table.add_row(record["submission_id"], str(record.get("trigger")),
-                           outcome + (f": {record['detail']}" if record.get("detail") else ""),
-                           str(record.get("version") or ""), gate_text, seconds)
+        jobs_table.add_row(
+            record["submission_id"],
+            str(record.get("trigger")),
+            outcome + (f": {record['detail']}" if record.get("detail") else ""),
+            str(record.get("version") or ""),
+            gate_text,
+            seconds,
+        )
     console.print(jobs_table)
 
 
@@ -474,7 +519,9 @@ def serve_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
-    version: Annotated[Optional[str], typer.Option(help="alias or version to serve (default: serving.model_ref)")] = None,
+    version: Annotated[
+        Optional[str], typer.Option(help="alias or version to serve (default: serving.model_ref)")
+    ] = None,
     detach: Annotated[bool, typer.Option(help="return after deploying (needs a running cluster: --address)")] = False,
 ) -> None:
     """Serve the registered model over HTTP (Ray Serve, 127.0.0.1:serving.port by default)."""
@@ -522,7 +569,9 @@ def monitor_cmd(
     name = cfg.registry.model_name
     if stop:
         stopped = stop_monitor(name)
-        console.print(f"monitor for {name}: " + ("stopped (its state stays for the next start)" if stopped else "not running"))
+        console.print(
+            f"monitor for {name}: " + ("stopped (its state stays for the next start)" if stopped else "not running")
+        )
         return
     with console.status(f"starting the monitor for {name}"):
         start_model_monitor(cfg, config_path=config, overrides=set_)
@@ -534,7 +583,9 @@ def traffic_cmd(
     url: Annotated[str, typer.Option(help="the app's base URL")] = "http://127.0.0.1:8000",
     rate: Annotated[float, typer.Option(help="requests per second")] = 50.0,
     duration: Annotated[float, typer.Option(help="seconds to run")] = 60.0,
-    drift_at: Annotated[Optional[float], typer.Option(help="switch to the drift scenario after this many seconds")] = None,
+    drift_at: Annotated[
+        Optional[float], typer.Option(help="switch to the drift scenario after this many seconds")
+    ] = None,
     scenario: Annotated[str, typer.Option(help="covariate, prior, concept or covariate+concept")] = "covariate+concept",
     magnitude: Annotated[float, typer.Option(help="drift strength")] = 3.0,
     rows: Annotated[int, typer.Option(help="rows per request")] = 1,
@@ -549,9 +600,15 @@ def traffic_cmd(
     from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
 
     cfg = TrafficConfig(
-        url=url, rate=rate, duration_s=duration, drift_at_s=drift_at, rows_per_request=rows,
-        scenario=Scenario(kind=scenario, onset=0.0, magnitude=magnitude), label_delay_s=label_delay,
-        label_fraction=label_fraction, seed=seed,
+        url=url,
+        rate=rate,
+        duration_s=duration,
+        drift_at_s=drift_at,
+        rows_per_request=rows,
+        scenario=Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
+        label_delay_s=label_delay,
+        label_fraction=label_fraction,
+        seed=seed,
     )
     last = {"answers": 0, "t": 0.0}
 
@@ -562,9 +619,11 @@ def traffic_cmd(
         last.update(answers=answered, t=elapsed)
         phase = "[red]drift[/red]" if drift_at is not None and elapsed >= drift_at else "clean"
         acc = stats.accuracy(after_s=max(0.0, elapsed - 10))
-        return (f"{elapsed:6.0f}s {phase:>5}  {rps:7.1f} req/s  sent {s['sent']:,}  errors {s['errors']}  "
-                f"skipped {s['skipped']}  labels {s['labels_posted']:,}  p99 {s['p99_ms'] or 0:.1f} ms  "
-                f"accuracy(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}")
+        return (
+            f"{elapsed:6.0f}s {phase:>5}  {rps:7.1f} req/s  sent {s['sent']:,}  errors {s['errors']}  "
+            f"skipped {s['skipped']}  labels {s['labels_posted']:,}  p99 {s['p99_ms'] or 0:.1f} ms  "
+            f"accuracy(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}"
+        )
 
     with Live(console=console, refresh_per_second=2) as live:
         stats = run_traffic(cfg, on_second=lambda st, el: live.update(line(st, el)))
@@ -594,7 +653,9 @@ def _print_training_dict(outcome: dict) -> None:
 
 
 def _print_gate(name: str, version: str, gate: dict) -> None:
-    verdict = "[green]promoted to champion[/green]" if gate["promote"] else "[yellow]refused; champion unchanged[/yellow]"
+    verdict = (
+        "[green]promoted to champion[/green]" if gate["promote"] else "[yellow]refused; champion unchanged[/yellow]"
+    )
     console.print(f"gate for {name} version {version}: {verdict}: {gate['reason']}")
 
 

@@ -73,13 +73,31 @@ class WorkerGroup:
 
 
 WORKER_GROUPS = (
-    WorkerGroup("cpu", 16, "64Gi", 0, 1, 8, purpose="Ray Data preprocessing, LightGBM training and tuning, the monitor"),
+    WorkerGroup(
+        "cpu", 16, "64Gi", 0, 1, 8, purpose="Ray Data preprocessing, LightGBM training and tuning, the monitor"
+    ),
     # L4 class: TensorRT fp16 serving; GKE labels shown, use the EKS/AKS equivalents elsewhere
-    WorkerGroup("gpu-serve", 8, "32Gi", 1, 0, 8, {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-                purpose="Serve replicas (serving.replica_gpus: 1)"),
+    WorkerGroup(
+        "gpu-serve",
+        8,
+        "32Gi",
+        1,
+        0,
+        8,
+        {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        purpose="Serve replicas (serving.replica_gpus: 1)",
+    ),
     # H100 class: data-parallel MLP training (training.use_gpu); one GPU per Ray worker pod
-    WorkerGroup("gpu-train", 24, "192Gi", 1, 0, 8, {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
-                purpose="Ray Train workers with use_gpu"),
+    WorkerGroup(
+        "gpu-train",
+        24,
+        "192Gi",
+        1,
+        0,
+        8,
+        {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        purpose="Ray Train workers with use_gpu",
+    ),
 )
 HEAD = WorkerGroup("head", 4, "16Gi", 0, 1, 1, purpose="GCS, dashboard, Serve controller; no tasks (num-cpus 0)")
 
@@ -113,7 +131,9 @@ def _pod(profile: ProfileConfig, container: dict[str, Any], group: WorkerGroup) 
     if group.gpus:
         spec["tolerations"] = [dict(GPU_TOLERATION)]
     if profile.state_volume_claim:
-        spec["volumes"] = [{"name": "rayloop-state", "persistentVolumeClaim": {"claimName": profile.state_volume_claim}}]
+        spec["volumes"] = [
+            {"name": "rayloop-state", "persistentVolumeClaim": {"claimName": profile.state_volume_claim}}
+        ]
     return {"metadata": {"labels": dict(LABELS)}, "spec": spec}
 
 
@@ -123,20 +143,25 @@ def cluster_spec(profile: ProfileConfig, *, max_scale: float = 1.0) -> dict[str,
     `max_scale` shrinks maxReplicas for the clusters a RayJob creates for itself.
     """
     head_ports = {
-        "gcs-server": GCS_PORT, "dashboard": DASHBOARD_PORT, "client": CLIENT_PORT, "serve": SERVE_PORT,
+        "gcs-server": GCS_PORT,
+        "dashboard": DASHBOARD_PORT,
+        "client": CLIENT_PORT,
+        "serve": SERVE_PORT,
         "metrics": METRICS_PORT,
     }
     workers = []
     for group in WORKER_GROUPS:
         maximum = max(group.min_replicas, 1, round(group.max_replicas * max_scale))
-        workers.append({
-            "groupName": group.name,
-            "replicas": group.min_replicas,
-            "minReplicas": group.min_replicas,
-            "maxReplicas": maximum,
-            "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
-            "template": _pod(profile, _container(profile, "ray-worker", group, {"metrics": METRICS_PORT}), group),
-        })
+        workers.append(
+            {
+                "groupName": group.name,
+                "replicas": group.min_replicas,
+                "minReplicas": group.min_replicas,
+                "maxReplicas": maximum,
+                "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
+                "template": _pod(profile, _container(profile, "ray-worker", group, {"metrics": METRICS_PORT}), group),
+            }
+        )
     return {
         "rayVersion": ray_version(),
         # KubeRay >= 1.5.1 creates a random token in a Secret and sets RAY_AUTH_MODE=token and
@@ -186,7 +211,9 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-_Dumper.add_representer(_Literal, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|"))
+_Dumper.add_representer(
+    _Literal, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+)
 
 
 def _dump(document: dict[str, Any]) -> str:
@@ -219,12 +246,12 @@ HEADER = """\
 
 USAGE = {
     "ray-cluster.yaml": "#   kubectl apply -f cluster/kuberay/ray-cluster.yaml\n"
-                        "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265   # dashboard, Jobs API\n",
+    "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265   # dashboard, Jobs API\n",
     "ray-job.pipeline.yaml": "#   kubectl apply -f cluster/kuberay/ray-job.pipeline.yaml   # preprocess -> tune -> train -> gate\n",
     "ray-job.retrain.yaml": "#   kubectl create -f cluster/kuberay/ray-job.retrain.yaml   # a retrain by hand; the monitor\n"
-                            "#   submits its own through the Jobs API of the cluster it runs on\n",
+    "#   submits its own through the Jobs API of the cluster it runs on\n",
     "ray-service.tabular.yaml": "#   kubectl apply -f cluster/kuberay/ray-service.tabular.yaml\n"
-                                "#   kubectl port-forward -n {ns} svc/rayloop-tabular-serve-svc 8000:8000\n",
+    "#   kubectl port-forward -n {ns} svc/rayloop-tabular-serve-svc 8000:8000\n",
     "dashboard-service.yaml": "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265\n",
     "network-policy.yaml": "#   kubectl apply -f cluster/kuberay/network-policy.yaml\n",
 }
@@ -234,16 +261,24 @@ def render(profile: ProfileConfig) -> dict[str, str]:
     """File name -> YAML text of every KubeRay manifest."""
     serve_text = _dump(serve_config(profile))
     documents: dict[str, list[dict[str, Any]]] = {
-        "ray-cluster.yaml": [{
-            "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _metadata(profile, CLUSTER_NAME),
-            "spec": cluster_spec(profile),
-        }],
+        "ray-cluster.yaml": [
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayCluster",
+                "metadata": _metadata(profile, CLUSTER_NAME),
+                "spec": cluster_spec(profile),
+            }
+        ],
         "ray-job.pipeline.yaml": [_ray_job(profile, "rayloop-pipeline", "pipeline", 4 * 3600)],
         "ray-job.retrain.yaml": [_ray_job(profile, "rayloop-retrain", "retrain", 2 * 3600)],
-        "ray-service.tabular.yaml": [{
-            "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _metadata(profile, "rayloop-tabular"),
-            "spec": {"serveConfigV2": _Literal(serve_text), "rayClusterConfig": cluster_spec(profile)},
-        }],
+        "ray-service.tabular.yaml": [
+            {
+                "apiVersion": "ray.io/v1",
+                "kind": "RayService",
+                "metadata": _metadata(profile, "rayloop-tabular"),
+                "spec": {"serveConfigV2": _Literal(serve_text), "rayClusterConfig": cluster_spec(profile)},
+            }
+        ],
         "dashboard-service.yaml": [_dashboard_service(profile)],
         "network-policy.yaml": [_network_policy(profile)],
     }
@@ -275,6 +310,7 @@ def _from_namespace(namespace: str) -> dict[str, Any]:
 def _network_policy(profile: ProfileConfig) -> dict[str, Any]:
     """Ray pods accept traffic only from each other, the operator (dashboard and agent: it
     deploys Serve apps and submits jobs), Prometheus (metrics) and the listed Serve clients."""
+
     def ports(*numbers: int) -> list[dict[str, Any]]:
         return [{"protocol": "TCP", "port": number} for number in numbers]
 
@@ -284,7 +320,9 @@ def _network_policy(profile: ProfileConfig) -> dict[str, Any]:
         {"from": [_from_namespace(profile.monitoring_namespace)], "ports": ports(METRICS_PORT)},
     ]
     if profile.serve_client_namespaces:
-        rules.append({"from": [_from_namespace(ns) for ns in profile.serve_client_namespaces], "ports": ports(SERVE_PORT)})
+        rules.append(
+            {"from": [_from_namespace(ns) for ns in profile.serve_client_namespaces], "ports": ports(SERVE_PORT)}
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -309,7 +347,15 @@ def check(profile: ProfileConfig, target: Path = KUBERAY_DIR) -> list[str]:
         path = target / name
         current = path.read_text() if path.exists() else ""
         if current != text:
-            diffs.append("".join(difflib.unified_diff(
-                current.splitlines(keepends=True), text.splitlines(keepends=True), f"{path} (committed)", f"{path} (rendered)"
-            )) or f"{path}: missing")
+            diffs.append(
+                "".join(
+                    difflib.unified_diff(
+                        current.splitlines(keepends=True),
+                        text.splitlines(keepends=True),
+                        f"{path} (committed)",
+                        f"{path} (rendered)",
+                    )
+                )
+                or f"{path}: missing"
+            )
     return diffs

@@ -125,13 +125,23 @@ class FeaturesConfig(_Section):
     min_frequency: int = Field(1, ge=1)
     time_features: list[Literal["hour", "day_of_week", "day_of_month", "month"]] = ["hour", "day_of_week"]
     profile_bins: int = Field(
-        100, ge=2, le=1000, description="quantile bins of the reference profile (drift tests merge them per window size)"
+        100,
+        ge=2,
+        le=1000,
+        description="quantile bins of the reference profile (drift tests merge them per window size)",
     )
     quantile_precision: int = Field(200, ge=8, le=65535, description="KLL sketch size (rank error ~1.3% at 200)")
 
 
 LIGHTGBM_DEFAULTS: dict[str, Any] = {"num_boost_round": 200, "learning_rate": 0.05, "num_leaves": 31}
-MLP_DEFAULTS: dict[str, Any] = {"hidden": [128, 64], "epochs": 10, "batch_size": 512, "lr": 1e-3, "dropout": 0.1, "patience": 3}
+MLP_DEFAULTS: dict[str, Any] = {
+    "hidden": [128, 64],
+    "epochs": 10,
+    "batch_size": 512,
+    "lr": 1e-3,
+    "dropout": 0.1,
+    "patience": 3,
+}
 
 
 class TrainingConfig(_Section):
@@ -140,7 +150,9 @@ class TrainingConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LIGHTGBM_DEFAULTS), description="lightgbm params")
-    mlp: dict[str, Any] = Field(default_factory=lambda: dict(MLP_DEFAULTS), description="TabularMLP and optimizer params")
+    mlp: dict[str, Any] = Field(
+        default_factory=lambda: dict(MLP_DEFAULTS), description="TabularMLP and optimizer params"
+    )
     early_stopping_rounds: int = Field(20, ge=1)
     max_failures: int = Field(1, ge=0)
     slice_column: str | None = Field(None, description="a categorical input column: test metrics per value")
@@ -165,7 +177,8 @@ class TuningConfig(_Section):
     cpus_per_trial: float = Field(1.0, gt=0)
     seed: int = 0
     search_space: dict[str, Any] = Field(
-        default_factory=dict, description="{param: {uniform|loguniform|randint|choice: args}}; empty: the model's default"
+        default_factory=dict,
+        description="{param: {uniform|loguniform|randint|choice: args}}; empty: the model's default",
     )
 
     @field_validator("search_space")
@@ -198,7 +211,8 @@ class ServingConfig(_Section):
     )
     model_ref: str = Field("champion", description="alias or version the app serves")
     follow_alias_s: float = Field(
-        1.0, ge=0,
+        1.0,
+        ge=0,
         description="replicas serving an alias check where it points this often and swap when it moves (0: only on a redeploy)",
     )
     replica_cpus: float = Field(1.0, gt=0)
@@ -226,7 +240,9 @@ class MonitoringConfig(_Section):
     enabled: bool = Field(True, description="replicas send samples and labels to the model's DriftMonitor")
     window_size: int = Field(1000, ge=10, description="sampled rows per tumbling drift window")
     sample_rate: float = Field(1.0, gt=0.0, le=1.0, description="fraction of served rows sent to the monitor")
-    buffer_size: int = Field(10_000, ge=1, description="rows a replica holds for the monitor; beyond it, drop and count")
+    buffer_size: int = Field(
+        10_000, ge=1, description="rows a replica holds for the monitor; beyond it, drop and count"
+    )
     # each send costs the monitor a Ray call and a pass over every feature whatever its size: at
     # 800 rows/s, 256-row batches every 0.5 s cost it 38.8 us per served row against 26.2
     send_batch_rows: int = Field(1024, ge=1, description="a replica sends when this many rows are buffered ...")
@@ -235,17 +251,22 @@ class MonitoringConfig(_Section):
     psi_threshold: float = Field(0.2, gt=0, description="PSI over which a feature counts as materially drifted")
     min_psi: float = Field(0.0, ge=0, description="a significant feature alarms only when its PSI is also above this")
     prediction_share: float | None = Field(
-        DEFAULT_PREDICTION_SHARE, gt=0, lt=1,
+        DEFAULT_PREDICTION_SHARE,
+        gt=0,
+        lt=1,
         description="share of p_value for the model scores' tests, the rest for the features' (null: one family); "
         "0.5 finds label-prior shifts sooner and input shifts a little later",
     )
     numeric_tests: list[Literal["rank", "scale", "ks", "chi2"]] = Field(
-        ["rank", "scale", "ks", "chi2"], min_length=1,
+        ["rank", "scale", "ks", "chi2"],
+        min_length=1,
         description="tests that decide numeric and score drift (all are reported; missingness is always tested)",
     )
     consecutive_windows: int = Field(2, ge=1, description="drifted windows in a row that raise a retrain decision")
     quality_metric: Literal["auc", "accuracy"] = "auc"
-    quality_drop: float = Field(0.05, ge=0, description="live metric this far below the champion's test metric raises one")
+    quality_drop: float = Field(
+        0.05, ge=0, description="live metric this far below the champion's test metric raises one"
+    )
     quality_windows: int = Field(
         2, ge=1, description="windows in a row the live metric must stay that low (one noisy window is not a drop)"
     )
@@ -270,7 +291,8 @@ class RetrainConfig(_Section):
 
     enabled: bool = Field(True, description="the monitor submits `workloads.retrain` for each retrain decision")
     reference_ratio: float = Field(
-        2.0, ge=0.0,
+        2.0,
+        ge=0.0,
         description="original training rows kept per labelled recent training row (a random sample; 0: recent rows only)",
     )
     recent_weight: int = Field(
@@ -288,7 +310,9 @@ class RetrainConfig(_Section):
     since: float | None = Field(
         None, description="epoch seconds: log rows served from then on form the recent window (the monitor sets it)"
     )
-    tune: bool = Field(False, description="run the Ray Tune search in the retrain job (slower) instead of one training run")
+    tune: bool = Field(
+        False, description="run the Ray Tune search in the retrain job (slower) instead of one training run"
+    )
     timeout_s: float = Field(1800, gt=0, description="a retrain job running longer is stopped and counted as timed out")
     working_dir: str | None = Field(
         None, description="runtime_env working_dir of the job; default: the installed rayloop package"
@@ -315,7 +339,9 @@ class ProfileConfig(_Section):
     into every KubeRay manifest."""
 
     name: str = Field(min_length=1)
-    config: str = Field("configs/demo.yaml", description="the rayloop config the cluster runs (relative to the working dir)")
+    config: str = Field(
+        "configs/demo.yaml", description="the rayloop config the cluster runs (relative to the working dir)"
+    )
     home: str = Field(DEFAULT_HOME, description="RAYLOOP_HOME on every node: a shared volume on a cluster")
     storage: str | None = Field(
         None, description="RAYLOOP_STORAGE: Train/Tune checkpoints (s3://, gs:// or a shared path); default under home"
@@ -324,11 +350,14 @@ class ProfileConfig(_Section):
         None, description="MLFLOW_TRACKING_URI: a real MLflow server; default the sqlite store under home"
     )
     image: str = Field(
-        "rayproject/ray", description="image repository; the tag is always <pinned Ray>-<python>-gpu (cluster/Dockerfile)"
+        "rayproject/ray",
+        description="image repository; the tag is always <pinned Ray>-<python>-gpu (cluster/Dockerfile)",
     )
     namespace: str = "default"
     state_volume_claim: str | None = Field(None, description="a ReadWriteMany PVC mounted at `home` on every Ray pod")
-    operator_namespace: str = Field("kuberay-system", description="where the KubeRay operator runs (it calls the dashboard)")
+    operator_namespace: str = Field(
+        "kuberay-system", description="where the KubeRay operator runs (it calls the dashboard)"
+    )
     monitoring_namespace: str = Field("monitoring", description="where Prometheus runs (it scrapes port 8080)")
     serve_client_namespaces: list[str] = Field(
         default_factory=list, description="namespaces whose pods may call the Serve API on port 8000"
@@ -364,7 +393,9 @@ def load_profile(name_or_path: str | Path) -> ProfileConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"cannot read profile {str(path)!r} ({exc.strerror or exc}); known profiles: {known}") from exc
+        raise ConfigError(
+            f"cannot read profile {str(path)!r} ({exc.strerror or exc}); known profiles: {known}"
+        ) from exc
     try:
         return ProfileConfig.model_validate(raw)
     except ValidationError as exc:

@@ -29,8 +29,16 @@ from typing import Any
 from rayloop import paths
 
 __all__ = [
-    "DEMO_OVERRIDES", "PREVIOUS_DIR", "DemoHead", "LoopWatcher", "archive_previous_run", "drive", "start_head", "stop_head",
-    "stop_session", "write_report",
+    "DEMO_OVERRIDES",
+    "PREVIOUS_DIR",
+    "DemoHead",
+    "LoopWatcher",
+    "archive_previous_run",
+    "drive",
+    "start_head",
+    "stop_head",
+    "stop_session",
+    "write_report",
 ]
 
 # On top of configs/demo.yaml: sizes and clocks that fit the loop into a few minutes on 2 cores.
@@ -68,7 +76,10 @@ def archive_previous_run(model_name: str) -> list[Path]:
     registry keeps its versions. Returns where they went.
     """
     home = paths.home()
-    sources = [Path(paths.monitor_state_dir(str(home), model_name)), Path(paths.inference_log_root(str(home), model_name))]
+    sources = [
+        Path(paths.monitor_state_dir(str(home), model_name)),
+        Path(paths.inference_log_root(str(home), model_name)),
+    ]
     if not any(source.exists() for source in sources):
         return []
     target = home / PREVIOUS_DIR
@@ -119,9 +130,17 @@ def start_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> DemoH
     temp_dir = paths.ensure_ray_temp_dir(paths.home() / "ray-demo")
     port = _free_port()
     cmd = [
-        _ray_bin(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        _ray_bin(),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
@@ -130,7 +149,9 @@ def start_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> DemoH
     if started.returncode != 0:
         raise RuntimeError(f"ray start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
     session = str(temp_dir / os.readlink(temp_dir / "session_latest"))
-    head = DemoHead(address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard_port}", session_dir=session, env=env)
+    head = DemoHead(
+        address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard_port}", session_dir=session, env=env
+    )
     (paths.ensure(paths.home()) / HEAD_FILE).write_text(
         json.dumps({"address": head.address, "dashboard": head.dashboard, "session_dir": session})
     )
@@ -238,43 +259,72 @@ class LoopWatcher:
                 continue
             self._seen_window = window["window"]
             top = sorted(window["scores"].items(), key=lambda kv: -kv[1]["psi"])
-            self.windows.append({"t": window["end"] - self.started, "window": window["window"], "alarm": window["alarm"],
-                                 "max_psi": top[0][1]["psi"] if top else 0.0, "drifted": window["drifted"],
-                                 "live": window["live_metric"], "version": window["reference_version"]})
+            self.windows.append(
+                {
+                    "t": window["end"] - self.started,
+                    "window": window["window"],
+                    "alarm": window["alarm"],
+                    "max_psi": top[0][1]["psi"] if top else 0.0,
+                    "drifted": window["drifted"],
+                    "live": window["live_metric"],
+                    "version": window["reference_version"],
+                }
+            )
             if window["alarm"]:
                 shown = ", ".join(f"{n} (PSI {window['scores'][n]['psi']:.2f})" for n in window["drifted"][:5])
                 more = f" and {len(window['drifted']) - 5} more" if len(window["drifted"]) > 5 else ""
-                self.event("drift", f"window {window['window']}: [red]drift[/red] in {shown}{more}",
-                           window=window["window"], features=window["drifted"])
+                self.event(
+                    "drift",
+                    f"window {window['window']}: [red]drift[/red] in {shown}{more}",
+                    window=window["window"],
+                    features=window["drifted"],
+                )
             else:
-                self.event("window", f"window {window['window']}: no drift (max PSI {top[0][1]['psi'] if top else 0:.3f}, "
-                           f"reference v{window['reference_version']})", window=window["window"])
+                self.event(
+                    "window",
+                    f"window {window['window']}: no drift (max PSI {top[0][1]['psi'] if top else 0:.3f}, "
+                    f"reference v{window['reference_version']})",
+                    window=window["window"],
+                )
             if window.get("decision") and window["decision"]["action"] == "retrain":
                 self.event("decision", f"[bold]retrain decision[/bold]: {window['decision']['reason']}")
         active = retrains.get("active")
-        if active and (self._record is None or self._record.get("phase") != active["phase"]
-                       or self._record.get("submission_id") != active["submission_id"]):
+        if active and (
+            self._record is None
+            or self._record.get("phase") != active["phase"]
+            or self._record.get("submission_id") != active["submission_id"]
+        ):
             if active["phase"] == "waiting_labels":
                 self.event("waiting", f"waiting for labels since the drift began ({active['labelled']} so far)")
             elif active["phase"] == "submitted":
-                self.event("submitted", f"retrain job [cyan]{active['submission_id']}[/cyan] submitted through the Jobs "
-                           f"API ({active['labelled']} labelled recent rows); `ray job logs {active['submission_id']}`",
-                           submission_id=active["submission_id"])
+                self.event(
+                    "submitted",
+                    f"retrain job [cyan]{active['submission_id']}[/cyan] submitted through the Jobs "
+                    f"API ({active['labelled']} labelled recent rows); `ray job logs {active['submission_id']}`",
+                    submission_id=active["submission_id"],
+                )
             elif active["phase"] == "rolling_out":
                 gate = active["gate"]
-                self.event("gate", f"gate: challenger v{active['version']} {gate.get('metric')} "
-                           f"{gate.get('challenger_score')} vs champion v{gate.get('champion_version')} "
-                           f"{gate.get('champion_score')} on {gate.get('holdout_rows')} recent labelled rows: "
-                           "[green]promoted[/green]; rolling out to every replica")
+                self.event(
+                    "gate",
+                    f"gate: challenger v{active['version']} {gate.get('metric')} "
+                    f"{gate.get('challenger_score')} vs champion v{gate.get('champion_version')} "
+                    f"{gate.get('champion_score')} on {gate.get('holdout_rows')} recent labelled rows: "
+                    "[green]promoted[/green]; rolling out to every replica",
+                )
         self._record = active
         finished = retrains.get("finished") or []
         if len(finished) > self._finished:
             self._finished = len(finished)
             done = finished[-1]
             colour = "green" if done["outcome"] == "promoted" else "yellow"
-            self.event("outcome", f"retrain {done['submission_id']}: [{colour}]{done['outcome']}[/{colour}] "
-                       f"({done['detail']}) after {done['finished_at'] - done['decided_at']:.0f}s", outcome=done["outcome"],
-                       version=done.get("version"))
+            self.event(
+                "outcome",
+                f"retrain {done['submission_id']}: [{colour}]{done['outcome']}[/{colour}] "
+                f"({done['detail']}) after {done['finished_at'] - done['decided_at']:.0f}s",
+                outcome=done["outcome"],
+                version=done.get("version"),
+            )
             return done
         return None
 
@@ -294,14 +344,22 @@ def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], eve
     marks = [e for e in events if e["kind"] in ("drift_start", "decision", "submitted", "outcome")]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
     if windows:
-        top.plot([w["t"] for w in windows], [w["max_psi"] for w in windows], marker="o", color="#1f77b4", label="max PSI")
+        top.plot(
+            [w["t"] for w in windows], [w["max_psi"] for w in windows], marker="o", color="#1f77b4", label="max PSI"
+        )
         alarms = [w for w in windows if w["alarm"]]
-        top.scatter([w["t"] for w in alarms], [w["max_psi"] for w in alarms], color="#d62728", zorder=3, label="drift alarm")
+        top.scatter(
+            [w["t"] for w in alarms], [w["max_psi"] for w in alarms], color="#d62728", zorder=3, label="drift alarm"
+        )
     top.set_ylabel("max PSI per window")
     top.legend(loc="upper left")
     versions = sorted({v for a in accuracy for v in a["versions"]})
     for version in versions:
-        pts = [(a["t"], a["accuracy"]) for a in accuracy if a["accuracy"] is not None and max(a["versions"], key=a["versions"].get) == version]
+        pts = [
+            (a["t"], a["accuracy"])
+            for a in accuracy
+            if a["accuracy"] is not None and max(a["versions"], key=a["versions"].get) == version
+        ]
         bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"answered by v{version}")
     bottom.set_ylabel("accuracy of answers (5 s buckets)")
     bottom.set_xlabel("seconds since traffic started")
@@ -316,8 +374,11 @@ def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], eve
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     image = base64.b64encode(buffer.getvalue()).decode()
-    rows = "".join(f"<tr><td>{e['t']:.1f}</td><td>{html.escape(e['kind'])}</td><td>{html.escape(_plain(e['text']))}</td></tr>"
-                   for e in events if e["kind"] != "window")
+    rows = "".join(
+        f"<tr><td>{e['t']:.1f}</td><td>{html.escape(e['kind'])}</td><td>{html.escape(_plain(e['text']))}</td></tr>"
+        for e in events
+        if e["kind"] != "window"
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>rayloop demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td{{padding:2px 8px;vertical-align:top}}
@@ -373,13 +434,16 @@ def drive(
             break
         time.sleep(2)
     if info.status != "SUCCEEDED":
-        raise RuntimeError(f"the pipeline job {info.status}: {info.message}\n"
-                           + jobs.client(head.dashboard).get_job_logs(sid)[-3000:])
+        raise RuntimeError(
+            f"the pipeline job {info.status}: {info.message}\n" + jobs.client(head.dashboard).get_job_logs(sid)[-3000:]
+        )
     timings["pipeline_s"] = round(time.time() - t0, 1)
     champion = registry.resolve_version(name, registry.CHAMPION)
     metrics = registry.load_bundle(name, champion).metrics
-    say(f"champion: {name} v{champion}, test auc {metrics.get('auc', float('nan')):.4f}, "
-        f"accuracy {metrics.get('accuracy', float('nan')):.4f}")
+    say(
+        f"champion: {name} v{champion}, test auc {metrics.get('auc', float('nan')):.4f}, "
+        f"accuracy {metrics.get('accuracy', float('nan')):.4f}"
+    )
 
     os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
     init_ray(head.address, log_to_driver=False)  # the timeline, not every worker's log
@@ -388,22 +452,32 @@ def drive(
     say(f"serving at [cyan]{url}/v1/predict[/cyan] (docs {url}/docs); DriftMonitor started")
     monitor = get_monitor(name)
 
-    traffic = TrafficConfig(url=url, rate=rate, duration_s=clean_s + max_wait_s + after_s, drift_at_s=clean_s,
-                            label_delay_s=1.0, seed=int(t0) % 1000)
+    traffic = TrafficConfig(
+        url=url,
+        rate=rate,
+        duration_s=clean_s + max_wait_s + after_s,
+        drift_at_s=clean_s,
+        label_delay_s=1.0,
+        seed=int(t0) % 1000,
+    )
     stop = threading.Event()
     box: dict[str, Any] = {}
     sender = threading.Thread(target=lambda: box.update(stats=run_traffic(traffic, stop=stop)), daemon=True)
     traffic_start = time.time()
     sender.start()
     watcher = LoopWatcher(monitor, say, started=traffic_start)
-    watcher.event("traffic", f"traffic: {rate:g} req/s, labels 1 s later; abrupt covariate + concept drift at {clean_s:g}s")
+    watcher.event(
+        "traffic", f"traffic: {rate:g} req/s, labels 1 s later; abrupt covariate + concept drift at {clean_s:g}s"
+    )
     done = None
     drift_logged = False
     deadline = traffic_start + clean_s + max_wait_s
     try:
         while time.time() < deadline and done is None:
             if not drift_logged and time.time() - traffic_start >= clean_s:
-                watcher.event("drift_start", "[bold]drift starts[/bold]: the inputs shift and the label function changes")
+                watcher.event(
+                    "drift_start", "[bold]drift starts[/bold]: the inputs shift and the label function changes"
+                )
                 drift_logged = True
             done = watcher.poll()
             time.sleep(1.0)
@@ -416,8 +490,13 @@ def drive(
         stop.set()
         sender.join(timeout=60)
     stats = box.get("stats")
-    summary: dict[str, Any] = {"model": name, "first_champion": champion, "timings": timings,
-                               "traffic": stats.summary() if stats else None, "retrain": done}
+    summary: dict[str, Any] = {
+        "model": name,
+        "first_champion": champion,
+        "timings": timings,
+        "traffic": stats.summary() if stats else None,
+        "retrain": done,
+    }
     if stats is not None:
         summary["accuracy"] = {
             "clean, champion": stats.accuracy(version=champion, drift=False),
@@ -432,7 +511,10 @@ def drive(
             summary.setdefault("seconds_after_drift", {})[kind] = round(t - drift_t, 1)
     report = write_report(
         paths.ensure(paths.reports_dir()) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.html",
-        windows=watcher.windows, accuracy=stats.timeline(5.0) if stats else [], events=watcher.events, summary=summary,
+        windows=watcher.windows,
+        accuracy=stats.timeline(5.0) if stats else [],
+        events=watcher.events,
+        summary=summary,
     )
     summary["report"] = str(report)
     summary["wall_s"] = round(time.time() - t0, 1)

@@ -69,20 +69,38 @@ def check_environment(env: Mapping[str, str], token_files: Iterable[Path] = ()) 
     findings = []
     mode = env.get("RAY_AUTH_MODE", "")
     if mode == "disabled":
-        findings.append(Finding("unsafe", "RAY_AUTH_MODE", "Ray token auth is disabled: anyone who reaches the "
-                                "dashboard or GCS port can run code", "unset RAY_AUTH_MODE or set it to token"))
+        findings.append(
+            Finding(
+                "unsafe",
+                "RAY_AUTH_MODE",
+                "Ray token auth is disabled: anyone who reaches the dashboard or GCS port can run code",
+                "unset RAY_AUTH_MODE or set it to token",
+            )
+        )
     elif mode == "token":
         findings.append(Finding("ok", "RAY_AUTH_MODE", "token auth on"))
     else:
-        findings.append(Finding("warn", "RAY_AUTH_MODE", "not set in this shell: clients will get 401 from a "
-                                "token-auth cluster", 'eval "$(rayloop env)" or export RAY_AUTH_MODE=token'))
+        findings.append(
+            Finding(
+                "warn",
+                "RAY_AUTH_MODE",
+                "not set in this shell: clients will get 401 from a token-auth cluster",
+                'eval "$(rayloop env)" or export RAY_AUTH_MODE=token',
+            )
+        )
     for path in token_files:
         if not path.is_file():
             continue
         mode_bits = stat.S_IMODE(path.stat().st_mode)
         if mode_bits & 0o077:
-            findings.append(Finding("unsafe", str(path), f"token file mode {oct(mode_bits)}: other users can read it",
-                                    f"chmod 600 {path}"))
+            findings.append(
+                Finding(
+                    "unsafe",
+                    str(path),
+                    f"token file mode {oct(mode_bits)}: other users can read it",
+                    f"chmod 600 {path}",
+                )
+            )
         else:
             findings.append(Finding("ok", str(path), "token file readable by its owner only"))
     return findings
@@ -93,10 +111,22 @@ def check_serving(host: str, token_env: str, env: Mapping[str, str]) -> list[Fin
     if _loopback(host):
         return [Finding("ok", "serving.host", f"Serve listens on {host}")]
     if env.get(token_env):
-        return [Finding("warn", "serving.host", f"Serve listens on {host}, guarded by the bearer token in ${token_env}",
-                        "keep TLS in front of it")]
-    return [Finding("unsafe", "serving.host", f"Serve listens on {host} with no bearer token (${token_env} unset)",
-                    f"set serving.host=127.0.0.1, or export {token_env} on every node")]
+        return [
+            Finding(
+                "warn",
+                "serving.host",
+                f"Serve listens on {host}, guarded by the bearer token in ${token_env}",
+                "keep TLS in front of it",
+            )
+        ]
+    return [
+        Finding(
+            "unsafe",
+            "serving.host",
+            f"Serve listens on {host} with no bearer token (${token_env} unset)",
+            f"set serving.host=127.0.0.1, or export {token_env} on every node",
+        )
+    ]
 
 
 # --- live listeners ------------------------------------------------------------------------------
@@ -118,29 +148,45 @@ def check_listeners(listeners: Iterable[Listener], token_auth: bool = True) -> l
         if _loopback(item.host):
             continue
         if token_auth and item.process.startswith(TOKEN_GUARDED_WILDCARDS) and item.host in ("::", "0.0.0.0"):
-            findings.append(Finding(
-                "warn", f"{item.process} (pid {item.pid})",
-                f"listens on {item.host}:{item.port}: Serve's inter-deployment gRPC server, bound to all interfaces by "
-                "Ray itself (no setting); it requires the cluster token",
-                "on a reachable machine, firewall Ray's worker ports",
-            ))
+            findings.append(
+                Finding(
+                    "warn",
+                    f"{item.process} (pid {item.pid})",
+                    f"listens on {item.host}:{item.port}: Serve's inter-deployment gRPC server, bound to all interfaces by "
+                    "Ray itself (no setting); it requires the cluster token",
+                    "on a reachable machine, firewall Ray's worker ports",
+                )
+            )
             continue
-        findings.append(Finding(
-            "unsafe", f"{item.process} (pid {item.pid})", f"listens on {item.host}:{item.port}, beyond 127.0.0.1",
-            "start Ray the rayloop way (`rayloop demo`, `eval \"$(rayloop env)\"`: node IP 127.0.0.1), "
-            "--dashboard-host=127.0.0.1, serving.host=127.0.0.1",
-        ))
+        findings.append(
+            Finding(
+                "unsafe",
+                f"{item.process} (pid {item.pid})",
+                f"listens on {item.host}:{item.port}, beyond 127.0.0.1",
+                'start Ray the rayloop way (`rayloop demo`, `eval "$(rayloop env)"`: node IP 127.0.0.1), '
+                "--dashboard-host=127.0.0.1, serving.host=127.0.0.1",
+            )
+        )
     if seen and not [f for f in findings if f.level == "unsafe"]:
         processes = len({item.pid for item in seen})
         exceptions = len(findings)
-        findings.append(Finding("ok", "listeners", f"{len(seen)} sockets of {processes} Ray processes, all on the loopback"
-                                + (f" but the {exceptions} above" if exceptions else "")))
+        findings.append(
+            Finding(
+                "ok",
+                "listeners",
+                f"{len(seen)} sockets of {processes} Ray processes, all on the loopback"
+                + (f" but the {exceptions} above" if exceptions else ""),
+            )
+        )
     return findings
 
 
 def _is_ray_process(name: str, cmdline: str) -> bool:
-    return (name in RAY_PROCESS_NAMES or name.startswith(("ray::", "ray-dashboard"))
-            or any(marker in cmdline for marker in RAY_CMDLINE_MARKERS))
+    return (
+        name in RAY_PROCESS_NAMES
+        or name.startswith(("ray::", "ray-dashboard"))
+        or any(marker in cmdline for marker in RAY_CMDLINE_MARKERS)
+    )
 
 
 def live_listeners() -> list[Listener]:
@@ -174,8 +220,14 @@ def probe_dashboard(url: str) -> list[Finding]:
         return [Finding("warn", url, f"dashboard not reachable: {exc}")]
     if status in (401, 403):
         return [Finding("ok", url, f"the Jobs API refuses a request without the token ({status})")]
-    return [Finding("unsafe", url, f"the Jobs API answered {status} without a token: token auth is off",
-                    "restart the cluster with RAY_AUTH_MODE=token")]
+    return [
+        Finding(
+            "unsafe",
+            url,
+            f"the Jobs API answered {status} without a token: token auth is off",
+            "restart the cluster with RAY_AUTH_MODE=token",
+        )
+    ]
 
 
 # --- cluster files -------------------------------------------------------------------------------
@@ -201,29 +253,50 @@ def _walk(node: Any, path: str = "") -> Iterable[tuple[str, str, Any]]:
 
 
 def _secrets(where: str, text: str, docs: list[Any]) -> list[Finding]:
-    findings = [Finding("unsafe", where, f"contains {what}", "move it to a secret store or the environment")
-                for pattern, what in SECRET_TEXT if pattern.search(text)]
+    findings = [
+        Finding("unsafe", where, f"contains {what}", "move it to a secret store or the environment")
+        for pattern, what in SECRET_TEXT
+        if pattern.search(text)
+    ]
     for doc in docs:
         for path, key, value in _walk(doc):
             # a variable's name or a file's path (file_mounts: {/home/ray/.ray/auth_token: ~/...}) is no secret
-            literal = (isinstance(value, str) and value and not ENV_NAME.match(value)
-                       and not value.startswith(("/", "~", "./", "../")))
+            literal = (
+                isinstance(value, str)
+                and value
+                and not ENV_NAME.match(value)
+                and not value.startswith(("/", "~", "./", "../"))
+            )
             if SECRET_KEY.search(key) and literal and not key.endswith(("_env", "_path", "_file", "Ref")):
-                findings.append(Finding("unsafe", f"{where}: {path}.{key}", "a literal secret value",
-                                        "read it from the environment or a secretKeyRef"))
+                findings.append(
+                    Finding(
+                        "unsafe",
+                        f"{where}: {path}.{key}",
+                        "a literal secret value",
+                        "read it from the environment or a secretKeyRef",
+                    )
+                )
             # Kubernetes env entries: {name: RAY_AUTH_TOKEN, value: ...}
             if key == "env" and isinstance(value, list):
                 for entry in value:
                     if isinstance(entry, dict) and SECRET_KEY.search(str(entry.get("name", ""))) and entry.get("value"):
-                        findings.append(Finding("unsafe", f"{where}: {path}.env {entry['name']}",
-                                                "a secret as a literal env value", "use valueFrom.secretKeyRef"))
+                        findings.append(
+                            Finding(
+                                "unsafe",
+                                f"{where}: {path}.env {entry['name']}",
+                                "a secret as a literal env value",
+                                "use valueFrom.secretKeyRef",
+                            )
+                        )
     return findings
 
 
 def _ray_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     spec = doc.get("spec") or {}
     kind = doc.get("kind")
-    found = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}.get(kind)
+    found = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}.get(
+        kind
+    )
     return [found] if found else []
 
 
@@ -234,25 +307,60 @@ def _kubernetes(where: str, docs: list[dict[str, Any]], neighbours: list[dict[st
         kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name", "?")
         label = f"{where}: {kind}/{name}"
         if kind == "Service" and (doc.get("spec") or {}).get("type") in ("LoadBalancer", "NodePort"):
-            findings.append(Finding("unsafe", label, f"Service type {doc['spec']['type']} exposes it outside the cluster",
-                                    "use ClusterIP and kubectl port-forward, or an authenticated ingress"))
+            findings.append(
+                Finding(
+                    "unsafe",
+                    label,
+                    f"Service type {doc['spec']['type']} exposes it outside the cluster",
+                    "use ClusterIP and kubectl port-forward, or an authenticated ingress",
+                )
+            )
         for spec in _ray_specs(doc):
-            env = {e.get("name"): e.get("value") for group in [spec.get("headGroupSpec", {}), *spec.get("workerGroupSpecs", [])]
-                   for c in group.get("template", {}).get("spec", {}).get("containers", []) for e in c.get("env", [])}
+            env = {
+                e.get("name"): e.get("value")
+                for group in [spec.get("headGroupSpec", {}), *spec.get("workerGroupSpecs", [])]
+                for c in group.get("template", {}).get("spec", {}).get("containers", [])
+                for e in c.get("env", [])
+            }
             if (spec.get("authOptions") or {}).get("mode") != "token" and env.get("RAY_AUTH_MODE") != "token":
-                findings.append(Finding("unsafe", label, "Ray token auth is not on",
-                                        "spec authOptions: {mode: token} (KubeRay >= 1.5.1)"))
+                findings.append(
+                    Finding(
+                        "unsafe",
+                        label,
+                        "Ray token auth is not on",
+                        "spec authOptions: {mode: token} (KubeRay >= 1.5.1)",
+                    )
+                )
             head = spec.get("headGroupSpec", {})
             if head.get("serviceType") in ("LoadBalancer", "NodePort"):
-                findings.append(Finding("unsafe", label, f"head serviceType {head['serviceType']} exposes the dashboard "
-                                        "and GCS", "serviceType: ClusterIP"))
+                findings.append(
+                    Finding(
+                        "unsafe",
+                        label,
+                        f"head serviceType {head['serviceType']} exposes the dashboard and GCS",
+                        "serviceType: ClusterIP",
+                    )
+                )
             if head.get("rayStartParams", {}).get("dashboard-host") == "0.0.0.0" and not has_policy:
-                findings.append(Finding("warn", label, "dashboard on 0.0.0.0 in the pod and no NetworkPolicy beside it",
-                                        "apply cluster/kuberay/network-policy.yaml"))
+                findings.append(
+                    Finding(
+                        "warn",
+                        label,
+                        "dashboard on 0.0.0.0 in the pod and no NetworkPolicy beside it",
+                        "apply cluster/kuberay/network-policy.yaml",
+                    )
+                )
     if not findings:
         ray_kinds = any(_ray_specs(doc) for doc in docs)
-        findings.append(Finding("ok", where, "token auth on, nothing exposed beyond the cluster" if ray_kinds
-                                else "nothing exposed beyond the cluster"))
+        findings.append(
+            Finding(
+                "ok",
+                where,
+                "token auth on, nothing exposed beyond the cluster"
+                if ray_kinds
+                else "nothing exposed beyond the cluster",
+            )
+        )
     return findings
 
 
@@ -266,19 +374,37 @@ def _launcher(where: str, doc: dict[str, Any]) -> list[Finding]:
     commands = {k: "\n".join(doc.get(k) or []) for k in ("head_start_ray_commands", "worker_start_ray_commands")}
     for key, text in commands.items():
         if "ray start" in text and "RAY_AUTH_MODE=token" not in text:
-            findings.append(Finding("unsafe", f"{where}: {key}", "`ray start` without RAY_AUTH_MODE=token",
-                                    "prefix it with RAY_AUTH_MODE=token"))
+            findings.append(
+                Finding(
+                    "unsafe",
+                    f"{where}: {key}",
+                    "`ray start` without RAY_AUTH_MODE=token",
+                    "prefix it with RAY_AUTH_MODE=token",
+                )
+            )
     host = _host_flag(commands["head_start_ray_commands"], "--dashboard-host")
     if host is None or not _loopback(host):
-        findings.append(Finding("unsafe", f"{where}: head_start_ray_commands", f"dashboard host {host or '(Ray default)'}"
-                                " is not 127.0.0.1", "--dashboard-host=127.0.0.1 and reach it with `ray dashboard`"))
+        findings.append(
+            Finding(
+                "unsafe",
+                f"{where}: head_start_ray_commands",
+                f"dashboard host {host or '(Ray default)'} is not 127.0.0.1",
+                "--dashboard-host=127.0.0.1 and reach it with `ray dashboard`",
+            )
+        )
     for path, key, value in _walk(doc):
         if key == "IpPermissions" and isinstance(value, list):
             for rule in value:
                 opened = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", []))
                 if opened and not (rule.get("FromPort") == 22 and rule.get("ToPort") == 22):
-                    findings.append(Finding("unsafe", f"{where}: {path}", f"ports {rule.get('FromPort')}-{rule.get('ToPort')}"
-                                            " open to 0.0.0.0/0", "open only SSH; use `ray dashboard` to port-forward"))
+                    findings.append(
+                        Finding(
+                            "unsafe",
+                            f"{where}: {path}",
+                            f"ports {rule.get('FromPort')}-{rule.get('ToPort')} open to 0.0.0.0/0",
+                            "open only SSH; use `ray dashboard` to port-forward",
+                        )
+                    )
     if not findings:
         findings.append(Finding("ok", where, "token auth on every node, dashboard on 127.0.0.1"))
     return findings
@@ -288,7 +414,11 @@ def _serve_config(where: str, doc: dict[str, Any]) -> list[Finding]:
     host = (doc.get("http_options") or {}).get("host", "127.0.0.1")
     if _loopback(host):
         return [Finding("ok", where, f"Serve listens on {host}")]
-    return [Finding("warn", where, f"Serve listens on {host}", "keep 127.0.0.1 unless a gateway or the bearer token guards it")]
+    return [
+        Finding(
+            "warn", where, f"Serve listens on {host}", "keep 127.0.0.1 unless a gateway or the bearer token guards it"
+        )
+    ]
 
 
 def check_cluster_file(path: Path) -> list[Finding]:

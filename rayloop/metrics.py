@@ -47,38 +47,61 @@ class MetricSpec:
 # request refused before a model was chosen gets the replica's current version, "none" before
 # the first load), so dashboards split traffic, latency and batches by version across a rollout.
 REQUESTS = MetricSpec(
-    "rayloop_serve_requests", "counter", "HTTP requests answered, by route, status code and model version",
+    "rayloop_serve_requests",
+    "counter",
+    "HTTP requests answered, by route, status code and model version",
     ("route", "status", "model_version"),
 )
 LATENCY_MS = MetricSpec(
-    "rayloop_serve_latency_ms", "histogram", "time in the replica from request to response", ("route", "model_version"),
+    "rayloop_serve_latency_ms",
+    "histogram",
+    "time in the replica from request to response",
+    ("route", "model_version"),
     tuple(LATENCY_BUCKETS_MS),
 )
 ROWS = MetricSpec("rayloop_serve_rows", "counter", "rows scored", ("model_version",))
 BATCH_ROWS = MetricSpec(
-    "rayloop_serve_batch_rows", "histogram", "rows per model call (a batch of requests)", ("model_version",),
+    "rayloop_serve_batch_rows",
+    "histogram",
+    "rows per model call (a batch of requests)",
+    ("model_version",),
     tuple(BATCH_BUCKETS),
 )
 PREDICTIONS = MetricSpec(
     "rayloop_serve_prediction", "histogram", "predicted probabilities", ("model_version",), tuple(PROBABILITY_BUCKETS)
 )
 MODEL_VERSION = MetricSpec(
-    "rayloop_serve_model_version", "gauge", "the registry version each replica serves (1 = serving)", ("model", "version")
+    "rayloop_serve_model_version",
+    "gauge",
+    "the registry version each replica serves (1 = serving)",
+    ("model", "version"),
 )
 MODEL_SWAPS = MetricSpec("rayloop_serve_model_swaps", "counter", "hot swaps, by outcome", ("outcome",))
 PARITY_FALLBACKS = MetricSpec(
-    "rayloop_serve_parity_fallbacks", "counter", "optimized backends refused by the parity check or unavailable",
+    "rayloop_serve_parity_fallbacks",
+    "counter",
+    "optimized backends refused by the parity check or unavailable",
     ("backend", "reason"),
 )
 FEEDBACK = MetricSpec("rayloop_serve_feedback", "counter", "labels received on /v1/feedback", ("label",))
 
 MONITOR_SAMPLES = MetricSpec(
-    "rayloop_serve_monitor_samples", "counter",
-    "served rows offered to the DriftMonitor: sent, or dropped because the replica's buffer was full", ("outcome",),
+    "rayloop_serve_monitor_samples",
+    "counter",
+    "served rows offered to the DriftMonitor: sent, or dropped because the replica's buffer was full",
+    ("outcome",),
 )
 
 SERVING = (
-    REQUESTS, LATENCY_MS, ROWS, BATCH_ROWS, PREDICTIONS, MODEL_VERSION, MODEL_SWAPS, PARITY_FALLBACKS, FEEDBACK,
+    REQUESTS,
+    LATENCY_MS,
+    ROWS,
+    BATCH_ROWS,
+    PREDICTIONS,
+    MODEL_VERSION,
+    MODEL_SWAPS,
+    PARITY_FALLBACKS,
+    FEEDBACK,
     MONITOR_SAMPLES,
 )
 
@@ -89,8 +112,10 @@ DRIFT_JS = MetricSpec(
     "rayloop_monitor_drift_js", "gauge", "Jensen-Shannon distance of the last closed window, per feature", ("feature",)
 )
 DRIFT_P = MetricSpec(
-    "rayloop_monitor_drift_p_adjusted", "gauge",
-    "smallest Benjamini-Hochberg adjusted p-value of the feature's tests in the last window", ("feature",),
+    "rayloop_monitor_drift_p_adjusted",
+    "gauge",
+    "smallest Benjamini-Hochberg adjusted p-value of the feature's tests in the last window",
+    ("feature",),
 )
 DRIFT_DRIFTED = MetricSpec(
     "rayloop_monitor_drift_drifted", "gauge", "1 when the feature drifted in the last closed window", ("feature",)
@@ -104,17 +129,24 @@ REFERENCE_QUALITY = MetricSpec(
     "rayloop_monitor_reference_quality", "gauge", "the reference version's test metric (auc, accuracy)", ("metric",)
 )
 LABELS = MetricSpec(
-    "rayloop_monitor_labels", "counter", "labels received, by join outcome (joined, late, duplicate, unknown)", ("outcome",)
+    "rayloop_monitor_labels",
+    "counter",
+    "labels received, by join outcome (joined, late, duplicate, unknown)",
+    ("outcome",),
 )
 LABEL_LAG_S = MetricSpec(
     "rayloop_monitor_label_lag_s", "histogram", "seconds from prediction to its label", (), tuple(LAG_BUCKETS_S)
 )
-SAMPLES = MetricSpec("rayloop_monitor_rows", "counter", "sampled rows the monitor logged and counted", ("model_version",))
+SAMPLES = MetricSpec(
+    "rayloop_monitor_rows", "counter", "sampled rows the monitor logged and counted", ("model_version",)
+)
 SERVING_VERSION = MetricSpec(
     "rayloop_monitor_serving_version", "gauge", "1 for the version the latest samples came from", ("version",)
 )
 DECISIONS = MetricSpec(
-    "rayloop_monitor_decisions", "counter", "retrain decisions raised or suppressed, with the trigger and the reason",
+    "rayloop_monitor_decisions",
+    "counter",
+    "retrain decisions raised or suppressed, with the trigger and the reason",
     ("action", "trigger", "suppressed_by"),
 )
 PENDING_DECISION = MetricSpec(
@@ -125,21 +157,44 @@ LOG_ROWS = MetricSpec(
     "rayloop_monitor_log_rows", "counter", "rows compacted into the inference log's Parquet files", ()
 )
 RETRAINS = MetricSpec(
-    "rayloop_loop_retrains", "counter",
-    "retrain jobs finished, by outcome (promoted, refused, failed, timed_out, submit_failed, rollout_failed)", ("outcome",),
+    "rayloop_loop_retrains",
+    "counter",
+    "retrain jobs finished, by outcome (promoted, refused, failed, timed_out, submit_failed, rollout_failed)",
+    ("outcome",),
 )
 RETRAIN_PHASE = MetricSpec(
-    "rayloop_loop_retrain_phase", "gauge",
-    "1 for the phase of the retrain in flight (waiting_labels, submitted, rolling_out); all 0 when idle", ("phase",),
+    "rayloop_loop_retrain_phase",
+    "gauge",
+    "1 for the phase of the retrain in flight (waiting_labels, submitted, rolling_out); all 0 when idle",
+    ("phase",),
 )
 RETRAIN_SECONDS = MetricSpec(
-    "rayloop_loop_retrain_seconds", "histogram", "seconds from a retrain decision to its outcome, by outcome",
-    ("outcome",), (10, 30, 60, 90, 120, 180, 300, 600, 1200, 3600),
+    "rayloop_loop_retrain_seconds",
+    "histogram",
+    "seconds from a retrain decision to its outcome, by outcome",
+    ("outcome",),
+    (10, 30, 60, 90, 120, 180, 300, 600, 1200, 3600),
 )
 
 MONITOR = (
-    DRIFT_PSI, DRIFT_JS, DRIFT_P, DRIFT_DRIFTED, WINDOWS, ALARMS, LIVE_QUALITY, REFERENCE_QUALITY, LABELS, LABEL_LAG_S,
-    SAMPLES, SERVING_VERSION, DECISIONS, PENDING_DECISION, OPEN_WINDOW_ROWS, LOG_ROWS, RETRAINS, RETRAIN_PHASE,
+    DRIFT_PSI,
+    DRIFT_JS,
+    DRIFT_P,
+    DRIFT_DRIFTED,
+    WINDOWS,
+    ALARMS,
+    LIVE_QUALITY,
+    REFERENCE_QUALITY,
+    LABELS,
+    LABEL_LAG_S,
+    SAMPLES,
+    SERVING_VERSION,
+    DECISIONS,
+    PENDING_DECISION,
+    OPEN_WINDOW_ROWS,
+    LOG_ROWS,
+    RETRAINS,
+    RETRAIN_PHASE,
     RETRAIN_SECONDS,
 )
 

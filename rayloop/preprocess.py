@@ -47,7 +47,13 @@ from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import numeric_summary
 
 __all__ = [
-    "PreprocessResult", "resolve_source", "resolve_schema", "run_preprocess", "load_run", "load_holdout", "latest_run_id",
+    "PreprocessResult",
+    "resolve_source",
+    "resolve_schema",
+    "run_preprocess",
+    "load_run",
+    "load_holdout",
+    "latest_run_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,9 @@ Progress = Callable[[str], None]
 FEATURES_DIR = "features"
 REJECTS_DIR = "rejects"
 HOLDOUT_DIR = "holdout"  # the raw rows of the test split, for the quality gate
-REFERENCE_ROWS_DIR = "reference_rows"  # optional: raw rows the model's score histogram describes (a retrain's recent traffic)
+REFERENCE_ROWS_DIR = (
+    "reference_rows"  # optional: raw rows the model's score histogram describes (a retrain's recent traffic)
+)
 FITTED_FEATURES_FILE = "fitted_features.json"
 PROFILE_FILE = "profile.json"
 SCHEMA_FILE = "schema.json"
@@ -173,7 +181,9 @@ def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], hol
 
 
 # ---- the pipeline --------------------------------------------------------------------------
-def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None) -> PreprocessResult:
+def run_preprocess(
+    config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None
+) -> PreprocessResult:
     """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths."""
     from rayloop.features.aggregates import compute_stats
 
@@ -208,9 +218,7 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
     malformed_dir = run_dir / "malformed"
     # this pass alone keeps unparseable CSV lines; later passes skip them silently
     first_pass = read_dataset(info, override_num_blocks=data.read_blocks, malformed_dir=str(malformed_dir))
-    first_pass.map_batches(_rejects_batch, fn_kwargs=args, **fmap, zero_copy_batch=True).write_parquet(
-        str(rejects_dir)
-    )
+    first_pass.map_batches(_rejects_batch, fn_kwargs=args, **fmap, zero_copy_batch=True).write_parquet(str(rejects_dir))
     malformed = _write_malformed(schema, malformed_dir, rejects_dir)
     rows_rejected = _parquet_rows(rejects_dir)
     rows_total = ds.count() + malformed
@@ -236,7 +244,9 @@ def run_preprocess(config: RayloopConfig, *, run_id: str | None = None, progress
             [],
             precision=800,
         )
-        cutoffs = [int(q) for q in numeric_summary(stats["numeric"]["_t"], time_cutoff_quantiles(fractions))["quantiles"]]
+        cutoffs = [
+            int(q) for q in numeric_summary(stats["numeric"]["_t"], time_cutoff_quantiles(fractions))["quantiles"]
+        ]
         split_args = {"method": "time", "column": data.timestamp_column, "arg": cutoffs, "seed": 0}
     else:
         split_args = {"method": "hash", "column": data.id_column, "arg": fractions, "seed": data.split.seed}
@@ -351,4 +361,3 @@ def load_run(run_id: str | None = None) -> tuple[Path, FittedFeatures, Reference
     profile = ReferenceProfile.from_json((run_dir / PROFILE_FILE).read_text())
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     return run_dir, fitted, profile, summary
-

@@ -261,7 +261,8 @@ def promote(
     if champion_probs is not None and not math.isnan(challenger_score) and not math.isnan(champion_score):
         lo, hi = paired_difference_interval(y, challenger_probs, champion_probs, metric)
         decision = replace(
-            decision, difference_interval=[lo, hi],
+            decision,
+            difference_interval=[lo, hi],
             reason=f"{decision.reason}; challenger - champion 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] over {len(y)} rows",
         )
     for key, value in {
@@ -283,7 +284,14 @@ def promote(
         if resolve_version(name, CHALLENGER) == version:
             mlflow_client.delete_registered_model_alias(name, CHALLENGER)
     event = "promoted" if decision.promote else "promotion_refused"
-    audit.record(event, model=name, version=version, previous=champion_version, holdout_rows=holdout.num_rows, **decision.to_dict())
+    audit.record(
+        event,
+        model=name,
+        version=version,
+        previous=champion_version,
+        holdout_rows=holdout.num_rows,
+        **decision.to_dict(),
+    )
     log.info("%s %s v%s: %s", event, name, version, decision.reason)
     return decision
 

@@ -46,7 +46,6 @@ __all__ = ["RetrainData", "RetrainResult", "assemble", "recent_rows", "run_retra
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RetrainData:
     train: pa.Table  # schema columns, reference sample + weighted recent rows
@@ -79,7 +78,9 @@ def recent_rows(log_table: pa.Table, since: float | None) -> pa.Table:
         return log_table
     if since is not None:
         cutoff = pa.scalar(int(since * 1000), pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        log_table = log_table.filter(pc.greater_equal(log_table.column("ts").cast(pa.timestamp("ms", tz="UTC")), cutoff))
+        log_table = log_table.filter(
+            pc.greater_equal(log_table.column("ts").cast(pa.timestamp("ms", tz="UTC")), cutoff)
+        )
     return log_table.sort_by([("ts", "ascending")])
 
 
@@ -91,8 +92,9 @@ def _entity_ids(request_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.array((hashed >> np.uint64(2)).astype(np.int64))
 
 
-def _as_schema_rows(recent: pa.Table, schema: FeatureSchema, *, label: str, id_column: str | None,
-                    timestamp_column: str | None) -> pa.Table:
+def _as_schema_rows(
+    recent: pa.Table, schema: FeatureSchema, *, label: str, id_column: str | None, timestamp_column: str | None
+) -> pa.Table:
     """Log rows -> the training data's columns: entity ids made up, the serving time as event time
     when the request had none, the label from the feedback join."""
     target = schema.arrow_schema()
@@ -112,8 +114,15 @@ def _as_schema_rows(recent: pa.Table, schema: FeatureSchema, *, label: str, id_c
     return pa.table(columns, schema=target)
 
 
-def split_recent(recent: pa.Table, schema: FeatureSchema, config: RetrainConfig, *, label: str,
-                 id_column: str | None, timestamp_column: str | None) -> tuple[pa.Table, pa.Table, pa.Table]:
+def split_recent(
+    recent: pa.Table,
+    schema: FeatureSchema,
+    config: RetrainConfig,
+    *,
+    label: str,
+    id_column: str | None,
+    timestamp_column: str | None,
+) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(every recent row, labelled rows to train on, the newest labelled rows held out), in the
     training data's columns. Raises RetrainError when too few recent rows are labelled."""
     rows = _as_schema_rows(recent, schema, label=label, id_column=id_column, timestamp_column=timestamp_column)
@@ -138,7 +147,9 @@ def sample_rows(batches: Iterable[pa.RecordBatch | pa.Table], fraction: float, s
     return pa.concat_tables(kept, promote_options="permissive") if kept else None
 
 
-def assemble(reference_sample: pa.Table, split: tuple[pa.Table, pa.Table, pa.Table], config: RetrainConfig) -> RetrainData:
+def assemble(
+    reference_sample: pa.Table, split: tuple[pa.Table, pa.Table, pa.Table], config: RetrainConfig
+) -> RetrainData:
     """The training window (the reference sample + the recent labelled rows, repeated
     `recent_weight` times) and the gate's holdout, from `split_recent`'s split; see the module docstring."""
     rows, recent_train, holdout = split
@@ -220,7 +231,11 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     audit.record("retrain_job_started", model=model_name, submission_id=submission_id, champion=champion, since=since)
 
     recent = recent_rows(_read_log(root, model_name, since), since)
-    roles = {"label": data_cfg.label_column, "id_column": data_cfg.id_column, "timestamp_column": data_cfg.timestamp_column}
+    roles = {
+        "label": data_cfg.label_column,
+        "id_column": data_cfg.id_column,
+        "timestamp_column": data_cfg.timestamp_column,
+    }
     split = split_recent(recent, schema, config.retrain, **roles)  # fails fast when labels are short
     reference = _read_reference_sample(config, schema, int(config.retrain.reference_ratio * split[1].num_rows))
     data = assemble(reference, split, config.retrain)
@@ -250,8 +265,11 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     _write(data.holdout, run_dir / HOLDOUT_DIR / "part-recent.parquet")
     _write(data.recent, run_dir / REFERENCE_ROWS_DIR / "part-recent.parquet")  # the score histogram's rows
     pipeline = FeaturePipeline(
-        window.features, schema, label_column=data_cfg.label_column,
-        timestamp_column=data_cfg.timestamp_column, id_column=data_cfg.id_column,
+        window.features,
+        schema,
+        label_column=data_cfg.label_column,
+        timestamp_column=data_cfg.timestamp_column,
+        id_column=data_cfg.id_column,
     )
     (run_dir / PROFILE_FILE).write_text(pipeline.fit_table(data.recent)[1].to_json())
     preprocessed = time.perf_counter()
@@ -263,8 +281,12 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         mlflow_client.set_model_version_tag(model_name, outcome.version, registry.RETRAIN_TAG, submission_id)
     mlflow_client.set_model_version_tag(model_name, outcome.version, "rayloop.retrain.window", json.dumps(data.counts))
     decision = registry.promote(
-        model_name, outcome.version, data.holdout, label=data_cfg.label_column,
-        metric=config.registry.gate_metric, tolerance=config.registry.tolerance,
+        model_name,
+        outcome.version,
+        data.holdout,
+        label=data_cfg.label_column,
+        metric=config.registry.gate_metric,
+        tolerance=config.registry.tolerance,
     )
     result = RetrainResult(
         submission_id=submission_id,
@@ -285,6 +307,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         },
     )
     (work / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    audit.record("retrain_job_finished", **{k: v for k, v in result.to_dict().items() if k != "gate"},
-                 reason=decision.reason)
+    audit.record(
+        "retrain_job_finished", **{k: v for k, v in result.to_dict().items() if k != "gate"}, reason=decision.reason
+    )
     return result

@@ -82,7 +82,9 @@ def ray_env() -> dict[str, str]:
         # clusters start from cluster/, where this is unset.
         LOOPBACK_ENV: os.environ.get(LOOPBACK_ENV, "0"),
         # compiled kernels of the torch_compile backend (default /tmp/torchinductor_<user>, ~/.triton)
-        "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(paths.compile_cache_dir("torchinductor"))),
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get(
+            "TORCHINDUCTOR_CACHE_DIR", str(paths.compile_cache_dir("torchinductor"))
+        ),
         "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR", str(paths.compile_cache_dir("triton"))),
     }
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):

@@ -44,7 +44,9 @@ class TrafficConfig(BaseModel):
     label_fraction: float = Field(1.0, ge=0, le=1, description="share of requests whose label arrives")
     concurrency: int = Field(64, ge=1, description="requests in flight at most")
     pool_rows: int = Field(
-        20_000, ge=100, description="synthetic rows per phase at least; more when the run needs more (rows never repeat)"
+        20_000,
+        ge=100,
+        description="synthetic rows per phase at least; more when the run needs more (rows never repeat)",
     )
     seed: int = 11
     timeout_s: float = Field(10.0, gt=0)
@@ -78,20 +80,25 @@ class TrafficStats:
             rows = buckets[key]
             latencies = sorted(a[1] for a in rows)
             correct, total = sum(a[3] for a in rows), sum(a[4] for a in rows)
-            out.append({
-                "t": key * bucket_s,
-                "answers": len(rows),
-                "p99_ms": _p99(latencies),
-                "accuracy": correct / total if total else None,
-                "versions": dict(Counter(a[2] for a in rows)),
-                "drift": any(a[5] for a in rows),
-            })
+            out.append(
+                {
+                    "t": key * bucket_s,
+                    "answers": len(rows),
+                    "p99_ms": _p99(latencies),
+                    "accuracy": correct / total if total else None,
+                    "versions": dict(Counter(a[2] for a in rows)),
+                    "drift": any(a[5] for a in rows),
+                }
+            )
         return out
 
     def accuracy(self, *, version: str | None = None, drift: bool | None = None, after_s: float = 0.0) -> float | None:
         with self.lock:
-            rows = [a for a in self.answers if (version is None or a[2] == version)
-                    and (drift is None or a[5] == drift) and a[0] >= after_s]
+            rows = [
+                a
+                for a in self.answers
+                if (version is None or a[2] == version) and (drift is None or a[5] == drift) and a[0] >= after_s
+            ]
         total = sum(a[4] for a in rows)
         return sum(a[3] for a in rows) / total if total else None
 
@@ -156,8 +163,12 @@ def run_traffic(
     drifted = request_rows(_shuffled(generate(pool, config.seed + 1, config.scenario), config.seed + 1))
     token = os.environ.get(config.token_env) if config.token_env else None
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    client = httpx.Client(base_url=config.url, timeout=config.timeout_s, headers=headers,
-                          limits=httpx.Limits(max_connections=config.concurrency + 4))
+    client = httpx.Client(
+        base_url=config.url,
+        timeout=config.timeout_s,
+        headers=headers,
+        limits=httpx.Limits(max_connections=config.concurrency + 4),
+    )
     due: list[tuple[float, str, int]] = []  # (post at, request id, label)
     due_lock = threading.Lock()
     in_flight = threading.Semaphore(config.concurrency)
@@ -180,8 +191,16 @@ def run_traffic(
             predictions = response.json()["predictions"]
             correct = sum(int(p["label"] == y) for p, y in zip(predictions, labels))
             with stats.lock:
-                stats.answers.append([time.time() - stats.started, latency_ms, predictions[0]["model_version"],
-                                      correct, len(predictions), is_drift])
+                stats.answers.append(
+                    [
+                        time.time() - stats.started,
+                        latency_ms,
+                        predictions[0]["model_version"],
+                        correct,
+                        len(predictions),
+                        is_drift,
+                    ]
+                )
             with due_lock:
                 for p, y in zip(predictions, labels):
                     if thinning.random() < config.label_fraction:

@@ -115,7 +115,9 @@ class StreamingParquetDatasource(Datasource):
                 for path, groups in units:
                     with info.filesystem.open_input_file(path) as handle:
                         reader = pq.ParquetFile(handle, buffer_size=BUFFER_BYTES, pre_buffer=False)
-                        for batch in reader.iter_batches(batch_size=batch_rows, row_groups=list(groups), use_threads=False):
+                        for batch in reader.iter_batches(
+                            batch_size=batch_rows, row_groups=list(groups), use_threads=False
+                        ):
                             yield conform(pa.Table.from_batches([batch]), info.schema)
 
             tasks.append(ReadTask(read, metadata, schema=info.schema, per_task_row_limit=per_task_row_limit))

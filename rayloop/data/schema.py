@@ -255,7 +255,9 @@ def _mask_or_none(mask: pa.Array) -> pa.Array | None:
     return mask if pc.any(mask).as_py() else None
 
 
-def _value_problems(col: ColumnSchema, values: pa.Array, type_bad: pa.Array | None) -> list[tuple[str, str, pa.Array, str]]:
+def _value_problems(
+    col: ColumnSchema, values: pa.Array, type_bad: pa.Array | None
+) -> list[tuple[str, str, pa.Array, str]]:
     problems: list[tuple[str, str, pa.Array, str]] = []
 
     def add(rule: str, mask: pa.Array, detail: str) -> None:

@@ -234,9 +234,7 @@ class Scenario(BaseModel):
             raise ValueError("features must be None (default set) or a non-empty tuple")
         unknown = [f for f in value if f not in FEATURE_COLUMNS]
         if unknown:
-            raise ValueError(
-                f"unknown feature name(s) {unknown}; allowed: {list(FEATURE_COLUMNS)}"
-            )
+            raise ValueError(f"unknown feature name(s) {unknown}; allowed: {list(FEATURE_COLUMNS)}")
         return tuple(dict.fromkeys(value))  # de-duplicate, keep order
 
     @model_validator(mode="after")
@@ -358,8 +356,13 @@ def _logit(cols: dict[str, np.ndarray], concept_shift: np.ndarray | None = None)
     return z
 
 
-def _simulate(n: int, rngs: dict[str, np.random.Generator], shift: np.ndarray, shifted: frozenset[str],
-              concept_shift: np.ndarray | None) -> dict[str, np.ndarray]:
+def _simulate(
+    n: int,
+    rngs: dict[str, np.random.Generator],
+    shift: np.ndarray,
+    shifted: frozenset[str],
+    concept_shift: np.ndarray | None,
+) -> dict[str, np.ndarray]:
     """Draw features (with covariate ``shift`` = w * magnitude on ``shifted`` columns) and labels."""
     pop_cdf, drifted_cdf, _ = _world()
     s = shift
@@ -575,6 +578,7 @@ def true_probability(table: pa.Table) -> np.ndarray:
 
     Expects a table produced by :func:`generate` (unknown categories raise).
     """
+
     def num(name: str) -> np.ndarray:
         return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
@@ -683,9 +687,7 @@ def write_parquet(
     paths: list[str] = []
     for i in range(n_files):
         lo, hi = i * rows_per_file, min((i + 1) * rows_per_file, n_rows)
-        table = generate(
-            hi - lo, chunk_seed(seed, i), scenario, timeline=(lo / n_rows, hi / n_rows), **generate_kwargs
-        )
+        table = generate(hi - lo, chunk_seed(seed, i), scenario, timeline=(lo / n_rows, hi / n_rows), **generate_kwargs)
         if bad_row_fraction > 0:
             table, _ = corrupt(table, bad_row_fraction, chunk_seed(seed, i))
         file = out / f"part-{i:05d}.parquet"

@@ -257,7 +257,9 @@ class FeaturePipeline:
                 return [n for n, t in by_type.items() if t in dtypes and n not in skip]
             unknown = [n for n in spec if n not in by_type]
             if unknown:
-                raise FeatureError(f"features.{kind} names column(s) {unknown} that are not in the schema {list(by_type)}")
+                raise FeatureError(
+                    f"features.{kind} names column(s) {unknown} that are not in the schema {list(by_type)}"
+                )
             return list(spec)
 
         numeric = pick(self.config.numeric, {"int64", "float64", "bool"}, "numeric")

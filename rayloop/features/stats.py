@@ -129,9 +129,7 @@ def merge_categorical(a: CategoricalStats, b: CategoricalStats, max_tracked: int
     return {"counts": counts, "missing": a["missing"] + b["missing"], "pruned": pruned}
 
 
-def block_stats(
-    table: pa.Table, numeric: Iterable[str], categorical: Iterable[str], precision: int
-) -> dict[str, Any]:
+def block_stats(table: pa.Table, numeric: Iterable[str], categorical: Iterable[str], precision: int) -> dict[str, Any]:
     """Statistics of every feature column of one block."""
     return {
         "rows": table.num_rows,

@@ -36,7 +36,9 @@ class TabularMLP(nn.Module):
         cat = list(categorical_indices)
         self.register_buffer("cat_idx", torch.tensor(cat, dtype=torch.long), persistent=False)
         self.register_buffer(
-            "num_idx", torch.tensor([i for i in range(n_features) if i not in set(cat)], dtype=torch.long), persistent=False
+            "num_idx",
+            torch.tensor([i for i in range(n_features) if i not in set(cat)], dtype=torch.long),
+            persistent=False,
         )
         self.cardinalities = list(cardinalities)
         self.embeddings = nn.ModuleList(nn.Embedding(c, embedding_dim(c)) for c in cardinalities)

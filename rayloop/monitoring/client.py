@@ -76,7 +76,12 @@ class MonitorClient:
 
     # ---- the request path ---------------------------------------------------------------------
     def offer(
-        self, schema: pa.Schema, version: str, rows: Sequence[dict[str, Any]], probabilities: np.ndarray, request_ids: Sequence[str],
+        self,
+        schema: pa.Schema,
+        version: str,
+        rows: Sequence[dict[str, Any]],
+        probabilities: np.ndarray,
+        request_ids: Sequence[str],
         threshold: float,
     ) -> None:
         """Sample rows into the buffer; drop (and count) what does not fit. Never waits."""
@@ -97,7 +102,15 @@ class MonitorClient:
             rows, probabilities, request_ids = rows[:room], probabilities[:room], request_ids[:room]
         probs = [float(p) for p in probabilities]
         self._rows.append(
-            _Entry(schema, version, int(time.time() * 1000), list(rows), probs, [int(p >= threshold) for p in probs], list(request_ids))
+            _Entry(
+                schema,
+                version,
+                int(time.time() * 1000),
+                list(rows),
+                probs,
+                [int(p >= threshold) for p in probs],
+                list(request_ids),
+            )
         )
         self._buffered += len(rows)
         if self._buffered >= self.send_batch_rows and self._wake is not None:
@@ -132,7 +145,9 @@ class MonitorClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the monitor is down or restarting: keep the batch, retry later
-                log.warning("monitor unavailable (%s); %d rows and %d labels wait", exc, self._buffered, len(self._labels))
+                log.warning(
+                    "monitor unavailable (%s); %d rows and %d labels wait", exc, self._buffered, len(self._labels)
+                )
                 self._actor = None
                 await asyncio.sleep(min(5.0, self.send_interval_s * 4))
 

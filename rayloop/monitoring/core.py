@@ -150,7 +150,10 @@ class MonitorCore:
     def _detector(self, reference: Reference) -> DriftDetector:
         c = self.config
         return DriftDetector(
-            reference.profile, alpha=c.p_value, numeric_tests=c.numeric_tests, min_psi=c.min_psi,
+            reference.profile,
+            alpha=c.p_value,
+            numeric_tests=c.numeric_tests,
+            min_psi=c.min_psi,
             prediction_share=c.prediction_share,
         )
 
@@ -163,7 +166,9 @@ class MonitorCore:
         self._dirty = False
         # with the settings it runs with: `rayloop status` reads this file, not the actor's config
         # pydantic-core's serializer: 0.45 ms for a 235 kB state where json.dumps took 2.3 ms
-        payload = to_json({"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self._config_dump}, fallback=float)
+        payload = to_json(
+            {"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self._config_dump}, fallback=float
+        )
         tmp = f"{self.state_dir}/.state.{uuid.uuid4().hex}.tmp"
         with self.fs.open_output_stream(tmp) as sink:
             sink.write(payload)
@@ -219,8 +224,9 @@ class MonitorCore:
         """The label join's index as it was: the newest `max_pending_labels` predictions (all it
         holds while running) and which of them have a label. Only the latest hours of the log are
         read: reading all of it made every restart slower and larger as the log grew."""
-        rows = self.log.predictions.read_newest(["request_id", "ts", "probability", "predicted_label"],
-                                                self.config.max_pending_labels)
+        rows = self.log.predictions.read_newest(
+            ["request_id", "ts", "probability", "predicted_label"], self.config.max_pending_labels
+        )
         since_hour = None
         if rows.num_rows:
             rows = rows.slice(max(0, rows.num_rows - self.config.max_pending_labels))
@@ -244,7 +250,9 @@ class MonitorCore:
             return {"accepted": 0, "duplicate_batch": True, "windows": []}
         missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
         if missing:
-            raise ValueError(f"batch {batch_id}: columns {missing} are missing (need {list(PREDICTION_COLUMNS)} and the features)")
+            raise ValueError(
+                f"batch {batch_id}: columns {missing} are missing (need {list(PREDICTION_COLUMNS)} and the features)"
+            )
         self.log.predictions.append(batch_id, table)
         closed = self._apply_rows(batch_id, table, index=True)
         if closed:
@@ -257,7 +265,7 @@ class MonitorCore:
         self._seen.add(batch_id)
         self.state.seen_batches.append(batch_id)
         if len(self.state.seen_batches) > SEEN_BATCHES:
-            dropped = self.state.seen_batches[: -SEEN_BATCHES]
+            dropped = self.state.seen_batches[:-SEEN_BATCHES]
             self.state.seen_batches = self.state.seen_batches[-SEEN_BATCHES:]
             self._seen.difference_update(dropped)
 
@@ -292,7 +300,9 @@ class MonitorCore:
     def _index(self, table: pa.Table) -> None:
         ts = _epoch_seconds(table.column("ts"))
         for rid, t, p, lab in zip(
-            table.column("request_id").to_pylist(), ts, table.column("probability").to_pylist(),
+            table.column("request_id").to_pylist(),
+            ts,
+            table.column("probability").to_pylist(),
             table.column("predicted_label").to_pylist(),
         ):
             self.pending[rid] = _Pending(float(t), float(p), int(lab))
@@ -346,7 +356,10 @@ class MonitorCore:
         s.policy = state.model_dump(mode="json")
         if decision.audit_event is not None:
             summary.decision = decision.model_dump(mode="json")
-            self.on_event(decision.audit_event, {"model": self.model_name, "version": self.reference.version, **decision.audit_fields()})
+            self.on_event(
+                decision.audit_event,
+                {"model": self.model_name, "version": self.reference.version, **decision.audit_fields()},
+            )
         s.history = [*s.history, summary.to_dict()][-HISTORY:]
         s.windows_seen += 1
         s.window = {"rows": 0, "bins": {}}
@@ -525,4 +538,3 @@ def _seconds(value: pa.Scalar) -> float:
     if isinstance(ts, datetime):
         return ts.timestamp()
     return float(ts)
-

@@ -268,9 +268,7 @@ def missing_test(window_missing: int, window_rows: int, reference_missing: int, 
     k, n, big_k, m = window_missing, window_rows, reference_missing, reference_rows
     total, missing = n + m, k + big_k
     support = np.arange(max(0, missing - m), min(missing, n) + 1, dtype=np.float64)
-    log_pmf = (
-        _log_choose(missing, support) + _log_choose(total - missing, n - support) - _log_choose(total, n)
-    )
+    log_pmf = _log_choose(missing, support) + _log_choose(total - missing, n - support) - _log_choose(total, n)
     observed = log_pmf[k - int(support[0])]
     return float(min(1.0, np.exp(log_pmf[log_pmf <= observed + 1e-7]).sum()))
 
@@ -389,7 +387,9 @@ def _prediction_ref(h: Histogram) -> _Ref:
     return _Ref(PREDICTION, "prediction", counts, np.asarray(h.edges[1:-1], dtype=np.float64), None)
 
 
-def family_adjusted(p_values: Sequence[float], is_prediction: Sequence[bool], prediction_share: float | None) -> np.ndarray:
+def family_adjusted(
+    p_values: Sequence[float], is_prediction: Sequence[bool], prediction_share: float | None
+) -> np.ndarray:
     """Adjusted p-values, to compare with alpha: BH within the scores' tests and within the
     features' tests, each scaled by its share of alpha (one BH family when the share is None, or
     when the window has only one of the two: then it gets all of alpha)."""
@@ -558,7 +558,9 @@ class DriftDetector:
             counts = window.bins.get(name)
             if counts is None or counts.sum() == 0:
                 continue
-            partial.append((name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64), ks_pending)))
+            partial.append(
+                (name, ref, int(counts.sum()), *self._feature_tests(ref, counts.astype(np.float64), ks_pending))
+            )
         ks_p = _ks_p_values([d for _, d, _ in ks_pending], [en for _, _, en in ks_pending])
         for (p_values, _, _), p in zip(ks_pending, ks_p):
             p_values["ks"] = p

@@ -157,14 +157,21 @@ class LogStream:
     def files(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.dir, recursive=True, allow_not_found=True))
         return sorted(
-            i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.startswith("part-") and i.base_name.endswith(".parquet")
         )
 
-    def read(self, columns: list[str] | None = None, include_pending: bool = True, since_hour: int | None = None) -> pa.Table:
+    def read(
+        self, columns: list[str] | None = None, include_pending: bool = True, since_hour: int | None = None
+    ) -> pa.Table:
         """Everything in the stream (compacted parts, then write-ahead batches), schemas unified;
         with `since_hour`, only the parts of that hour (whole hours since the epoch, UTC) and later."""
-        tables = [self._read_part(path, columns) for path in self.files()
-                  if since_hour is None or _partition_hour(path) >= since_hour]
+        tables = [
+            self._read_part(path, columns)
+            for path in self.files()
+            if since_hour is None or _partition_hour(path) >= since_hour
+        ]
         if include_pending:
             for item in self.pending:
                 t = item.table
@@ -229,7 +236,9 @@ class InferenceLog:
         predictions = self.predictions.read(since_hour=hour)
         if predictions.num_rows == 0:
             return predictions
-        labels = self.labels.read(["request_id", "label", "label_ts"], since_hour=None if hour is None else labels_from(hour))
+        labels = self.labels.read(
+            ["request_id", "label", "label_ts"], since_hour=None if hour is None else labels_from(hour)
+        )
         if labels.num_rows == 0:
             return predictions.append_column("label", pa.nulls(predictions.num_rows, pa.int8())).append_column(
                 "label_ts", pa.nulls(predictions.num_rows, _TS)
@@ -273,4 +282,3 @@ def _safe_id(batch_id: str) -> str:
 
 def _unsafe_id(name: str) -> str:
     return name.replace("%2F", "/")
-

@@ -134,8 +134,10 @@ def advance(record: RetrainRecord, config: RetrainConfig, fx: Effects, now: floa
         except Exception as exc:  # the Jobs API is down, the token is wrong, ...
             fx.event("retrain_submit_failed", {"submission_id": sid, "error": f"{type(exc).__name__}: {exc}"})
             return _finish(record, "submit_failed", f"{type(exc).__name__}: {exc}", now)
-        fx.event("retrain_submitted", {"submission_id": sid, "labelled_rows": labelled, "since": record.since,
-                                       "waited_s": round(waited, 2)})
+        fx.event(
+            "retrain_submitted",
+            {"submission_id": sid, "labelled_rows": labelled, "since": record.since, "waited_s": round(waited, 2)},
+        )
         return record.model_copy(update={"phase": "submitted", "labelled": labelled, "submitted_at": now})
 
     if record.phase == "submitted":
@@ -147,8 +149,12 @@ def advance(record: RetrainRecord, config: RetrainConfig, fx: Effects, now: floa
             if now - (record.submitted_at or now) > config.timeout_s:
                 fx.stop(sid)
                 fx.event("retrain_timed_out", {"submission_id": sid, "timeout_s": config.timeout_s})
-                return _finish(record.model_copy(update={"job_status": "STOPPED"}), "timed_out",
-                               f"still {job.status} after {config.timeout_s:g}s; stopped", now)
+                return _finish(
+                    record.model_copy(update={"job_status": "STOPPED"}),
+                    "timed_out",
+                    f"still {job.status} after {config.timeout_s:g}s; stopped",
+                    now,
+                )
             return record.model_copy(update={"job_status": job.status})
         record = record.model_copy(update={"job_status": job.status, "job_finished_at": now})
         if job.status != "SUCCEEDED":  # the message ends with the job's last log lines: keep the end
@@ -168,16 +174,27 @@ def advance(record: RetrainRecord, config: RetrainConfig, fx: Effects, now: floa
             fx.rebase(record.version)
         except Exception as exc:
             attempts = record.rollout_attempts + 1
-            fx.event("rollout_error", {"submission_id": sid, "version": record.version, "attempt": attempts,
-                                       "error": f"{type(exc).__name__}: {exc}"})
+            fx.event(
+                "rollout_error",
+                {
+                    "submission_id": sid,
+                    "version": record.version,
+                    "attempt": attempts,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
             if attempts >= ROLLOUT_ATTEMPTS:
                 # Serve still runs the old champion: point the registry back at it, so they agree
                 try:
                     fx.rollback(record.version)
                 except Exception as again:
                     fx.event("rollback_error", {"submission_id": sid, "error": f"{type(again).__name__}: {again}"})
-                return _finish(record.model_copy(update={"rollout_attempts": attempts}), "rollout_failed",
-                               f"{type(exc).__name__}: {exc}", now)
+                return _finish(
+                    record.model_copy(update={"rollout_attempts": attempts}),
+                    "rollout_failed",
+                    f"{type(exc).__name__}: {exc}",
+                    now,
+                )
             return record.model_copy(update={"rollout_attempts": attempts})
         return _finish(record, "promoted", f"version {record.version} serving", now)
     return record

@@ -26,7 +26,14 @@ from rayloop.monitoring import loop
 from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
 
 __all__ = [
-    "NAMESPACE", "DriftMonitor", "MonitorArgs", "actor_name", "get_monitor", "start_monitor", "stop_monitor", "yield_cpu",
+    "NAMESPACE",
+    "DriftMonitor",
+    "MonitorArgs",
+    "actor_name",
+    "get_monitor",
+    "start_monitor",
+    "stop_monitor",
+    "yield_cpu",
 ]
 
 NAMESPACE = "rayloop"
@@ -76,8 +83,13 @@ class DriftMonitor:
         # stall a restart): its window tests, log writes and state saves compete with requests
         # on a shared core, and no request waits for this actor (replicas buffer)
         yield_cpu(self.args.monitoring.niceness)
-        log.info("DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
-                 self.args.model_name, self.core.reference.version, self.core.state.windows_seen, self.core.state.restarts)
+        log.info(
+            "DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
+            self.args.model_name,
+            self.core.reference.version,
+            self.core.state.windows_seen,
+            self.core.state.restarts,
+        )
 
     # ---- Ray-facing API ---------------------------------------------------------------------
     def ingest(self, batch_id: str, table: pa.Table) -> dict[str, Any]:
@@ -236,13 +248,21 @@ class DriftMonitor:
                 now = time.time()
                 with self.lock:
                     state = self._loop_state()
-                    if state.active is None and self.args.retrain.enabled and self.core.policy_state.pending is not None:
+                    if (
+                        state.active is None
+                        and self.args.retrain.enabled
+                        and self.core.policy_state.pending is not None
+                    ):
                         decision = self.core.take_decision()
                         if decision is not None:
-                            sid = jobs.retrain_submission_id(self.args.model_name, decision["window"], self.core.state.started)
+                            sid = jobs.retrain_submission_id(
+                                self.args.model_name, decision["window"], self.core.state.started
+                            )
                             self.core.retrain_started(sid)  # right after taking it: no window slips between
                             since = loop.since_for(decision, self.core.state.history, fallback=now - 600)
-                            state = loop.LoopState(active=loop.new_record(decision, sid, since, now), finished=state.finished)
+                            state = loop.LoopState(
+                                active=loop.new_record(decision, sid, since, now), finished=state.finished
+                            )
                             self._set_loop(state)
                     active = state.active
                 if active is None:
@@ -262,12 +282,21 @@ class DriftMonitor:
                 if updated.phase == "finished":
                     self.m[metrics.RETRAINS.name].inc(1, tags={"outcome": str(updated.outcome)})
                     if updated.seconds is not None:
-                        self.m[metrics.RETRAIN_SECONDS.name].observe(updated.seconds, tags={"outcome": str(updated.outcome)})
-                    self._event("retrain_outcome", {
-                        "model": self.args.model_name, "submission_id": updated.submission_id,
-                        "outcome": updated.outcome, "version": updated.version, "detail": updated.detail,
-                        "seconds": updated.seconds, "gate": updated.gate,
-                    })
+                        self.m[metrics.RETRAIN_SECONDS.name].observe(
+                            updated.seconds, tags={"outcome": str(updated.outcome)}
+                        )
+                    self._event(
+                        "retrain_outcome",
+                        {
+                            "model": self.args.model_name,
+                            "submission_id": updated.submission_id,
+                            "outcome": updated.outcome,
+                            "version": updated.version,
+                            "detail": updated.detail,
+                            "seconds": updated.seconds,
+                            "gate": updated.gate,
+                        },
+                    )
             except Exception:  # keep the loop alive; the next second retries the same step
                 log.exception("retrain loop")
 
@@ -284,6 +313,7 @@ class DriftMonitor:
             def call(*a):
                 with self.lock:
                     return fn(*a)
+
             return call
 
         def submit(record: loop.RetrainRecord) -> None:
@@ -294,8 +324,12 @@ class DriftMonitor:
                 overrides=[*args.overrides, f"retrain.since={record.since}"],
                 working_dir=args.retrain.working_dir,
                 env={paths.ENV_HOME: args.home, "MLFLOW_TRACKING_URI": args.tracking_uri},
-                metadata={"rayloop.model": args.model_name, "rayloop.window": str(record.window),
-                          "rayloop.trigger": str(record.trigger), "rayloop.reason": record.reason[:500]},
+                metadata={
+                    "rayloop.model": args.model_name,
+                    "rayloop.window": str(record.window),
+                    "rayloop.trigger": str(record.trigger),
+                    "rayloop.reason": record.reason[:500],
+                },
                 address=args.jobs_address,
             )
 
@@ -311,7 +345,9 @@ class DriftMonitor:
             from rayloop.serving.deploy import roll_out_promotion
 
             config = load_config(args.config_path, args.overrides)
-            roll_out_promotion(config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name)
+            roll_out_promotion(
+                config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name
+            )
 
         return loop.Effects(
             labelled_since=locked(lambda since: self.core.labelled_since(since)),

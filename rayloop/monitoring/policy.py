@@ -127,7 +127,10 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     drop = ref - live if live is not None and ref is not None else None
     drift_fires = streak >= k
     quality_low = (
-        live is not None and ref is not None and obs.live_labels >= config.min_labels and live < ref - config.quality_drop
+        live is not None
+        and ref is not None
+        and obs.live_labels >= config.min_labels
+        and live < ref - config.quality_drop
     )
     low_streak = state.consecutive_low_quality + 1 if quality_low else 0
     quality_fires = low_streak >= config.quality_windows
@@ -185,11 +188,20 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
             numbers=numbers,
         )
         counts = {**state.suppressed, key: state.suppressed.get(key, 0) + 1}
-        return _replace(state, consecutive_drift=streak, consecutive_low_quality=low_streak, suppressed=counts), decision
+        return _replace(
+            state, consecutive_drift=streak, consecutive_low_quality=low_streak, suppressed=counts
+        ), decision
 
-    decision = Decision(action="retrain", trigger=trigger, reason=reason, window=obs.window, time=obs.time, numbers=numbers)
+    decision = Decision(
+        action="retrain", trigger=trigger, reason=reason, window=obs.window, time=obs.time, numbers=numbers
+    )
     new = _replace(
-        state, consecutive_drift=0, consecutive_low_quality=0, last_trigger_window=obs.window, pending=decision, decisions=state.decisions + 1
+        state,
+        consecutive_drift=0,
+        consecutive_low_quality=0,
+        last_trigger_window=obs.window,
+        pending=decision,
+        decisions=state.decisions + 1,
     )
     return new, decision
 
@@ -263,7 +275,10 @@ def _suppressed_by(
     if counted >= budget:
         return "daily_budget", f"{counted} of {budget} retrains already started on {day} (UTC daily budget)"
     if cooldown_left > 0:
-        return "cooldown", f"cool-down, {cooldown_left:.0f}s of {config.cooldown_s:g}s left since the last retrain started"
+        return (
+            "cooldown",
+            f"cool-down, {cooldown_left:.0f}s of {config.cooldown_s:g}s left since the last retrain started",
+        )
     return None
 
 
@@ -271,7 +286,8 @@ def _drift_reason(streak: int, k: int, obs: Observation) -> str:
     reason = f"drift in {streak} consecutive windows (K={k})"
     if obs.drifted_features:
         shown = [
-            f"{name} ({obs.drift_scores[name]:.3f})" if name in obs.drift_scores else name for name in obs.drifted_features
+            f"{name} ({obs.drift_scores[name]:.3f})" if name in obs.drift_scores else name
+            for name in obs.drifted_features
         ]
         reason += ": " + ", ".join(shown)
     return reason

@@ -182,11 +182,14 @@ class RecordParser:
         require_json(content_type)
         if len(body) > self.max_body_bytes:
             raise RequestError(
-                413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {self.max_body_bytes} bytes"}]
+                413,
+                [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {self.max_body_bytes} bytes"}],
             )
         start = body.lstrip()[:1]
         if start not in (b"{", b"["):
-            raise RequestError(400, [{"field": "body", "rule": "json", "message": "body must be a JSON object or array"}])
+            raise RequestError(
+                400, [{"field": "body", "rule": "json", "message": "body must be a JSON object or array"}]
+            )
         try:  # the fast types first; anything they refuse (NaN, infinities, errors) the full ones judge
             return _validate(self._fast_one, self._fast_many, body, start)
         except ValidationError:

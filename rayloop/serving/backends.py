@@ -37,7 +37,16 @@ import numpy as np
 from rayloop.bundle import ModelBundle
 from rayloop.features.pipeline import FittedFeatures
 
-__all__ = ["MAX_ROWS", "Backend", "BackendChoice", "build_backend", "graph_sizes", "parity", "probe_matrix", "resolve_choice"]
+__all__ = [
+    "MAX_ROWS",
+    "Backend",
+    "BackendChoice",
+    "build_backend",
+    "graph_sizes",
+    "parity",
+    "probe_matrix",
+    "resolve_choice",
+]
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +229,9 @@ def _tensorrt(bundle: ModelBundle, model: Any, max_batch_size: int, max_rows: in
         engine = torch_tensorrt.load(str(path)).module()
     else:
         spec = torch_tensorrt.Input(
-            min_shape=(1, width), opt_shape=(min(max_batch_size, max_rows), width), max_shape=(max_rows, width),
+            min_shape=(1, width),
+            opt_shape=(min(max_batch_size, max_rows), width),
+            max_shape=(max_rows, width),
             dtype=torch.float32,
         )
         engine = torch_tensorrt.compile(model, ir="dynamo", inputs=[spec], enabled_precisions={torch.float16})
@@ -255,7 +266,10 @@ def build_backend(
         expected = reference.predict(probe)
         # the first call warms up (compiles, builds engines); an odd size exercises padding
         pieces = [(probe[:1], expected[:1]), (probe[:5], expected[:5]), (probe, expected)]
-        pieces += [(probe[i : i + max_batch_size], expected[i : i + max_batch_size]) for i in range(0, len(probe), max_batch_size)]
+        pieces += [
+            (probe[i : i + max_batch_size], expected[i : i + max_batch_size])
+            for i in range(0, len(probe), max_batch_size)
+        ]
         candidate.max_abs_diff = max(parity(want, candidate.predict(x)) for x, want in pieces)
     except Exception as exc:  # any build or runtime failure of an optional backend
         reason = f"{type(exc).__name__}: {exc}"[:200]
@@ -266,7 +280,9 @@ def build_backend(
     if candidate.max_abs_diff > tolerance:
         log.warning(
             "backend %s failed the parity check (max |diff| %.2e > %.2e); serving with the native reference",
-            name, candidate.max_abs_diff, tolerance,
+            name,
+            candidate.max_abs_diff,
+            tolerance,
         )
         if on_fallback:
             on_fallback(name, "parity")

@@ -7,7 +7,13 @@ from pathlib import Path
 from rayloop.config import RayloopConfig
 
 __all__ = [
-    "APP_NAME", "app_url", "deploy", "follows_champion", "roll_out_promotion", "rollout", "start_model_monitor",
+    "APP_NAME",
+    "app_url",
+    "deploy",
+    "follows_champion",
+    "roll_out_promotion",
+    "rollout",
+    "start_model_monitor",
     "wait_for_version",
 ]
 

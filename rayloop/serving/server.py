@@ -186,8 +186,13 @@ class TabularServer:
             except Exception as exc:  # registry unreachable: keep serving, say so now and then
                 failures += 1
                 if failures in (1, 60) or failures % 600 == 0:
-                    log.warning("cannot resolve %s@%s (serving version %s): %s", self.args.model_name, ref,
-                                self.state.version, exc)
+                    log.warning(
+                        "cannot resolve %s@%s (serving version %s): %s",
+                        self.args.model_name,
+                        ref,
+                        self.state.version,
+                        exc,
+                    )
                 continue
             if version is not None and version not in (self.state.version, refused) and ref == self._ref:
                 await self._swap(ref)
@@ -208,7 +213,9 @@ class TabularServer:
                 return  # already serving that version
             previous, self.state = self.state, loaded
             if previous is not None and previous.version != loaded.version:
-                self.m[metrics.MODEL_VERSION.name].set(0, tags={"model": self.args.model_name, "version": previous.version})
+                self.m[metrics.MODEL_VERSION.name].set(
+                    0, tags={"model": self.args.model_name, "version": previous.version}
+                )
             self.m[metrics.MODEL_VERSION.name].set(1, tags={"model": self.args.model_name, "version": loaded.version})
             self._count("MODEL_SWAPS", outcome="swapped" if previous else "loaded")
             log.info("serving %s version %s with backend %s", self.args.model_name, loaded.version, loaded.backend.name)
@@ -246,7 +253,9 @@ class TabularServer:
             "features_hash": bundle.fitted.content_hash,
             "input_columns": columns,
             "metrics": bundle.metrics,
-            "lineage": {k: bundle.lineage.get(k) for k in ("preprocess_run_id", "data_fingerprint", "config_hash", "trained_at")},
+            "lineage": {
+                k: bundle.lineage.get(k) for k in ("preprocess_run_id", "data_fingerprint", "config_hash", "trained_at")
+            },
         }
         schema = pa.schema([(name, types[name]) for name in columns])
         return Loaded(ref, version, bundle, backend, parser, schema, info)
@@ -323,7 +332,9 @@ class TabularServer:
         """The body, refused as soon as it passes the limit (by header or while streaming)."""
         limit = self.args.max_body_bytes
         declared = request.headers.get("content-length")
-        too_large = RequestError(413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {limit} bytes"}])
+        too_large = RequestError(
+            413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {limit} bytes"}]
+        )
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size = [], 0

@@ -26,7 +26,9 @@ __all__ = [
 _EPS = 1e-15
 
 
-def _arrays(y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(
+    y_true: Sequence[float] | np.ndarray, y_prob: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_prob, dtype=np.float64).ravel()
     if y.shape != p.shape:
@@ -78,7 +80,14 @@ METRICS = {"auc": roc_auc, "logloss": log_loss, "accuracy": accuracy, "ece": exp
 
 
 def paired_difference_interval(
-    y_true, y_prob_a, y_prob_b, metric: str, *, level: float = 0.95, resamples: int = 500, max_rows: int = 10_000,
+    y_true,
+    y_prob_a,
+    y_prob_b,
+    metric: str,
+    *,
+    level: float = 0.95,
+    resamples: int = 500,
+    max_rows: int = 10_000,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval of metric(a) - metric(b) on the same rows, resampled together.
@@ -99,8 +108,14 @@ def paired_difference_interval(
         keep = rng.choice(y.size, max_rows, replace=False)
         y, a, b = y[keep], a[keep], b[keep]
     result = bootstrap(
-        (y, a, b), lambda yy, aa, bb: fn(yy, aa) - fn(yy, bb), paired=True, vectorized=False,
-        n_resamples=resamples, confidence_level=level, method="percentile", random_state=rng,
+        (y, a, b),
+        lambda yy, aa, bb: fn(yy, aa) - fn(yy, bb),
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=rng,
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 

@@ -17,7 +17,15 @@ import pyarrow as pa
 from rayloop.training.common import data_config, model_columns, report, run_config
 from rayloop.training.evaluate import evaluate
 
-__all__ = ["MODEL_FILE", "CURVE_FILE", "train_loop_per_worker", "build_trainer", "load_booster", "load_curve", "shard_to_numpy"]
+__all__ = [
+    "MODEL_FILE",
+    "CURVE_FILE",
+    "train_loop_per_worker",
+    "build_trainer",
+    "load_booster",
+    "load_curve",
+    "shard_to_numpy",
+]
 
 MODEL_FILE = "model.txt"
 CURVE_FILE = "curve.json"  # the validation metrics per round, in the final checkpoint
@@ -27,7 +35,11 @@ DEFAULT_PARAMS = {"objective": "binary", "metric": ["auc", "binary_logloss"], "v
 def shard_to_numpy(shard, feature_names: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
     """A worker's dataset shard as (float32 features, float labels)."""
     tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-    table = pa.concat_tables(tables) if tables else pa.table({n: pa.array([], pa.float32()) for n in [*feature_names, label]})
+    table = (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table({n: pa.array([], pa.float32()) for n in [*feature_names, label]})
+    )
     x = np.column_stack([table.column(n).to_numpy(zero_copy_only=False) for n in feature_names]).astype(np.float32)
     y = table.column(label).to_numpy(zero_copy_only=False).astype(np.float64)
     return x, y
@@ -92,6 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "resumed_from": resumed_from,
         **(_validation_metrics(booster, x_valid, y_valid) if has_valid else {}),
     }
+
     def write(directory: Path) -> None:
         booster.save_model(str(directory / MODEL_FILE), num_iteration=best)
         (directory / CURVE_FILE).write_text(json.dumps(curve.get("validation", {})))

@@ -13,7 +13,13 @@ from rayloop.training.common import data_config, model_columns, report, run_conf
 from rayloop.training.evaluate import evaluate
 
 __all__ = [
-    "CHECKPOINT_FILE", "build_model", "train_loop_per_worker", "train_epoch", "predict_batches", "build_trainer", "load_model",
+    "CHECKPOINT_FILE",
+    "build_model",
+    "train_loop_per_worker",
+    "train_epoch",
+    "predict_batches",
+    "build_trainer",
+    "load_model",
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -65,7 +71,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(state["epoch"], config.get("epochs", 10)):
         train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16)
-        metrics = _validate(model, _ray_batches(valid_shard, names, label, batch_size, device)) if valid_shard is not None else {}
+        metrics = (
+            _validate(model, _ray_batches(valid_shard, names, label, batch_size, device))
+            if valid_shard is not None
+            else {}
+        )
         loss = metrics.get("validation_logloss")
         # without validation every epoch counts as the best so far and nothing stops early
         improved = loss is None or loss < state["best_loss"] - 1e-6

@@ -101,12 +101,19 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
     }
     every = static["report_every"]
     train = lgb.Dataset(data.x_train, data.y_train, categorical_feature=data.categorical_indices or "auto")
-    valid = lgb.Dataset(data.x_valid, data.y_valid, reference=train, categorical_feature=data.categorical_indices or "auto")
+    valid = lgb.Dataset(
+        data.x_valid, data.y_valid, reference=train, categorical_feature=data.categorical_indices or "auto"
+    )
     best: dict[str, Any] = {"auc": -math.inf, "logloss": math.inf, "round": 0}
     last = {"reported": 0}
 
     def results(env) -> dict[str, float]:
-        return {m: v for _, name, v, _ in env.evaluation_result_list for m, lgb_name in _LGB_METRIC.items() if name == lgb_name}
+        return {
+            m: v
+            for _, name, v, _ in env.evaluation_result_list
+            for m, lgb_name in _LGB_METRIC.items()
+            if name == lgb_name
+        }
 
     def report(round_: int, scores: dict[str, float]) -> None:
         last["reported"] = round_
@@ -171,7 +178,9 @@ def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) ->
         order = torch.randperm(len(x_train), generator=generator)
         batches = ((x_train[i], y_train[i]) for i in order.split(batch_size))
         train_epoch(model, batches, optimizer)
-        probs, labels = predict_batches(model, ((x_valid[i : i + 4096], y_valid[i : i + 4096]) for i in range(0, len(x_valid), 4096)))
+        probs, labels = predict_batches(
+            model, ((x_valid[i : i + 4096], y_valid[i : i + 4096]) for i in range(0, len(x_valid), 4096))
+        )
         scores = evaluate(labels, probs)
         key = static["metric"]
         improved = (scores[key] > best[key]) if key == "auc" else (scores[key] < best[key] - 1e-6)
@@ -272,8 +281,16 @@ def run_tune(
 
 def _summary(result) -> TrialSummary:
     frame = result.metrics_dataframe
-    keep = [c for c in ("training_iteration", "rounds", "epoch", "validation_auc", "validation_logloss") if frame is not None and c in frame]
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    keep = [
+        c
+        for c in ("training_iteration", "rounds", "epoch", "validation_auc", "validation_logloss")
+        if frame is not None and c in frame
+    ]
+    metrics = {
+        k: float(v)
+        for k, v in (result.metrics or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return TrialSummary(
         trial_id=str((result.metrics or {}).get("trial_id", Path(result.path).name)),
         config=dict(result.config or {}),

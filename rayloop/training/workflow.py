@@ -63,12 +63,18 @@ def _log_curve(run_id: str, curve: dict[str, list[float]], prefix: str = "valida
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(f"{prefix}{name}", float(v), now, step) for name, values in curve.items() for step, v in enumerate(values, 1)]
+    metrics = [
+        Metric(f"{prefix}{name}", float(v), now, step)
+        for name, values in curve.items()
+        for step, v in enumerate(values, 1)
+    ]
     for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
         MlflowClient().log_batch(run_id, metrics=metrics[start : start + 900])
 
 
-def _fit(config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], steps: int | None, refit: bool, name: str):
+def _fit(
+    config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], steps: int | None, refit: bool, name: str
+):
     """One Ray Train run; returns (model, reported metrics, validation curve, checkpoint path)."""
     import ray
     import ray.data
@@ -77,7 +83,9 @@ def _fit(config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], s
 
     training = config.training
     check_ingest_headroom(
-        [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")], training.num_workers, training.cpus_per_worker
+        [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")],
+        training.num_workers,
+        training.cpus_per_worker,
     )
     features = run_dir / FEATURES_DIR
     train_dirs = [str(features / "split=train")] + ([str(features / "split=validation")] if refit else [])
@@ -99,7 +107,11 @@ def _fit(config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], s
         rounds = int(steps if steps is not None else params.pop("num_boost_round", 200))
         params.pop("num_boost_round", None)
         trainer = lgb_train.build_trainer(
-            datasets, params=params, num_boost_round=rounds, early_stopping_rounds=training.early_stopping_rounds, **common
+            datasets,
+            params=params,
+            num_boost_round=rounds,
+            early_stopping_rounds=training.early_stopping_rounds,
+            **common,
         )
         result = trainer.fit()
         model = lgb_train.load_booster(result.checkpoint)
@@ -117,12 +129,18 @@ def _fit(config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], s
         result = trainer.fit()
         model = torch_train.load_model(
             result.checkpoint,
-            {"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-             "cardinalities": fitted.cardinalities, **params},
+            {
+                "feature_names": fitted.feature_names,
+                "categorical_indices": fitted.categorical_indices,
+                "cardinalities": fitted.cardinalities,
+                **params,
+            },
         )
         frame = result.metrics_dataframe
         curve = {
-            k: frame[f"validation_{k}"].tolist() for k in ("auc", "logloss") if frame is not None and f"validation_{k}" in frame
+            k: frame[f"validation_{k}"].tolist()
+            for k in ("auc", "logloss")
+            if frame is not None and f"validation_{k}" in frame
         }
         used = dict(params)
     return model, dict(result.metrics or {}), curve, result.checkpoint.path, used
@@ -152,7 +170,9 @@ def train_and_register(
     training, label = config.training, config.data.label_column
     slice_column = training.slice_column
     if slice_column and slice_column not in fitted.input_columns:
-        raise ConfigError(f"training.slice_column={slice_column!r} is not a feature column; features: {fitted.input_columns}")
+        raise ConfigError(
+            f"training.slice_column={slice_column!r} is not a feature column; features: {fitted.input_columns}"
+        )
     kind = training.model
     base = dict(training.lightgbm if kind == "lightgbm" else training.mlp)
     params = {**base, **(params or {})}
@@ -171,9 +191,7 @@ def train_and_register(
         probs = bundle.predict_proba(holdout)
         y = holdout.column(label).to_numpy(zero_copy_only=False)
         test_metrics = evaluate(y, probs)
-        slices = (
-            evaluate_slices(y, probs, holdout.column(slice_column).to_pylist()) if slice_column else {}
-        )
+        slices = evaluate_slices(y, probs, holdout.column(slice_column).to_pylist()) if slice_column else {}
         fingerprint = data_fingerprint(run_dir / FEATURES_DIR)
         bundle.metrics = {k: float(v) for k, v in test_metrics.items()}
         # the score reference: the holdout's scores, or the rows the run names (a retrain: all its recent traffic)
@@ -197,10 +215,20 @@ def train_and_register(
         mlflow.log_params(_flat({"model": kind, **used, "refit": refit, "num_workers": training.num_workers}))
         mlflow.log_metrics({f"test_{k}": v for k, v in bundle.metrics.items()})
         mlflow.log_metrics(
-            {f"train_{k}": float(v) for k, v in reported.items() if isinstance(v, (int, float)) and k.startswith(("validation_", "rounds", "best_iteration", "epoch"))}
+            {
+                f"train_{k}": float(v)
+                for k, v in reported.items()
+                if isinstance(v, (int, float)) and k.startswith(("validation_", "rounds", "best_iteration", "epoch"))
+            }
         )
         for value, scores in slices.items():
-            mlflow.log_metrics({f"test_slice.{slice_column}.{value}.{k}": float(v) for k, v in scores.items() if k in ("auc", "logloss", "n")})
+            mlflow.log_metrics(
+                {
+                    f"test_slice.{slice_column}.{value}.{k}": float(v)
+                    for k, v in scores.items()
+                    if k in ("auc", "logloss", "n")
+                }
+            )
         if curve:
             _log_curve(mlflow_run, curve)
         mlflow.set_tags(
@@ -262,7 +290,12 @@ def tune_and_register(config: RayloopConfig, run_id: str | None = None) -> Train
             now = int(time.time() * 1000)
             metrics = [Metric(k, v, now, 0) for k, v in trial.metrics.items() if k.startswith(("best_", "validation_"))]
             metrics += [
-                Metric(key, float(point[key]), now, int(point.get("rounds") or point.get("epoch") or point["training_iteration"]))
+                Metric(
+                    key,
+                    float(point[key]),
+                    now,
+                    int(point.get("rounds") or point.get("epoch") or point["training_iteration"]),
+                )
                 for point in trial.curve
                 for key in ("validation_auc", "validation_logloss")
                 if key in point
@@ -270,7 +303,9 @@ def tune_and_register(config: RayloopConfig, run_id: str | None = None) -> Train
             metrics += [Metric("trial_seconds", trial.seconds, now, 0), Metric("iterations", trial.iterations, now, 0)]
             params = [Param(k, str(v)[:500]) for k, v in trial.config.items()]
             for start in range(0, len(metrics), 900):
-                client.log_batch(child.info.run_id, metrics=metrics[start : start + 900], params=params if start == 0 else [])
+                client.log_batch(
+                    child.info.run_id, metrics=metrics[start : start + 900], params=params if start == 0 else []
+                )
             client.set_terminated(child.info.run_id, "FINISHED" if trial.status != "error" else "FAILED")
         summary = {
             "metric": outcome.metric,
@@ -282,7 +317,9 @@ def tune_and_register(config: RayloopConfig, run_id: str | None = None) -> Train
             "wall_seconds": round(outcome.wall_seconds, 2),
         }
         mlflow.log_params(_flat({"scheduler": config.tuning.scheduler, "num_samples": config.tuning.num_samples}))
-        mlflow.log_metrics({**outcome.best_metrics, "trial_seconds": outcome.trial_seconds, "best_steps": outcome.best_steps})
+        mlflow.log_metrics(
+            {**outcome.best_metrics, "trial_seconds": outcome.trial_seconds, "best_steps": outcome.best_steps}
+        )
         mlflow.log_dict(summary, "tuning.json")
         params = {k: v for k, v in outcome.best_params.items() if k not in ("num_boost_round", "epochs")}
         return train_and_register(

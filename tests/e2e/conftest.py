@@ -59,14 +59,22 @@ def ray_head(rayloop_home) -> Iterator[Head]:
     # Serve's HAProxy listeners get their own ports: another local cluster may hold the defaults
     env["RAY_SERVE_HAPROXY_METRICS_PORT"], env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port()), str(free_port())
     cmd = [
-        RAY, "start", "--head",
-        "--node-ip-address=127.0.0.1", f"--port={port}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        RAY,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
         # the agent's default port (52365) is taken when another local cluster runs
-        f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--ray-client-server-port={free_port()}",
         # 4 logical CPUs on 2 cores: a Serve replica (1) and a retrain job (a Train worker and its
         # Ray Data reads) must fit beside each other, as on any real cluster
-        "--num-cpus=4", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        "--num-cpus=4",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     # this head's processes all name its session dir; the integration tests' cluster shares
@@ -87,8 +95,13 @@ def ray_job_submit(head: Head, args: list[str], timeout_s: float = 600) -> subpr
     """`ray job submit ARGS`, retried while the head's job agent is still starting."""
     deadline = time.monotonic() + 90
     while True:
-        done = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, *args], env=head.env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [RAY, "job", "submit", "--address", head.dashboard, *args],
+            env=head.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if "No available agent" not in done.stderr or time.monotonic() > deadline:
             return done
         time.sleep(2)
@@ -115,7 +128,9 @@ def run_job(head: Head, submission_id: str, entrypoint: list[str], timeout_s: fl
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client = JobSubmissionClient(head.dashboard, headers=auth_headers())
     finished = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    status = wait_for(lambda: (s := client.get_job_status(submission_id)) in finished and s, 120, what="the job to finish")
+    status = wait_for(
+        lambda: (s := client.get_job_status(submission_id)) in finished and s, 120, what="the job to finish"
+    )
     logs = client.get_job_logs(submission_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     return logs

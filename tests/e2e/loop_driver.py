@@ -35,7 +35,9 @@ def register_champion(model: str) -> str:
     config, train, fitted, profile = fitted_synthetic(6000, seed=61)
     booster = lgb.train(
         {"objective": "binary", "verbosity": -1, "num_leaves": 15},
-        lgb.Dataset(fitted.transform(train), train.column("label").to_numpy(), categorical_feature=fitted.categorical_indices),
+        lgb.Dataset(
+            fitted.transform(train), train.column("label").to_numpy(), categorical_feature=fitted.categorical_indices
+        ),
         num_boost_round=60,
     )
     holdout = generate(2000, seed=62)
@@ -59,8 +61,11 @@ def served_rows(bundle: ModelBundle, table: pa.Table, version: str) -> tuple[pa.
     now = int(time.time() * 1000)
     ts = pa.array([now] * table.num_rows, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
     extra = {
-        "request_id": pa.array(ids), "ts": ts, "model_version": pa.array([version] * table.num_rows),
-        "probability": pa.array(probs, pa.float64()), "predicted_label": pa.array((probs >= 0.5).astype(np.int8)),
+        "request_id": pa.array(ids),
+        "ts": ts,
+        "model_version": pa.array([version] * table.num_rows),
+        "probability": pa.array(probs, pa.float64()),
+        "predicted_label": pa.array((probs >= 0.5).astype(np.int8)),
     }
     for i, (name, values) in enumerate(extra.items()):
         inputs = inputs.add_column(i, name, values)
@@ -114,15 +119,19 @@ def main() -> None:
             ray.get(monitor.ingest_labels.remote(f"driver-labels-{at}", label_table(ids, labels)), timeout=120)
         time.sleep(0.5)
     restarted = ray.get(monitor.summary.remote(), timeout=120)["restarts"]
-    print(json.dumps({
-        "record": record,
-        "first_champion": first,
-        "champion": registry.resolve_version(args.model, registry.CHAMPION),
-        "killed_pid": killed_pid,
-        "monitor_pid": ray.get(monitor.ping_pid.remote(), timeout=120),
-        "restarts": restarted,
-        "home": str(paths.home()),
-    }))
+    print(
+        json.dumps(
+            {
+                "record": record,
+                "first_champion": first,
+                "champion": registry.resolve_version(args.model, registry.CHAMPION),
+                "killed_pid": killed_pid,
+                "monitor_pid": ray.get(monitor.ping_pid.remote(), timeout=120),
+                "restarts": restarted,
+                "home": str(paths.home()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

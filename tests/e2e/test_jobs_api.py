@@ -24,11 +24,11 @@ def test_a_workload_goes_through_the_jobs_api_once_per_submission_id(ray_head):
     again = jobs.submit_workload("preprocess", submission_id, **args)  # e.g. a restarted submitter
     assert first == again == submission_id
     info = wait_for(
-        lambda: (i := jobs.job_info(submission_id, ray_head.dashboard)) is not None and i.finished and i, 300,
+        lambda: (i := jobs.job_info(submission_id, ray_head.dashboard)) is not None and i.finished and i,
+        300,
         what="the job to finish",
     )
     assert info.status == "SUCCEEDED", jobs.client(ray_head.dashboard).get_job_logs(submission_id)[-3000:]
     assert info.end_time is not None and info.start_time is not None and info.end_time >= info.start_time
     listed = [j for j in jobs.client(ray_head.dashboard).list_jobs() if j.submission_id == submission_id]
     assert len(listed) == 1 and listed[0].metadata["rayloop.reason"] == "e2e"
-

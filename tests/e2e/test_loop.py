@@ -28,12 +28,21 @@ MODEL = "e2e-loop"
 
 def _overrides(port: int) -> list[str]:
     return [
-        f"registry.model_name={MODEL}", "data.synthetic.n_rows=8000", "data.synthetic.seed=41",
-        "tuning.enabled=false", "training.lightgbm.num_boost_round=80",
-        f"serving.port={port}", "serving.min_replicas=1", "serving.max_replicas=1",
-        "monitoring.window_size=300", "monitoring.consecutive_windows=2", "monitoring.min_labels=100",
-        "monitoring.cooldown_s=3600", "monitoring.flush_interval_s=5",
-        "retrain.min_labelled_rows=1500", "retrain.max_label_wait_s=120",
+        f"registry.model_name={MODEL}",
+        "data.synthetic.n_rows=8000",
+        "data.synthetic.seed=41",
+        "tuning.enabled=false",
+        "training.lightgbm.num_boost_round=80",
+        f"serving.port={port}",
+        "serving.min_replicas=1",
+        "serving.max_replicas=1",
+        "monitoring.window_size=300",
+        "monitoring.consecutive_windows=2",
+        "monitoring.min_labels=100",
+        "monitoring.cooldown_s=3600",
+        "monitoring.flush_interval_s=5",
+        "retrain.min_labelled_rows=1500",
+        "retrain.max_label_wait_s=120",
         # as in the demo (rayloop/demo.py): under this drift the champion keeps most of its ranking,
         # so with a 450-row holdout an AUC gate refused a better retrained model about 1 time in 3
         # (a plain-LightGBM replay over 12 seeds: AUC margin -0.049..+0.024, accuracy +0.051 or more)
@@ -50,23 +59,40 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
     port = free_port()
     overrides = _overrides(port)
     sets = [arg for item in overrides for arg in ("--set", item)]
-    jobs.submit_workload("pipeline", "loop-e2e-pipeline", overrides=overrides, working_dir=str(ROOT),
-                         address=ray_head.dashboard)
-    info = wait_for(lambda: (i := jobs.job_info("loop-e2e-pipeline", ray_head.dashboard)) and i.finished and i, 400,
-                    interval_s=2, what="the pipeline job")
+    jobs.submit_workload(
+        "pipeline", "loop-e2e-pipeline", overrides=overrides, working_dir=str(ROOT), address=ray_head.dashboard
+    )
+    info = wait_for(
+        lambda: (i := jobs.job_info("loop-e2e-pipeline", ray_head.dashboard)) and i.finished and i,
+        400,
+        interval_s=2,
+        what="the pipeline job",
+    )
     assert info.status == "SUCCEEDED", jobs.client(ray_head.dashboard).get_job_logs("loop-e2e-pipeline")[-3000:]
     first = registry.resolve_version(MODEL, registry.CHAMPION)
     assert first is not None
 
     rayloop = str(ROOT / ".venv" / "bin" / "rayloop")
-    deployed = subprocess.run([rayloop, "serve", "--address", ray_head.address, "--detach", *sets],
-                              env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    deployed = subprocess.run(
+        [rayloop, "serve", "--address", ray_head.address, "--detach", *sets],
+        env=ray_head.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
     stop = threading.Event()
     try:
         clean_s, rate = 60.0, 80.0
-        traffic = TrafficConfig(url=f"http://127.0.0.1:{port}", rate=rate, duration_s=clean_s + 240,
-                                drift_at_s=clean_s, label_delay_s=1.0, seed=5)
+        traffic = TrafficConfig(
+            url=f"http://127.0.0.1:{port}",
+            rate=rate,
+            duration_s=clean_s + 240,
+            drift_at_s=clean_s,
+            label_delay_s=1.0,
+            seed=5,
+        )
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(stats=run_traffic(traffic, stop=stop)), daemon=True)
         runner.start()
@@ -79,22 +105,42 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
         assert not (quiet.get("loop") or {}).get("finished")
 
         # drift: alarm -> retrain job -> gate -> rollout
-        done = wait_for(lambda: (f := (_loop_state().get("loop") or {}).get("finished")) and f[-1], 300, interval_s=2,
-                        what="the retrain to finish")
+        done = wait_for(
+            lambda: (f := (_loop_state().get("loop") or {}).get("finished")) and f[-1],
+            300,
+            interval_s=2,
+            what="the retrain to finish",
+        )
         assert done["outcome"] == "promoted", done
         new = done["version"]
         assert registry.resolve_version(MODEL, registry.CHAMPION) == new != first
         time.sleep(20)  # answers from the new champion
         stop.set()
         runner.join(timeout=60)
-        job_list = subprocess.run([RAY, "job", "list", "--address", ray_head.dashboard], env=ray_head.env,
-                                  capture_output=True, text=True, timeout=120)
+        job_list = subprocess.run(
+            [RAY, "job", "list", "--address", ray_head.dashboard],
+            env=ray_head.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         stop.set()
-        subprocess.run([rayloop, "monitor", "--address", ray_head.address, "--stop", *sets], env=ray_head.env,
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-        subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
-                       env=ray_head.env, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [rayloop, "monitor", "--address", ray_head.address, "--stop", *sets],
+            env=ray_head.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
+            env=ray_head.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     stats = result["stats"]
 
     listed = [line for line in job_list.stdout.splitlines() if done["submission_id"] in line]

@@ -18,15 +18,31 @@ from .conftest import ROOT
 pytestmark = pytest.mark.slow
 
 FAST = [
-    "data.synthetic.n_rows=6000", "data.synthetic.seed=61", "tuning.enabled=false",
-    "training.lightgbm.num_boost_round=60", "monitoring.window_size=200", "monitoring.consecutive_windows=2",
-    "monitoring.min_labels=100", "retrain.min_labelled_rows=1500", "retrain.max_label_wait_s=60",
+    "data.synthetic.n_rows=6000",
+    "data.synthetic.seed=61",
+    "tuning.enabled=false",
+    "training.lightgbm.num_boost_round=60",
+    "monitoring.window_size=200",
+    "monitoring.consecutive_windows=2",
+    "monitoring.min_labels=100",
+    "retrain.min_labelled_rows=1500",
+    "retrain.max_label_wait_s=60",
 ]
 
 
 def _drive(head, model: str, *extra: str, scenario: str = "covariate+concept", kill: str | None = None) -> dict:
-    cmd = [sys.executable, "-m", "tests.e2e.loop_driver", "--address", head.address, "--model", model,
-           "--scenario", scenario, *(["--kill-monitor-when", kill] if kill else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.e2e.loop_driver",
+        "--address",
+        head.address,
+        "--model",
+        model,
+        "--scenario",
+        scenario,
+        *(["--kill-monitor-when", kill] if kill else []),
+    ]
     for item in [*FAST, f"serving.port={free_port()}", *extra]:
         cmd += ["--set", item]
     done = subprocess.run(cmd, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -37,8 +53,21 @@ def _drive(head, model: str, *extra: str, scenario: str = "covariate+concept", k
 
 
 def _stop(head, model: str) -> None:
-    subprocess.run([str(ROOT / ".venv" / "bin" / "rayloop"), "monitor", "--address", head.address, "--stop",
-                    "--set", f"registry.model_name={model}"], env=head.env, cwd=ROOT, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "rayloop"),
+            "monitor",
+            "--address",
+            head.address,
+            "--stop",
+            "--set",
+            f"registry.model_name={model}",
+        ],
+        env=head.env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_a_failing_retrain_job_leaves_the_champion_and_says_why(ray_head):
@@ -63,8 +92,14 @@ def test_a_worse_challenger_is_refused_by_the_gate(ray_head):
     model = "e2e-fault-worse"
     try:
         # covariate drift only (the champion's concept still holds) and a one-split, one-round challenger
-        out = _drive(ray_head, model, "training.lightgbm.num_boost_round=1", "training.lightgbm.num_leaves=2",
-                     "retrain.reference_ratio=0", scenario="covariate")
+        out = _drive(
+            ray_head,
+            model,
+            "training.lightgbm.num_boost_round=1",
+            "training.lightgbm.num_leaves=2",
+            "retrain.reference_ratio=0",
+            scenario="covariate",
+        )
     finally:
         _stop(ray_head, model)
     record = out["record"]
@@ -80,8 +115,12 @@ def test_a_monitor_killed_while_its_retrain_job_runs_sees_the_job_through_and_pr
         out = _drive(ray_head, model, "registry.gate_metric=accuracy", kill="submitted")  # see test_loop.py
     finally:
         _stop(ray_head, model)
-        subprocess.run([str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
-                       env=ray_head.env, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
+            env=ray_head.env,
+            capture_output=True,
+            timeout=120,
+        )
     record = out["record"]
     assert out["killed_pid"] is not None and out["monitor_pid"] != out["killed_pid"] and out["restarts"] >= 1
     assert record["outcome"] == "promoted", record

@@ -19,12 +19,27 @@ MODEL = "e2e-pipeline"
 
 
 def test_ray_job_submit_of_the_pipeline_registers_a_champion_that_predicts_like_the_native_model(ray_head):
-    logs = run_job(ray_head, "pipeline-e2e", [
-        "python", "-m", "workloads.pipeline", "--config", "configs/demo.yaml",
-        "--set", "data.synthetic.n_rows=8000", "--set", "data.synthetic.seed=31",
-        "--set", f"registry.model_name={MODEL}", "--set", "tuning.num_samples=2",
-        "--set", "training.lightgbm.num_boost_round=60",
-    ])
+    logs = run_job(
+        ray_head,
+        "pipeline-e2e",
+        [
+            "python",
+            "-m",
+            "workloads.pipeline",
+            "--config",
+            "configs/demo.yaml",
+            "--set",
+            "data.synthetic.n_rows=8000",
+            "--set",
+            "data.synthetic.seed=31",
+            "--set",
+            f"registry.model_name={MODEL}",
+            "--set",
+            "tuning.num_samples=2",
+            "--set",
+            "training.lightgbm.num_boost_round=60",
+        ],
+    )
     result = last_json(logs)
 
     assert result["promoted"] and result["gate"]["reason"] == "no champion to beat"

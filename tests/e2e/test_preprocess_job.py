@@ -21,10 +21,21 @@ def test_jobs_api_refuses_a_client_without_the_token(ray_head):
 
 
 def test_ray_job_submit_runs_the_preprocess_workload(ray_head, rayloop_home):
-    logs = run_job(ray_head, "preprocess-e2e", [
-        "python", "-m", "workloads.preprocess", "--config", "configs/demo.yaml",
-        "--set", "data.synthetic.n_rows=4000", "--set", "data.synthetic.seed=21",
-    ])
+    logs = run_job(
+        ray_head,
+        "preprocess-e2e",
+        [
+            "python",
+            "-m",
+            "workloads.preprocess",
+            "--config",
+            "configs/demo.yaml",
+            "--set",
+            "data.synthetic.n_rows=4000",
+            "--set",
+            "data.synthetic.seed=21",
+        ],
+    )
     summary = last_json(logs)
     assert summary["rows_total"] == 4000
     assert summary["rows_rejected"] == 40  # demo config corrupts 1% of rows

@@ -32,7 +32,9 @@ def _external_addresses() -> list[str]:
     import psutil
 
     return [
-        a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
         if a.family == socket.AF_INET and not a.address.startswith("127.")
     ]
 
@@ -41,12 +43,16 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
     config, train, fitted, profile = fitted_synthetic(3000, seed=51)
     booster = lgb.train(
         {"objective": "binary", "verbosity": -1},
-        lgb.Dataset(fitted.transform(train), train.column("label").to_numpy(), categorical_feature=fitted.categorical_indices),
+        lgb.Dataset(
+            fitted.transform(train), train.column("label").to_numpy(), categorical_feature=fitted.categorical_indices
+        ),
         num_boost_round=20,
     )
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id("e2e-serve")):
-        version = registry.log_bundle(ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile), model_name=MODEL)
+        version = registry.log_bundle(
+            ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile), model_name=MODEL
+        )
     holdout = generate(300, seed=52)
     assert registry.promote(MODEL, version, holdout, label="label").promote
 
@@ -62,8 +68,14 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
     target.write_text(yaml.safe_dump(spec))
     serve = str(ROOT / ".venv" / "bin" / "serve")
 
-    done = subprocess.run([serve, "deploy", str(target), "--address", ray_head.dashboard],
-                          env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [serve, "deploy", str(target), "--address", ray_head.dashboard],
+        env=ray_head.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     try:
         base = f"http://127.0.0.1:{port}"
@@ -77,8 +89,13 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
         try:
             wait_for(healthy, 240, interval_s=2, what="the deployed app")
         except TimeoutError:
-            status = subprocess.run([serve, "status", "--address", ray_head.dashboard], env=ray_head.env,
-                                    capture_output=True, text=True, timeout=60)
+            status = subprocess.run(
+                [serve, "status", "--address", ray_head.dashboard],
+                env=ray_head.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             raise AssertionError(f"app not healthy:\n{status.stdout[-3000:]}{status.stderr[-2000:]}") from None
         row = holdout.drop_columns(["label", "entity_id"]).slice(0, 1).to_pylist()[0]
         row["event_time"] = row["event_time"].isoformat()
@@ -93,8 +110,14 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
         # doctor sees Ray, Serve and HAProxy listening, all on the loopback, and the Jobs API
         # refusing a request without the cluster token
         rayloop = str(Path(sys.executable).parent / "rayloop")
-        checked = subprocess.run([rayloop, "doctor", "--address", ray_head.dashboard], env={**ray_head.env, "COLUMNS": "250"},
-                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        checked = subprocess.run(
+            [rayloop, "doctor", "--address", ray_head.dashboard],
+            env={**ray_head.env, "COLUMNS": "250"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
         assert "all on the loopback" in checked.stdout and "refuses a request without the token" in checked.stdout
         # the one exception, reported as such: Ray binds Serve's inter-deployment gRPC server itself
@@ -105,5 +128,11 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://{address}:{port}/healthz", timeout=3)
     finally:
-        subprocess.run([serve, "shutdown", "-y", "--address", ray_head.dashboard],
-                       env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        subprocess.run(
+            [serve, "shutdown", "-y", "--address", ray_head.dashboard],
+            env=ray_head.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )

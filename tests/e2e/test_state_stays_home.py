@@ -24,9 +24,22 @@ def test_the_pipeline_workload_writes_nothing_outside_rayloop_home(tmp_path, ray
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"HOME": str(fake_home), "RAYLOOP_HOME": str(state), "RAYLOOP_PROGRESS": "0"})
     done = subprocess.run(
-        [sys.executable, "-m", "workloads.pipeline", "--set", "data.synthetic.n_rows=3000",
-         "--set", "tuning.num_samples=2", "--set", "training.lightgbm.num_boost_round=30"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "workloads.pipeline",
+            "--set",
+            "data.synthetic.n_rows=3000",
+            "--set",
+            "tuning.num_samples=2",
+            "--set",
+            "training.lightgbm.num_boost_round=30",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = last_json(done.stdout)
@@ -45,7 +58,10 @@ def test_the_pipeline_workload_writes_nothing_outside_rayloop_home(tmp_path, ray
 def test_a_bad_config_exits_2_with_the_reason_and_no_traceback(rayloop_home):
     done = subprocess.run(
         [sys.executable, "-m", "workloads.preprocess", "--set", "data.max_reject_ratio=7"],
-        cwd=ROOT, env={**os.environ, "RAYLOOP_HOME": str(rayloop_home / "bad")}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAYLOOP_HOME": str(rayloop_home / "bad")},
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert done.returncode == 2

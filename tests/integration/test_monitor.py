@@ -49,7 +49,9 @@ def champion():
     holdout = generate(2000, seed=52)
     from rayloop.bundle import prediction_histogram
 
-    bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(bundle.predict_proba(holdout))})
+    bundle.profile = profile.model_copy(
+        update={"prediction_histogram": prediction_histogram(bundle.predict_proba(holdout))}
+    )
     bundle.metrics = {"auc": roc_auc(holdout.column("label").to_numpy(), bundle.predict_proba(holdout))}
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id("monitor-tests")):
@@ -67,9 +69,16 @@ def app(ray_session, champion):
     from rayloop.serving.deploy import deploy
 
     overrides = [
-        f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1", f"serving.port={free_port()}",
-        f"monitoring.window_size={WINDOW}", "monitoring.send_batch_rows=50", "monitoring.send_interval_s=0.2",
-        "monitoring.min_labels=100", "monitoring.flush_interval_s=2", "monitoring.consecutive_windows=2",
+        f"registry.model_name={NAME}",
+        "serving.min_replicas=1",
+        "serving.max_replicas=1",
+        f"serving.port={free_port()}",
+        f"monitoring.window_size={WINDOW}",
+        "monitoring.send_batch_rows=50",
+        "monitoring.send_interval_s=0.2",
+        "monitoring.min_labels=100",
+        "monitoring.flush_interval_s=2",
+        "monitoring.consecutive_windows=2",
     ]
     config = load_config(None, overrides)
     base = deploy(config, overrides=overrides)
@@ -83,7 +92,10 @@ def app(ray_session, champion):
 def _serve(base: str, table, rows_per_request: int = 20, workers: int = 4) -> list[tuple[str, int, float]]:
     """Send the rows; returns (request id, true label, probability) of every answered row."""
     records, labels = _records(table), table.column("label").to_pylist()
-    chunks = [(records[i : i + rows_per_request], labels[i : i + rows_per_request]) for i in range(0, len(records), rows_per_request)]
+    chunks = [
+        (records[i : i + rows_per_request], labels[i : i + rows_per_request])
+        for i in range(0, len(records), rows_per_request)
+    ]
 
     def call(chunk):
         body, truth = chunk
@@ -141,7 +153,10 @@ def test_reference_traffic_is_quiet_a_covariate_shift_alarms_and_labels_give_liv
     opts = ["--set", f"registry.model_name={NAME}", "--set", "monitoring.min_labels=100"]
     shown = CliRunner().invoke(cli, ["status", *opts], terminal_width=250)
     assert shown.exit_code == 0, shown.output
-    assert f"windows seen   │ {live['windows_seen']}" in shown.output or f"{live['windows_seen']} (open window" in shown.output
+    assert (
+        f"windows seen   │ {live['windows_seen']}" in shown.output
+        or f"{live['windows_seen']} (open window" in shown.output
+    )
     assert "drift:" in shown.output and sorted(named)[0] in shown.output
     assert f"auc {expected:.4f}" in shown.output
 
@@ -151,7 +166,9 @@ def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
 
     from rayloop import metrics
 
-    wanted = {metrics.exported_name(s) for s in (metrics.DRIFT_PSI, metrics.WINDOWS, metrics.LIVE_QUALITY, metrics.SAMPLES)}
+    wanted = {
+        metrics.exported_name(s) for s in (metrics.DRIFT_PSI, metrics.WINDOWS, metrics.LIVE_QUALITY, metrics.SAMPLES)
+    }
     deadline = time.monotonic() + 60
     found: dict[str, list] = {}
     while time.monotonic() < deadline:
@@ -162,8 +179,12 @@ def test_monitor_metrics_reach_the_ray_metrics_export_port(app, ray_session):
         time.sleep(2)
     assert wanted <= set(found), sorted(found)
     text = httpx.get(f"http://127.0.0.1:{ray_session}/metrics", timeout=10).text
-    features = {s.labels.get("feature") for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == metrics.exported_name(metrics.DRIFT_PSI)}
+    features = {
+        s.labels.get("feature")
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == metrics.exported_name(metrics.DRIFT_PSI)
+    }
     assert {"age", "channel", "prediction"} <= features
 
 
@@ -178,7 +199,9 @@ def test_every_thread_of_the_monitor_runs_below_the_priority_of_rays_workers(app
     assert config.monitoring.niceness == 10
     threads = os.listdir(f"/proc/{pid}/task")
     assert len(threads) > 5  # Ray's core-worker threads, the actor's task threads and its timers
-    assert {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in threads} == {min(19, worker + config.monitoring.niceness)}
+    assert {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in threads} == {
+        min(19, worker + config.monitoring.niceness)
+    }
 
 
 def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowledged_row(app, rayloop_home):
@@ -194,7 +217,10 @@ def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowle
         os.kill(pid, signal.SIGKILL)
         served = future.result()
     assert len(served) == table.num_rows
-    after = _wait(monitor, lambda s: s["restarts"] > before["restarts"] and s["rows_received"] >= before["rows_received"] + table.num_rows)
+    after = _wait(
+        monitor,
+        lambda s: s["restarts"] > before["restarts"] and s["rows_received"] >= before["rows_received"] + table.num_rows,
+    )
     assert after["windows_seen"] >= before["windows_seen"]
     assert after["alarms"] >= before["alarms"] and after["labels"]["joined"] >= before["labels"]["joined"]
     assert len(audit.read()) >= events_before
@@ -248,9 +274,15 @@ def test_prometheus_with_the_shipped_config_scrapes_rayloop_metrics_and_loads_th
     url = f"http://127.0.0.1:{port}"
     log_file = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen(
-        [binary, f"--config.file={config_file}", f"--web.listen-address=127.0.0.1:{port}",
-         f"--storage.tsdb.path={tmp_path / 'data'}"],
-        stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
 
     def log_tail() -> str:
@@ -282,8 +314,10 @@ def test_prometheus_with_the_shipped_config_scrapes_rayloop_metrics_and_loads_th
         monitor_alive = "max(ray_rayloop_monitor_open_window_rows)"
         deadline = time.monotonic() + 90
         while True:
-            served = {(s["metric"].get("model_version"), s["metric"].get("status")): float(s["value"][1])
-                      for s in query(requests)["result"]}
+            served = {
+                (s["metric"].get("model_version"), s["metric"].get("status")): float(s["value"][1])
+                for s in query(requests)["result"]
+            }
             monitor = query(monitor_alive)["result"]
             rules = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
             health = {r["name"]: r["health"] for g in rules for r in g["rules"]}

@@ -27,7 +27,9 @@ def _read_dir(path: Path) -> pa.Table:
     """A written dataset, with hive partition columns (split=...) as plain strings."""
     table = pads.dataset(str(path), format="parquet", partitioning="hive").to_table()
     if "split" in table.column_names:
-        table = table.set_column(table.schema.get_field_index("split"), "split", table.column("split").cast(pa.string()))
+        table = table.set_column(
+            table.schema.get_field_index("split"), "split", table.column("split").cast(pa.string())
+        )
     return table
 
 
@@ -140,7 +142,9 @@ def test_ray_fit_matches_the_in_memory_fit(demo_run):
     features = _read_dir(run_dir / "features")
     train_ids = features.filter(pc.equal(features.column("split"), "train"))
     train = good.filter(pc.is_in(good.column("event_time"), train_ids.column("event_time")))
-    pipeline = FeaturePipeline(config.features, config.data.schema_, label_column="label", timestamp_column="event_time", id_column="entity_id")
+    pipeline = FeaturePipeline(
+        config.features, config.data.schema_, label_column="label", timestamp_column="event_time", id_column="entity_id"
+    )
     local, local_profile = pipeline.fit_table(train)
     assert [f.vocabulary for f in local.categorical] == [f.vocabulary for f in fitted.categorical]
     for ray_f, mem_f in zip(fitted.numeric, local.numeric):

@@ -112,9 +112,13 @@ def test_the_cli_promotes_with_exit_1_on_refusal_and_explains_a_rollback_without
         registry.log_bundle(worse, model_name=name)
     pq.write_table(holdout, tmp_path / "holdout.parquet")
     runner, name_opt = CliRunner(), ["--set", f"registry.model_name={name}"]
-    promoted = runner.invoke(app, ["promote", *name_opt, "--version", first, "--holdout", str(tmp_path / "holdout.parquet")])
+    promoted = runner.invoke(
+        app, ["promote", *name_opt, "--version", first, "--holdout", str(tmp_path / "holdout.parquet")]
+    )
     assert promoted.exit_code == 0 and "promoted to champion" in promoted.output
-    refused = runner.invoke(app, ["promote", *name_opt, "--holdout", str(tmp_path / "holdout.parquet")])  # the challenger
+    refused = runner.invoke(
+        app, ["promote", *name_opt, "--holdout", str(tmp_path / "holdout.parquet")]
+    )  # the challenger
     assert refused.exit_code == 1 and "refused; champion unchanged" in refused.output
     assert registry.resolve_version(name, registry.CHAMPION) == first
     rolled = runner.invoke(app, ["rollback", *name_opt])

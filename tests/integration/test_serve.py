@@ -66,8 +66,14 @@ def server(ray_session, models):
     from rayloop.monitoring.monitor import stop_monitor
     from rayloop.serving.deploy import deploy
 
-    overrides = [f"registry.model_name={NAME}", "serving.min_replicas=1", "serving.max_replicas=1",
-                 "serving.max_records_per_request=64", "serving.max_body_bytes=65536", f"serving.port={free_port()}"]
+    overrides = [
+        f"registry.model_name={NAME}",
+        "serving.min_replicas=1",
+        "serving.max_replicas=1",
+        "serving.max_records_per_request=64",
+        "serving.max_body_bytes=65536",
+        f"serving.port={free_port()}",
+    ]
     base = deploy(load_config(None, overrides), overrides=overrides)
     try:
         yield base, overrides
@@ -116,11 +122,21 @@ def _malformed_cases(row: dict) -> list[tuple[str, dict, int, str | None]]:
         ("empty list", body([]), 422, "body"),
         ("too many rows", body([row] * 65), 422, "body"),
         ("out of range", body({**row, "age": 500}), 422, "record.age"),
-        ("infinity not allowed", raw(json.dumps({**row, "income": 1}).replace('"income": 1', '"income": Infinity')), 422, "record.income"),
+        (
+            "infinity not allowed",
+            raw(json.dumps({**row, "income": 1}).replace('"income": 1', '"income": Infinity')),
+            422,
+            "record.income",
+        ),
         ("huge number", raw(json.dumps({**row, "age": 1}).replace('"age": 1', '"age": 1e999')), 422, "record.age"),
         ("integer overflow", body({**row, "num_transactions_30d": 10**30}), 422, "record.num_transactions_30d"),
         ("fractional integer", body({**row, "num_transactions_30d": 2.5}), 422, "record.num_transactions_30d"),
-        ("NaN timestamp", raw(json.dumps({**row, "event_time": 1}).replace('"event_time": 1', '"event_time": NaN')), 422, "record.event_time"),
+        (
+            "NaN timestamp",
+            raw(json.dumps({**row, "event_time": 1}).replace('"event_time": 1', '"event_time": NaN')),
+            422,
+            "record.event_time",
+        ),
         ("null in a non-null column", body({**row, "event_time": None}), 422, "record.event_time"),
         ("bad timestamp", body({**row, "event_time": "yesterday"}), 422, "record.event_time"),
         ("nested object", body({**row, "region": {"a": 1}}), 422, "record.region"),
@@ -129,7 +145,12 @@ def _malformed_cases(row: dict) -> list[tuple[str, dict, int, str | None]]:
         ("second row bad", body([row, {**row, "age": -3}]), 422, "records[1].age"),
         ("invalid JSON", raw('{"age": 3,'), 400, None),
         ("JSON scalar", raw("5"), 400, "body"),
-        ("wrong content type", {"content": json.dumps(row), "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+        (
+            "wrong content type",
+            {"content": json.dumps(row), "headers": {"content-type": "text/plain"}},
+            415,
+            "content-type",
+        ),
         ("no content type", {"content": json.dumps(row).encode()}, 415, "content-type"),
         ("body too large", body([{**row, "merchant_id": "m" * 1000}] * 64), 413, "body"),
     ]
@@ -154,7 +175,8 @@ def test_malformed_requests_get_their_documented_4xx_and_the_server_keeps_servin
         assert unseen.status_code == 200 and 0 <= unseen.json()["predictions"][0]["probability"] <= 1
         assert client.get("/v1/predict").status_code == 405
         bad_feedback = [
-            ({"request_id": "x", "label": 1}, 422), ({"request_id": "a" * 32, "label": 2}, 422),
+            ({"request_id": "x", "label": 1}, 422),
+            ({"request_id": "a" * 32, "label": 2}, 422),
             ({"request_id": "a" * 32, "label": 1, "extra": 0}, 422),
         ]
         for payload, status in bad_feedback:
@@ -310,12 +332,18 @@ def test_serving_metrics_reach_the_ray_metrics_export_port(server, ray_session):
             return {}
         return {f.name: f.samples for f in text_string_to_metric_families(page)}
 
-    wanted = {metrics.exported_name(s).removesuffix("_total") for s in (metrics.REQUESTS, metrics.LATENCY_MS, metrics.BATCH_ROWS, metrics.MODEL_VERSION, metrics.PREDICTIONS)}
+    wanted = {
+        metrics.exported_name(s).removesuffix("_total")
+        for s in (metrics.REQUESTS, metrics.LATENCY_MS, metrics.BATCH_ROWS, metrics.MODEL_VERSION, metrics.PREDICTIONS)
+    }
     deadline = time.monotonic() + 90
     found: dict[str, list] = {}
     while time.monotonic() < deadline:
         found = samples()
-        if wanted <= set(found) and any(s.labels.get("status") == "400" for s in found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]):
+        if wanted <= set(found) and any(
+            s.labels.get("status") == "400"
+            for s in found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]
+        ):
             break
         time.sleep(2)
     assert wanted <= set(found), sorted(n for n in found if "rayloop" in n)

@@ -18,9 +18,14 @@ pytestmark = pytest.mark.slow
 
 
 def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_model(feature_run):
-    config = load_config(None, [
-        "registry.model_name=wf-train", "training.lightgbm.num_boost_round=60", "training.slice_column=channel",
-    ])
+    config = load_config(
+        None,
+        [
+            "registry.model_name=wf-train",
+            "training.lightgbm.num_boost_round=60",
+            "training.slice_column=channel",
+        ],
+    )
     outcome = train_and_register(config, feature_run.run_id)
 
     assert registry.resolve_version("wf-train", registry.CHALLENGER) == outcome.version
@@ -52,10 +57,16 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
 
 
 def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(feature_run):
-    config = load_config(None, [
-        "registry.model_name=wf-tune", "tuning.num_samples=3", "tuning.max_concurrent_trials=2",
-        "training.lightgbm.num_boost_round=60", "tuning.report_every_rounds=10",
-    ])
+    config = load_config(
+        None,
+        [
+            "registry.model_name=wf-tune",
+            "tuning.num_samples=3",
+            "tuning.max_concurrent_trials=2",
+            "training.lightgbm.num_boost_round=60",
+            "tuning.report_every_rounds=10",
+        ],
+    )
     outcome = tune_and_register(config, feature_run.run_id)
 
     assert outcome.tuning["trials"] == 3
@@ -77,11 +88,19 @@ def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(featu
 
 
 def test_mlp_trials_report_per_epoch_and_the_best_is_the_maximum(feature_run):
-    config = load_config(None, [
-        "training.model=mlp", "training.mlp.epochs=3", "tuning.num_samples=2", "tuning.scheduler=fifo",
-    ])
+    config = load_config(
+        None,
+        [
+            "training.model=mlp",
+            "training.mlp.epochs=3",
+            "tuning.num_samples=2",
+            "tuning.scheduler=fifo",
+        ],
+    )
     data = TuneData.from_run(feature_run.run_dir, feature_run.fitted, "label")
-    outcome = run_tune(data, model="mlp", training=config.training, tuning=config.tuning, name=f"mlp-tune-{feature_run.run_id}")
+    outcome = run_tune(
+        data, model="mlp", training=config.training, tuning=config.tuning, name=f"mlp-tune-{feature_run.run_id}"
+    )
     assert len(outcome.trials) == 2
     assert all(t.iterations == len(t.curve) >= 1 for t in outcome.trials)
     assert outcome.best_metrics["best_validation_auc"] == max(t.metrics["best_validation_auc"] for t in outcome.trials)

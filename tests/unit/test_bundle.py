@@ -53,8 +53,12 @@ def test_an_mlp_bundle_round_trips(fitted_data, tmp_path):
     config, table, fitted, profile = fitted_data
     params = {"hidden": [16], "dropout": 0.0}
     model = build_model(
-        {"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-         "cardinalities": fitted.cardinalities, **params}
+        {
+            "feature_names": fitted.feature_names,
+            "categorical_indices": fitted.categorical_indices,
+            "cardinalities": fitted.cardinalities,
+            **params,
+        }
     ).eval()
     bundle = ModelBundle("mlp", model, fitted, config.data.schema_, profile, model_params=params)
     loaded = ModelBundle.load(bundle.save(tmp_path / "m"))

@@ -71,7 +71,9 @@ def candidates(types: list[NodeType], demand: dict[str, float]) -> list[NodeType
 def max_units(types: list[NodeType], demand: dict[str, float], max_workers: int) -> int:
     """The most copies of `demand` the cluster holds at full size: the best-packing node types first,
     within each type's max_workers and the global max_workers."""
-    per_type = sorted(((units_per_node(t.resources, demand), t.max_workers) for t in candidates(types, demand)), reverse=True)
+    per_type = sorted(
+        ((units_per_node(t.resources, demand), t.max_workers) for t in candidates(types, demand)), reverse=True
+    )
     total, nodes_left = 0, max_workers
     for units, count in per_type:
         take = min(count, nodes_left)
@@ -141,7 +143,9 @@ def launcher(name: str) -> dict[str, Any]:
 def worker_types(cluster: dict[str, Any]) -> list[NodeType]:
     head = cluster["head_node_type"]
     return [
-        NodeType(name, dict(spec["resources"]), spec.get("min_workers", 0), spec.get("max_workers", cluster["max_workers"]))
+        NodeType(
+            name, dict(spec["resources"]), spec.get("min_workers", 0), spec.get("max_workers", cluster["max_workers"])
+        )
         for name, spec in cluster["available_node_types"].items()
         if name != head
     ]
@@ -175,7 +179,9 @@ def test_valid_against_the_cluster_schema_shipped_with_ray(name, schema):
     "mutate",
     [
         pytest.param(lambda c: c.update(max_worker=4), id="misspelled top-level key"),
-        pytest.param(lambda c: c["available_node_types"]["gpu_serve"]["resources"].update(GPU=0.5), id="fractional GPU"),
+        pytest.param(
+            lambda c: c["available_node_types"]["gpu_serve"]["resources"].update(GPU=0.5), id="fractional GPU"
+        ),
         pytest.param(lambda c: c["available_node_types"]["cpu_worker"].pop("node_config"), id="no node_config"),
     ],
 )
@@ -207,9 +213,13 @@ def test_ray_prepares_and_validates_the_file_offline(name, monkeypatch):
 def test_image_is_rayproject_ray_pinned_to_our_ray_with_python_311_and_cuda(name):
     """Nodes and the client must run the same Ray; GPU nodes need the CUDA image."""
     docker = launcher(name)["docker"]
-    match = re.fullmatch(r"rayproject/ray:(?P<version>\d+\.\d+\.\d+)-py(?P<py>\d+)-(?P<cuda>gpu|cu\d+)", docker["image"])
+    match = re.fullmatch(
+        r"rayproject/ray:(?P<version>\d+\.\d+\.\d+)-py(?P<py>\d+)-(?P<cuda>gpu|cu\d+)", docker["image"]
+    )
     assert match, f"{name}: docker.image {docker['image']!r} is not rayproject/ray:<version>-py311-<gpu|cuXXX>"
-    assert match["version"] == ray.__version__, f"{name}: image Ray {match['version']} != installed Ray {ray.__version__}"
+    assert match["version"] == ray.__version__, (
+        f"{name}: image Ray {match['version']} != installed Ray {ray.__version__}"
+    )
     assert match["py"] == "311"
     assert not {"head_image", "worker_image"} & docker.keys(), f"{name}: one image for every node"
     for node_type, spec in launcher(name)["available_node_types"].items():
@@ -229,8 +239,8 @@ def test_setup_installs_the_synced_checkout_with_the_gpu_extra_and_pins(name):
     setup = cluster["setup_commands"]
     torch_at = next((i for i, c in enumerate(setup) if f'"{torch_spec}"' in c and "-e" not in c.split()), None)
     install_at = next((i for i, c in enumerate(setup) if re.search(rf'-e "{re.escape(remote)}\[gpu\]"', c)), None)
-    assert torch_at is not None, f"{name}: no `pip install \"{torch_spec}\"` (the Makefile's pin) in setup_commands"
-    assert install_at is not None, f"{name}: setup_commands do not `pip install -e \"{remote}[gpu]\"`"
+    assert torch_at is not None, f'{name}: no `pip install "{torch_spec}"` (the Makefile\'s pin) in setup_commands'
+    assert install_at is not None, f'{name}: setup_commands do not `pip install -e "{remote}[gpu]"`'
     assert torch_at < install_at, f"{name}: torch must be installed before the project"
     assert f'"{torch_spec}"' in setup[install_at] and f"=={ray.__version__}" in setup[install_at], (
         f"{name}: the project install must repeat the torch and Ray pins so the gpu extra cannot move them"
@@ -276,7 +286,9 @@ def test_no_firewall_rule_opens_ray_or_serve_ports_to_the_internet(name):
     for rule in rules:
         world = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges", []))
         ports = set(range(rule.get("FromPort", 0), rule.get("ToPort", 65535) + 1))
-        assert not (world and ports & PRIVATE_PORTS), f"{name}: {rule} opens {sorted(ports & PRIVATE_PORTS)} to the world"
+        assert not (world and ports & PRIVATE_PORTS), (
+            f"{name}: {rule} opens {sorted(ports & PRIVATE_PORTS)} to the world"
+        )
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -286,7 +298,9 @@ def test_shared_state_is_the_prod_profile_home_on_every_node(name):
     cluster = launcher(name)
     home = yaml.safe_load((ROOT / "configs" / "profiles" / "prod.yaml").read_text())["home"]
     assert f"-v {home}:{home}" in cluster["docker"]["run_options"], f"{name}: {home} is not mounted into the container"
-    assert any(f"mkdir -p {home}" in c for c in cluster["initialization_commands"]), f"{name}: {home} not created on the host"
+    assert any(f"mkdir -p {home}" in c for c in cluster["initialization_commands"]), (
+        f"{name}: {home} not created on the host"
+    )
     for spec in cluster["available_node_types"].values():
         assert "initialization_commands" not in spec, f"{name}: a node type would replace the host setup"
     for command in start_commands(cluster):
@@ -323,7 +337,9 @@ def test_autoscaling_bounds(name):
     assert cluster["upscaling_speed"] > 0
     types = worker_types(cluster)
     for t in types:
-        assert 0 <= t.min_workers <= t.max_workers, f"{name}: {t.name} min_workers {t.min_workers} > max_workers {t.max_workers}"
+        assert 0 <= t.min_workers <= t.max_workers, (
+            f"{name}: {t.name} min_workers {t.min_workers} > max_workers {t.max_workers}"
+        )
         assert t.max_workers >= 1, f"{name}: {t.name} can never start"
     assert sum(t.min_workers for t in types) <= cluster["max_workers"]
     gpu_floor = [t.name for t in types if t.gpus and t.min_workers]

@@ -14,8 +14,12 @@ from rayloop.cli import app as cli
 from rayloop.doctor import Finding, Listener
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = [ROOT / "cluster", ROOT / "configs" / "serve" / "tabular.yaml",
-           ROOT / "configs" / "demo.yaml", *sorted((ROOT / "configs" / "profiles").glob("*.yaml"))]
+SHIPPED = [
+    ROOT / "cluster",
+    ROOT / "configs" / "serve" / "tabular.yaml",
+    ROOT / "configs" / "demo.yaml",
+    *sorted((ROOT / "configs" / "profiles").glob("*.yaml")),
+]
 
 
 def _unsafe(findings: list[Finding]) -> list[Finding]:
@@ -55,8 +59,12 @@ def test_kuberay_without_token_auth_or_with_an_exposed_head_is_unsafe(tmp_path, 
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path / "b", "b.yaml", [exposed])))
     assert len(found) == 1 and "LoadBalancer" in found[0].what
 
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dash"},
-               "spec": {"type": "NodePort", "ports": [{"port": 8265}]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "dash"},
+        "spec": {"type": "NodePort", "ports": [{"port": 8265}]},
+    }
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "c.yaml", [service])))
     assert len(found) == 1 and "NodePort" in found[0].what
 
@@ -73,12 +81,14 @@ def test_a_pod_dashboard_on_all_interfaces_needs_a_network_policy_beside_it(tmp_
 def test_secrets_in_files_are_unsafe(tmp_path, ray_cluster):
     literal = copy.deepcopy(ray_cluster)
     literal["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "RAY_AUTH_TOKEN", "value": "0123456789abcdef"})
+        {"name": "RAY_AUTH_TOKEN", "value": "0123456789abcdef"}
+    )
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "a.yaml", [literal])))
     assert len(found) == 1 and "RAY_AUTH_TOKEN" in found[0].where
     from_secret = copy.deepcopy(ray_cluster)
     from_secret["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray", "key": "auth_token"}}})
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "ray", "key": "auth_token"}}}
+    )
     (tmp_path / "b").mkdir()
     assert _unsafe(doctor.check_cluster_file(_write(tmp_path / "b", "b.yaml", [from_secret]))) == []
 
@@ -86,9 +96,11 @@ def test_secrets_in_files_are_unsafe(tmp_path, ray_cluster):
     config["serving"]["api_key"] = "hunter2hunter2"
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "c.yaml", [config])))
     assert [f.where.split(": ")[1] for f in found] == ["serving.api_key"]
-    for text, what in [("key: AKIAABCDEFGHIJKLMNOP\n", "AWS access key"),
-                       ("uri: http://admin:pw@mlflow:5000\n", "password"),
-                       ("k: |\n  -----BEGIN RSA PRIVATE KEY-----\n", "private key")]:
+    for text, what in [
+        ("key: AKIAABCDEFGHIJKLMNOP\n", "AWS access key"),
+        ("uri: http://admin:pw@mlflow:5000\n", "password"),
+        ("k: |\n  -----BEGIN RSA PRIVATE KEY-----\n", "private key"),
+    ]:
         (tmp_path / "d.yaml").write_text(text)
         found = _unsafe(doctor.check_cluster_file(tmp_path / "d.yaml"))
         assert found and what in found[0].what, (text, found)
@@ -103,21 +115,27 @@ def launcher() -> dict:
 
 def test_a_launcher_file_needs_token_auth_and_a_loopback_dashboard(tmp_path, launcher):
     no_token = copy.deepcopy(launcher)
-    no_token["worker_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token", "") for c in no_token["worker_start_ray_commands"]]
+    no_token["worker_start_ray_commands"] = [
+        c.replace("RAY_AUTH_MODE=token", "") for c in no_token["worker_start_ray_commands"]
+    ]
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "a.yaml", [no_token])))
     assert [f.where.rsplit(": ", 1)[1] for f in found] == ["worker_start_ray_commands"]
 
     public = copy.deepcopy(launcher)
-    public["head_start_ray_commands"] = [c.replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")
-                                         for c in public["head_start_ray_commands"]]
+    public["head_start_ray_commands"] = [
+        c.replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0") for c in public["head_start_ray_commands"]
+    ]
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "b.yaml", [public])))
     assert len(found) == 1 and "0.0.0.0" in found[0].what
 
     opened = copy.deepcopy(launcher)
-    opened.setdefault("provider", {})["security_group"] = {"GroupName": "rayloop", "IpPermissions": [
-        {"FromPort": 22, "ToPort": 22, "IpProtocol": "TCP", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "TCP", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-    ]}
+    opened.setdefault("provider", {})["security_group"] = {
+        "GroupName": "rayloop",
+        "IpPermissions": [
+            {"FromPort": 22, "ToPort": 22, "IpProtocol": "TCP", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+            {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "TCP", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+        ],
+    }
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "c.yaml", [opened])))
     assert len(found) == 1 and "8265-8265" in found[0].what
 
@@ -130,10 +148,15 @@ def test_serve_config_off_the_loopback_is_a_warning(tmp_path):
 
 
 def test_listeners_beyond_the_loopback_are_unsafe():
-    safe = [Listener(1, "gcs_server", "127.0.0.1", 6379), Listener(2, "raylet", "::1", 1234),
-            Listener(3, "ray::ProxyActor", "::ffff:127.0.0.1", 8000)]
+    safe = [
+        Listener(1, "gcs_server", "127.0.0.1", 6379),
+        Listener(2, "raylet", "::1", 1234),
+        Listener(3, "ray::ProxyActor", "::ffff:127.0.0.1", 8000),
+    ]
     assert [f.level for f in doctor.check_listeners(safe)] == ["ok"]
-    unsafe = doctor.check_listeners([*safe, Listener(4, "raylet", "0.0.0.0", 5), Listener(5, "gcs_server", "192.0.2.2", 6)])
+    unsafe = doctor.check_listeners(
+        [*safe, Listener(4, "raylet", "0.0.0.0", 5), Listener(5, "gcs_server", "192.0.2.2", 6)]
+    )
     assert [f.where for f in unsafe] == ["raylet (pid 4)", "gcs_server (pid 5)"]
     assert all(f.level == "unsafe" for f in unsafe)
     assert doctor.check_listeners([]) == []
@@ -167,7 +190,9 @@ def test_the_command_exits_1_on_an_unsafe_file_and_0_on_the_shipped_ones(tmp_pat
     assert ok.exit_code == 0, ok.output
     assert "nothing unsafe found" in ok.output
     del ray_cluster["spec"]["authOptions"]
-    bad = runner.invoke(cli, ["doctor", "--no-listeners", str(_write(tmp_path, "x.yaml", [ray_cluster]))], terminal_width=200)
+    bad = runner.invoke(
+        cli, ["doctor", "--no-listeners", str(_write(tmp_path, "x.yaml", [ray_cluster]))], terminal_width=200
+    )
     assert bad.exit_code == 1 and "Ray token auth is not on" in bad.output
     missing = runner.invoke(cli, ["doctor", "--no-listeners", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2

@@ -61,8 +61,16 @@ def test_scale_test_agrees_with_scipy_ansari_bradley(scale):
 
 
 @pytest.mark.parametrize(
-    "k, n, big_k, m", [(1, 100, 0, 100_000), (0, 100, 0, 100_000), (7, 1000, 50, 100_000), (60, 1000, 5000, 100_000),
-                       (0, 5000, 5000, 100_000), (250, 5000, 5000, 100_000), (3, 20, 1, 40)],
+    "k, n, big_k, m",
+    [
+        (1, 100, 0, 100_000),
+        (0, 100, 0, 100_000),
+        (7, 1000, 50, 100_000),
+        (60, 1000, 5000, 100_000),
+        (0, 5000, 5000, 100_000),
+        (250, 5000, 5000, 100_000),
+        (3, 20, 1, 40),
+    ],
 )
 def test_missing_test_is_scipys_fisher_exact(k, n, big_k, m):
     expected = stats.fisher_exact([[k, n - k], [big_k, m - big_k]]).pvalue
@@ -91,7 +99,9 @@ def test_chi2_homogeneity_is_scipys_contingency_test_and_ignores_empty_bins():
     expected = stats.chi2_contingency(np.array([[30, 50, 20], [300, 400, 300]]), correction=False)
     assert (stat, dof) == (pytest.approx(expected.statistic), 2) and p == pytest.approx(expected.pvalue)
     far = chi2_homogeneity(np.array([90, 5, 5]), np.array([300, 400, 300]))
-    assert far[1] == pytest.approx(stats.chi2_contingency(np.array([[90, 5, 5], [300, 400, 300]]), correction=False).pvalue)
+    assert far[1] == pytest.approx(
+        stats.chi2_contingency(np.array([[90, 5, 5], [300, 400, 300]]), correction=False).pvalue
+    )
 
 
 def test_p_values_are_uniform_when_nothing_drifts():
@@ -113,7 +123,9 @@ def test_psi_and_js_on_known_distributions():
     p, q = np.array([0.4, 0.6]), np.array([0.6, 0.4])
     assert psi(p * 100, q * 100) == pytest.approx(float(np.sum((p - q) * np.log(p / q))))
     assert js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
-    assert js_distance(p, q) == pytest.approx(float(stats.entropy(p, (p + q) / 2, base=2) / 2 + stats.entropy(q, (p + q) / 2, base=2) / 2) ** 0.5)
+    assert js_distance(p, q) == pytest.approx(
+        float(stats.entropy(p, (p + q) / 2, base=2) / 2 + stats.entropy(q, (p + q) / 2, base=2) / 2) ** 0.5
+    )
 
 
 def test_the_psi_threshold_grows_as_windows_shrink_and_holds_its_false_alarm_rate():
@@ -122,7 +134,9 @@ def test_the_psi_threshold_grows_as_windows_shrink_and_holds_its_false_alarm_rat
     ref10 = np.array([reference[g].sum() for g in groups])
     assert psi_null_quantile(100, 200_000, 10, 0.05) > 0.1 > psi_null_quantile(5000, 200_000, 10, 0.05)
     threshold = psi_null_quantile(300, int(ref10.sum()), len(ref10), 0.05)
-    values = [psi(np.array([w[g].sum() for g in groups]), ref10) for w in (_binned(RNG.normal(size=300)) for _ in range(400))]
+    values = [
+        psi(np.array([w[g].sum() for g in groups]), ref10) for w in (_binned(RNG.normal(size=300)) for _ in range(400))
+    ]
     assert 0.01 <= np.mean(np.array(values) > threshold) <= 0.10
 
 

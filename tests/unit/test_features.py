@@ -69,9 +69,19 @@ def test_categorical_codes_for_vocabulary_unseen_and_missing(fitted):
     features, _ = fitted
     channel = next(f for f in features.categorical if f.name == "channel")
     row = {
-        "age": 30.0, "income": None, "account_balance": 1.0, "tenure_months": 2.0, "credit_utilization": 0.5,
-        "num_transactions_30d": 3, "avg_session_minutes": 1.0, "latency_ms": 100.0, "risk_score": 0.0,
-        "channel": channel.vocabulary[0], "region": "r99-never-seen", "merchant_id": None, "device_type": "ios",
+        "age": 30.0,
+        "income": None,
+        "account_balance": 1.0,
+        "tenure_months": 2.0,
+        "credit_utilization": 0.5,
+        "num_transactions_30d": 3,
+        "avg_session_minutes": 1.0,
+        "latency_ms": 100.0,
+        "risk_score": 0.0,
+        "channel": channel.vocabulary[0],
+        "region": "r99-never-seen",
+        "merchant_id": None,
+        "device_type": "ios",
         "event_time": "2026-01-05T13:00:00Z",
     }
     vector = features.transform(row)[0]
@@ -85,7 +95,9 @@ def test_categorical_codes_for_vocabulary_unseen_and_missing(fitted):
 
 def test_top_k_and_min_frequency_bound_the_vocabulary(pipeline, table):
     cfg = pipeline.config.model_copy(update={"top_k": 50, "min_frequency": 1})
-    small = FeaturePipeline(cfg, pipeline.schema, label_column="label", timestamp_column="event_time", id_column="entity_id")
+    small = FeaturePipeline(
+        cfg, pipeline.schema, label_column="label", timestamp_column="event_time", id_column="entity_id"
+    )
     features, profile = small.fit_table(table)
     merchant = next(f for f in features.categorical if f.name == "merchant_id")
     assert len(merchant.vocabulary) == 50

@@ -27,7 +27,9 @@ def prod() -> ProfileConfig:
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, list[dict]]:
-    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(cluster.KUBERAY_DIR.glob("*.yaml"))}
+    return {
+        p.name: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(cluster.KUBERAY_DIR.glob("*.yaml"))
+    }
 
 
 def _cluster_specs(manifests) -> dict[str, dict]:
@@ -36,7 +38,11 @@ def _cluster_specs(manifests) -> dict[str, dict]:
     for name, docs in manifests.items():
         for doc in docs:
             spec = doc.get("spec", {})
-            found = {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}
+            found = {
+                "RayCluster": spec,
+                "RayJob": spec.get("rayClusterSpec"),
+                "RayService": spec.get("rayClusterConfig"),
+            }
             if doc["kind"] in found:
                 specs[f"{name}:{doc['kind']}"] = found[doc["kind"]]
     return specs
@@ -69,7 +75,11 @@ def test_serve_config_v2_is_a_valid_serve_deploy_config(manifests):
     from ray.serve.schema import ServeDeploySchema
 
     embedded = yaml.safe_load(manifests["ray-service.tabular.yaml"][0]["spec"]["serveConfigV2"])
-    schema = ServeDeploySchema.model_validate(embedded) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(embedded)
+    schema = (
+        ServeDeploySchema.model_validate(embedded)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(embedded)
+    )
     assert [a.import_path for a in schema.applications] == ["serve_apps.tabular:app_builder"]
 
 
@@ -113,8 +123,10 @@ def test_the_network_policy_covers_every_ray_pod_and_opens_nothing_to_everyone(m
             assert "ipBlock" not in peer, rule
     by_port: dict[int, set[str]] = {}
     for rule in policy["ingress"]:
-        namespaces = {p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name", "ray pods")
-                      for p in rule["from"]}
+        namespaces = {
+            p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name", "ray pods")
+            for p in rule["from"]
+        }
         for port in rule.get("ports", [{"port": "any"}]):
             by_port.setdefault(port["port"], set()).update(namespaces)
     # the GCS and the Ray Client port take commands: only Ray's own pods reach them
@@ -140,8 +152,14 @@ def _groups(spec: dict) -> list[dict]:
     out = []
     for group in spec["workerGroupSpecs"]:
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-        out.append({"name": group["groupName"], "cpus": float(limits["cpu"]), "gpus": float(limits.get("nvidia.com/gpu", 0)),
-                    "max": group["maxReplicas"]})
+        out.append(
+            {
+                "name": group["groupName"],
+                "cpus": float(limits["cpu"]),
+                "gpus": float(limits.get("nvidia.com/gpu", 0)),
+                "max": group["maxReplicas"],
+            }
+        )
     return out
 
 
@@ -152,8 +170,9 @@ def test_the_worker_groups_fit_what_the_cluster_config_asks(manifests, prod):
     for gpu_group in ("gpu-serve", "gpu-train"):
         group = next(g for g in groups if g["name"] == gpu_group)
         assert group["gpus"] >= 1
-        tolerations = next(w for w in manifests["ray-cluster.yaml"][0]["spec"]["workerGroupSpecs"]
-                           if w["groupName"] == gpu_group)["template"]["spec"]["tolerations"]
+        tolerations = next(
+            w for w in manifests["ray-cluster.yaml"][0]["spec"]["workerGroupSpecs"] if w["groupName"] == gpu_group
+        )["template"]["spec"]["tolerations"]
         assert tolerations[0]["key"] == "nvidia.com/gpu"
 
     def capacity(cpus: float, gpus: float) -> int:

@@ -11,7 +11,12 @@ from rayloop.config import RetrainConfig
 from rayloop.monitoring.loop import Effects, JobView, LoopState, advance, new_record, since_for
 
 CONFIG = RetrainConfig(min_labelled_rows=100, max_label_wait_s=60, timeout_s=300)
-DECISION = {"window": 7, "trigger": "drift", "reason": "drift in 2 consecutive windows", "numbers": {"consecutive_drift": 2}}
+DECISION = {
+    "window": 7,
+    "trigger": "drift",
+    "reason": "drift in 2 consecutive windows",
+    "numbers": {"consecutive_drift": 2},
+}
 
 
 @dataclass
@@ -86,7 +91,12 @@ def test_submits_anyway_after_the_label_wait_and_the_job_decides():
         (JobView("FAILED", "Job entrypoint command failed with exit code 2"), None, "failed", "exit code 2"),
         (JobView("STOPPED"), None, "failed", "STOPPED"),
         (JobView("SUCCEEDED"), None, "failed", "registered no model version"),
-        (JobView("SUCCEEDED"), {"version": "5", "decision": "refused", "reason": "auc 0.6 < 0.7"}, "refused", "0.6 < 0.7"),
+        (
+            JobView("SUCCEEDED"),
+            {"version": "5", "decision": "refused", "reason": "auc 0.6 < 0.7"},
+            "refused",
+            "0.6 < 0.7",
+        ),
     ],
 )
 def test_failed_and_refused_jobs_finish_without_touching_serve(job, result, outcome, detail):

@@ -54,8 +54,15 @@ def _fit_and_score(device: str, bf16: bool) -> float:
     x = torch.from_numpy(np.ascontiguousarray(fitted.transform(table), dtype=np.float32)).to(device)
     y = torch.from_numpy(np.asarray(table.column("label"), dtype=np.float32)).to(device)
     torch.manual_seed(0)
-    model = build_model({"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-                         "cardinalities": fitted.cardinalities, "hidden": [64, 32], "dropout": 0.0}).to(device)
+    model = build_model(
+        {
+            "feature_names": fitted.feature_names,
+            "categorical_indices": fitted.categorical_indices,
+            "cardinalities": fitted.cardinalities,
+            "hidden": [64, 32],
+            "dropout": 0.0,
+        }
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     split = 9_000
     for _ in range(3):

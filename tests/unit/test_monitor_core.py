@@ -146,7 +146,12 @@ def test_a_restart_keeps_windows_counters_and_every_acknowledged_row(tmp_path, r
     assert again.state.window["rows"] == 900  # 1900 rows: one closed window, 900 in the open one
     assert again.state.labels["joined"] == 10
     assert again.ingest("r2", _batch(live.slice(0, 10)))["duplicate_batch"]  # the retry of an acked batch
-    assert again.ingest_labels("l2", label_table(ids[:2], [0, 0])) == {"joined": 0, "late": 0, "duplicate": 2, "unknown": 0}
+    assert again.ingest_labels("l2", label_table(ids[:2], [0, 0])) == {
+        "joined": 0,
+        "late": 0,
+        "duplicate": 2,
+        "unknown": 0,
+    }
     again.flush()
     logged = InferenceLog(str(tmp_path / "inference_log" / "m")).predictions.read(include_pending=False)
     assert sorted(logged.column("request_id").to_pylist()) == sorted(sent)  # every row once
@@ -192,7 +197,9 @@ def test_compaction_puts_each_row_in_the_utc_date_and_hour_of_its_timestamp(tmp_
     found = {}
     for path in log.labels.files():
         for ts in pq.read_table(path).column("label_ts").to_pylist():
-            found.setdefault(path.split("/labels/")[1].rsplit("/", 1)[0], []).append(ts.strftime("%Y-%m-%d %H:%M:%S.%f"))
+            found.setdefault(path.split("/labels/")[1].rsplit("/", 1)[0], []).append(
+                ts.strftime("%Y-%m-%d %H:%M:%S.%f")
+            )
     assert found == {
         "date=2025-12-31/hour=22": ["2025-12-31 22:59:59.500000"],
         "date=2025-12-31/hour=23": ["2025-12-31 23:59:59.999000", "2025-12-31 23:59:59.999000"],
@@ -229,7 +236,9 @@ def test_joined_gives_each_prediction_its_first_label(tmp_path, reference):
     table = _batch(generate(20, seed=16))
     core.ingest("p", table)
     ids = table.column("request_id").to_pylist()
-    core.ingest_labels("l", label_table([ids[0], ids[0], ids[1]], [1, 0, 0], [1_790_000_010.0, 1_790_000_020.0, 1_790_000_010.0]))
+    core.ingest_labels(
+        "l", label_table([ids[0], ids[0], ids[1]], [1, 0, 0], [1_790_000_010.0, 1_790_000_020.0, 1_790_000_010.0])
+    )
     joined = core.log.joined()
     assert joined.num_rows == 20
     labels = dict(zip(joined.column("request_id").to_pylist(), joined.column("label").to_pylist()))

@@ -29,7 +29,10 @@ ALERTS_TEST_YML = PROMETHEUS_DIR / "alerts.test.yml"
 DASHBOARD = ROOT / "configs" / "grafana" / "rayloop.json"
 
 ALERTS = {
-    "RayloopDriftSustained", "RayloopHighErrorRate", "RayloopLatencyP99OverSLO", "RayloopRetrainFailed",
+    "RayloopDriftSustained",
+    "RayloopHighErrorRate",
+    "RayloopLatencyP99OverSLO",
+    "RayloopRetrainFailed",
     "RayloopMonitorDown",
 }
 METRIC = re.compile(r"\bray_rayloop_[a-z_]+")
@@ -192,13 +195,17 @@ def test_the_name_check_catches_a_renamed_metric_and_label():
     assert "ray_rayloop_monitor_drift_drifted" in known
     bad = 'sum by (model_version) (rate(ray_rayloop_serve_request_total{statuz="500"}[5m]))'
     assert [n for n in METRIC.findall(bad) if n not in known] == ["ray_rayloop_serve_request_total"]
-    (name, matchers), = SELECTOR.findall(bad.replace("request_total", "requests_total"))
-    assert [label for label in MATCHER_LABEL.findall(matchers) if label not in labels_of(name, known[name])] == ["statuz"]
+    ((name, matchers),) = SELECTOR.findall(bad.replace("request_total", "requests_total"))
+    assert [label for label in MATCHER_LABEL.findall(matchers) if label not in labels_of(name, known[name])] == [
+        "statuz"
+    ]
 
 
 def test_dashboard_expressions_are_valid_promql(promtool, tmp_path):
     # promtool parses rule expressions: one recording rule per dashboard query
-    rules = [{"record": f"rayloop:dashboard:{i}", "expr": promql(expr)} for i, (_, expr) in enumerate(dashboard_exprs())]
+    rules = [
+        {"record": f"rayloop:dashboard:{i}", "expr": promql(expr)} for i, (_, expr) in enumerate(dashboard_exprs())
+    ]
     path = tmp_path / "dashboard-exprs.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     assert f"SUCCESS: {len(rules)} rules found" in run_promtool(promtool, "check", "rules", path)

@@ -26,8 +26,14 @@ DAY = 86_400.0
 
 
 def config(**overrides) -> MonitoringConfig:
-    values = {"consecutive_windows": 2, "cooldown_s": 0, "daily_retrain_budget": 4, "quality_drop": 0.05, "min_labels": 200,
-              "quality_windows": 1}
+    values = {
+        "consecutive_windows": 2,
+        "cooldown_s": 0,
+        "daily_retrain_budget": 4,
+        "quality_drop": 0.05,
+        "min_labels": 200,
+        "quality_windows": 1,
+    }
     return MonitoringConfig(**{**values, **overrides})
 
 
@@ -192,7 +198,9 @@ def test_daily_budget_suppresses_and_resets_the_next_utc_day():
 
 def test_budget_zero_suppresses_everything():
     cfg = config(consecutive_windows=1, daily_retrain_budget=0)
-    state, decisions = run(PolicyState(), [obs(0), obs(1, drift=False, live_metric=0.5, reference_metric=0.9, live_labels=900)], cfg)
+    state, decisions = run(
+        PolicyState(), [obs(0), obs(1, drift=False, live_metric=0.5, reference_metric=0.9, live_labels=900)], cfg
+    )
     assert [d.suppressed_by for d in decisions] == ["budget_zero", "budget_zero"]
     assert [d.trigger for d in decisions] == ["drift", "quality"]
     assert state.suppressed == {"budget_zero": 2} and state.decisions == 0 and state.pending is None
@@ -201,7 +209,13 @@ def test_budget_zero_suppresses_everything():
 @pytest.mark.parametrize(
     ("state", "budget", "expected"),
     [
-        (PolicyState(pending=Decision(action="retrain", trigger="drift", reason="r", window=0, time=T0), in_flight="j"), 4, "pending"),
+        (
+            PolicyState(
+                pending=Decision(action="retrain", trigger="drift", reason="r", window=0, time=T0), in_flight="j"
+            ),
+            4,
+            "pending",
+        ),
         (PolicyState(in_flight="j", last_retrain_started=T0), 0, "in_flight"),
         (PolicyState(last_retrain_started=T0, retrains_by_day={"2024-05-01": 1}), 0, "budget_zero"),
         (PolicyState(last_retrain_started=T0, retrains_by_day={"2024-05-01": 1}), 1, "daily_budget"),
@@ -271,7 +285,9 @@ def test_state_round_trips_through_json():
 
 
 def test_audit_fields_are_json_and_leave_the_audit_time_alone():
-    _, decision = decide(PolicyState(), obs(4, live_metric=math.nan, reference_metric=0.8), config(consecutive_windows=1))
+    _, decision = decide(
+        PolicyState(), obs(4, live_metric=math.nan, reference_metric=0.8), config(consecutive_windows=1)
+    )
     assert decision.audit_event == "retrain_decision"
     fields = decision.audit_fields()
     assert "time" not in fields and "event" not in fields

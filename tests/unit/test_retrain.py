@@ -21,10 +21,13 @@ def _log(n: int, start_s: float, labelled_every: int = 1) -> pa.Table:
     labels = rows.column("label").to_pylist()
     rows = rows.drop_columns(["label"])
     ts = pa.array([int((start_s + i) * 1000) for i in range(n)], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-    return rows.append_column("request_id", pa.array([f"r{i}" for i in range(n)])).append_column(
-        "ts", ts
-    ).append_column("probability", pa.array([0.5] * n)).append_column(
-        "label", pa.array([v if i % labelled_every == 0 else None for i, v in enumerate(labels)], pa.int8())
+    return (
+        rows.append_column("request_id", pa.array([f"r{i}" for i in range(n)]))
+        .append_column("ts", ts)
+        .append_column("probability", pa.array([0.5] * n))
+        .append_column(
+            "label", pa.array([v if i % labelled_every == 0 else None for i, v in enumerate(labels)], pa.int8())
+        )
     )
 
 

@@ -13,8 +13,17 @@ from rayloop.runtime import auth_headers, auth_token, ray_env
 def test_state_lives_under_rayloop_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path / "h"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for path in (paths.ray_temp_dir(), paths.train_storage(), paths.tune_storage(), paths.mlflow_db(), paths.compile_cache_dir("triton"),
-                 paths.inference_log_dir(), paths.reports_dir(), paths.run_dir("x"), paths.auth_token_path()):
+    for path in (
+        paths.ray_temp_dir(),
+        paths.train_storage(),
+        paths.tune_storage(),
+        paths.mlflow_db(),
+        paths.compile_cache_dir("triton"),
+        paths.inference_log_dir(),
+        paths.reports_dir(),
+        paths.run_dir("x"),
+        paths.auth_token_path(),
+    ):
         assert path.is_relative_to(tmp_path / "h")
     assert paths.mlflow_tracking_uri() == f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
@@ -64,7 +73,13 @@ def test_short_links_whose_home_is_gone_are_pruned_and_no_others(monkeypatch, tm
 def test_ray_env_turns_token_auth_on_with_a_private_token_under_home(monkeypatch, tmp_path):
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
     monkeypatch.setattr(paths, "MAX_RAY_TEMP_DIR_CHARS", 1000)
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+    for var in (
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN",
+        "RAY_AUTH_TOKEN_PATH",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "TRITON_CACHE_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
     env = ray_env()
     assert env["RAY_AUTH_MODE"] == "token"

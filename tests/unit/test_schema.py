@@ -28,7 +28,15 @@ def _raw_text_table() -> pa.Table:
             "id": ["1", "2", "3", "4", "5", "6", "7"],
             "age": ["34.5", "abc", "150", "20", None, "nan", "41"],
             "channel": ["web", "web", "mobile", "fax", "mobile", None, "web"],
-            "when": ["2026-01-01T10:00:00", "2026-01-02", "2026-01-03 04:05:06Z", "2026-01-04", "2026-01-05", "2026-01-06", "not a date"],
+            "when": [
+                "2026-01-01T10:00:00",
+                "2026-01-02",
+                "2026-01-03 04:05:06Z",
+                "2026-01-04",
+                "2026-01-05",
+                "2026-01-06",
+                "not a date",
+            ],
             "label": ["0", "1", "1", "0", None, "1", "0"],
         }
     )
@@ -52,19 +60,34 @@ def test_every_bad_row_is_rejected_with_its_reason_and_good_rows_are_kept():
 
 def test_a_row_with_several_problems_lists_them_all():
     table = pa.table({"id": [1], "age": [-3.0], "channel": ["fax"], "when": [None], "label": [7]}).cast(
-        pa.schema([("id", pa.int64()), ("age", pa.float64()), ("channel", pa.string()), ("when", pa.timestamp("us")), ("label", pa.int64())])
+        pa.schema(
+            [
+                ("id", pa.int64()),
+                ("age", pa.float64()),
+                ("channel", pa.string()),
+                ("when", pa.timestamp("us")),
+                ("label", pa.int64()),
+            ]
+        )
     )
     good, rejects = SCHEMA.validate(table)
     assert good.num_rows == 0
     reason = rejects.column(REASON_COLUMN)[0].as_py()
-    for part in ("column=age rule=range", "column=channel rule=category", "column=when rule=null", "column=label rule=range"):
+    for part in (
+        "column=age rule=range",
+        "column=channel rule=category",
+        "column=when rule=null",
+        "column=label rule=range",
+    ):
         assert part in reason
 
 
 def test_rejects_keep_values_as_text_with_one_schema():
     _, rejects = SCHEMA.validate(_raw_text_table())
     assert rejects.schema == SCHEMA.rejects_schema()
-    _, none = SCHEMA.validate(pa.table({"id": [1], "age": [1.0], "channel": ["web"], "when": ["2026-01-01"], "label": [0]}))
+    _, none = SCHEMA.validate(
+        pa.table({"id": [1], "age": [1.0], "channel": ["web"], "when": ["2026-01-01"], "label": [0]})
+    )
     assert none.num_rows == 0 and none.schema == SCHEMA.rejects_schema()
 
 
@@ -85,7 +108,9 @@ def test_typed_input_is_cast_and_non_integral_floats_fail_int_columns():
 
 
 def test_infinite_values_are_rejected_unless_allowed():
-    schema = FeatureSchema(columns=[ColumnSchema(name="x", dtype="float64"), ColumnSchema(name="y", dtype="float64", allow_infinite=True)])
+    schema = FeatureSchema(
+        columns=[ColumnSchema(name="x", dtype="float64"), ColumnSchema(name="y", dtype="float64", allow_infinite=True)]
+    )
     good, rejects = schema.validate(pa.table({"x": [1.0, math.inf], "y": [math.inf, 1.0]}))
     assert good.num_rows == 1 and good.column("y")[0].as_py() == math.inf
     assert "rule=not_finite" in rejects.column(REASON_COLUMN)[0].as_py()
@@ -100,13 +125,23 @@ def test_missing_required_column_fails_at_once_naming_source_and_columns():
 
 
 def test_optional_column_may_be_absent():
-    schema = FeatureSchema(columns=[ColumnSchema(name="a", dtype="int64"), ColumnSchema(name="b", dtype="string", required=False)])
+    schema = FeatureSchema(
+        columns=[ColumnSchema(name="a", dtype="int64"), ColumnSchema(name="b", dtype="string", required=False)]
+    )
     good, rejects = schema.validate(pa.table({"a": [1, 2]}))
     assert good.column("b").null_count == 2 and rejects.num_rows == 0
 
 
 def test_inferred_schema_follows_the_data_types():
-    arrow = pa.schema([("i", pa.int32()), ("f", pa.float32()), ("s", pa.large_string()), ("t", pa.timestamp("ns")), ("l", pa.list_(pa.int64()))])
+    arrow = pa.schema(
+        [
+            ("i", pa.int32()),
+            ("f", pa.float32()),
+            ("s", pa.large_string()),
+            ("t", pa.timestamp("ns")),
+            ("l", pa.list_(pa.int64())),
+        ]
+    )
     schema = FeatureSchema.infer(arrow, non_nullable=["i"])
     assert [(c.name, c.dtype, c.nullable) for c in schema.columns] == [
         ("i", "int64", False),
@@ -138,7 +173,15 @@ def test_duplicate_columns_are_rejected():
 def test_counts_add_up_on_a_large_batch():
     n = 10_000
     ages = pa.array([float(i % 200) for i in range(n)])  # 120..199 out of range
-    table = pa.table({"id": pa.array(range(n)), "age": ages, "channel": pa.array(["web"] * n), "when": pa.array(range(n), pa.timestamp("s")), "label": pa.array([i % 2 for i in range(n)])})
+    table = pa.table(
+        {
+            "id": pa.array(range(n)),
+            "age": ages,
+            "channel": pa.array(["web"] * n),
+            "when": pa.array(range(n), pa.timestamp("s")),
+            "label": pa.array([i % 2 for i in range(n)]),
+        }
+    )
     good, rejects = SCHEMA.validate(table)
     expected_bad = sum(1 for i in range(n) if i % 200 > 120)
     assert rejects.num_rows == expected_bad

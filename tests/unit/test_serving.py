@@ -72,7 +72,23 @@ def test_rule_violations_name_the_field_and_the_rule(parser, parts, mutate, stat
 
 @pytest.mark.parametrize(
     "value",
-    ["0", "120", "0.5", "7", "1.5e1", '"3.5"', "null", "NaN", "-1", "121", "Infinity", "-Infinity", "1e400", '"x"', "true"],
+    [
+        "0",
+        "120",
+        "0.5",
+        "7",
+        "1.5e1",
+        '"3.5"',
+        "null",
+        "NaN",
+        "-1",
+        "121",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        '"x"',
+        "true",
+    ],
 )
 def test_the_fast_path_agrees_with_the_full_rules_on_every_value(parser, parts, value):
     """The native fast types only shortcut: each value parses to what the full rules give, or
@@ -93,8 +109,11 @@ def test_the_fast_path_agrees_with_the_full_rules_on_every_value(parser, parts, 
 def test_transport_errors_are_400_413_415(parser, parts):
     row = json.dumps(_row(parts)).encode()
     for body, content_type, status in [
-        (row, "text/csv", 415), (row, None, 415), (b"x" * 5000, "application/json", 413),
-        (b"[1, 2", "application/json", 400), (b"true", "application/json", 400),
+        (row, "text/csv", 415),
+        (row, None, 415),
+        (b"x" * 5000, "application/json", 413),
+        (b"[1, 2", "application/json", 400),
+        (b"true", "application/json", 400),
     ]:
         with pytest.raises(RequestError) as caught:
             parser.parse(body, content_type)
@@ -112,10 +131,17 @@ def _mlp_bundle(parts) -> ModelBundle:
     config, _, fitted, profile = parts
     torch.manual_seed(0)
     model = build_model(
-        {"feature_names": fitted.feature_names, "categorical_indices": fitted.categorical_indices,
-         "cardinalities": fitted.cardinalities, "hidden": [16], "dropout": 0.0}
+        {
+            "feature_names": fitted.feature_names,
+            "categorical_indices": fitted.categorical_indices,
+            "cardinalities": fitted.cardinalities,
+            "hidden": [16],
+            "dropout": 0.0,
+        }
     ).eval()
-    return ModelBundle("mlp", model, fitted, config.data.schema_, profile, model_params={"hidden": [16], "dropout": 0.0})
+    return ModelBundle(
+        "mlp", model, fitted, config.data.schema_, profile, model_params={"hidden": [16], "dropout": 0.0}
+    )
 
 
 def test_probe_matrix_has_the_feature_layout(parts):
@@ -202,8 +228,15 @@ def test_cuda_backends_serve_only_after_passing_parity(parts, name, tmp_path):
     bundle = _mlp_bundle(parts)
     calls: list[tuple[str, str]] = []
     # max_rows 100: the 300 rows below also go through the chunked path of the shape-bound backends
-    backend = build_backend(bundle, name, max_batch_size=64, max_rows=100, tolerance=2e-3, cache_dir=tmp_path,
-                            on_fallback=lambda *a: calls.append(a))
+    backend = build_backend(
+        bundle,
+        name,
+        max_batch_size=64,
+        max_rows=100,
+        tolerance=2e-3,
+        cache_dir=tmp_path,
+        on_fallback=lambda *a: calls.append(a),
+    )
     assert resolve_choice("mlp", "auto") == ("tensorrt" if _has_tensorrt() else "cuda_graph")
     if name == "tensorrt" and not _has_tensorrt():
         assert backend.name == "native" and calls == [("tensorrt", "unavailable")]

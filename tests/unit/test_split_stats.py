@@ -36,7 +36,14 @@ def test_hash_split_is_deterministic_per_entity_and_close_to_the_fractions():
     # every occurrence of an entity lands in the same split
     pairs = set(zip(ids.to_pylist(), a.to_pylist()))
     assert len(pairs) == 20_000
-    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(assign_by_hash(pa.array(range(100_000)), [0.7, 0.15, 0.15])).flatten()]))
+    counts = dict(
+        zip(
+            *[
+                c.to_pylist()
+                for c in pc.value_counts(assign_by_hash(pa.array(range(100_000)), [0.7, 0.15, 0.15])).flatten()
+            ]
+        )
+    )
     assert abs(counts["train"] / 100_000 - 0.7) < 0.01
     assert abs(counts["test"] / 100_000 - 0.15) < 0.01
     assert not assign_by_hash(ids, [0.7, 0.15, 0.15], seed=1).equals(a)

@@ -212,8 +212,9 @@ def test_write_parquet_chunked_contiguous(tmp_path: Path) -> None:
     span_us = SPAN // timedelta(microseconds=1)
     assert ts.min() >= start_us and ts.max() < start_us + span_us
     # contiguous: no gap between files larger than a typical within-file step
-    boundaries = [tables[i + 1].column(TIMESTAMP_COLUMN)[0].value - tables[i].column(TIMESTAMP_COLUMN)[-1].value
-                  for i in range(2)]
+    boundaries = [
+        tables[i + 1].column(TIMESTAMP_COLUMN)[0].value - tables[i].column(TIMESTAMP_COLUMN)[-1].value for i in range(2)
+    ]
     assert all(0 <= g < 3 * span_us / 30_000 for g in boundaries)
     # customers repeat across files (one pool for the whole dataset)
     ids = [set(_np(t, ID_COLUMN).tolist()) for t in tables]

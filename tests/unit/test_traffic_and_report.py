@@ -12,8 +12,13 @@ from rayloop.traffic import TrafficStats, request_rows
 def _stats() -> TrafficStats:
     stats = TrafficStats(started=0.0)
     # [t, latency ms, version, correct rows, rows, drift]
-    stats.answers = [[1.0, 2.0, "1", 1, 1, False], [2.0, 4.0, "1", 0, 1, False], [6.0, 3.0, "1", 0, 1, True],
-                     [7.0, 50.0, "2", 1, 1, True], [8.0, 5.0, "2", 1, 1, True]]
+    stats.answers = [
+        [1.0, 2.0, "1", 1, 1, False],
+        [2.0, 4.0, "1", 0, 1, False],
+        [6.0, 3.0, "1", 0, 1, True],
+        [7.0, 50.0, "2", 1, 1, True],
+        [8.0, 5.0, "2", 1, 1, True],
+    ]
     stats.statuses.update({200: 5, 503: 1})
     stats.sent = 6
     return stats
@@ -39,13 +44,26 @@ def test_request_rows_are_json_records_without_the_label_and_id():
 
 
 def test_the_report_embeds_the_plot_and_lists_the_events(tmp_path):
-    windows = [{"t": 10.0 * i, "window": i, "alarm": i >= 3, "max_psi": 0.05 if i < 3 else 4.0, "drifted": [],
-                "live": None, "version": "1"} for i in range(6)]
-    events = [{"t": 25.0, "kind": "drift_start", "text": "[bold]drift starts[/bold]"},
-              {"t": 40.0, "kind": "submitted", "text": "retrain job <x> submitted"},
-              {"t": 70.0, "kind": "outcome", "text": "retrain: [green]promoted[/green]"}]
-    target = write_report(tmp_path / "r.html", windows=windows, accuracy=_stats().timeline(5.0), events=events,
-                          summary={"model": "m"})
+    windows = [
+        {
+            "t": 10.0 * i,
+            "window": i,
+            "alarm": i >= 3,
+            "max_psi": 0.05 if i < 3 else 4.0,
+            "drifted": [],
+            "live": None,
+            "version": "1",
+        }
+        for i in range(6)
+    ]
+    events = [
+        {"t": 25.0, "kind": "drift_start", "text": "[bold]drift starts[/bold]"},
+        {"t": 40.0, "kind": "submitted", "text": "retrain job <x> submitted"},
+        {"t": 70.0, "kind": "outcome", "text": "retrain: [green]promoted[/green]"},
+    ]
+    target = write_report(
+        tmp_path / "r.html", windows=windows, accuracy=_stats().timeline(5.0), events=events, summary={"model": "m"}
+    )
     html = target.read_text()
     assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
     assert "retrain job &lt;x&gt; submitted" in html and "[green]" not in html and "promoted" in html

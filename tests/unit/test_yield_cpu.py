@@ -26,8 +26,9 @@ print(json.dumps({"before": before, "after": after, "late": str(late.native_id)}
 
 
 def _run(niceness: int | str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(niceness)], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(niceness)], capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
