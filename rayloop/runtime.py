@@ -10,13 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 
 from rayloop import paths
 
-__all__ = ["ray_env", "ensure_auth_token", "auth_token", "auth_headers", "init_ray", "configure_data_context"]
+__all__ = ["free_port", "ray_env", "ensure_auth_token", "auth_token", "auth_headers", "init_ray", "configure_data_context"]
 
 log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for a listener started next)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def ensure_auth_token() -> Path:
