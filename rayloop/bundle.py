@@ -127,7 +127,7 @@ class ModelBundle:
         elif kind == "mlp":
             import torch
 
-            from rayloop.training.torch import build_model
+            from rayloop.models.mlp import build_model  # torch at import: only for an MLP bundle
 
             model = build_model(
                 {

@@ -5,41 +5,69 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn
 
+import pyarrow.csv as pacsv
 import typer
 import yaml
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
-from rayloop import paths
-from rayloop.config import RayloopConfig, config_hash, load_config
+from rayloop import audit, cluster, paths, registry
+from rayloop import doctor as checks
+from rayloop.config import ConfigSource, RayloopConfig, load_profile
+from rayloop.constants import HOME_ENV_VAR
+from rayloop.control import demo as demo_lib
+from rayloop.control.monitor_actor import start_model_monitor, stop_monitor
+from rayloop.control.pipeline import run_pipeline
+from rayloop.control.train import train_and_register, tune_and_register
+from rayloop.control.up import up
+from rayloop.data import synthetic
+from rayloop.data.io import read_table
+from rayloop.entrypoint import EXIT_USAGE, exit_code
 from rayloop.errors import RayloopError
+from rayloop.monitoring.core import MonitorCore, summarize_state
+from rayloop.preprocess import PreprocessRun, run_preprocess
+from rayloop.runtime import init_ray, ray_env
+from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
 
 app = typer.Typer(
     help="rayloop: train, serve, monitor and retrain a tabular model as one loop on Ray.", no_args_is_help=True
 )
 console = Console()
+# errors go to stderr on one line (no wrapping at the terminal's width), so scripts can read them
+err_console = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override key.sub=value (repeatable)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override key.sub=value (repeatable)")]
 AddressOpt = Annotated[
-    Optional[str], typer.Option("--address", help="Ray address to join (default: RAY_ADDRESS or a new local cluster)")
+    str | None, typer.Option("--address", help="Ray address to join (default: RAY_ADDRESS or a new local cluster)")
 ]
+
+
+def _source(config: Path | None, overrides: list[str] | None) -> ConfigSource:
+    return ConfigSource(path=str(config) if config else None, overrides=tuple(overrides or ()))
 
 
 def _config(config: Path | None, overrides: list[str] | None) -> RayloopConfig:
     try:
-        return load_config(config, overrides or [])
+        return _source(config, overrides).load()
     except RayloopError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
+
+
+def _usage(message: str) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(EXIT_USAGE)
 
 
 def _fail(exc: RayloopError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(2)
+    """One line on stderr, no traceback; exit 2 for a config to fix, 1 for a run that failed."""
+    err_console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(exit_code(exc))
 
 
 @app.command("config")
@@ -55,7 +83,7 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="configs/profil
 @app.command("env")
 def show_env(
     profile: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--profile", "-p", help="a cluster node's environment from this profile (state, checkpoints, MLflow)"
         ),
@@ -67,16 +95,13 @@ def show_env(
     under it, usage stats off, listening on 127.0.0.1 only). With --profile: the variables every
     node of that environment needs; Ray's own settings come from the cluster file.
     """
-    from rayloop.config import load_profile
-    from rayloop.runtime import ray_env
-
     if profile is not None:
         try:
             env = load_profile(profile).env()
         except RayloopError as exc:
             raise _fail(exc) from None
     else:
-        env = {"RAYLOOP_HOME": str(paths.home()), **ray_env()}
+        env = {HOME_ENV_VAR: str(paths.home()), **ray_env()}
     for name, value in env.items():
         typer.echo(f"export {name}={shlex.quote(value)}")
 
@@ -84,7 +109,7 @@ def show_env(
 @app.command()
 def doctor(
     files: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Argument(
             help="cluster files to inspect: `ray up` YAML, KubeRay manifests (or their folder), Serve configs"
         ),
@@ -92,15 +117,13 @@ def doctor(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     address: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--address", help="a dashboard URL: check that its Jobs API refuses requests without the token"),
     ] = None,
     listeners: Annotated[bool, typer.Option(help="check the sockets this machine's Ray processes listen on")] = True,
 ) -> None:
     """Report what is unsafe: token auth, token files, listeners beyond 127.0.0.1, exposed
     dashboards, secrets in files. Exits 1 when anything is unsafe."""
-    from rayloop import doctor as checks
-
     cfg = _config(config, set_)
     env = dict(os.environ)
     findings = checks.check_environment(env, checks.default_token_files(env))
@@ -114,8 +137,7 @@ def doctor(
         findings += checks.probe_dashboard(address)
     for path in files or []:
         if not path.exists():
-            console.print(f"[red]error:[/red] {path} does not exist")
-            raise typer.Exit(2)
+            _usage(f"{path} does not exist")
         findings += checks.check_cluster_file(path)
     table = Table(title="rayloop doctor", show_lines=False)
     for column in ("", "where", "finding", "fix"):
@@ -138,15 +160,12 @@ app.add_typer(cluster_app, name="cluster")
 @cluster_app.command("render")
 def cluster_render(
     profile: ProfileOpt = "prod",
-    out: Annotated[Optional[Path], typer.Option(help="target folder (default: cluster/kuberay)")] = None,
+    out: Annotated[Path | None, typer.Option(help="target folder (default: cluster/kuberay)")] = None,
     check: Annotated[
         bool, typer.Option("--check", help="only compare; exit 1 and show the diff when they differ")
     ] = False,
 ) -> None:
     """Write cluster/kuberay/*.yaml from the profile, configs/serve/tabular.yaml and the pinned Ray."""
-    from rayloop import cluster
-    from rayloop.config import load_profile
-
     try:
         chosen = load_profile(profile)
     except RayloopError as exc:
@@ -158,7 +177,8 @@ def cluster_render(
             typer.echo(diff)
         if diffs:
             console.print(
-                f"[red]{len(diffs)} manifest(s) differ from a fresh render[/red]: run `rayloop cluster render --profile {profile}`"
+                f"[red]{len(diffs)} manifest(s) differ from a fresh render[/red]: "
+                f"run `rayloop cluster render --profile {profile}`"
             )
             raise typer.Exit(1)
         console.print(f"[green]cluster manifests in {target} match profile {chosen.name}[/green]")
@@ -172,16 +192,12 @@ def generate(
     out: Annotated[Path, typer.Argument(help="output directory (Parquet parts) or a .csv file")],
     rows: Annotated[int, typer.Option(help="number of rows")] = 100_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    scenario: Annotated[Optional[str], typer.Option(help="covariate | prior | concept")] = None,
+    scenario: Annotated[str | None, typer.Option(help="covariate | prior | concept")] = None,
     onset: Annotated[float, typer.Option(help="where drift starts, as a fraction of the timeline")] = 0.5,
     mode: Annotated[str, typer.Option(help="abrupt | gradual")] = "abrupt",
     bad_rows: Annotated[float, typer.Option(help="fraction of rows to corrupt (to exercise validation)")] = 0.0,
 ) -> None:
     """Write a synthetic dataset (optionally with drift) to Parquet or CSV."""
-    import pyarrow.csv as pacsv
-
-    from rayloop.data import synthetic
-
     scen = synthetic.Scenario(kind=scenario, onset=onset, mode=mode) if scenario else None
     if out.suffix == ".csv":
         table = synthetic.generate(rows, seed, scen)
@@ -196,9 +212,6 @@ def generate(
 
 
 def _preprocess(cfg: RayloopConfig, address: str | None):
-    from rayloop.preprocess import run_preprocess
-    from rayloop.runtime import init_ray
-
     with console.status("starting Ray") as status:
         init_ray(address)
         try:
@@ -227,38 +240,36 @@ def demo(
     dashboard_port: Annotated[int, typer.Option(help="the dashboard's port (127.0.0.1)")] = 8265,
 ) -> None:
     """The whole loop on this machine: Ray head, pipeline job, Serve, monitor, drift, retrain, rollout."""
-    from rayloop import demo as demo_lib
-
     if stop:
-        stopped = demo_lib.stop_head()
+        stopped = demo_lib.stop_demo_head()
         console.print("demo head stopped" if stopped else f"no demo head recorded under {paths.home()}")
         return
-    overrides = [*demo_lib.DEMO_OVERRIDES, *(set_ or [])]
-    cfg = _config(config, overrides)
-    config_path = str(config.resolve()) if config else None
+    source = _source(config, [*demo_lib.DEMO_OVERRIDES, *(set_ or [])])
+    try:
+        cfg = source.load()
+    except RayloopError as exc:
+        raise _fail(exc) from None
     console.rule("[bold]rayloop demo: drift -> retrain job -> gate -> zero-downtime rollout")
     console.print(
         f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
         f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}"
     )
-    demo_lib.stop_head()  # a previous demo's head, if it was left running
+    demo_lib.stop_demo_head()  # a previous demo's head, if it was left running
     if demo_lib.archive_previous_run(cfg.registry.model_name):  # its monitor is gone with its head
         console.print(f"the previous demo's monitor state and inference log: {paths.home() / demo_lib.PREVIOUS_DIR}")
     with console.status("starting a Ray head (dashboard on 127.0.0.1, token auth on)"):
         # at least 4 logical CPUs: the replica and a retrain job (Train worker + Ray Data reads) side by side
-        head = demo_lib.start_head(dashboard_port, num_cpus=max(4, os.cpu_count() or 1))
+        head = demo_lib.start_demo_head(dashboard_port, num_cpus=max(4, os.cpu_count() or 1))
     console.print(f"Ray head at {head.address}; dashboard [cyan]{head.dashboard}[/cyan]")
     try:
-        summary = demo_lib.drive(
-            config_path=config_path, overrides=overrides, head=head, say=console.print, clean_s=clean, rate=rate
-        )
+        summary = demo_lib.drive(source=source, head=head, say=console.print, clean_s=clean, rate=rate)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping the demo head[/yellow]")
-        demo_lib.stop_head()
+        demo_lib.stop_demo_head()
         raise typer.Exit(130) from None
     except Exception:
         console.print("[red]the demo failed; stopping its head[/red]")
-        demo_lib.stop_head()
+        demo_lib.stop_demo_head()
         raise
     accuracy = summary.get("accuracy") or {}
     table = Table(title="live accuracy of the answers")
@@ -280,13 +291,11 @@ def demo(
             "the report above. Stop everything with [bold]rayloop demo --stop[/bold]."
         )
     else:
-        demo_lib.stop_head()
+        demo_lib.stop_demo_head()
         console.print("demo head stopped")
 
 
 def _train_with(fn, cfg: RayloopConfig, address: str | None):
-    from rayloop.runtime import init_ray
-
     with console.status("starting Ray"):
         init_ray(address)
     try:
@@ -295,31 +304,35 @@ def _train_with(fn, cfg: RayloopConfig, address: str | None):
         raise _fail(exc) from None
 
 
+def _open_run(cfg: RayloopConfig) -> PreprocessRun:
+    """The run to train on, checked before Ray starts: a missing one is one line, not a traceback."""
+    try:
+        return PreprocessRun.open(cfg.data.preprocess_run)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+
+
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
     """Train on Ray Train over the latest preprocess run (or data.preprocess_run); register as challenger."""
-    from rayloop.training.workflow import train_and_register
-
     cfg = _config(config, set_)
-    outcome = _train_with(lambda c: train_and_register(c, c.data.preprocess_run), cfg, address)
+    run = _open_run(cfg)
+    outcome = _train_with(lambda c: train_and_register(c, run), cfg, address)
     _print_training(outcome)
 
 
 @app.command()
 def tune(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
     """Ray Tune + ASHA, refit the best config on train+validation, register as challenger."""
-    from rayloop.training.workflow import tune_and_register
-
     cfg = _config(config, set_)
-    outcome = _train_with(lambda c: tune_and_register(c, c.data.preprocess_run), cfg, address)
+    run = _open_run(cfg)
+    outcome = _train_with(lambda c: tune_and_register(c, run), cfg, address)
     _print_training(outcome)
 
 
 @app.command("run")
 def run_all(config: ConfigOpt = None, set_: SetOpt = None, address: AddressOpt = None) -> None:
     """The whole training pipeline: preprocess, tune or train, register, promote through the gate."""
-    from rayloop.pipeline import run_pipeline
-
     cfg = _config(config, set_)
     result = _train_with(run_pipeline, cfg, address)
     _print_training_dict(result.training)
@@ -332,18 +345,14 @@ def promote(
     set_: SetOpt = None,
     version: Annotated[str, typer.Option(help="version number or alias to promote")] = "challenger",
     holdout: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="labelled raw rows (Parquet/CSV path or URI); default: the test rows of the preprocess run"),
     ] = None,
 ) -> None:
     """Move `champion` to a version if it passes the gate on a labelled holdout; exit 1 when refused."""
-    from rayloop import registry
-    from rayloop.data.io import read_table
-    from rayloop.preprocess import load_holdout
-
     cfg = _config(config, set_)
     try:
-        rows = read_table(holdout) if holdout else load_holdout(cfg.data.preprocess_run)
+        rows = read_table(holdout) if holdout else PreprocessRun.open(cfg.data.preprocess_run).holdout()
         decision = registry.promote(
             cfg.registry.model_name,
             version,
@@ -352,9 +361,8 @@ def promote(
             metric=cfg.registry.gate_metric,
             tolerance=cfg.registry.tolerance,
         )
-    except (RayloopError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    except RayloopError as exc:
+        raise _fail(exc) from None
     _print_gate(cfg.registry.model_name, version, decision.to_dict())
     if not decision.promote:
         raise typer.Exit(1)
@@ -363,8 +371,6 @@ def promote(
 @app.command()
 def rollback(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Point `champion` back at the previous champion."""
-    from rayloop import registry
-
     cfg = _config(config, set_)
     try:
         current, previous = registry.rollback(cfg.registry.model_name)
@@ -378,11 +384,9 @@ def status(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     events: Annotated[int, typer.Option(help="how many audit events to show")] = 15,
-    address: Annotated[Optional[str], typer.Option(help="a running cluster: also show the Serve application")] = None,
+    address: Annotated[str | None, typer.Option(help="a running cluster: also show the Serve application")] = None,
 ) -> None:
     """Champion and challenger, the monitor, retrain jobs and their outcome, recent decisions, Serve."""
-    from rayloop import audit, registry
-
     cfg = _config(config, set_)
     name = cfg.registry.model_name
     table = Table(title=f"model {name}")
@@ -423,8 +427,6 @@ def status(
 def _print_serve(address: str | None) -> None:
     from ray import serve
 
-    from rayloop.runtime import init_ray
-
     init_ray(address)
     table = Table(title="Serve applications")
     for column in ("application", "status", "deployment", "deployment status", "replicas"):
@@ -446,8 +448,6 @@ def _print_serve(address: str | None) -> None:
 
 def _print_monitor(cfg: RayloopConfig) -> None:
     """The DriftMonitor's state as it last saved it (after every batch), so no Ray connection is needed."""
-    from rayloop.monitoring.core import MonitorCore, summarize_state
-
     name = cfg.registry.model_name
     root = cfg.monitoring.storage or str(paths.home())
     saved = MonitorCore.read_state(root, name)
@@ -519,24 +519,17 @@ def serve_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     address: AddressOpt = None,
-    version: Annotated[
-        Optional[str], typer.Option(help="alias or version to serve (default: serving.model_ref)")
-    ] = None,
+    version: Annotated[str | None, typer.Option(help="alias or version to serve (default: serving.model_ref)")] = None,
     detach: Annotated[bool, typer.Option(help="return after deploying (needs a running cluster: --address)")] = False,
 ) -> None:
     """Serve the registered model over HTTP (Ray Serve, 127.0.0.1:serving.port by default)."""
-    import time
-
-    from rayloop.runtime import init_ray
-    from rayloop.serving.deploy import deploy
-
+    source = _source(config, set_)
     cfg = _config(config, set_)
     if detach and not (address or os.environ.get("RAY_ADDRESS")):
-        console.print("[red]error:[/red] --detach needs a running cluster (--address or RAY_ADDRESS)")
-        raise typer.Exit(2)
+        _usage("--detach needs a running cluster (--address or RAY_ADDRESS)")
     with console.status("starting Ray Serve"):
         init_ray(address)
-        url = deploy(cfg, config_path=config, overrides=set_, model_ref=version)
+        url = up(source, model_ref=version)
     console.print(f"serving [cyan]{cfg.registry.model_name}[/cyan] at [cyan]{url}/v1/predict[/cyan] (docs: {url}/docs)")
     if detach:
         return
@@ -557,14 +550,10 @@ def monitor_cmd(
     stop: Annotated[bool, typer.Option("--stop", help="flush the inference log and stop the monitor")] = False,
 ) -> None:
     """Start the model's DriftMonitor on a cluster (`rayloop serve` does this too), or stop it."""
-    from rayloop.monitoring.monitor import stop_monitor
-    from rayloop.runtime import init_ray
-    from rayloop.serving.deploy import start_model_monitor
-
+    source = _source(config, set_)
     cfg = _config(config, set_)
     if not (address or os.environ.get("RAY_ADDRESS")):
-        console.print("[red]error:[/red] the monitor lives on a running cluster: pass --address or set RAY_ADDRESS")
-        raise typer.Exit(2)
+        _usage("the monitor lives on a running cluster: pass --address or set RAY_ADDRESS")
     init_ray(address)
     name = cfg.registry.model_name
     if stop:
@@ -574,7 +563,7 @@ def monitor_cmd(
         )
         return
     with console.status(f"starting the monitor for {name}"):
-        start_model_monitor(cfg, config_path=config, overrides=set_)
+        start_model_monitor(source)
     console.print(f"monitor for [cyan]{name}[/cyan] is running; `rayloop status` shows its state")
 
 
@@ -583,9 +572,7 @@ def traffic_cmd(
     url: Annotated[str, typer.Option(help="the app's base URL")] = "http://127.0.0.1:8000",
     rate: Annotated[float, typer.Option(help="requests per second")] = 50.0,
     duration: Annotated[float, typer.Option(help="seconds to run")] = 60.0,
-    drift_at: Annotated[
-        Optional[float], typer.Option(help="switch to the drift scenario after this many seconds")
-    ] = None,
+    drift_at: Annotated[float | None, typer.Option(help="switch to the drift scenario after this many seconds")] = None,
     scenario: Annotated[str, typer.Option(help="covariate, prior, concept or covariate+concept")] = "covariate+concept",
     magnitude: Annotated[float, typer.Option(help="drift strength")] = 3.0,
     rows: Annotated[int, typer.Option(help="rows per request")] = 1,
@@ -594,18 +581,13 @@ def traffic_cmd(
     seed: int = 11,
 ) -> None:
     """Send synthetic traffic to the app, switch to drift at --drift-at, post the true labels late."""
-    from rich.live import Live
-
-    from rayloop.data.synthetic import Scenario
-    from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
-
     cfg = TrafficConfig(
         url=url,
         rate=rate,
         duration_s=duration,
         drift_at_s=drift_at,
         rows_per_request=rows,
-        scenario=Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
+        scenario=synthetic.Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
         label_delay_s=label_delay,
         label_fraction=label_fraction,
         seed=seed,
@@ -673,20 +655,6 @@ def _print_summary(result) -> None:
     table.add_row("seconds", json.dumps(result.seconds))
     console.print(table)
     console.print(f"feature tables, rejects, fitted features and profile: [cyan]{result.run_dir}[/cyan]")
-
-
-def _print_rejects(rejects_dir: Path, limit: int = 5) -> None:
-    import pyarrow.parquet as pq
-
-    files = sorted(rejects_dir.rglob("*.parquet"))
-    if not files:
-        return
-    rows = pq.read_table(files[0], columns=["reason"]).column("reason").to_pylist()[:limit]
-    table = Table(title=f"first rejected rows (all in {rejects_dir})")
-    table.add_column("reason")
-    for reason in rows:
-        table.add_row(reason)
-    console.print(table)
 
 
 if __name__ == "__main__":

@@ -247,8 +247,10 @@ HEADER = """\
 USAGE = {
     "ray-cluster.yaml": "#   kubectl apply -f cluster/kuberay/ray-cluster.yaml\n"
     "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265   # dashboard, Jobs API\n",
-    "ray-job.pipeline.yaml": "#   kubectl apply -f cluster/kuberay/ray-job.pipeline.yaml   # preprocess -> tune -> train -> gate\n",
-    "ray-job.retrain.yaml": "#   kubectl create -f cluster/kuberay/ray-job.retrain.yaml   # a retrain by hand; the monitor\n"
+    "ray-job.pipeline.yaml": "#   kubectl apply -f cluster/kuberay/ray-job.pipeline.yaml"
+    "   # preprocess -> tune -> train -> gate\n",
+    "ray-job.retrain.yaml": "#   kubectl create -f cluster/kuberay/ray-job.retrain.yaml"
+    "   # a retrain by hand; the monitor\n"
     "#   submits its own through the Jobs API of the cluster it runs on\n",
     "ray-service.tabular.yaml": "#   kubectl apply -f cluster/kuberay/ray-service.tabular.yaml\n"
     "#   kubectl port-forward -n {ns} svc/rayloop-tabular-serve-svc 8000:8000\n",

@@ -6,6 +6,7 @@ what is allowed. Ray's own config objects are built from these in one place per 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -22,18 +23,19 @@ from pydantic import (
     model_validator,
 )
 
+from rayloop.constants import DEFAULT_HOME, DEFAULT_SERVE_TOKEN_ENV_VAR, HOME_ENV_VAR, STORAGE_ENV_VAR
 from rayloop.data.schema import FeatureSchema
 from rayloop.data.synthetic import Scenario
 from rayloop.errors import ConfigError
-from rayloop.paths import DEFAULT_HOME, ENV_HOME, ENV_STORAGE
 from rayloop.training.search_space import check_space
 
 # share of a drift window's false-alarm level spent on the model scores' tests, None: scores and
-# features in one family (rayloop.monitoring.drift; benchmarks/results/drift-score-split.json)
+# features in one family (why: rayloop.monitoring.drift)
 DEFAULT_PREDICTION_SHARE: float | None = None
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "ConfigSource",
     "RayloopConfig",
     "DataConfig",
     "SyntheticDataConfig",
@@ -207,13 +209,14 @@ class ServingConfig(_Section):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     decision_threshold: float = Field(0.5, gt=0, lt=1, description="label = probability >= threshold")
     auth_token_env: str = Field(
-        "RAYLOOP_SERVE_TOKEN", description="env var holding an optional bearer token (never the token itself)"
+        DEFAULT_SERVE_TOKEN_ENV_VAR, description="env var holding an optional bearer token (never the token itself)"
     )
     model_ref: str = Field("champion", description="alias or version the app serves")
     follow_alias_s: float = Field(
         1.0,
         ge=0,
-        description="replicas serving an alias check where it points this often and swap when it moves (0: only on a redeploy)",
+        description="replicas serving an alias check where it points this often and swap when it moves "
+        "(0: only on a redeploy)",
     )
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
@@ -243,8 +246,8 @@ class MonitoringConfig(_Section):
     buffer_size: int = Field(
         10_000, ge=1, description="rows a replica holds for the monitor; beyond it, drop and count"
     )
-    # each send costs the monitor a Ray call and a pass over every feature whatever its size: at
-    # 800 rows/s, 256-row batches every 0.5 s cost it 38.8 us per served row against 26.2
+    # each send costs the monitor a Ray call and a pass over every feature whatever its size, so
+    # fewer, bigger sends cost it less per served row
     send_batch_rows: int = Field(1024, ge=1, description="a replica sends when this many rows are buffered ...")
     send_interval_s: float = Field(1.0, gt=0, description="... or when this much time has passed")
     p_value: float = Field(0.01, gt=0, lt=1, description="false-discovery level across all drift tests of a window")
@@ -293,7 +296,8 @@ class RetrainConfig(_Section):
     reference_ratio: float = Field(
         2.0,
         ge=0.0,
-        description="original training rows kept per labelled recent training row (a random sample; 0: recent rows only)",
+        description="original training rows kept per labelled recent training row "
+        "(a random sample; 0: recent rows only)",
     )
     recent_weight: int = Field(
         2, ge=1, le=100, description="each labelled recent row counts this many times (it is repeated)"
@@ -373,9 +377,9 @@ class ProfileConfig(_Section):
 
     def env(self) -> dict[str, str]:
         """The environment every Ray node and job of this profile gets."""
-        env = {ENV_HOME: self.home}
+        env = {HOME_ENV_VAR: self.home}
         if self.storage:
-            env[ENV_STORAGE] = self.storage
+            env[STORAGE_ENV_VAR] = self.storage
         if self.mlflow_tracking_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
         return env
@@ -442,6 +446,46 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(source)!r} must hold a mapping of sections, got {type(raw).__name__}")
     return parse_config(apply_overrides(raw, overrides), source=str(source))
+
+
+class ConfigSource(BaseModel):
+    """Where a config comes from: a YAML file (None: the embedded configs/demo.yaml) and
+    `key.sub=value` overrides.
+
+    This, not a parsed config, is what crosses a process boundary (a Serve app's args, the
+    DriftMonitor's args, a job's command line), so every process reads the same file the same
+    way; `load` parses it once per process.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = Field(None, description="YAML config file, made absolute (another process has another cwd)")
+    overrides: tuple[str, ...] = Field((), description="`key.sub=value` overrides, applied in order")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value else None
+
+    def load(self) -> RayloopConfig:
+        """The parsed config (cached: a process loads a source once)."""
+        return _load_once(self.path, self.overrides)
+
+    def with_overrides(self, *more: str) -> ConfigSource:
+        """The same source with more overrides after these (later ones win)."""
+        return ConfigSource(path=self.path, overrides=(*self.overrides, *more))
+
+    def cli_args(self) -> list[str]:
+        """`--config PATH --set K=V ...`: the arguments of a workload that loads this source."""
+        args = ["--config", self.path] if self.path else []
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+
+@functools.lru_cache(maxsize=64)
+def _load_once(path: str | None, overrides: tuple[str, ...]) -> RayloopConfig:
+    return load_config(path, overrides)
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<config>") -> RayloopConfig:

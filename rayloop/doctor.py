@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from rayloop import paths
+
 __all__ = [
     "Finding",
     "Listener",
@@ -152,8 +154,8 @@ def check_listeners(listeners: Iterable[Listener], token_auth: bool = True) -> l
                 Finding(
                     "warn",
                     f"{item.process} (pid {item.pid})",
-                    f"listens on {item.host}:{item.port}: Serve's inter-deployment gRPC server, bound to all interfaces by "
-                    "Ray itself (no setting); it requires the cluster token",
+                    f"listens on {item.host}:{item.port}: Serve's inter-deployment gRPC server, "
+                    "bound to all interfaces by Ray itself (no setting); it requires the cluster token",
                     "on a reachable machine, firewall Ray's worker ports",
                 )
             )
@@ -465,7 +467,5 @@ def _check_file(path: Path, neighbours: list[dict[str, Any]]) -> list[Finding]:
 
 
 def default_token_files(env: Mapping[str, str]) -> list[Path]:
-    from rayloop import paths
-
     candidates = [env.get("RAY_AUTH_TOKEN_PATH"), str(paths.auth_token_path()), os.path.expanduser("~/.ray/auth_token")]
     return [Path(c) for c in dict.fromkeys(c for c in candidates if c)]

@@ -1,25 +1,34 @@
-"""What every entrypoint (workloads, CLI) does the same way: arguments, logging, errors."""
+"""What every entrypoint (workloads, CLI) does the same way: arguments, logging, errors, exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rayloop.config import RayloopConfig, load_config
-from rayloop.errors import RayloopError
+from rayloop.config import ConfigSource, RayloopConfig
+from rayloop.errors import ConfigError, RayloopError
+from rayloop.runtime import init_ray
 
-__all__ = ["configure_logging", "parse_workload_args", "run_workload", "workload_main"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "configure_logging", "exit_code", "parse_workload_args", "workload_main"]
+
+EXIT_FAILED = 1  # the work could not be done, or was refused (a gate, an unsafe finding)
+EXIT_USAGE = 2  # the command line or the config is wrong
 
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def parse_workload_args(argv: Sequence[str] | None, description: str) -> RayloopConfig:
+def exit_code(exc: RayloopError) -> int:
+    """2 for a config the user must fix before anything runs, 1 for a run that failed."""
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+
+
+def parse_workload_args(argv: Sequence[str] | None, description: str) -> ConfigSource:
     """`--config PATH` plus repeated `--set key.sub=value`: the only arguments a workload takes."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="YAML config (default: the embedded configs/demo.yaml)")
@@ -27,30 +36,30 @@ def parse_workload_args(argv: Sequence[str] | None, description: str) -> Rayloop
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
     )
     args = parser.parse_args(argv)
-    return load_config(args.config, args.overrides)
+    return ConfigSource(path=args.config, overrides=tuple(args.overrides))
 
 
-def run_workload(main: Callable[[], int]) -> None:
-    """Exit 0 on success; on a RayloopError print its message (no traceback) and exit 2."""
-    try:
-        code = main()
-    except RayloopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
-
-
-def workload_main(run: Callable[[RayloopConfig], Any], description: str) -> Callable[[Sequence[str] | None], int]:
-    """The body every workload shares: parse `--config/--set`, log, join or start Ray, run,
-    print the result as JSON (the last thing in the job's log)."""
+def workload_main(
+    run: Callable[[RayloopConfig], Any],
+    description: str,
+    *,
+    check: Callable[[RayloopConfig], object] | None = None,
+) -> Callable[[Sequence[str] | None], int]:
+    """The body every workload shares: parse `--config/--set`, `check` what must exist (before
+    Ray starts), log, join or start Ray, run, print the result as JSON (the last thing in the
+    job's log). A RayloopError is one line on stderr (no traceback) and its exit code."""
 
     def main(argv: Sequence[str] | None = None) -> int:
-        from rayloop.runtime import init_ray
-
-        config = parse_workload_args(argv, description=description)
-        configure_logging()
-        init_ray()
-        result = run(config)
+        try:
+            config = parse_workload_args(argv, description=description).load()
+            if check is not None:
+                check(config)
+            configure_logging()
+            init_ray()
+            result = run(config)
+        except RayloopError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exit_code(exc)
         print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else result, indent=2, default=str))
         return 0
 

@@ -20,6 +20,7 @@ __all__ = [
     "RegistryError",
     "GateRefusedError",
     "RetrainError",
+    "PreprocessRunError",
 ]
 
 
@@ -98,6 +99,16 @@ class BundleError(RayloopError):
 
 class RegistryError(RayloopError):
     """The model registry lacks what was asked for (a name, a version, an alias, a previous champion)."""
+
+
+class PreprocessRunError(RayloopError):
+    """A preprocess run to train on is missing or incomplete; the message names the run, what is
+    missing and the command that makes it."""
+
+    def __init__(self, message: str, *, run_id: str | None, missing: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.missing = list(missing)
 
 
 class RetrainError(RayloopError):

@@ -12,19 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from rayloop.constants import DEFAULT_HOME, HOME_ENV_VAR, STORAGE_ENV_VAR
 from rayloop.errors import RayTempDirError
 
-ENV_HOME = "RAYLOOP_HOME"
-# Train/Tune checkpoint storage on a cluster (any pyarrow URI); a profile sets it
-ENV_STORAGE = "RAYLOOP_STORAGE"
-DEFAULT_HOME = ".rayloop"
 # Unix socket paths are limited to 107 bytes; Ray appends up to 71 characters to its temp dir:
 # /session_<date>_<time>_<usec>_<pid up to 7 digits>/sockets/dash_TaskEventsHead (the longest
 # dashboard module socket; a 41-character temp dir broke MetricsHead's on CI).
 MAX_RAY_TEMP_DIR_CHARS = 36
 
 __all__ = [
-    "ENV_HOME",
     "home",
     "ensure",
     "ray_temp_dir",
@@ -46,6 +42,7 @@ __all__ = [
     "run_dir",
     "data_dir",
     "compile_cache_dir",
+    "engine_cache_dir",
     "logs_dir",
     "audit_log",
 ]
@@ -53,7 +50,7 @@ __all__ = [
 
 def home() -> Path:
     """The state root, absolute, from RAYLOOP_HOME (default ./.rayloop in the working dir)."""
-    return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME).expanduser().resolve()
+    return Path(os.environ.get(HOME_ENV_VAR) or DEFAULT_HOME).expanduser().resolve()
 
 
 def ensure(path: Path) -> Path:
@@ -89,7 +86,7 @@ def short_path(real: Path, tag: str, max_chars: int) -> Path:
         raise RayTempDirError(
             f"{str(real)!r} is {len(str(real))} characters and so is the system temp dir "
             f"link {str(link)!r}; Unix socket paths allow at most {max_chars} here. "
-            f"Set {ENV_HOME} (or TMPDIR) to a shorter path."
+            f"Set {HOME_ENV_VAR} (or TMPDIR) to a shorter path."
         )
     prune_dangling_links(tag)
     if link.is_symlink() and Path(os.readlink(link)) != real:
@@ -129,7 +126,7 @@ def tune_storage() -> Path:
 def checkpoint_storage(kind: str) -> str:
     """Ray Train/Tune `storage_path` for `kind` ("train" or "tune"): RAYLOOP_STORAGE/<kind> when set
     (a cluster's s3://, gs:// or shared-filesystem URI, from its profile), else local under home."""
-    root = os.environ.get(ENV_STORAGE, "").rstrip("/")
+    root = os.environ.get(STORAGE_ENV_VAR, "").rstrip("/")
     if root:
         return f"{root}/{kind}"
     return str(ensure(train_storage() if kind == "train" else tune_storage()))
@@ -188,6 +185,11 @@ def compile_cache_dir(tool: str) -> Path:
     """Where torch.compile (`torchinductor`) and Triton keep compiled kernels instead of /tmp and
     ~/.triton: a replica with the torch_compile backend writes there."""
     return home() / "cache" / tool
+
+
+def engine_cache_dir() -> Path:
+    """Compiled serving engines (TensorRT), reused by the replicas of a model version."""
+    return home() / "engine-cache"
 
 
 def logs_dir() -> Path:

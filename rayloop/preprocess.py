@@ -1,4 +1,5 @@
-"""read -> validate -> split -> fit features on train -> transform every split -> write.
+"""The preprocess stage and its run: read -> validate -> split -> fit features on train ->
+transform every split -> write, into one run directory that `PreprocessRun` names and reads.
 
 Streaming end to end: each stage is a lazy Ray Data pass over the source, so memory stays
 flat as rows grow. Pure batch functions (schema.validate, split.assign_*, FittedFeatures.transform)
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
@@ -41,37 +43,147 @@ from rayloop.data.split import (
     assign_by_time,
     time_cutoff_quantiles,
 )
-from rayloop.errors import ConfigError, RejectRatioError
+from rayloop.errors import ConfigError, PreprocessRunError, RejectRatioError
+from rayloop.features.aggregates import compute_stats
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import numeric_summary
 
 __all__ = [
+    "PREPROCESS_COMMAND",
     "PreprocessResult",
-    "resolve_source",
+    "PreprocessRun",
     "resolve_schema",
+    "resolve_source",
     "run_preprocess",
-    "load_run",
-    "load_holdout",
-    "latest_run_id",
 ]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
-FEATURES_DIR = "features"
-REJECTS_DIR = "rejects"
-HOLDOUT_DIR = "holdout"  # the raw rows of the test split, for the quality gate
-REFERENCE_ROWS_DIR = (
-    "reference_rows"  # optional: raw rows the model's score histogram describes (a retrain's recent traffic)
-)
-FITTED_FEATURES_FILE = "fitted_features.json"
-PROFILE_FILE = "profile.json"
-SCHEMA_FILE = "schema.json"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
-LATEST_FILE = "LATEST"
 WRITE_BATCH_ROWS = 65_536
+PREPROCESS_COMMAND = "`rayloop preprocess` (or `python -m workloads.preprocess`)"
+
+
+@dataclass(frozen=True)
+class PreprocessRun:
+    """One preprocess run's directory (RAYLOOP_HOME/runs/<id>): every file in it named here once,
+    read back as values. `open` checks that what training reads is there."""
+
+    run_id: str
+    directory: Path
+
+    FEATURES: ClassVar[str] = "features"  # feature tables, partitioned by split=train|validation|test
+    REJECTS: ClassVar[str] = "rejects"  # rows that failed validation, with a reason column
+    MALFORMED: ClassVar[str] = "malformed"  # unparseable CSV lines, before they join the rejects
+    HOLDOUT: ClassVar[str] = "holdout"  # the raw rows of the test split: the gate scores raw rows
+    FITTED_FEATURES: ClassVar[str] = "fitted_features.json"
+    PROFILE: ClassVar[str] = "profile.json"  # the reference profile of the train split
+    SCHEMA: ClassVar[str] = "schema.json"  # the declared or inferred input schema
+    SUMMARY: ClassVar[str] = "summary.json"  # counts and timings (PreprocessResult)
+    CONFIG: ClassVar[str] = "config.yaml"  # the effective config of the run
+    LATEST: ClassVar[str] = "LATEST"  # in the runs dir: the id of the newest finished run
+    # what training, tuning and the gate read; a run missing one is not usable
+    REQUIRED: ClassVar[tuple[str, ...]] = (FITTED_FEATURES, PROFILE, SCHEMA, SUMMARY, FEATURES, HOLDOUT)
+
+    @classmethod
+    def create(cls, run_id: str | None = None) -> PreprocessRun:
+        run_id = run_id or f"pre-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        return cls(run_id, paths.ensure(paths.run_dir(run_id)))
+
+    @classmethod
+    def latest_id(cls) -> str | None:
+        marker = paths.runs_dir() / cls.LATEST
+        return marker.read_text().strip() if marker.exists() else None
+
+    @classmethod
+    def open(cls, run_id: str | None = None) -> PreprocessRun:
+        """A finished run (the latest when `run_id` is None); a PreprocessRunError names the run,
+        what is missing and the command that makes it."""
+        chosen = run_id or cls.latest_id()
+        if chosen is None:
+            raise PreprocessRunError(
+                f"no preprocess run under {paths.runs_dir()}: run {PREPROCESS_COMMAND} first", run_id=None
+            )
+        directory = paths.run_dir(chosen)
+        if not directory.is_dir():
+            latest = cls.latest_id()
+            raise PreprocessRunError(
+                f"preprocess run {chosen!r} does not exist (no {directory}): run {PREPROCESS_COMMAND} first, "
+                f"or set data.preprocess_run to an existing run (latest: {latest or 'none'})",
+                run_id=chosen,
+            )
+        missing = [name for name in cls.REQUIRED if not (directory / name).exists()]
+        if missing:
+            raise PreprocessRunError(
+                f"preprocess run {chosen!r} has no {', '.join(missing)} in {directory} (unfinished or from an "
+                f"older rayloop): run {PREPROCESS_COMMAND} again",
+                run_id=chosen,
+                missing=missing,
+            )
+        return cls(chosen, directory)
+
+    # ---- where things are --------------------------------------------------------------------
+    @property
+    def features_dir(self) -> Path:
+        return self.directory / self.FEATURES
+
+    def split_dir(self, split: str) -> Path:
+        return self.features_dir / f"{SPLIT_COLUMN}={split}"
+
+    @property
+    def rejects_dir(self) -> Path:
+        return self.directory / self.REJECTS
+
+    @property
+    def malformed_dir(self) -> Path:
+        return self.directory / self.MALFORMED
+
+    @property
+    def holdout_dir(self) -> Path:
+        return self.directory / self.HOLDOUT
+
+    # ---- what it holds -----------------------------------------------------------------------
+    def fitted(self) -> FittedFeatures:
+        return FittedFeatures.from_json((self.directory / self.FITTED_FEATURES).read_text())
+
+    def profile(self) -> ReferenceProfile:
+        return ReferenceProfile.from_json((self.directory / self.PROFILE).read_text())
+
+    def schema(self) -> FeatureSchema:
+        return FeatureSchema.model_validate_json((self.directory / self.SCHEMA).read_text())
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.directory / self.SUMMARY).read_text())
+
+    def holdout(self, max_rows: int | None = None) -> pa.Table:
+        """The raw, validated rows of the test split (the gate's default holdout)."""
+        table = pads.dataset(str(self.holdout_dir), format="parquet").to_table()
+        return table.slice(0, max_rows) if max_rows is not None else table
+
+    def rows_in(self, directory: Path) -> int:
+        """Rows in the Parquet files under one of the run's folders (from their footers)."""
+        return _parquet_rows(directory)
+
+    # ---- writing it ----------------------------------------------------------------------------
+    def write_results(
+        self,
+        *,
+        fitted: FittedFeatures,
+        profile: ReferenceProfile,
+        schema: FeatureSchema,
+        config: RayloopConfig,
+        result: PreprocessResult,
+    ) -> None:
+        """The run's small files, then the LATEST marker: a run is finished once they exist."""
+        (self.directory / self.FITTED_FEATURES).write_text(fitted.to_json())
+        (self.directory / self.PROFILE).write_text(profile.to_json())
+        (self.directory / self.SCHEMA).write_text(schema.model_dump_json(indent=2))
+        (self.directory / self.CONFIG).write_text(
+            yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
+        )
+        (self.directory / self.SUMMARY).write_text(json.dumps(result.to_dict(), indent=2))
+        (paths.runs_dir() / self.LATEST).write_text(self.run_id)
 
 
 @dataclass
@@ -185,8 +297,6 @@ def run_preprocess(
     config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None
 ) -> PreprocessResult:
     """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths."""
-    from rayloop.features.aggregates import compute_stats
-
     say = progress or (lambda msg: log.info(msg))
     data = config.data
     timings: dict[str, float] = {}
@@ -198,8 +308,7 @@ def run_preprocess(
         timings[name] = round(now - clock, 3)
         clock = now
 
-    run_id = run_id or f"pre-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-    run_dir = paths.ensure(paths.run_dir(run_id))
+    run = PreprocessRun.create(run_id)
 
     say("resolving the source")
     uri = resolve_source(data)
@@ -214,8 +323,7 @@ def run_preprocess(
     fmap = fusable_map_args()
 
     say("validating rows; writing rejects")
-    rejects_dir = run_dir / REJECTS_DIR
-    malformed_dir = run_dir / "malformed"
+    rejects_dir, malformed_dir = run.rejects_dir, run.malformed_dir
     # this pass alone keeps unparseable CSV lines; later passes skip them silently
     first_pass = read_dataset(info, override_num_blocks=data.read_blocks, malformed_dir=str(malformed_dir))
     first_pass.map_batches(_rejects_batch, fn_kwargs=args, **fmap, zero_copy_batch=True).write_parquet(str(rejects_dir))
@@ -267,22 +375,21 @@ def run_preprocess(
 
     say("transforming every split; writing feature tables")
     keep = [c for c in (data.label_column, data.id_column, data.timestamp_column) if c] + [SPLIT_COLUMN]
-    features_dir = run_dir / FEATURES_DIR
+    features_dir = run.features_dir
     with_split.map_batches(
         _feature_batch,
-        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run_dir / HOLDOUT_DIR)},
+        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run.holdout_dir)},
         # A batch size keeps this map out of the read task on purpose: Ray's Parquet sink holds
-        # every block of its task in memory, so writes go in small tasks (10M rows: peak PSS
-        # 1.9 GB fused into the read, 1.7 GB apart).
+        # every block of its task in memory, so writes go in small tasks
         batch_size=WRITE_BATCH_ROWS,
         **fmap,
     ).write_parquet(str(features_dir), partition_cols=[SPLIT_COLUMN])
-    rows_per_split = {name: _parquet_rows(features_dir / f"{SPLIT_COLUMN}={name}") for name in SPLITS}
+    rows_per_split = {name: _parquet_rows(run.split_dir(name)) for name in SPLITS}
     lap("transform")
 
     result = PreprocessResult(
-        run_id=run_id,
-        run_dir=str(run_dir),
+        run_id=run.run_id,
+        run_dir=str(run.directory),
         source=uri,
         rows_total=rows_total,
         rows_good=sum(rows_per_split.values()),
@@ -295,12 +402,7 @@ def run_preprocess(
         config_hash=config_hash(config),
         seconds=timings,
     )
-    (run_dir / FITTED_FEATURES_FILE).write_text(fitted.to_json())
-    (run_dir / PROFILE_FILE).write_text(profile.to_json())
-    (run_dir / SCHEMA_FILE).write_text(schema.model_dump_json(indent=2))
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2))
-    (paths.runs_dir() / LATEST_FILE).write_text(run_id)
+    run.write_results(fitted=fitted, profile=profile, schema=schema, config=config, result=result)
     return result
 
 
@@ -310,7 +412,8 @@ def _write_malformed(schema: FeatureSchema, malformed_dir: Path, rejects_dir: Pa
     if not records:
         return 0
     reasons = [
-        f"column=* rule=malformed value={r['text']} (expected {r['expected_columns']} fields, got {r['actual_columns']})"
+        f"column=* rule=malformed value={r['text']} "
+        f"(expected {r['expected_columns']} fields, got {r['actual_columns']})"
         for r in records
     ]
     columns = {c.name: pa.nulls(len(records), pa.string()) for c in schema.columns}
@@ -324,40 +427,3 @@ def _parquet_rows(directory: Path) -> int:
     if not directory.exists():
         return 0
     return sum(pq.read_metadata(f).num_rows for f in sorted(directory.rglob("*.parquet")))
-
-
-def latest_run_id() -> str | None:
-    marker = paths.runs_dir() / LATEST_FILE
-    return marker.read_text().strip() if marker.exists() else None
-
-
-def load_holdout(run_id: str | None = None, max_rows: int | None = None) -> pa.Table:
-    """The raw, validated rows of a run's test split (the gate's default holdout)."""
-    import pyarrow.dataset as pads
-
-    run_id = run_id or latest_run_id()
-    directory = paths.run_dir(run_id or "") / HOLDOUT_DIR
-    if not run_id or not directory.exists():
-        raise FileNotFoundError(f"no holdout under {directory}; run `rayloop preprocess` first")
-    table = pads.dataset(str(directory), format="parquet").to_table()
-    return table.slice(0, max_rows) if max_rows is not None else table
-
-
-def load_reference_rows(run_id: str) -> pa.Table | None:
-    """The rows the score histogram should describe when they are not the holdout (see REFERENCE_ROWS_DIR)."""
-    import pyarrow.dataset as pads
-
-    directory = paths.run_dir(run_id) / REFERENCE_ROWS_DIR
-    return pads.dataset(str(directory), format="parquet").to_table() if directory.exists() else None
-
-
-def load_run(run_id: str | None = None) -> tuple[Path, FittedFeatures, ReferenceProfile, dict[str, Any]]:
-    """A finished run's directory, fitted features, profile and summary (the latest by default)."""
-    run_id = run_id or latest_run_id()
-    if run_id is None:
-        raise FileNotFoundError(f"no preprocess run under {paths.runs_dir()}; run `rayloop preprocess` first")
-    run_dir = paths.run_dir(run_id)
-    fitted = FittedFeatures.from_json((run_dir / FITTED_FEATURES_FILE).read_text())
-    profile = ReferenceProfile.from_json((run_dir / PROFILE_FILE).read_text())
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    return run_dir, fitted, profile, summary

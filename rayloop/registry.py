@@ -22,15 +22,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+
 from rayloop import audit, paths
+from rayloop.bundle import ModelBundle
 from rayloop.errors import RegistryError
+from rayloop.training.evaluate import METRICS, paired_difference_interval
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pyarrow as pa
     from mlflow import MlflowClient
-
-    from rayloop.bundle import ModelBundle
 
 __all__ = [
     "CHAMPION",
@@ -157,7 +158,7 @@ def log_bundle(
     returns the new version number."""
     import mlflow
 
-    from rayloop.pyfunc import MODEL_CODE, requirements, signature_for
+    from rayloop.pyfunc import MODEL_CODE, requirements, signature_for  # mlflow at import
 
     mlflow_client = client()
     with tempfile.TemporaryDirectory() as scratch:
@@ -250,8 +251,6 @@ def promote(
     holdout, rejected = challenger.schema.validate(holdout, source="holdout")
     if holdout.num_rows == 0:
         raise RegistryError(f"no valid rows in the holdout ({rejected.num_rows} rejected)")
-    from rayloop.training.evaluate import METRICS, paired_difference_interval
-
     y = _labels(holdout, label)
     challenger_probs = challenger.predict_proba(holdout)
     challenger_score = float(METRICS[metric](y, challenger_probs))
@@ -263,7 +262,8 @@ def promote(
         decision = replace(
             decision,
             difference_interval=[lo, hi],
-            reason=f"{decision.reason}; challenger - champion 95% bootstrap interval [{lo:+.4f}, {hi:+.4f}] over {len(y)} rows",
+            reason=f"{decision.reason}; challenger - champion 95% bootstrap interval "
+            f"[{lo:+.4f}, {hi:+.4f}] over {len(y)} rows",
         )
     for key, value in {
         "rayloop.gate.decision": "promoted" if decision.promote else "refused",

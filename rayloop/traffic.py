@@ -24,7 +24,9 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayloop.constants import DEFAULT_SERVE_TOKEN_ENV_VAR
 from rayloop.data.synthetic import Scenario, generate
+from rayloop.latency import percentile
 
 __all__ = ["MAX_POOL_ROWS", "TrafficConfig", "TrafficStats", "request_rows", "run_traffic"]
 
@@ -50,7 +52,9 @@ class TrafficConfig(BaseModel):
     )
     seed: int = 11
     timeout_s: float = Field(10.0, gt=0)
-    token_env: str | None = Field("RAYLOOP_API_TOKEN", description="bearer token for the app, read from this variable")
+    token_env: str | None = Field(
+        DEFAULT_SERVE_TOKEN_ENV_VAR, description="bearer token for the app, read from this variable"
+    )
 
 
 @dataclass
@@ -84,7 +88,7 @@ class TrafficStats:
                 {
                     "t": key * bucket_s,
                     "answers": len(rows),
-                    "p99_ms": _p99(latencies),
+                    "p99_ms": percentile(latencies, 99),
                     "accuracy": correct / total if total else None,
                     "versions": dict(Counter(a[2] for a in rows)),
                     "drift": any(a[5] for a in rows),
@@ -113,15 +117,10 @@ class TrafficStats:
             "errors": self.errors,
             "labels_posted": self.labels_posted,
             "label_errors": self.label_errors,
-            "p50_ms": latencies[len(latencies) // 2] if latencies else None,
-            "p99_ms": _p99(latencies),
+            "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99),
             "versions": versions,
         }
-
-
-def _p99(ordered: list[float]) -> float | None:
-    """The 99th percentile of already sorted latencies (nearest rank); None when there are none."""
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
 
 
 def request_rows(table: pa.Table, drop: tuple[str, ...] = ("label", "entity_id")) -> tuple[list[dict], list[int]]:

@@ -8,19 +8,11 @@ serving and exits 0: the decision and its reason are printed and recorded.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from rayloop.config import RayloopConfig
-from rayloop.entrypoint import run_workload, workload_main
+from rayloop.control.pipeline import run_pipeline
+from rayloop.entrypoint import workload_main
 
-
-def _run(config: RayloopConfig) -> Any:
-    from rayloop.pipeline import run_pipeline
-
-    return run_pipeline(config)
-
-
-main = workload_main(_run, __doc__)
+main = workload_main(run_pipeline, __doc__)
 
 if __name__ == "__main__":
-    run_workload(lambda: main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -9,19 +9,11 @@ promoted version out to Serve and rebases its reference. A refused gate exits 0 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from rayloop.config import RayloopConfig
-from rayloop.entrypoint import run_workload, workload_main
+from rayloop.control.retrain_job import run_retrain
+from rayloop.entrypoint import workload_main
 
-
-def _run(config: RayloopConfig) -> Any:
-    from rayloop.retrain import run_retrain
-
-    return run_retrain(config)
-
-
-main = workload_main(_run, __doc__)
+main = workload_main(run_retrain, __doc__)
 
 if __name__ == "__main__":
-    run_workload(lambda: main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

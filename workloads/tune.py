@@ -8,19 +8,22 @@ evaluated on test and registered as `challenger`.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from rayloop.config import RayloopConfig
-from rayloop.entrypoint import run_workload, workload_main
+from rayloop.control.train import TrainingOutcome, tune_and_register
+from rayloop.entrypoint import workload_main
+from rayloop.preprocess import PreprocessRun
 
 
-def _run(config: RayloopConfig) -> Any:
-    from rayloop.training.workflow import tune_and_register
-
-    return tune_and_register(config, config.data.preprocess_run)
+def _run(config: RayloopConfig) -> TrainingOutcome:
+    return tune_and_register(config, PreprocessRun.open(config.data.preprocess_run))
 
 
-main = workload_main(_run, __doc__)
+def _check(config: RayloopConfig) -> PreprocessRun:
+    return PreprocessRun.open(config.data.preprocess_run)
+
+
+main = workload_main(_run, __doc__, check=_check)
 
 if __name__ == "__main__":
-    run_workload(lambda: main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

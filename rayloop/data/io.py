@@ -189,16 +189,15 @@ def read_dataset(
     """A lazy Ray Dataset over the source.
 
     Parquet goes through rayloop.data.parquet_stream (read tasks per file or row-group range,
-    a few thousand rows decoded at a time), not `ray.data.read_parquet`: that decodes whole row
-    groups and held 3.6x the memory per read task. Without `override_num_blocks` there is a read
-    task per row group.
+    a few thousand rows decoded at a time), not `ray.data.read_parquet`, which decodes whole row
+    groups. Without `override_num_blocks` there is a read task per row group.
     """
     import ray.data
 
+    from rayloop.data.parquet_stream import StreamingParquetDatasource  # ray.data at import
+
     info = source if isinstance(source, SourceInfo) else inspect_source(source)
     if info.format == "parquet":
-        from rayloop.data.parquet_stream import StreamingParquetDatasource
-
         datasource = StreamingParquetDatasource(info)
         return ray.data.read_datasource(datasource, override_num_blocks=override_num_blocks or datasource.max_tasks)
     ctx = ray.data.DataContext.get_current()

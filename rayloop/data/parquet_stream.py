@@ -1,10 +1,9 @@
 """A Parquet datasource that decodes a few thousand rows at a time instead of whole row groups.
 
 Ray Data's `read_parquet` scans through `pyarrow.dataset`, which decodes a whole row group
-before it hands out the first batch: on a 1M-row file written with pyarrow's default row-group
-size (one group per file) a read task held about 235 MB of decoded columns, against 65 MB for
-`ParquetFile.iter_batches` over a buffered stream (measured on the benchmark's files). At 10M
-rows that gap was most of what separated the preprocess benchmark from its memory target.
+before it hands out the first batch, so a read task of a file with one big row group holds all
+of it decoded; `ParquetFile.iter_batches` over a buffered stream holds one batch
+(benchmarks/README.md, preprocessing).
 
 Read tasks follow the files and, when more blocks are asked for than there are files, their row
 groups. Every batch is conformed to the source's unified schema, so files that lack a nullable
@@ -14,9 +13,10 @@ column or store a narrower type still produce one schema.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
@@ -24,9 +24,17 @@ from ray.data.datasource import Datasource, ReadTask
 if TYPE_CHECKING:
     from ray.data.context import DataContext
 
-    from rayloop.data.io import SourceInfo
+__all__ = ["ParquetFiles", "StreamingParquetDatasource", "conform", "plan_units"]
 
-__all__ = ["StreamingParquetDatasource", "conform", "plan_units"]
+
+class ParquetFiles(Protocol):
+    """What the datasource reads (`rayloop.data.io.SourceInfo` is one): files on a filesystem,
+    their row groups from the footers, and the schema every batch is conformed to."""
+
+    filesystem: pafs.FileSystem
+    schema: pa.Schema
+    row_groups: dict[str, tuple[tuple[int, int], ...]]  # per file, per row group: (rows, uncompressed bytes)
+
 
 BATCH_ROWS = 65_536  # rows decoded at a time; Ray joins them into blocks of target_max_block_size
 BUFFER_BYTES = 1 << 20  # buffered column-chunk reads instead of loading each chunk whole
@@ -74,7 +82,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 class StreamingParquetDatasource(Datasource):
     """Parquet files of a resolved source, read batch by batch (see the module docstring)."""
 
-    def __init__(self, info: SourceInfo, batch_rows: int = BATCH_ROWS) -> None:
+    def __init__(self, info: ParquetFiles, batch_rows: int = BATCH_ROWS) -> None:
         super().__init__()
         self._info = info
         self._batch_rows = batch_rows
@@ -86,8 +94,7 @@ class StreamingParquetDatasource(Datasource):
     @property
     def max_tasks(self) -> int:
         """One task per row group at most: Ray's size-based default asks for more on files with
-        one big group, and then splits every block after the read (SplitBlocks), which cost
-        about 20 s at 10M rows."""
+        one big group, and then splits every block after the read (SplitBlocks)."""
         return max(1, sum(len(groups) for groups in self._groups.values()))
 
     def estimate_inmemory_data_size(self) -> int:

@@ -6,24 +6,25 @@ a few kilobytes per batch reach the object store; the driver merges them as they
 
 Why not `Dataset.aggregate` with AggregateFnV2: in Ray 2.60 a global aggregate runs a hash
 shuffle (map tasks plus an aggregator actor), which moves every training row through the
-object store. Its map stage buffers up to `shuffle_input_batch_bytes` (1 GiB by default) of
-blocks and reports no object-store use to backpressure: the whole preprocess peaked at about
-3.0 GB on 10M rows with it and at 1.7 GB with this (benchmarks/bench_preprocess.py). Ray's
-built-in ApproximateQuantile / ApproximateTopK also update their sketches one value at a time.
+object store and buffers blocks outside backpressure, so memory grows with the data
+(benchmarks/README.md, preprocessing). Ray's built-in ApproximateQuantile / ApproximateTopK
+also update their sketches one value at a time.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import ray.data
 
 from rayloop.data.io import fusable_map_args
 from rayloop.features import stats as st
+
+if TYPE_CHECKING:
+    import ray.data
 
 __all__ = ["compute_stats", "compute_histograms", "map_reduce"]
 

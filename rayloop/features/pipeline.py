@@ -22,6 +22,7 @@ from rayloop.config import FeaturesConfig
 from rayloop.data.schema import FeatureSchema, parse_timestamps
 from rayloop.errors import FeatureError
 from rayloop.features import stats as st
+from rayloop.features.aggregates import compute_histograms, compute_stats
 from rayloop.features.profile import (
     CategoricalProfile,
     NumericProfile,
@@ -384,8 +385,6 @@ class FeaturePipeline:
 
     def fit_with_profile(self, ds: ray.data.Dataset) -> tuple[FittedFeatures, ReferenceProfile]:
         """Two streaming passes: statistics (moments, sketches, counts), then profile bin counts."""
-        from rayloop.features.aggregates import compute_histograms, compute_stats
-
         numeric, categorical = self.stat_columns()
         stats = compute_stats(ds, numeric, categorical, precision=self.config.quantile_precision)
         if stats["rows"] == 0:

@@ -6,12 +6,13 @@ The categorical positions and cardinalities come from FittedFeatures (codes 0 mi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["TabularMLP", "embedding_dim"]
+__all__ = ["TabularMLP", "build_model", "embedding_dim"]
 
 
 def embedding_dim(cardinality: int, max_dim: int = 32) -> int:
@@ -59,3 +60,16 @@ class TabularMLP(nn.Module):
                 column = torch.where(codes[:, j] < cardinality, codes[:, j], torch.ones_like(codes[:, j]))
                 parts.append(embedding(column))
         return self.body(torch.cat(parts, dim=1)).squeeze(1)
+
+
+def build_model(config: Mapping[str, Any]) -> TabularMLP:
+    """The MLP from its saved parameters: the feature layout (names, categorical positions and
+    cardinalities, from FittedFeatures) plus `hidden` and `dropout`. Training, tuning and the
+    bundle all build it here, so a checkpoint always loads into the same shape."""
+    return TabularMLP(
+        len(config["feature_names"]),
+        config["categorical_indices"],
+        config["cardinalities"],
+        hidden=tuple(config.get("hidden", (128, 64))),
+        dropout=config.get("dropout", 0.1),
+    )

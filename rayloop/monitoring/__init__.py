@@ -1,1 +1,3 @@
-"""Drift statistics, the inference log, the retrain policy and the DriftMonitor actor."""
+"""The data plane of monitoring: drift statistics, the inference log, the policy, the retrain
+state machine and the monitor's logic, with no Ray import at module level. The Ray actor that
+runs them is `rayloop.control.monitor_actor`."""

@@ -164,8 +164,8 @@ class MonitorCore:
 
     def save(self) -> None:
         self._dirty = False
-        # with the settings it runs with: `rayloop status` reads this file, not the actor's config
-        # pydantic-core's serializer: 0.45 ms for a 235 kB state where json.dumps took 2.3 ms
+        # with the settings it runs with: `rayloop status` reads this file, not the actor's config;
+        # pydantic-core's serializer, several times faster than json.dumps on a state this size
         payload = to_json(
             {"format": STATE_FORMAT, **self.state.__dict__, "monitoring": self._config_dump}, fallback=float
         )

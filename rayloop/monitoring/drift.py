@@ -22,11 +22,8 @@ at least `min_psi` (zero by default: big windows then flag small but real shifts
 
 With `prediction_share` the scores' tests form a family of their own with that share of `alpha`,
 the features the rest (a Bonferroni split between "do the scores drift?" and "do the inputs
-drift?"). In one family of ~54 tests, a shift that only the scores show (a change of the label
-prior) needs p < alpha/54 to alarm; with a 0.5 split, p < alpha/8. Measured on the same windows
-(benchmarks/results/drift-score-split.json), the split raised the mean power on label-prior
-shifts from 0.745 to 0.799 and lowered it on categorical (0.508 -> 0.493) and mean shifts
-(0.782 -> 0.773), and it lost to Evidently in more cells, so one family stays the default.
+drift?"): a shift only the scores show (a change of the label prior) then alarms sooner, input
+shifts a little later. One family stays the default (benchmarks/README.md, drift).
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import special, stats
-from scipy.spatial import distance
+from scipy import special
 
 from rayloop.config import DEFAULT_PREDICTION_SHARE
 from rayloop.features.profile import (
@@ -79,6 +75,16 @@ _EPS = 1e-4  # smoothing of empty bins for PSI (the usual choice; keeps log fini
 
 
 # ---- statistics on count vectors ---------------------------------------------------------------
+
+
+def _scipy_stats():
+    """scipy.stats, imported on the first window test: it is slow to import, and processes that
+    only read the monitor's state (the CLI) never test a window."""
+    from scipy import stats
+
+    return stats
+
+
 def _proportions(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
     return counts / total if total else np.zeros_like(counts, dtype=np.float64)
@@ -97,6 +103,8 @@ def js_distance(window: np.ndarray, reference: np.ndarray) -> float:
     q = _proportions(np.asarray(reference, dtype=np.float64))
     if not p.any() or not q.any():
         return 0.0
+    from scipy.spatial import distance  # slow to import, like scipy.stats (see _scipy_stats)
+
     return float(distance.jensenshannon(p, q, base=2.0))
 
 
@@ -209,7 +217,7 @@ def _ks_p_values(d: Sequence[float], en: Sequence[int]) -> list[float]:
     out = np.ones(len(d_arr))
     tested = en_arr > 0
     if tested.any():
-        out[tested] = stats.kstwo.sf(d_arr[tested], en_arr[tested])
+        out[tested] = _scipy_stats().kstwo.sf(d_arr[tested], en_arr[tested])
     return [float(p) for p in out]
 
 
@@ -264,7 +272,7 @@ def missing_test(window_missing: int, window_rows: int, reference_missing: int, 
     """
     # scipy.stats.fisher_exact's two-sided p (the sum of the hypergeometric probabilities of every
     # table no likelier than the observed one), over the whole support at once from log-gamma:
-    # fisher_exact and hypergeom.pmf cost 2-60 ms a call at these sizes
+    # fisher_exact and hypergeom.pmf are far slower a call at these sizes
     k, n, big_k, m = window_missing, window_rows, reference_missing, reference_rows
     total, missing = n + m, k + big_k
     support = np.arange(max(0, missing - m), min(missing, n) + 1, dtype=np.float64)
@@ -398,11 +406,11 @@ def family_adjusted(
         return p
     mask = np.asarray(is_prediction, dtype=bool)
     if prediction_share is None or mask.all() or not mask.any():
-        return stats.false_discovery_control(p, method="bh")
+        return _scipy_stats().false_discovery_control(p, method="bh")
     out = np.empty_like(p)
     for members, share in ((mask, prediction_share), (~mask, 1.0 - prediction_share)):
         if members.any():
-            out[members] = np.minimum(stats.false_discovery_control(p[members], method="bh") / share, 1.0)
+            out[members] = np.minimum(_scipy_stats().false_discovery_control(p[members], method="bh") / share, 1.0)
     return out
 
 

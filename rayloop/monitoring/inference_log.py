@@ -37,8 +37,7 @@ _TS = pa.timestamp("ms", tz="UTC")
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
     """Columns worth dictionary-encoding in a part: the strings (categories, model versions), not
     request ids (unique per row) and not numbers. Parquet's default tries a dictionary for every
-    column; on a 5,000-row part of the synthetic schema this wrote in 2.0 ms instead of 3.6-3.8 ms,
-    and the file was 11% smaller."""
+    column, which writes slower and larger parts (benchmarks/README.md, monitoring)."""
     return [f.name for f in schema if pa.types.is_string(f.type) and f.name != "request_id"]
 
 
@@ -259,7 +258,7 @@ def labels_from(prediction_hour: int) -> int:
 def epoch_hours(ts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Whole hours since the epoch (UTC) per timestamp: the partition of each row.
 
-    Integer division, not `pc.strftime`, which took 0.7 µs a row, a third of a compaction.
+    Integer division, not `pc.strftime`, which formats a string per row and dominated compaction.
     """
     unit = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[ts.type.unit]
     return np.floor_divide(ts.cast(pa.int64()).to_numpy(), 3600 * unit)

@@ -2,9 +2,10 @@
 
 After each window the monitor calls `decide` with what the window showed. The policy raises a
 retrain decision when drift stays on for K windows in a row, or when live quality stays more than
-`quality_drop` below the champion's test metric for `quality_windows` windows; it suppresses one while another is pending or in
-flight, during the cool-down and past the daily budget. Every answer is a `Decision` with its reason
-and numbers, so the monitor can audit and count acted-on and suppressed decisions alike.
+`quality_drop` below the champion's test metric for `quality_windows` windows; it suppresses one
+while another is pending or in flight, during the cool-down and past the daily budget. Every
+answer is a `Decision` with its reason and numbers, so the monitor can audit and count acted-on
+and suppressed decisions alike.
 
 The state is a plain pydantic model that round-trips through JSON (the monitor persists it and
 reloads it on restart). Nothing here touches Ray, files or the audit log; every function returns a
@@ -15,12 +16,11 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:
-    from rayloop.config import MonitoringConfig
+from rayloop.config import MonitoringConfig
 
 __all__ = [
     "Decision",

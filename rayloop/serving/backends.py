@@ -7,7 +7,7 @@
 - `cuda_graph`: the MLP captured once per power-of-two batch size (1..max_rows) into CUDA graphs
   at load time; a call pads its rows up to the next captured size and replays that graph. A
   tabular MLP is launch-bound on a GPU, and replaying one graph removes the per-layer launches
-  (gpu_check: 5.7x eager at one row on an H100). Unlike `torch_compile`, no new batch size ever
+  (benchmarks/README.md, GPU). Unlike `torch_compile`, no new batch size ever
   compiles or records anything on the request path.
 - `tensorrt`: `torch_tensorrt` with fp16 and a dynamic batch of 1..max_rows; engines are
   cached on disk keyed by the bundle's hash, the GPU architecture and the TensorRT version.
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 BackendChoice = str  # "auto" | "native" | "torch" | "torch_compile" | "cuda_graph" | "tensorrt"
 Fallback = Callable[[str, str], None]
-# rows per call of a shape-bound engine; larger inputs go in chunks. On an H200, graphs up to 16,384
-# rows cost nothing at small sizes and scored 16,384 rows in 0.31 ms, 1.84 ms as 16 chunks of 1,024
+# rows per call of a shape-bound engine; larger inputs go in chunks (bigger graphs cost nothing at
+# small sizes and score a big batch faster than chunks of it: benchmarks/README.md, GPU)
 MAX_ROWS = 16_384
 
 
@@ -223,7 +223,8 @@ def _tensorrt(bundle: ModelBundle, model: Any, max_batch_size: int, max_rows: in
 
     width = len(bundle.fitted.feature_names)
     major, minor = torch.cuda.get_device_capability()
-    key = f"{bundle.fitted.content_hash[:16]}-{bundle.lineage.get('mlflow_run_id', 'x')}-sm{major}{minor}-trt{tensorrt.__version__}-b{max_rows}"
+    run = bundle.lineage.get("mlflow_run_id", "x")
+    key = f"{bundle.fitted.content_hash[:16]}-{run}-sm{major}{minor}-trt{tensorrt.__version__}-b{max_rows}"
     path = (cache_dir / f"{key}.ep") if cache_dir else None
     if path is not None and path.exists():
         engine = torch_tensorrt.load(str(path)).module()

@@ -6,10 +6,11 @@ Validation, batching and the model live in the same replica, so a request crosse
 request, the configured wait when others are in flight).
 
 Hot swap: Serve calls `reconfigure(user_config)` when only the user config changes and the code
-version does not (declarative deploys: `rayloop.serving.deploy`, `serve deploy`; Ray 2.60's
-`serve.run` gives each deploy a new code version and starts new replicas instead). The replica loads the target version beside the serving one, builds its backend (with
-the parity check), checks it on a probe batch, then replaces one reference. A request keeps
-the model it was validated against until it is answered, so none fails during a swap.
+version does not (declarative deploys: `rayloop.control.deploy`, `serve deploy`; Ray 2.60's
+`serve.run` gives each deploy a new code version and starts new replicas instead). The replica
+loads the target version beside the serving one, builds its backend (with the parity check),
+checks it on a probe batch, then replaces one reference. A request keeps the model it was
+validated against until it is answered, so none fails during a swap.
 """
 
 
@@ -29,49 +30,31 @@ import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from ray import serve
 
-from rayloop import metrics
+from rayloop import metrics, registry
 from rayloop.bundle import ModelBundle
 from rayloop.config import MonitoringConfig
 from rayloop.data.schema import ARROW_TYPES
 from rayloop.serving.api import (
-    json_bytes,
     Feedback,
     RecordParser,
     RequestError,
     error_detail,
+    json_bytes,
     require_json,
 )
+from rayloop.serving.app_args import ServerArgs
 from rayloop.serving.backends import Backend, build_backend, probe_matrix
+from rayloop.serving.monitor_client import MonitorClient
 
-__all__ = ["ServerArgs", "TabularServer", "app"]
+__all__ = ["TabularServer", "app"]
 
 log = logging.getLogger("ray.serve")
 
 PREDICTION_SAMPLE = 8  # predictions per request that feed the probability histogram
 _ID_SPACE = 2**128
-
-
-class ServerArgs(BaseModel):
-    """What a replica needs; built by `serve_apps.tabular.app_builder` from the rayloop config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_name: str
-    tracking_uri: str | None = None
-    backend: str = "auto"
-    max_batch_size: int = 64
-    batch_wait_timeout_s: float = 0.002
-    max_records_per_request: int = 1024
-    max_body_bytes: int = 1_048_576
-    parity_tolerance: float = 1e-3
-    decision_threshold: float = 0.5
-    auth_token_env: str = "RAYLOOP_SERVE_TOKEN"
-    engine_cache_dir: str | None = None
-    follow_alias_s: float = 1.0  # 0: an alias is resolved only when the user config changes
-    monitoring: MonitoringConfig | None = None  # None: no samples or labels go to a DriftMonitor
 
 
 @dataclass
@@ -119,8 +102,8 @@ class TabularServer:
         self._follower: asyncio.Task | None = None
         self._inflight = 0  # requests waiting in the batch queue
         self._requests = 0  # /v1/predict requests anywhere in the handler (reading, parsing, scoring)
-        self._token = os.environ.get(self.args.auth_token_env) or None
-        self._score.set_max_batch_size(self.args.max_batch_size)
+        self._token = os.environ.get(self.args.serving.auth_token_env) or None
+        self._score.set_max_batch_size(self.args.serving.max_batch_size)
         self._score.set_batch_wait_timeout_s(0.0)
         self.m = {spec.name: metrics.create(spec) for spec in metrics.SERVING}
         self.monitor = self._monitor_client(self.args.monitoring)
@@ -129,8 +112,6 @@ class TabularServer:
     def _monitor_client(self, config: MonitoringConfig | None) -> Any:
         if config is None or not config.enabled:
             return None
-        from rayloop.monitoring.client import MonitorClient
-
         return MonitorClient(
             self.args.model_name,
             sample_rate=config.sample_rate,
@@ -160,7 +141,7 @@ class TabularServer:
         ref = str(user_config.get("model_ref", "champion"))
         self._ref = ref
         await self._swap(ref)
-        if self._follower is None and self.args.follow_alias_s > 0:
+        if self._follower is None and self.args.serving.follow_alias_s > 0:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     async def _follow(self) -> None:
@@ -169,14 +150,12 @@ class TabularServer:
 
         A promotion then needs no Serve config change. A user_config change takes each replica out
         of routing while it reconfigures and makes Serve reload HAProxy twice (the replica leaves
-        and rejoins the backend list): requests fell back to the slower proxy and p99 during a
-        rollout rose to 3.7-4.8x steady, 1.3x following the alias (benchmarks/bench_swap.py). A pinned version is not followed.
+        and rejoins the backend list), so requests fall back to the slower proxy and p99 rises
+        during the rollout (benchmarks/bench_swap.py). A pinned version is not followed.
         """
-        from rayloop import registry
-
         failures, refused = 0, None
         while True:
-            await asyncio.sleep(self.args.follow_alias_s)
+            await asyncio.sleep(self.args.serving.follow_alias_s)
             ref = self._ref
             if ref is None or ref.isdigit() or self.state is None:
                 continue
@@ -221,8 +200,6 @@ class TabularServer:
             log.info("serving %s version %s with backend %s", self.args.model_name, loaded.version, loaded.backend.name)
 
     def _load(self, ref: str) -> Loaded:
-        from rayloop import registry
-
         version = registry.resolve_version(self.args.model_name, ref)
         if version is None:
             raise LookupError(f"model {self.args.model_name!r} has no version or alias {ref!r}")
@@ -231,9 +208,9 @@ class TabularServer:
         bundle = registry.load_bundle(self.args.model_name, version)
         backend = build_backend(
             bundle,
-            self.args.backend,
-            max_batch_size=self.args.max_batch_size,
-            tolerance=self.args.parity_tolerance,
+            self.args.serving.backend,
+            max_batch_size=self.args.serving.max_batch_size,
+            tolerance=self.args.serving.parity_tolerance,
             cache_dir=Path(self.args.engine_cache_dir) if self.args.engine_cache_dir else None,
             on_fallback=lambda name, reason: self._count("PARITY_FALLBACKS", backend=name, reason=reason),
         )
@@ -242,7 +219,9 @@ class TabularServer:
             raise ValueError(f"version {version} failed the probe batch: outputs are not probabilities")
         columns = bundle.input_columns
         types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
-        parser = RecordParser(bundle.schema, columns, self.args.max_records_per_request, self.args.max_body_bytes)
+        parser = RecordParser(
+            bundle.schema, columns, self.args.serving.max_records_per_request, self.args.serving.max_body_bytes
+        )
         info = {
             "name": self.args.model_name,
             "version": version,
@@ -298,7 +277,7 @@ class TabularServer:
         self._inflight += 1
         try:
             # a lone request goes at once; with company, wait a little for a fuller batch
-            self._score.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s if self._inflight > 1 else 0.0)
+            self._score.set_batch_wait_timeout_s(self.args.serving.batch_wait_timeout_s if self._inflight > 1 else 0.0)
             return await self._score((state, rows))
         finally:
             self._inflight -= 1
@@ -330,7 +309,7 @@ class TabularServer:
 
     async def _body(self, request: Request) -> bytes:
         """The body, refused as soon as it passes the limit (by header or while streaming)."""
-        limit = self.args.max_body_bytes
+        limit = self.args.serving.max_body_bytes
         declared = request.headers.get("content-length")
         too_large = RequestError(
             413, [{"field": "body", "rule": "max_bytes", "message": f"body is larger than {limit} bytes"}]
@@ -372,7 +351,7 @@ class TabularServer:
             failed = {"detail": "scoring failed; see the replica log"}
             return self._finish("predict", started, _json(500, failed), state.version)
         self.m[metrics.ROWS.name].inc(len(rows), tags={"model_version": state.version})
-        threshold = self.args.decision_threshold
+        threshold = self.args.serving.decision_threshold
         first = secrets.randbits(128)  # one random draw per request; rows count up from it
         ids = [f"{(first + i) % _ID_SPACE:032x}" for i in range(len(rows))]
         predictions = [

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rayloop import paths
+from rayloop.errors import ConfigError
 
 __all__ = ["check_ingest_headroom", "data_config", "model_columns", "report", "run_config"]
 
@@ -27,7 +28,7 @@ def run_config(name: str, max_failures: int):
 def data_config():
     """Only train is sharded: every worker scores the whole validation split, so all ranks see
     the same metric and stop early together (split validation made ranks stop at different
-    rounds and deadlock in the collective, found by benchmarks/bench_train.py with 2 workers)."""
+    rounds and deadlock in the collective)."""
     from ray.train import DataConfig
 
     return DataConfig(datasets_to_split=["train"])
@@ -41,15 +42,14 @@ def check_ingest_headroom(node_cpus: Sequence[float], num_workers: int, cpus_per
     run any task"), found with 2 workers on a 2-CPU machine. Only a single node that runs tasks
     is judged: a cluster from cluster/ has a head without CPUs and an autoscaler that adds nodes.
     """
-    from rayloop.errors import ConfigError
-
     if len(node_cpus) != 1 or node_cpus[0] <= 0:
         return
     wanted = num_workers * cpus_per_worker
     if node_cpus[0] - wanted < 1:
         raise ConfigError(
             f"training.num_workers={num_workers} x training.cpus_per_worker={cpus_per_worker:g} = {wanted:g} CPUs "
-            f"leaves less than one of this machine's {node_cpus[0]:g} for reading the data; the run would wait forever. "
+            f"leaves less than one of this machine's {node_cpus[0]:g} for reading the data; "
+            "the run would wait forever. "
             f"Use at most {max(node_cpus[0] - 1, 0):g} CPUs for training workers"
         )
 

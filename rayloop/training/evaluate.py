@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = [
     "METRICS",
@@ -47,6 +46,8 @@ def roc_auc(y_true, y_prob) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # scipy.stats is slow to import: only where a metric is computed
+
     ranks = rankdata(p)
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -93,8 +94,8 @@ def paired_difference_interval(
     """Percentile-bootstrap interval of metric(a) - metric(b) on the same rows, resampled together.
 
     How much of a gate's margin is noise: on a few hundred holdout rows an AUC difference of 0.02
-    can be either sign. Holdouts over `max_rows` are subsampled first (seeded) to bound the cost
-    (about 1.5 s), which makes their interval wider than the whole holdout's would be.
+    can be either sign. Holdouts over `max_rows` are subsampled first (seeded) to bound the cost,
+    which makes their interval wider than the whole holdout's would be.
     """
     from scipy.stats import bootstrap
 

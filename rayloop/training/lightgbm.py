@@ -1,7 +1,7 @@
 """LightGBM on Ray Train V2: data-parallel workers, early stopping, sparse checkpoints, resume.
 
-Reports are few on purpose: each `ray.train.report()` costs about 2 s of controller polling
-(stack-facts), so a callback checkpoints every `checkpoint_every` rounds and the loop once at the
+Reports are few on purpose: each `ray.train.report()` waits for the controller's next poll of
+the workers, so a callback checkpoints every `checkpoint_every` rounds and the loop once at the
 end, never per boosting round. Early stopping runs over the whole training, in one `lgb.train`.
 """
 

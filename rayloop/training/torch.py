@@ -14,7 +14,6 @@ from rayloop.training.evaluate import evaluate
 
 __all__ = [
     "CHECKPOINT_FILE",
-    "build_model",
     "train_loop_per_worker",
     "train_epoch",
     "predict_batches",
@@ -23,18 +22,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def build_model(config: dict[str, Any]):
-    from rayloop.models.mlp import TabularMLP
-
-    return TabularMLP(
-        len(config["feature_names"]),
-        config["categorical_indices"],
-        config["cardinalities"],
-        hidden=tuple(config.get("hidden", (128, 64))),
-        dropout=config.get("dropout", 0.1),
-    )
 
 
 def _matrix(batch: dict, names: list[str]):
@@ -47,6 +34,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
     from ray.train.torch import get_device, prepare_model
+
+    from rayloop.models.mlp import build_model  # torch at import: loaded where the model trains
 
     device = get_device()
     bf16 = device.type == "cuda"  # bf16 autocast on GPU; fp32 on CPU
@@ -194,6 +183,8 @@ def load_model(checkpoint, config: dict[str, Any], best: bool = True):
 
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    from rayloop.models.mlp import build_model  # torch at import: loaded where the model is read
+
     model = build_model(config)
     model.load_state_dict(state["best_model"] if best and state["best_model"] is not None else state["model"])
     return model.eval()

@@ -20,8 +20,10 @@ import pyarrow.dataset as pads
 from rayloop import paths
 from rayloop.config import TrainingConfig, TuningConfig
 from rayloop.features.pipeline import FittedFeatures
+from rayloop.preprocess import PreprocessRun
 from rayloop.training.evaluate import evaluate
 from rayloop.training.search_space import DEFAULT_SPACES, to_tune
+from rayloop.training.torch import predict_batches, train_epoch
 
 __all__ = ["TuneData", "TrialSummary", "TuneOutcome", "run_tune", "lightgbm_trial", "mlp_trial"]
 
@@ -41,13 +43,11 @@ class TuneData:
     cardinalities: list[int]
 
     @classmethod
-    def from_run(cls, run_dir: Path, fitted: FittedFeatures, label: str) -> TuneData:
+    def from_run(cls, run: PreprocessRun, fitted: FittedFeatures, label: str) -> TuneData:
         """Read a preprocess run's feature tables (driver side, pyarrow)."""
 
         def split(name: str) -> tuple[np.ndarray, np.ndarray]:
-            table = pads.dataset(str(run_dir / "features" / f"split={name}")).to_table(
-                columns=[*fitted.feature_names, label]
-            )
+            table = pads.dataset(str(run.split_dir(name))).to_table(columns=[*fitted.feature_names, label])
             x = np.column_stack([table.column(n).to_numpy() for n in fitted.feature_names]).astype(np.float32)
             return x, table.column(label).to_numpy().astype(np.float32)
 
@@ -154,7 +154,7 @@ def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) ->
     import torch
     from ray import tune
 
-    from rayloop.training.torch import build_model, predict_batches, train_epoch
+    from rayloop.models.mlp import build_model  # torch at import: loaded in the trial that needs it
 
     torch.set_num_threads(static["num_threads"])
     hyper = {**static["base_params"], **config}

@@ -21,14 +21,17 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pyarrow as pa
+import ray
 
 from rayloop import paths, registry
 from rayloop.bundle import ModelBundle, prediction_histogram
-from rayloop.config import load_config
+from rayloop.config import ConfigSource
+from rayloop.control.monitor_actor import start_model_monitor
 from rayloop.data.synthetic import Scenario, generate
+from rayloop.monitoring.handle import get_monitor
 from rayloop.monitoring.inference_log import label_table
 from rayloop.training.evaluate import evaluate
-from tests.support import fitted_synthetic
+from tests.support import fitted_synthetic, wait_for
 
 
 def register_champion(model: str) -> str:
@@ -73,11 +76,6 @@ def served_rows(bundle: ModelBundle, table: pa.Table, version: str) -> tuple[pa.
 
 
 def main() -> None:
-    import ray
-
-    from rayloop.monitoring.monitor import get_monitor
-    from rayloop.serving.deploy import start_model_monitor
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
     parser.add_argument("--model", required=True)
@@ -89,35 +87,43 @@ def main() -> None:
 
     first = register_champion(args.model)
     overrides = [f"registry.model_name={args.model}", *args.overrides]
-    config = load_config(None, overrides)
+    source = ConfigSource(overrides=tuple(overrides))
     ray.init(address=args.address)
-    start_model_monitor(config, overrides=overrides)
+    start_model_monitor(source)
     monitor = get_monitor(args.model)
     bundle = registry.load_bundle(args.model, first)
     drifted = generate(20_000, seed=63, scenario=Scenario(kind=args.scenario, onset=0.0, magnitude=3.0))
     drifted = drifted.take(np.random.default_rng(0).permutation(drifted.num_rows))
-    killed_pid = None
-    deadline = time.monotonic() + args.timeout
-    at = 0
+    sent = {"at": 0, "killed_pid": None}
     batch = 200
-    record = None
-    while time.monotonic() < deadline:
+
+    def step() -> dict | None:
+        """One round: the finished retrain's record, or send a batch of drifted rows with labels."""
         retrains = ray.get(monitor.retrains.remote(), timeout=120)
         if retrains["finished"]:
-            record = retrains["finished"][-1]
-            break
+            return retrains["finished"][-1]
         active = retrains["active"]
-        if args.kill_monitor_when and killed_pid is None and active and active["phase"] == args.kill_monitor_when:
-            killed_pid = ray.get(monitor.ping_pid.remote())
-            os.kill(killed_pid, signal.SIGKILL)  # Ray restarts it (max_restarts=-1) from its saved state
-            time.sleep(1.0)
-            continue
+        if (
+            args.kill_monitor_when
+            and sent["killed_pid"] is None
+            and active
+            and active["phase"] == args.kill_monitor_when
+        ):
+            sent["killed_pid"] = ray.get(monitor.ping_pid.remote())
+            os.kill(sent["killed_pid"], signal.SIGKILL)  # Ray restarts it (max_restarts=-1) from its saved state
+            return None
         if active is None or active["phase"] == "waiting_labels":
-            rows, ids, labels = served_rows(bundle, drifted.slice(at % 19_000, batch), first)
-            at += batch
-            ray.get(monitor.ingest.remote(f"driver-{at}", rows), timeout=120)
-            ray.get(monitor.ingest_labels.remote(f"driver-labels-{at}", label_table(ids, labels)), timeout=120)
-        time.sleep(0.5)
+            rows, ids, labels = served_rows(bundle, drifted.slice(sent["at"] % 19_000, batch), first)
+            sent["at"] += batch
+            ray.get(monitor.ingest.remote(f"driver-{sent['at']}", rows), timeout=120)
+            ray.get(monitor.ingest_labels.remote(f"driver-labels-{sent['at']}", label_table(ids, labels)), timeout=120)
+        return None
+
+    try:
+        record = wait_for(step, args.timeout, interval_s=0.5, what="the retrain to finish")
+    except TimeoutError:
+        record = None  # the caller reads the missing record
+    killed_pid = sent["killed_pid"]
     restarted = ray.get(monitor.summary.remote(), timeout=120)["restarts"]
     print(
         json.dumps(

@@ -1,12 +1,12 @@
-"""rayloop.jobs against a real head with token auth on: what `ray job submit` does, idempotently."""
+"""rayloop.control.jobs against a real head with token auth on: what `ray job submit` does, idempotently."""
 
 from __future__ import annotations
 
 import pytest
 
-from rayloop import jobs
-
-from .conftest import ROOT, wait_for
+from rayloop.config import ConfigSource
+from rayloop.control import jobs
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_a_workload_goes_through_the_jobs_api_once_per_submission_id(ray_head):
     submission_id = "jobs-api-e2e"
     args = {
-        "overrides": ["data.synthetic.n_rows=3000", "data.synthetic.seed=5"],
+        "source": ConfigSource(overrides=("data.synthetic.n_rows=3000", "data.synthetic.seed=5")),
         "working_dir": str(ROOT),
         "metadata": {"rayloop.reason": "e2e"},
         "address": ray_head.dashboard,

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from rayloop import audit, jobs
-from tests.support import free_port
-
-from .conftest import ROOT
+from rayloop import audit
+from rayloop.control import jobs
+from rayloop.runtime import free_port
+from tests.support import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from rayloop import registry
-from rayloop.preprocess import load_holdout, load_run
-
-from .conftest import last_json, run_job
+from rayloop.preprocess import PreprocessRun
+from tests.support import last_json, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +47,8 @@ def test_ray_job_submit_of_the_pipeline_registers_a_champion_that_predicts_like_
     assert result["training"]["tuning"]["trials"] == 2
 
     # raw rows in, the bundle applies the features: equal to the checkpoint's booster on our transform
-    holdout = load_holdout(result["preprocess_run_id"])
-    _, fitted, _, _ = load_run(result["preprocess_run_id"])
+    run = PreprocessRun.open(result["preprocess_run_id"])
+    holdout, fitted = run.holdout(), run.fitted()
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     native = lgb.Booster(model_file=f"{result['training']['checkpoint']}/model.txt").predict(fitted.transform(holdout))
     raw = holdout.drop_columns(["label"]).to_pandas()

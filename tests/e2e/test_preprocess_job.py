@@ -8,8 +8,7 @@ import httpx
 import pytest
 
 from rayloop.runtime import auth_headers
-
-from .conftest import last_json, run_job
+from tests.support import last_json, run_job
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,8 @@ import yaml
 from rayloop import registry
 from rayloop.bundle import ModelBundle
 from rayloop.data.synthetic import generate
-from tests.support import fitted_synthetic, free_port
-
-from .conftest import ROOT, wait_for
+from rayloop.runtime import free_port
+from tests.support import ROOT, fitted_synthetic, wait_for
 
 pytestmark = pytest.mark.slow
 

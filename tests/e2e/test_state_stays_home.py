@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, last_json
+from tests.support import ROOT, last_json
 
 pytestmark = pytest.mark.slow
 

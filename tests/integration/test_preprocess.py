@@ -18,7 +18,7 @@ from rayloop.data import synthetic
 from rayloop.data.schema import REASON_COLUMN
 from rayloop.errors import ConfigError, MissingColumnsError, RejectRatioError
 from rayloop.features.pipeline import FeaturePipeline
-from rayloop.preprocess import load_run, run_preprocess
+from rayloop.preprocess import PreprocessRun, run_preprocess
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -114,7 +114,8 @@ def demo_run():
 
 def test_demo_run_writes_every_output_and_a_time_split(demo_run):
     config, result = demo_run
-    run_dir, fitted, profile, summary = load_run(result.run_id)
+    run = PreprocessRun.open(result.run_id)
+    run_dir, fitted, profile, summary = run.directory, run.fitted(), run.profile(), run.summary()
     assert summary["rows_total"] == 8_000 and summary["split_method"] == "time"
     assert fitted.content_hash == result.features_hash
     assert profile.n_rows == result.rows_per_split["train"]
@@ -136,7 +137,8 @@ def test_demo_run_writes_every_output_and_a_time_split(demo_run):
 def test_ray_fit_matches_the_in_memory_fit(demo_run):
     """Block-wise aggregation + merge gives the same features as one pass over all rows."""
     config, result = demo_run
-    run_dir, fitted, profile, _ = load_run(result.run_id)
+    run = PreprocessRun.open(result.run_id)
+    run_dir, fitted, profile = run.directory, run.fitted(), run.profile()
     source = _read_dir(Path(result.source))
     good, _ = config.data.schema_.validate(source)
     features = _read_dir(run_dir / "features")
@@ -158,7 +160,7 @@ def test_batch_path_and_one_row_transform_give_identical_features(demo_run):
     """Contract 1: Ray Data's map_batches and per-request transform produce the same matrix,
     including unseen categories and missing values."""
     config, result = demo_run
-    _, fitted, _, _ = load_run(result.run_id)
+    fitted = PreprocessRun.open(result.run_id).fitted()
     table = synthetic.generate(400, seed=11)
     # unseen categories and missing values in every kind of column
     merchant = table.column("merchant_id").to_pylist()

@@ -122,7 +122,7 @@ def test_the_cli_promotes_with_exit_1_on_refusal_and_explains_a_rollback_without
     assert refused.exit_code == 1 and "refused; champion unchanged" in refused.output
     assert registry.resolve_version(name, registry.CHAMPION) == first
     rolled = runner.invoke(app, ["rollback", *name_opt])
-    assert rolled.exit_code == 2 and "no previous champion" in rolled.output
+    assert rolled.exit_code == 1 and "no previous champion" in rolled.output
     shown = runner.invoke(app, ["status", *name_opt], terminal_width=200)
     assert shown.exit_code == 0
     assert "champion" in shown.output and "promotion_refused" in shown.output and "refused" in shown.output

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
@@ -14,11 +15,22 @@ import lightgbm as lgb
 import mlflow
 import numpy as np
 import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
 
-from rayloop import registry
+from rayloop import metrics, registry
 from rayloop.bundle import ModelBundle
+from rayloop.config import ConfigSource
+from rayloop.control.deploy import wait_for_version
+from rayloop.control.monitor_actor import stop_monitor
+from rayloop.control.rollout import follows_champion, rollout
+from rayloop.control.up import up
 from rayloop.data.synthetic import generate
-from tests.support import fitted_synthetic, free_port
+from rayloop.runtime import free_port
+from rayloop.serving.app_args import TabularAppArgs
+from serve_apps.tabular import app_builder
+from tests.support import fitted_synthetic, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +72,6 @@ def models():
 
 @pytest.fixture(scope="module")
 def server(ray_session, models):
-    from ray import serve
-
-    from rayloop.config import load_config
-    from rayloop.monitoring.monitor import stop_monitor
-    from rayloop.serving.deploy import deploy
-
     overrides = [
         f"registry.model_name={NAME}",
         "serving.min_replicas=1",
@@ -74,9 +80,10 @@ def server(ray_session, models):
         "serving.max_body_bytes=65536",
         f"serving.port={free_port()}",
     ]
-    base = deploy(load_config(None, overrides), overrides=overrides)
+    source = ConfigSource(overrides=tuple(overrides))
+    base = up(source)
     try:
-        yield base, overrides
+        yield base, source
     finally:
         serve.shutdown()
         stop_monitor(NAME)
@@ -219,18 +226,15 @@ def _steady_load(base: str, rows: list[dict], threads: int) -> Iterator[tuple[Co
 
 
 def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_version(server, models):
-    from rayloop.config import load_config
-    from rayloop.serving.deploy import rollout
-
-    base, overrides = server
+    base, source = server
     v1, v2, holdout = models
     with _steady_load(base, _records(holdout.slice(0, 4)), threads=4) as (statuses, answers):
-        time.sleep(2)
+        wait_for(lambda: len(answers) >= 20, 30, what="answers before the rollout")
         replicas = _replicas(base)
         # the rollout: same app, same code and args, only the user config names the new version
-        assert rollout(load_config(None, overrides), v2, overrides=overrides) == base
+        assert rollout(source, v2) == base
         rolled_out = time.monotonic()  # every replica reconfigured: the app is RUNNING again
-        time.sleep(3)
+        wait_for(lambda: sum(sent > rolled_out for sent, _ in answers) >= 20, 30, what="answers after the rollout")
     assert set(statuses) == {200}, statuses
     answers.sort()
     assert answers[0][1] == v1 and answers[-1][1] == v2
@@ -245,20 +249,14 @@ def test_hot_swap_under_load_drops_no_request_and_later_answers_carry_the_new_ve
 def test_replicas_follow_the_champion_alias_without_a_serve_config_change(server, models):
     """A promotion moves `champion` in the registry; replicas serving the alias swap by themselves
     within serving.follow_alias_s, so the loop's rollout changes no Serve config (no HAProxy reload)."""
-    import ray
-    from ray import serve
-
-    from rayloop.config import load_config
-    from rayloop.serving.deploy import follows_champion, rollout, wait_for_version
-
-    base, overrides = server
+    base, source = server
     v1, v2, holdout = models
-    config = load_config(None, overrides)
-    assert follows_champion(config)
+    serving = source.load().serving
+    assert follows_champion(serving)
     client = registry.client()
     client.set_registered_model_alias(NAME, "champion", v1)
-    rollout(config, "champion", overrides=overrides)  # the app serves the alias again (the test above pinned v2)
-    wait_for_version(config, v1)
+    rollout(source, "champion")  # the app serves the alias again (the test above pinned v2)
+    wait_for_version(serving, v1)
 
     def deployed_user_config() -> dict:
         details = ray.get(serve.context._get_global_client()._controller.get_serve_instance_details.remote())
@@ -267,11 +265,11 @@ def test_replicas_follow_the_champion_alias_without_a_serve_config_change(server
     before_config, replicas = deployed_user_config(), _replicas(base)
     assert before_config == {"model_ref": "champion"}
     with _steady_load(base, _records(holdout.slice(0, 2)), threads=2) as (statuses, answers):
-        time.sleep(1)
+        wait_for(lambda: len(answers) >= 10, 30, what="answers before the promotion")
         client.set_registered_model_alias(NAME, "champion", v2)  # what the gate does on promotion
-        seen = wait_for_version(config, v2, timeout_s=60)
+        seen = wait_for_version(serving, v2, timeout_s=60)
         confirmed = time.monotonic()
-        time.sleep(1)
+        wait_for(lambda: sum(sent > confirmed for sent, _ in answers) >= 10, 30, what="answers after the swap")
     assert set(statuses) == {200}, statuses
     assert set(seen.values()) == {v2}
     assert {v for sent, v in answers if sent > confirmed} == {v2}
@@ -284,15 +282,14 @@ def _replicas(base: str) -> set[str]:
 
 
 def test_overload_gets_fast_503s_or_answers_never_hangs_and_the_app_recovers(server, models):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ray import serve
-
-    from serve_apps.tabular import TabularAppArgs, app_builder
-
-    base, overrides = server
+    base, source = server
     _, _, holdout = models
-    tight = [*overrides, "serving.max_ongoing_requests=2", "serving.max_batch_size=2", "serving.max_queued_requests=2"]
+    tight = [
+        *source.overrides,
+        "serving.max_ongoing_requests=2",
+        "serving.max_batch_size=2",
+        "serving.max_queued_requests=2",
+    ]
     serve.run(app_builder(TabularAppArgs(overrides=tight)), name="small", route_prefix="/small")
     rows = _records(holdout.slice(0, 64))
 
@@ -317,10 +314,6 @@ def test_overload_gets_fast_503s_or_answers_never_hangs_and_the_app_recovers(ser
 
 
 def test_serving_metrics_reach_the_ray_metrics_export_port(server, ray_session):
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from rayloop import metrics
-
     base, _ = server
     # the earlier tests sent 200s and 4xx; one more of each, then wait for the export (5-20 s late)
     httpx.post(f"{base}/v1/predict", content=b"{", headers={"content-type": "application/json"}, timeout=10)
@@ -336,19 +329,22 @@ def test_serving_metrics_reach_the_ray_metrics_export_port(server, ray_session):
         metrics.exported_name(s).removesuffix("_total")
         for s in (metrics.REQUESTS, metrics.LATENCY_MS, metrics.BATCH_ROWS, metrics.MODEL_VERSION, metrics.PREDICTIONS)
     }
-    deadline = time.monotonic() + 90
-    found: dict[str, list] = {}
-    while time.monotonic() < deadline:
+    requests_name = metrics.exported_name(metrics.REQUESTS).removesuffix("_total")
+
+    def exported() -> dict[str, list]:
         found = samples()
-        if wanted <= set(found) and any(
-            s.labels.get("status") == "400"
-            for s in found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]
-        ):
-            break
-        time.sleep(2)
-    assert wanted <= set(found), sorted(n for n in found if "rayloop" in n)
+        ready = wanted <= set(found) and any(s.labels.get("status") == "400" for s in found[requests_name])
+        return found if ready else {}
+
+    found = wait_for(exported, 90, interval_s=2, what=f"{sorted(wanted)} on the metrics export port")
     requests = found[metrics.exported_name(metrics.REQUESTS).removesuffix("_total")]
     statuses = {s.labels["status"] for s in requests if s.labels.get("route") == "predict"}
     assert {"200", "400", "422", "415", "413"} <= statuses
     versions = {s.labels["version"]: s.value for s in found[metrics.exported_name(metrics.MODEL_VERSION)]}
     assert 1.0 in versions.values()
+    # every request and batch series says which model version answered (the dashboard splits by it)
+    serving_now = httpx.get(f"{base}/v1/model", timeout=10).json()["version"]
+    for spec in (metrics.REQUESTS, metrics.LATENCY_MS, metrics.BATCH_ROWS, metrics.PREDICTIONS):
+        series = found[metrics.exported_name(spec).removesuffix("_total")]
+        assert series and all("model_version" in s.labels for s in series), spec.name
+        assert serving_now in {s.labels["model_version"] for s in series}, spec.name

@@ -9,8 +9,7 @@ import pytest
 from rayloop import paths
 from rayloop.training.evaluate import roc_auc
 from rayloop.training.lightgbm import build_trainer, load_booster
-
-from .conftest import fit_killing_one_worker
+from tests.support import fit_killing_one_worker
 
 pytestmark = pytest.mark.slow
 

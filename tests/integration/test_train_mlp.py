@@ -10,8 +10,7 @@ import torch
 from rayloop import paths
 from rayloop.training.evaluate import roc_auc
 from rayloop.training.torch import build_trainer, load_model
-
-from .conftest import fit_killing_one_worker
+from tests.support import fit_killing_one_worker
 
 pytestmark = pytest.mark.slow
 

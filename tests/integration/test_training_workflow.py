@@ -10,9 +10,8 @@ from mlflow import MlflowClient
 
 from rayloop import registry
 from rayloop.config import load_config
-from rayloop.preprocess import load_holdout
+from rayloop.control.train import train_and_register, tune_and_register
 from rayloop.training.tune import TuneData, run_tune
-from rayloop.training.workflow import train_and_register, tune_and_register
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,7 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
             "training.slice_column=channel",
         ],
     )
-    outcome = train_and_register(config, feature_run.run_id)
+    outcome = train_and_register(config, feature_run.run)
 
     assert registry.resolve_version("wf-train", registry.CHALLENGER) == outcome.version
     assert outcome.test_metrics["auc"] > 0.75
@@ -44,7 +43,7 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
     assert len(tags["rayloop.data_fingerprint"]) == 24 and tags["rayloop.config_hash"]
 
     # the registered pyfunc predicts from raw rows exactly as the checkpoint's booster on our features
-    holdout = load_holdout(feature_run.run_id)
+    holdout = feature_run.run.holdout()
     pyfunc = mlflow.pyfunc.load_model(registry.model_uri("wf-train", outcome.version))
     booster = lgb.Booster(model_file=f"{outcome.checkpoint}/model.txt")
     native = booster.predict(feature_run.fitted.transform(holdout))
@@ -67,7 +66,7 @@ def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(featu
             "tuning.report_every_rounds=10",
         ],
     )
-    outcome = tune_and_register(config, feature_run.run_id)
+    outcome = tune_and_register(config, feature_run.run)
 
     assert outcome.tuning["trials"] == 3
     assert outcome.steps == outcome.tuning["best_steps"]  # the refit ran the best trial's rounds
@@ -97,7 +96,7 @@ def test_mlp_trials_report_per_epoch_and_the_best_is_the_maximum(feature_run):
             "tuning.scheduler=fifo",
         ],
     )
-    data = TuneData.from_run(feature_run.run_dir, feature_run.fitted, "label")
+    data = TuneData.from_run(feature_run.run, feature_run.fitted, "label")
     outcome = run_tune(
         data, model="mlp", training=config.training, tuning=config.tuning, name=f"mlp-tune-{feature_run.run_id}"
     )
@@ -114,5 +113,5 @@ def test_workers_taking_every_cpu_fail_at_once_instead_of_waiting_forever(featur
 
     config = load_config(None, ["registry.model_name=wf-starved", "training.num_workers=2"])
     with pytest.raises(ConfigError, match="training.num_workers=2"):
-        train_and_register(config, feature_run.run_id)
+        train_and_register(config, feature_run.run)
     assert registry.resolve_version("wf-starved", registry.CHALLENGER) is None

@@ -13,7 +13,7 @@ from rayloop import audit
 from rayloop.bundle import ModelBundle, prediction_histogram
 from rayloop.errors import BundleError
 from rayloop.lineage import code_version, data_fingerprint
-from rayloop.training.torch import build_model
+from rayloop.models.mlp import build_model
 from tests.support import fitted_synthetic
 
 

@@ -393,5 +393,6 @@ def test_cluster_at_max_size_holds_each_group(name, config_path):
         capacity = max_units(usable, demand, cluster["max_workers"])
         assert capacity >= count, (
             f"{name} x {config_path}: {count} x {what} {demand} ({keys}) but the cluster at max size "
-            f"holds {capacity}; node types: {[(t.name, t.resources, t.max_workers) for t in candidates(usable, demand)]}"
+            f"holds {capacity}; node types: "
+            f"{[(t.name, t.resources, t.max_workers) for t in candidates(usable, demand)]}"
         )

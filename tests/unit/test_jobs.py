@@ -1,8 +1,8 @@
-"""Pure parts of rayloop.jobs (the Jobs API itself is exercised in tests/e2e/test_jobs_api.py)."""
+"""Pure parts of rayloop.control.jobs (the Jobs API itself is exercised in tests/e2e/test_jobs_api.py)."""
 
 from __future__ import annotations
 
-from rayloop import jobs
+from rayloop.control import jobs
 
 
 def test_retrain_submission_ids_are_stable_per_decision_and_safe():

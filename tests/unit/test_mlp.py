@@ -46,8 +46,9 @@ def _fit_and_score(device: str, bf16: bool) -> float:
     """Three epochs of the training loop's own epoch function on synthetic features; test AUC."""
     import numpy as np
 
+    from rayloop.models.mlp import build_model
     from rayloop.training.evaluate import evaluate
-    from rayloop.training.torch import build_model, predict_batches, train_epoch
+    from rayloop.training.torch import predict_batches, train_epoch
     from tests.support import fitted_synthetic
 
     _, table, fitted, _ = fitted_synthetic(12_000, seed=21)

@@ -2,66 +2,44 @@
 unit tests pass, the dashboard's PromQL parses, and every rayloop metric they name (with the
 labels they select on) is declared in rayloop/metrics.py, so renaming a metric breaks a test.
 
-promtool comes with Debian's `prometheus` package (`.ci/run` installs it when missing). Without it
-these tests fail under CI and skip elsewhere.
+promtool comes with Debian's `prometheus` package: `make test` unpacks it into .venv/tools when it
+is not on PATH (scripts/install-prometheus.sh). Without it these tests fail.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rayloop import metrics, paths
+from tests.support import (
+    ALERTS,
+    ALERTS_TEST_YML,
+    ALERTS_YML,
+    PROMETHEUS_DIR,
+    PROMETHEUS_YML,
+    ROOT,
+    alert_rules,
+    dashboard,
+    dashboard_exprs,
+    dashboard_panels,
+    prometheus_tool,
+    promql,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PROMETHEUS_DIR = ROOT / "configs" / "prometheus"
-PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"
-ALERTS_YML = PROMETHEUS_DIR / "alerts.yml"
-ALERTS_TEST_YML = PROMETHEUS_DIR / "alerts.test.yml"
-DASHBOARD = ROOT / "configs" / "grafana" / "rayloop.json"
-
-ALERTS = {
-    "RayloopDriftSustained",
-    "RayloopHighErrorRate",
-    "RayloopLatencyP99OverSLO",
-    "RayloopRetrainFailed",
-    "RayloopMonitorDown",
-}
 METRIC = re.compile(r"\bray_rayloop_[a-z_]+")
 SELECTOR = re.compile(r"\b(ray_rayloop_[a-z_]+)\s*\{([^}]*)\}")
 MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-# Grafana's interval variables, replaced by plain durations so promtool can parse the expression
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
-
-INSTALL_HINT = (
-    "promtool not found: install Debian's prometheus package (`apt-get install prometheus`), or run "
-    ".ci/run, which installs it when missing"
-)
-
-
-def tool(name: str) -> str:
-    """The path of a Prometheus binary: fails under CI when missing, skips elsewhere."""
-    found = shutil.which(name)
-    if found:
-        return found
-    message = INSTALL_HINT.replace("promtool", name, 1)
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return tool("promtool")
+    return prometheus_tool("promtool")
 
 
 def run_promtool(promtool: str, *args: str | Path) -> str:
@@ -88,44 +66,9 @@ def labels_of(name: str, spec: metrics.MetricSpec) -> set[str]:
     return set(spec.tags) | ({"le"} if name.endswith("_bucket") else set())
 
 
-# ---- what the configs use -----------------------------------------------------------------------
-def alert_rules() -> list[dict]:
-    groups = yaml.safe_load(ALERTS_YML.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
-
-
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
-
-
-def dashboard_panels() -> list[dict]:
-    """Every panel, rows included, also those nested in collapsed rows."""
-    out = []
-    for panel in dashboard()["panels"]:
-        out.append(panel)
-        out.extend(panel.get("panels", []))
-    return out
-
-
-def dashboard_exprs() -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel target and every Prometheus annotation."""
-    for panel in dashboard_panels():
-        for target in panel.get("targets", []):
-            yield f"panel {panel['id']} {panel['title']!r} target {target.get('refId')}", target["expr"]
-    for annotation in dashboard()["annotations"]["list"]:
-        if "expr" in annotation:
-            yield f"annotation {annotation['name']!r}", annotation["expr"]
-
-
 def config_exprs() -> list[tuple[str, str]]:
     alerts = [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
     return alerts + list(dashboard_exprs())
-
-
-def promql(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    return expr
 
 
 # ---- Prometheus config and rules ----------------------------------------------------------------

@@ -15,9 +15,9 @@ from rayloop.monitoring.policy import (
     Observation,
     PolicyState,
     decide,
+    reset_streak,
     retrain_finished,
     retrain_started,
-    reset_streak,
     take_pending,
 )
 

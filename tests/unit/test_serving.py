@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from rayloop.bundle import ModelBundle
+from rayloop.models.mlp import build_model
 from rayloop.serving.api import Feedback, RecordParser, RequestError
 from rayloop.serving.backends import (
     Backend,
@@ -20,7 +21,6 @@ from rayloop.serving.backends import (
     probe_matrix,
     resolve_choice,
 )
-from rayloop.training.torch import build_model
 from tests.support import fitted_synthetic
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from rayloop.control.demo import PREVIOUS_DIR, archive_previous_run, write_report
 from rayloop.data.synthetic import generate
-from rayloop.demo import write_report
 from rayloop.traffic import TrafficStats, request_rows
 
 
@@ -71,7 +71,6 @@ def test_the_report_embeds_the_plot_and_lists_the_events(tmp_path):
 
 def test_a_new_demo_moves_the_previous_monitor_state_and_log_aside(monkeypatch, tmp_path):
     from rayloop import paths
-    from rayloop.demo import PREVIOUS_DIR, archive_previous_run
 
     monkeypatch.setenv("RAYLOOP_HOME", str(tmp_path))
     assert archive_previous_run("m") == []  # a first demo: nothing to move

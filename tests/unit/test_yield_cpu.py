@@ -11,7 +11,7 @@ import pytest
 
 _CHILD = """
 import json, os, sys, threading
-from rayloop.monitoring.monitor import yield_cpu
+from rayloop.control.monitor_actor import yield_cpu
 stop = threading.Event()
 early = threading.Thread(target=stop.wait)  # like Ray's core-worker threads: there before the actor
 early.start()
@@ -19,7 +19,9 @@ before = {t: os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/
 yield_cpu(json.loads(sys.argv[1]))
 late = threading.Thread(target=stop.wait)  # like a thread the actor starts afterwards
 late.start()
-after = {t: [os.getpriority(os.PRIO_PROCESS, int(t)), os.sched_getscheduler(int(t))] for t in os.listdir("/proc/self/task")}
+after = {
+    t: [os.getpriority(os.PRIO_PROCESS, int(t)), os.sched_getscheduler(int(t))] for t in os.listdir("/proc/self/task")
+}
 stop.set()
 print(json.dumps({"before": before, "after": after, "late": str(late.native_id)}))
 """

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rayloop.monitoring.handle import get_monitor
 from rayloop.monitoring.inference_log import label_table
 
 __all__ = ["MonitorClient"]
@@ -61,7 +62,7 @@ class MonitorClient:
         self.send_batch_rows = send_batch_rows
         self.send_interval_s = send_interval_s
         self.on_count = on_count
-        self._lookup = lookup or _lookup_actor
+        self._lookup = lookup or get_monitor
         self._rows: deque[_Entry] = deque()
         self._buffered = 0
         self._labels: deque[tuple[str, int, float]] = deque()
@@ -228,9 +229,3 @@ def _rows_table(entries: list[_Entry]) -> pa.Table:
     for i, (name, values) in enumerate(columns.items()):
         table = table.add_column(i, name, values)
     return table
-
-
-def _lookup_actor(model_name: str) -> Any:
-    from rayloop.monitoring.monitor import get_monitor
-
-    return get_monitor(model_name)

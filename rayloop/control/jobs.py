@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FINISHED", "SUBMISSION_ENV", "JobInfo", "client", "job_info", "retrain_submission_id", "submit_workload"]
+from rayloop.config import ConfigSource
+from rayloop.constants import SUBMISSION_ID_ENV_VAR
+from rayloop.runtime import auth_headers
+
+__all__ = ["FINISHED", "JobInfo", "client", "job_info", "retrain_submission_id", "submit_workload"]
 
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
-SUBMISSION_ENV = "RAYLOOP_SUBMISSION_ID"  # every job we submit learns its own submission id from it
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,6 @@ def client(address: str | None = None) -> Any:
     import ray
     from ray.job_submission import JobSubmissionClient
 
-    from rayloop.runtime import auth_headers
-
     if address is None and not (os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")):
         if ray.is_initialized():
             address = ray.get_runtime_context().gcs_address
@@ -58,8 +58,7 @@ def submit_workload(
     name: str,
     submission_id: str,
     *,
-    config_path: str | None = None,
-    overrides: Sequence[str] = (),
+    source: ConfigSource,
     working_dir: str | None = None,
     env: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
@@ -72,12 +71,8 @@ def submit_workload(
         # already submitted (by us before a restart, or by another submitter): the same job. Checked
         # first because two submissions of one id in quick succession can fail both (ray#31356).
         return submission_id
-    args = ["python", "-m", f"workloads.{name}"]
-    if config_path:
-        args += ["--config", config_path]
-    for item in overrides:
-        args += ["--set", item]
-    runtime_env: dict[str, Any] = {"env_vars": {SUBMISSION_ENV: submission_id, **(env or {})}}
+    args = ["python", "-m", f"workloads.{name}", *source.cli_args()]
+    runtime_env: dict[str, Any] = {"env_vars": {SUBMISSION_ID_ENV_VAR: submission_id, **(env or {})}}
     if working_dir:
         runtime_env["working_dir"] = working_dir
     try:

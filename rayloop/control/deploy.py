@@ -1,39 +1,32 @@
-"""Deploying the Serve app from Python (CLI, the loop's rollout): same builder as `serve run`."""
+"""Deploying the Serve app from Python (CLI, the loop's rollout): the same builder as `serve run`."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import time
 
-from rayloop.config import RayloopConfig
+from rayloop import paths
+from rayloop.config import ConfigSource, ServingConfig
+from rayloop.constants import HOME_ENV_VAR
+from rayloop.serving.app_args import TabularAppArgs
 
-__all__ = [
-    "APP_NAME",
-    "app_url",
-    "deploy",
-    "follows_champion",
-    "roll_out_promotion",
-    "rollout",
-    "start_model_monitor",
-    "wait_for_version",
-]
+__all__ = ["APP_NAME", "IMPORT_PATH", "app_url", "deploy", "wait_for_version"]
 
 APP_NAME = "tabular"
+IMPORT_PATH = "serve_apps.tabular:app_builder"
 
 
 def deploy(
-    config: RayloopConfig,
+    source: ConfigSource,
     *,
-    config_path: str | Path | None = None,
-    overrides: list[str] | None = None,
     model_ref: str | None = None,
     name: str = APP_NAME,
     route_prefix: str = "/",
-    with_monitor: bool = True,
     timeout_s: float = 300.0,
 ) -> str:
     """Start Serve on `serving.host:serving.port` (127.0.0.1 by default) if needed and deploy the
     app; returns its base URL once it is running. Redeploying with only `model_ref` changed is a
-    hot swap: each replica reconfigures in place.
+    hot swap: each replica reconfigures in place. (`rayloop.control.up` starts the monitor first.)
 
     Declarative, as `serve deploy` does (the controller's `apply_config`): the application's code
     version is then a hash of its import path, args and runtime env, which a new model_ref does not
@@ -45,26 +38,17 @@ def deploy(
     from ray.serve._private.api import serve_start  # the client `serve deploy` reaches via the dashboard
     from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-    from rayloop import paths
-    from serve_apps.tabular import TabularAppArgs
-
-    serving = config.serving
-    if config.monitoring.enabled and with_monitor:  # first, so the replicas find it when they start
-        start_model_monitor(config, config_path=config_path, overrides=overrides, app_name=name)
+    serving = source.load().serving
     http_options = {"host": serving.host, "port": serving.port}
     client = serve_start(http_options=http_options, global_logging_config={"enable_access_log": False})
-    args = TabularAppArgs(
-        config=str(Path(config_path).resolve()) if config_path else None,
-        overrides=list(overrides or []),
-        tracking_uri=paths.mlflow_tracking_uri(),
-    )
+    args = TabularAppArgs.of(source, tracking_uri=paths.mlflow_tracking_uri())
     app = ServeApplicationSchema(
         name=name,
         route_prefix=route_prefix,
-        import_path="serve_apps.tabular:app_builder",
+        import_path=IMPORT_PATH,
         args=args.model_dump(),
         # the build task and the replicas run in the controller's job, not ours: say where state lives
-        runtime_env={"env_vars": {paths.ENV_HOME: str(paths.home())}},
+        runtime_env={"env_vars": {HOME_ENV_VAR: str(paths.home())}},
         deployments=[{"name": "TabularServer", "user_config": {"model_ref": str(model_ref or serving.model_ref)}}],
     )
     details = ray.get(client._controller.get_serve_instance_details.remote(), timeout=60)
@@ -75,39 +59,27 @@ def deploy(
     ]
     client.deploy_apps(ServeDeploySchema(http_options=http_options, applications=[*others, app]))
     _wait_running(name, timeout_s)
-    return app_url(config, route_prefix)
+    return app_url(serving, route_prefix)
 
 
-def app_url(config: RayloopConfig, route_prefix: str = "/") -> str:
-    serving = config.serving
+def app_url(serving: ServingConfig, route_prefix: str = "/") -> str:
     host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
     return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
 
 
-def follows_champion(config: RayloopConfig) -> bool:
-    """Whether the app's replicas follow the registry's champion alias by themselves, so a
-    promotion rolls out without a Serve config change (`serving.follow_alias_s`)."""
-    from rayloop.registry import CHAMPION
-
-    return config.serving.model_ref == CHAMPION and config.serving.follow_alias_s > 0
-
-
 def wait_for_version(
-    config: RayloopConfig, version: str, *, name: str = APP_NAME, route_prefix: str = "/", timeout_s: float = 120.0
+    serving: ServingConfig, version: str, *, name: str = APP_NAME, route_prefix: str = "/", timeout_s: float = 120.0
 ) -> dict[str, str]:
     """Until every running replica of the app answers `GET /v1/model` with `version`; returns
     replica -> version (empty when no replica runs: new ones load the champion). Each round asks a
     few times per replica: a round that reaches as many distinct replicas as are running, all on
     `version`, ends the wait."""
-    import os
-    import time
-
     import httpx
     from ray import serve
 
-    token = os.environ.get(config.serving.auth_token_env)
+    token = os.environ.get(serving.auth_token_env)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = f"{app_url(config, route_prefix)}/v1/model"
+    url = f"{app_url(serving, route_prefix)}/v1/model"
     deadline = time.monotonic() + timeout_s
     seen: dict[str, str] = {}
     with httpx.Client(headers=headers, timeout=5) as http:
@@ -133,8 +105,6 @@ def wait_for_version(
 def _wait_running(name: str, timeout_s: float) -> None:
     """Until the application is RUNNING with every deployment HEALTHY (a rollout: all replicas
     reconfigured); a failed deploy raises with Serve's message."""
-    import time
-
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
@@ -151,60 +121,3 @@ def _wait_running(name: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"Serve application {name!r} not running after {timeout_s:g}s: {status}")
         time.sleep(0.5)
-
-
-def start_model_monitor(
-    config: RayloopConfig,
-    *,
-    config_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    app_name: str = APP_NAME,
-) -> object:
-    """Get or start the model's DriftMonitor (detached), comparing with the current champion. It
-    keeps the app's config (path + overrides) to submit retrain jobs with and to roll out with."""
-    from rayloop import paths
-    from rayloop.monitoring.monitor import MonitorArgs, start_monitor
-
-    return start_monitor(
-        MonitorArgs(
-            model_name=config.registry.model_name,
-            monitoring=config.monitoring,
-            home=str(paths.home()),
-            tracking_uri=paths.mlflow_tracking_uri(),
-            retrain=config.retrain,
-            config_path=str(Path(config_path).resolve()) if config_path else None,
-            overrides=list(overrides or []),
-            app_name=app_name,
-        )
-    )
-
-
-def rollout(
-    config: RayloopConfig,
-    version: str,
-    *,
-    config_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    name: str = APP_NAME,
-) -> str:
-    """Point the running app at a concrete registry version (a lightweight user-config update)."""
-    return deploy(
-        config, config_path=config_path, overrides=overrides, model_ref=str(version), name=name, with_monitor=False
-    )
-
-
-def roll_out_promotion(
-    config: RayloopConfig,
-    version: str,
-    *,
-    config_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    name: str = APP_NAME,
-) -> None:
-    """Every replica on `version` after the gate promoted it. Replicas that follow `champion` swap by
-    themselves (no Serve config change, no HAProxy reload): confirm it. An app pinned to a version
-    gets a user-config rollout."""
-    if follows_champion(config):
-        wait_for_version(config, version, name=name)
-    else:
-        rollout(config, version, config_path=config_path, overrides=overrides, name=name)

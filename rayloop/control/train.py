@@ -1,8 +1,9 @@
 """Train (or tune, then refit), evaluate on the test split, log to MLflow, register a bundle.
 
-The driver-side glue between a preprocess run, the Ray Train trainers, Ray Tune and the
+The driver-side orchestration between a preprocess run, the Ray Train trainers, Ray Tune and the
 registry. Test metrics, slices and the reference prediction histogram are computed through the
-bundle on the raw test rows (the run's holdout), the same path the gate and Serve take.
+bundle on raw labelled rows (the run's holdout unless the caller passes others, as the retrain
+job does), the same path the gate and Serve take.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from rayloop import paths
+import pyarrow as pa
+
+from rayloop import registry
 from rayloop.bundle import ModelBundle, prediction_histogram
 from rayloop.config import RayloopConfig, config_hash
-from rayloop.data.schema import FeatureSchema
 from rayloop.errors import ConfigError
+from rayloop.features.pipeline import FittedFeatures
+from rayloop.features.profile import ReferenceProfile
 from rayloop.lineage import code_version, data_fingerprint, library_versions
-from rayloop.preprocess import FEATURES_DIR, SCHEMA_FILE, load_holdout, load_reference_rows, load_run
+from rayloop.preprocess import PreprocessRun
+from rayloop.training import lightgbm as lgb_train
+from rayloop.training import torch as torch_train
+from rayloop.training.common import check_ingest_headroom
+from rayloop.training.evaluate import evaluate, evaluate_slices
+from rayloop.training.tune import TuneData, run_tune
 
-__all__ = ["TrainingOutcome", "train_and_register", "tune_and_register", "train_or_tune"]
+__all__ = ["EvaluationData", "TrainingOutcome", "train_and_register", "train_or_tune", "tune_and_register"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,34 @@ class TrainingOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What a registered version is judged and described by, when not the run's own files: the
+    labelled raw rows of its test metrics, the rows its score histogram describes (default: the
+    same rows) and the feature profile the monitor compares traffic with (default: the run's).
+
+    The retrain job passes its recent traffic here: its holdout is the newest labelled rows and its
+    reference is what traffic looks like now, not the mixed training window.
+    """
+
+    holdout: pa.Table
+    reference_rows: pa.Table | None = None
+    profile: ReferenceProfile | None = None
+
+    @classmethod
+    def of_run(cls, run: PreprocessRun) -> EvaluationData:
+        return cls(holdout=run.holdout())
+
+
+@dataclass(frozen=True)
+class _Fit:
+    model: Any
+    reported: dict[str, Any]  # the last metrics the workers reported
+    curve: dict[str, list[float]]  # validation metric per round / epoch
+    checkpoint: str
+    params: dict[str, Any]  # the parameters the model was trained with (rounds / epochs included)
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -73,13 +109,17 @@ def _log_curve(run_id: str, curve: dict[str, list[float]], prefix: str = "valida
 
 
 def _fit(
-    config: RayloopConfig, run_dir: Path, fitted, params: dict[str, Any], steps: int | None, refit: bool, name: str
-):
-    """One Ray Train run; returns (model, reported metrics, validation curve, checkpoint path)."""
+    config: RayloopConfig,
+    run: PreprocessRun,
+    fitted: FittedFeatures,
+    params: dict[str, Any],
+    steps: int | None,
+    refit: bool,
+    name: str,
+) -> _Fit:
+    """One Ray Train run on the run's feature tables."""
     import ray
     import ray.data
-
-    from rayloop.training.common import check_ingest_headroom
 
     training = config.training
     check_ingest_headroom(
@@ -87,11 +127,10 @@ def _fit(
         training.num_workers,
         training.cpus_per_worker,
     )
-    features = run_dir / FEATURES_DIR
-    train_dirs = [str(features / "split=train")] + ([str(features / "split=validation")] if refit else [])
+    train_dirs = [str(run.split_dir("train"))] + ([str(run.split_dir("validation"))] if refit else [])
     datasets = {"train": ray.data.read_parquet(train_dirs)}
     if not refit:
-        datasets["validation"] = ray.data.read_parquet(str(features / "split=validation"))
+        datasets["validation"] = ray.data.read_parquet(str(run.split_dir("validation")))
     common = {
         "feature_names": fitted.feature_names,
         "label": config.data.label_column,
@@ -102,8 +141,6 @@ def _fit(
         "name": name,
     }
     if training.model == "lightgbm":
-        from rayloop.training import lightgbm as lgb_train
-
         rounds = int(steps if steps is not None else params.pop("num_boost_round", 200))
         params.pop("num_boost_round", None)
         trainer = lgb_train.build_trainer(
@@ -114,59 +151,58 @@ def _fit(
             **common,
         )
         result = trainer.fit()
-        model = lgb_train.load_booster(result.checkpoint)
-        curve = lgb_train.load_curve(result.checkpoint)
-        curve = {{"binary_logloss": "logloss"}.get(k, k): v for k, v in curve.items()}
-        used = {**params, "num_boost_round": rounds}
-    else:
-        from rayloop.training import torch as torch_train
-
-        if steps is not None:
-            params["epochs"] = int(steps)
-        trainer = torch_train.build_trainer(
-            datasets, cardinalities=fitted.cardinalities, mlp=params, use_gpu=training.use_gpu, **common
+        curve = {{"binary_logloss": "logloss"}.get(k, k): v for k, v in lgb_train.load_curve(result.checkpoint).items()}
+        return _Fit(
+            lgb_train.load_booster(result.checkpoint),
+            dict(result.metrics or {}),
+            curve,
+            result.checkpoint.path,
+            {**params, "num_boost_round": rounds},
         )
-        result = trainer.fit()
-        model = torch_train.load_model(
-            result.checkpoint,
-            {
-                "feature_names": fitted.feature_names,
-                "categorical_indices": fitted.categorical_indices,
-                "cardinalities": fitted.cardinalities,
-                **params,
-            },
-        )
-        frame = result.metrics_dataframe
-        curve = {
-            k: frame[f"validation_{k}"].tolist()
-            for k in ("auc", "logloss")
-            if frame is not None and f"validation_{k}" in frame
-        }
-        used = dict(params)
-    return model, dict(result.metrics or {}), curve, result.checkpoint.path, used
+    if steps is not None:
+        params["epochs"] = int(steps)
+    trainer = torch_train.build_trainer(
+        datasets, cardinalities=fitted.cardinalities, mlp=params, use_gpu=training.use_gpu, **common
+    )
+    result = trainer.fit()
+    model = torch_train.load_model(
+        result.checkpoint,
+        {
+            "feature_names": fitted.feature_names,
+            "categorical_indices": fitted.categorical_indices,
+            "cardinalities": fitted.cardinalities,
+            **params,
+        },
+    )
+    frame = result.metrics_dataframe
+    curve = {
+        k: frame[f"validation_{k}"].tolist()
+        for k in ("auc", "logloss")
+        if frame is not None and f"validation_{k}" in frame
+    }
+    return _Fit(model, dict(result.metrics or {}), curve, result.checkpoint.path, dict(params))
 
 
 def train_and_register(
     config: RayloopConfig,
-    run_id: str | None = None,
+    run: PreprocessRun,
     *,
     params: dict[str, Any] | None = None,
     steps: int | None = None,
     refit: bool = False,
     parent_run_id: str | None = None,
     tuning: dict[str, Any] | None = None,
+    evaluation: EvaluationData | None = None,
 ) -> TrainingOutcome:
     """Train on the run's train split (early stopping on validation), or with `refit` on
-    train+validation for a fixed `steps`; evaluate on test; log and register as challenger."""
+    train+validation for a fixed `steps`; evaluate on the holdout; log and register as challenger."""
     import mlflow
 
-    from rayloop import registry
-    from rayloop.training.evaluate import evaluate, evaluate_slices
-
     start = time.perf_counter()
-    run_dir, fitted, profile, summary = load_run(run_id)
-    run_id = run_dir.name
-    schema = FeatureSchema.model_validate_json((run_dir / SCHEMA_FILE).read_text())
+    evaluation = evaluation or EvaluationData.of_run(run)
+    fitted, schema, summary = run.fitted(), run.schema(), run.summary()
+    profile = evaluation.profile or run.profile()
+    run_id = run.run_id
     training, label = config.training, config.data.label_column
     slice_column = training.slice_column
     if slice_column and slice_column not in fitted.input_columns:
@@ -183,19 +219,22 @@ def train_and_register(
         experiment_id=experiment, run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None
     ) as active:
         mlflow_run = active.info.run_id
-        model, reported, curve, checkpoint, used = _fit(config, run_dir, fitted, dict(params), steps, refit, name)
+        fit = _fit(config, run, fitted, dict(params), steps, refit, name)
+        reported, curve, checkpoint, used = fit.reported, fit.curve, fit.checkpoint, fit.params
         steps_done = int(reported.get("best_iteration") or reported.get("epoch") or used.get("num_boost_round", 0))
-        bundle = ModelBundle(kind=kind, model=model, fitted=fitted, schema=schema, profile=profile, model_params=used)
+        bundle = ModelBundle(
+            kind=kind, model=fit.model, fitted=fitted, schema=schema, profile=profile, model_params=used
+        )
 
-        holdout = load_holdout(run_id)
+        holdout = evaluation.holdout
         probs = bundle.predict_proba(holdout)
         y = holdout.column(label).to_numpy(zero_copy_only=False)
         test_metrics = evaluate(y, probs)
         slices = evaluate_slices(y, probs, holdout.column(slice_column).to_pylist()) if slice_column else {}
-        fingerprint = data_fingerprint(run_dir / FEATURES_DIR)
+        fingerprint = data_fingerprint(run.features_dir)
         bundle.metrics = {k: float(v) for k, v in test_metrics.items()}
-        # the score reference: the holdout's scores, or the rows the run names (a retrain: all its recent traffic)
-        reference_rows = load_reference_rows(run_id)
+        # the score reference: the holdout's scores, or the rows the caller names (a retrain: its recent traffic)
+        reference_rows = evaluation.reference_rows
         scored = probs if reference_rows is None else bundle.predict_proba(reference_rows)
         bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(scored)})
         bundle.lineage = {
@@ -264,20 +303,18 @@ def train_and_register(
     return outcome
 
 
-def tune_and_register(config: RayloopConfig, run_id: str | None = None) -> TrainingOutcome:
+def tune_and_register(
+    config: RayloopConfig, run: PreprocessRun, *, evaluation: EvaluationData | None = None
+) -> TrainingOutcome:
     """ASHA search on train/validation, every trial logged as a nested MLflow run, then the best
     config refit on train+validation for its best number of rounds/epochs and registered."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from rayloop import registry
-    from rayloop.training.tune import TuneData, run_tune
-
-    run_dir, fitted, _, _ = load_run(run_id)
-    run_id = run_dir.name
+    run_id = run.run_id
     kind = config.training.model
-    data = TuneData.from_run(run_dir, fitted, config.data.label_column)
+    data = TuneData.from_run(run, run.fitted(), config.data.label_column)
     experiment = registry.experiment_id(config.registry.experiment)
     name = f"tune-{kind}-{run_id}-{datetime.now(timezone.utc):%H%M%S}"
     with mlflow.start_run(experiment_id=experiment, run_name=name) as parent:
@@ -324,18 +361,20 @@ def tune_and_register(config: RayloopConfig, run_id: str | None = None) -> Train
         params = {k: v for k, v in outcome.best_params.items() if k not in ("num_boost_round", "epochs")}
         return train_and_register(
             config,
-            run_id,
+            run,
             params=params,
             steps=max(1, outcome.best_steps),
             refit=True,
             parent_run_id=parent.info.run_id,
             tuning=json.loads(json.dumps(summary, default=str)),
+            evaluation=evaluation,
         )
 
 
-def train_or_tune(config: RayloopConfig, run_id: str | None = None) -> TrainingOutcome:
-    return tune_and_register(config, run_id) if config.tuning.enabled else train_and_register(config, run_id)
-
-
-def outcome_path(outcome: TrainingOutcome) -> Path:
-    return paths.reports_dir() / f"train-{outcome.model_name}-v{outcome.version}.json"
+def train_or_tune(
+    config: RayloopConfig, run: PreprocessRun, *, evaluation: EvaluationData | None = None
+) -> TrainingOutcome:
+    """Tune then refit when `tuning.enabled`, else one training run; registered as challenger."""
+    if config.tuning.enabled:
+        return tune_and_register(config, run, evaluation=evaluation)
+    return train_and_register(config, run, evaluation=evaluation)

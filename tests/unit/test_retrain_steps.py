@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rayloop.config import RetrainConfig
-from rayloop.monitoring.loop import Effects, JobView, LoopState, advance, new_record, since_for
+from rayloop.monitoring.retrain_steps import Effects, JobView, LoopState, advance, new_record, since_for
 
 CONFIG = RetrainConfig(min_labelled_rows=100, max_label_wait_s=60, timeout_s=300)
 DECISION = {

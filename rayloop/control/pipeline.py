@@ -1,6 +1,7 @@
 """The training half of the loop in one call: preprocess -> tune or train -> register -> gate.
 
-`workloads.pipeline` and `rayloop run` call `run_pipeline`; the monitor's retrain job reuses it.
+`workloads.pipeline` and `rayloop run` call `run_pipeline`; the retrain job trains and gates the
+same way on its own window (`rayloop.control.retrain_job`).
 A refused gate is an outcome, not a failure: the champion keeps serving and the reason is
 recorded on the version, in the audit log and in the returned result.
 """
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rayloop import audit, paths
+from rayloop import audit, paths, registry
 from rayloop.config import RayloopConfig
+from rayloop.control.train import train_or_tune
+from rayloop.preprocess import PreprocessRun, run_preprocess
 
 __all__ = ["PipelineResult", "run_pipeline", "train_and_gate"]
 
@@ -38,20 +41,16 @@ class PipelineResult:
         return asdict(self)
 
 
-def train_and_gate(config: RayloopConfig, run_id: str | None = None) -> PipelineResult:
+def train_and_gate(config: RayloopConfig, run: PreprocessRun) -> PipelineResult:
     """Tune or train on a finished preprocess run, register the challenger, run the gate on the
     run's raw test rows."""
-    from rayloop import registry
-    from rayloop.preprocess import load_holdout
-    from rayloop.training.workflow import train_or_tune
-
     started = time.perf_counter()
-    outcome = train_or_tune(config, run_id or config.data.preprocess_run)
+    outcome = train_or_tune(config, run)
     trained = time.perf_counter()
     decision = registry.promote(
         outcome.model_name,
         outcome.version,
-        load_holdout(outcome.preprocess_run_id),
+        run.holdout(),
         label=config.data.label_column,
         metric=config.registry.gate_metric,
         tolerance=config.registry.tolerance,
@@ -73,8 +72,7 @@ def train_and_gate(config: RayloopConfig, run_id: str | None = None) -> Pipeline
 
 
 def run_pipeline(config: RayloopConfig, progress: Callable[[str], None] | None = None) -> PipelineResult:
-    from rayloop.preprocess import run_preprocess
-
+    """Preprocess, then `train_and_gate` on the new run."""
     say = progress or log.info
     audit.record("pipeline_started", model=config.registry.model_name, source=config.data.source)
     started = time.perf_counter()
@@ -82,7 +80,7 @@ def run_pipeline(config: RayloopConfig, progress: Callable[[str], None] | None =
     pre = run_preprocess(config, progress=say)
     preprocessed = time.perf_counter()
     say("tuning and training" if config.tuning.enabled else "training")
-    result = train_and_gate(config, pre.run_id)
+    result = train_and_gate(config, PreprocessRun.open(pre.run_id))
     result.seconds = {"preprocess": round(preprocessed - started, 2), **result.seconds}
     audit.record(
         "pipeline_finished",

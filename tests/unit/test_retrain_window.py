@@ -9,7 +9,7 @@ import pytest
 from rayloop.config import RetrainConfig, load_config
 from rayloop.data.synthetic import generate
 from rayloop.errors import RetrainError
-from rayloop.retrain import assemble, recent_rows, sample_rows, split_recent
+from rayloop.monitoring.retrain_window import assemble, recent_rows, sample_rows, split_recent
 
 CONFIG = load_config()
 SCHEMA = CONFIG.data.schema_

@@ -13,12 +13,13 @@ looked at; `rayloop demo --stop` (or Ctrl-C during the run) stops everything it 
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import os
+import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,18 +27,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayloop import paths
+from rayloop import paths, registry
+from rayloop.config import ConfigSource
+from rayloop.control import jobs
+from rayloop.control.head import LocalHead, start_head, stop_session
+from rayloop.control.up import up
+from rayloop.monitoring.handle import get_monitor
+from rayloop.runtime import init_ray
+from rayloop.traffic import TrafficConfig, run_traffic
 
 __all__ = [
     "DEMO_OVERRIDES",
     "PREVIOUS_DIR",
-    "DemoHead",
     "LoopWatcher",
     "archive_previous_run",
     "drive",
-    "start_head",
-    "stop_head",
-    "stop_session",
+    "start_demo_head",
+    "stop_demo_head",
     "write_report",
 ]
 
@@ -58,8 +64,8 @@ DEMO_OVERRIDES = [
     "retrain.min_labelled_rows=1500",
     "retrain.max_label_wait_s=120",
     # the gate judges what the demo shows and the app answers with: the label. Under this drift
-    # the old model keeps much of its ranking (AUC 0.81 on the recent holdout) while its labels
-    # are right 59% of the time; on AUC the gate refused a retrained model that fixed the labels.
+    # the old model keeps much of its ranking while many of its labels are wrong, so an AUC gate
+    # can refuse a retrained model that fixes the labels
     "registry.gate_metric=accuracy",
 ]
 HEAD_FILE = "demo-head.json"
@@ -94,79 +100,17 @@ def archive_previous_run(model_name: str) -> list[Path]:
     return moved
 
 
-@dataclass(frozen=True)
-class DemoHead:
-    address: str  # GCS address (ray.init, RAY_ADDRESS)
-    dashboard: str  # the dashboard and Jobs API
-    session_dir: str  # every process of this head names it: how --stop finds them
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ray_bin() -> str:
-    return str(Path(sys.executable).parent / "ray")
-
-
-def head_env() -> dict[str, str]:
-    from rayloop.runtime import ray_env
-
-    env = {**os.environ, **ray_env(), paths.ENV_HOME: str(paths.home())}
-    # job entrypoints run `python` from the PATH the head was started with: this environment's
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def start_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> DemoHead:
-    """`ray start --head` bound to 127.0.0.1 with the dashboard on `dashboard_port`; token auth on."""
-    import httpx
-
-    env = head_env()
-    temp_dir = paths.ensure_ray_temp_dir(paths.home() / "ray-demo")
-    port = _free_port()
-    cmd = [
-        _ray_bin(),
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    env["RAY_TMPDIR"] = str(temp_dir)
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    if started.returncode != 0:
-        raise RuntimeError(f"ray start failed:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}")
-    session = str(temp_dir / os.readlink(temp_dir / "session_latest"))
-    head = DemoHead(
-        address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard_port}", session_dir=session, env=env
-    )
+def start_demo_head(dashboard_port: int = 8265, num_cpus: int | None = None) -> LocalHead:
+    """The demo's head (dashboard on 127.0.0.1:`dashboard_port`), recorded under RAYLOOP_HOME so
+    `rayloop demo --stop` finds it later."""
+    head = start_head(paths.home() / "ray-demo", dashboard_port=dashboard_port, num_cpus=num_cpus)
     (paths.ensure(paths.home()) / HEAD_FILE).write_text(
-        json.dumps({"address": head.address, "dashboard": head.dashboard, "session_dir": session})
+        json.dumps({"address": head.address, "dashboard": head.dashboard, "session_dir": head.session_dir})
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{head.dashboard}/api/version", timeout=2).status_code < 500:
-                return head
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the dashboard at {head.dashboard} did not come up")
+    return head
 
 
-def stop_head() -> bool:
+def stop_demo_head() -> bool:
     """Stop the demo's head (never other Ray clusters); False when none is recorded."""
     marker_file = paths.home() / HEAD_FILE
     if not marker_file.exists():
@@ -174,60 +118,6 @@ def stop_head() -> bool:
     stop_session(json.loads(marker_file.read_text())["session_dir"])
     marker_file.unlink(missing_ok=True)
     return True
-
-
-def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
-    """Stop every process of one Ray head: those naming its session dir, their children (the
-    dashboard and runtime-env agents rename themselves, and outlived the raylet), those naming
-    its node id (the Ray Client server), and Serve's HAProxy, which runs outside it (its config
-    lives under RAYLOOP_HOME/haproxy/<node id>)."""
-    import re
-
-    import psutil
-
-    node_ids: set[str] = set()
-    victims: dict[int, psutil.Process] = {}
-    for proc, line in _processes_naming([session_dir]):
-        node_ids.update(re.findall(r"--node-id=([0-9a-f]{16,})", line))
-        victims[proc.pid] = proc
-        try:
-            victims.update({child.pid: child for child in proc.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            continue
-    markers = [marker for node_id in node_ids for marker in (f"--node-id={node_id}", f"haproxy/{node_id}/")]
-    victims.update({proc.pid: proc for proc, _ in _processes_naming(markers)})
-    _terminate(list(victims.values()), grace_s)
-
-
-def _processes_naming(markers: list[str]) -> list[tuple[Any, str]]:
-    """(process, command line) of every process but this one whose command line contains a marker."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if proc.pid != os.getpid() and any(marker in line for marker in markers):
-            found.append((proc, line))
-    return found
-
-
-def _terminate(victims: list, grace_s: float) -> None:
-    import psutil
-
-    for proc in victims:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(victims, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 # ---- watching the loop -------------------------------------------------------------------------
@@ -332,10 +222,6 @@ class LoopWatcher:
 # ---- the report --------------------------------------------------------------------------------
 def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], events: list[dict], summary: dict) -> Path:
     """One self-contained HTML file: drift per window and live accuracy over time, events marked."""
-    import base64
-    import html
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,16 +277,13 @@ pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
 
 
 def _plain(text: str) -> str:
-    import re
-
     return re.sub(r"\[/?[a-z ]+\]", "", text)
 
 
 def drive(
     *,
-    config_path: str,
-    overrides: list[str],
-    head: DemoHead,
+    source: ConfigSource,
+    head: LocalHead,
     say: Callable[[str], None],
     clean_s: float = 40.0,
     rate: float = 60.0,
@@ -410,19 +293,12 @@ def drive(
     """Steps 2-5 against a started head; returns the summary (and writes the report)."""
     import ray
 
-    from rayloop import jobs, registry
-    from rayloop.config import load_config
-    from rayloop.monitoring.monitor import get_monitor
-    from rayloop.runtime import init_ray
-    from rayloop.serving.deploy import deploy
-    from rayloop.traffic import TrafficConfig, run_traffic
-
-    config = load_config(config_path, overrides)
+    config = source.load()
     name = config.registry.model_name
     t0 = time.time()
     timings: dict[str, float] = {}
     sid = f"rayloop-demo-pipeline-{int(t0)}"
-    jobs.submit_workload("pipeline", sid, config_path=config_path, overrides=overrides, address=head.dashboard)
+    jobs.submit_workload("pipeline", sid, source=source, address=head.dashboard)
     say(f"pipeline job [cyan]{sid}[/cyan] submitted (`ray job logs {sid} --address {head.dashboard}`)")
     last = None
     while True:
@@ -447,7 +323,7 @@ def drive(
 
     os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
     init_ray(head.address, log_to_driver=False)  # the timeline, not every worker's log
-    url = deploy(config, config_path=config_path, overrides=overrides)
+    url = up(source)
     timings["deploy_s"] = round(time.time() - t0 - timings["pipeline_s"], 1)
     say(f"serving at [cyan]{url}/v1/predict[/cyan] (docs {url}/docs); DriftMonitor started")
     monitor = get_monitor(name)

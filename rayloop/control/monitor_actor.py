@@ -2,10 +2,11 @@
 
 A thin Ray layer over `MonitorCore` (which holds the logic and the state that survives
 restarts): it serializes calls with a lock, compacts the inference log on a timer, exports
-Prometheus metrics through `ray.util.metrics` and writes alarms and decisions to the audit
-trail. Serve replicas find it by name (`actor_name(model)` in the `rayloop` namespace) and send
-it batches with `ingest` / `ingest_labels`; calls carry batch ids, so the retries that Ray makes
-across a restart (`max_task_retries=-1`) are applied once.
+Prometheus metrics through `ray.util.metrics`, writes alarms and decisions to the audit trail and
+acts on retrain decisions (`rayloop.monitoring.retrain_steps`, with the Jobs API and the rollout as
+its effects). Serve replicas find it by name (`rayloop.monitoring.handle`) and send it batches with
+`ingest` / `ingest_labels`; calls carry batch ids, so the retries that Ray makes across a restart
+(`max_task_retries=-1`) are applied once.
 """
 
 from __future__ import annotations
@@ -17,63 +18,48 @@ import time
 from typing import Any
 
 import pyarrow as pa
-import ray
 from pydantic import BaseModel, ConfigDict
 
-from rayloop import metrics, paths
-from rayloop.config import MonitoringConfig, RetrainConfig
-from rayloop.monitoring import loop
+from rayloop import audit, metrics, paths, registry
+from rayloop.config import ConfigSource, RayloopConfig
+from rayloop.constants import HOME_ENV_VAR
+from rayloop.control import jobs
+from rayloop.control.rollout import roll_out_promotion
+from rayloop.monitoring import retrain_steps
 from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
+from rayloop.monitoring.handle import NAMESPACE, actor_name, get_monitor
 
-__all__ = [
-    "NAMESPACE",
-    "DriftMonitor",
-    "MonitorArgs",
-    "actor_name",
-    "get_monitor",
-    "start_monitor",
-    "stop_monitor",
-    "yield_cpu",
-]
+__all__ = ["DriftMonitor", "MonitorArgs", "start_model_monitor", "start_monitor", "stop_monitor", "yield_cpu"]
 
-NAMESPACE = "rayloop"
 log = logging.getLogger(__name__)
 
 
-def actor_name(model_name: str) -> str:
-    return f"rayloop-monitor-{model_name}"
-
-
 class MonitorArgs(BaseModel):
+    """What the actor is started with: the app's config source (loaded once in the actor: the
+    monitoring and retrain settings, the model's name) and where the starter keeps its state."""
+
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str
-    monitoring: MonitoringConfig
+    source: ConfigSource
     home: str  # RAYLOOP_HOME of whoever started it: the audit trail and the default storage
     tracking_uri: str
-    reference_ref: str = "champion"  # the version whose profile is the first reference
-    # what the retrain job and the rollout need: the config the app was deployed with
-    retrain: RetrainConfig = RetrainConfig()
-    config_path: str | None = None
-    overrides: list[str] = []
-    app_name: str = "tabular"
+    reference_ref: str = registry.CHAMPION  # the version whose profile is the first reference
+    app_name: str = "tabular"  # the Serve application a promotion rolls out to
     jobs_address: str | None = None  # the Jobs API (dashboard URL); default: this cluster's
-
-    @property
-    def root(self) -> str:
-        return self.monitoring.storage or self.home
 
 
 class DriftMonitor:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorArgs.model_validate(args)
-        os.environ[paths.ENV_HOME] = self.args.home
+        os.environ[HOME_ENV_VAR] = self.args.home
         os.environ["MLFLOW_TRACKING_URI"] = self.args.tracking_uri
+        self.config: RayloopConfig = self.args.source.load()
+        self.model_name = self.config.registry.model_name
+        self.monitoring = self.config.monitoring
         self.lock = threading.Lock()
         self.m = {spec.name: metrics.create(spec) for spec in metrics.MONITOR}
-        self.core = MonitorCore.open(
-            self.args.monitoring, self.args.model_name, self.args.root, self._reference, on_event=self._event
-        )
+        root = self.monitoring.storage or self.args.home
+        self.core = MonitorCore.open(self.monitoring, self.model_name, root, self._reference, on_event=self._event)
         self._export_reference()
         self._stop = threading.Event()
         threading.Thread(target=self._timer, name="monitor-timer", daemon=True).start()
@@ -82,10 +68,10 @@ class DriftMonitor:
         # below the replicas from here on (starting up at full priority: a busy core must not
         # stall a restart): its window tests, log writes and state saves compete with requests
         # on a shared core, and no request waits for this actor (replicas buffer)
-        yield_cpu(self.args.monitoring.niceness)
+        yield_cpu(self.monitoring.niceness)
         log.info(
             "DriftMonitor for %s: reference version %s, %d windows so far (restart %d)",
-            self.args.model_name,
+            self.model_name,
             self.core.reference.version,
             self.core.state.windows_seen,
             self.core.state.restarts,
@@ -154,7 +140,7 @@ class DriftMonitor:
         return reference.version
 
     def retrains(self) -> dict[str, Any]:
-        """The retrain in flight and the last finished ones (loop.LoopState as JSON)."""
+        """The retrain in flight and the last finished ones (retrain_steps.LoopState as JSON)."""
         with self.lock:
             return self._loop_state().model_dump(mode="json")
 
@@ -177,18 +163,14 @@ class DriftMonitor:
 
     # ---- internals --------------------------------------------------------------------------
     def _reference(self, version: str | None) -> Reference:
-        from rayloop import registry
-
         ref = version or self.args.reference_ref
-        resolved = registry.resolve_version(self.args.model_name, ref)
+        resolved = registry.resolve_version(self.model_name, ref)
         if resolved is None:
-            raise LookupError(f"model {self.args.model_name!r} has no version or alias {ref!r} to monitor against")
-        bundle = registry.load_bundle(self.args.model_name, resolved)
+            raise LookupError(f"model {self.model_name!r} has no version or alias {ref!r} to monitor against")
+        bundle = registry.load_bundle(self.model_name, resolved)
         return Reference(version=resolved, profile=bundle.profile, metrics=dict(bundle.metrics))
 
     def _event(self, event: str, fields: dict[str, Any]) -> None:
-        from rayloop import audit
-
         audit.record(event, **fields)
         if event in ("retrain_decision", "retrain_suppressed"):
             self.m[metrics.DECISIONS.name].inc(
@@ -232,17 +214,19 @@ class DriftMonitor:
             self.m[metrics.SERVING_VERSION.name].set(1, tags={"version": version})
 
     # ---- the closed loop: acting on decisions ------------------------------------------------
-    def _loop_state(self) -> loop.LoopState:
-        return loop.LoopState.model_validate(self.core.state.loop) if self.core.state.loop else loop.LoopState()
+    def _loop_state(self) -> retrain_steps.LoopState:
+        return (
+            retrain_steps.LoopState.model_validate(self.core.state.loop)
+            if self.core.state.loop
+            else retrain_steps.LoopState()
+        )
 
-    def _set_loop(self, state: loop.LoopState) -> None:
+    def _set_loop(self, state: retrain_steps.LoopState) -> None:
         self.core.state.loop = state.model_dump(mode="json")
         self.core.save()
 
     def _retrain_loop(self) -> None:
-        """Take a raised decision, then move its retrain one step a second (see rayloop.monitoring.loop)."""
-        from rayloop import jobs
-
+        """Take a raised decision, then move its retrain one step a second (see `retrain_steps`)."""
         while not self._stop.wait(1.0):
             try:
                 now = time.time()
@@ -250,25 +234,25 @@ class DriftMonitor:
                     state = self._loop_state()
                     if (
                         state.active is None
-                        and self.args.retrain.enabled
+                        and self.config.retrain.enabled
                         and self.core.policy_state.pending is not None
                     ):
                         decision = self.core.take_decision()
                         if decision is not None:
                             sid = jobs.retrain_submission_id(
-                                self.args.model_name, decision["window"], self.core.state.started
+                                self.model_name, decision["window"], self.core.state.started
                             )
                             self.core.retrain_started(sid)  # right after taking it: no window slips between
-                            since = loop.since_for(decision, self.core.state.history, fallback=now - 600)
-                            state = loop.LoopState(
-                                active=loop.new_record(decision, sid, since, now), finished=state.finished
+                            since = retrain_steps.since_for(decision, self.core.state.history, fallback=now - 600)
+                            state = retrain_steps.LoopState(
+                                active=retrain_steps.new_record(decision, sid, since, now), finished=state.finished
                             )
                             self._set_loop(state)
                     active = state.active
                 if active is None:
                     self._export_phase(None)
                     continue
-                updated = loop.advance(active, self.args.retrain, self._effects)
+                updated = retrain_steps.advance(active, self.config.retrain, self._effects)
                 if updated == active:
                     continue
                 with self.lock:
@@ -277,7 +261,7 @@ class DriftMonitor:
                         self.core.retrain_finished(updated.submission_id)
                         self._set_loop(state.done(updated))
                     else:
-                        self._set_loop(loop.LoopState(active=updated, finished=state.finished))
+                        self._set_loop(retrain_steps.LoopState(active=updated, finished=state.finished))
                 self._export_phase(None if updated.phase == "finished" else updated.phase)
                 if updated.phase == "finished":
                     self.m[metrics.RETRAINS.name].inc(1, tags={"outcome": str(updated.outcome)})
@@ -288,7 +272,7 @@ class DriftMonitor:
                     self._event(
                         "retrain_outcome",
                         {
-                            "model": self.args.model_name,
+                            "model": self.model_name,
                             "submission_id": updated.submission_id,
                             "outcome": updated.outcome,
                             "version": updated.version,
@@ -301,13 +285,11 @@ class DriftMonitor:
                 log.exception("retrain loop")
 
     def _export_phase(self, phase: str | None) -> None:
-        for name in loop.PHASES:
+        for name in retrain_steps.PHASES:
             self.m[metrics.RETRAIN_PHASE.name].set(1 if name == phase else 0, tags={"phase": name})
 
-    def _loop_effects(self) -> loop.Effects:
-        from rayloop import jobs, registry
-
-        args = self.args
+    def _loop_effects(self) -> retrain_steps.Effects:
+        args, name = self.args, self.model_name
 
         def locked(fn):
             def call(*a):
@@ -316,16 +298,15 @@ class DriftMonitor:
 
             return call
 
-        def submit(record: loop.RetrainRecord) -> None:
+        def submit(record: retrain_steps.RetrainRecord) -> None:
             jobs.submit_workload(
                 "retrain",
                 record.submission_id,
-                config_path=args.config_path,
-                overrides=[*args.overrides, f"retrain.since={record.since}"],
-                working_dir=args.retrain.working_dir,
-                env={paths.ENV_HOME: args.home, "MLFLOW_TRACKING_URI": args.tracking_uri},
+                source=args.source.with_overrides(f"retrain.since={record.since}"),
+                working_dir=self.config.retrain.working_dir,
+                env={HOME_ENV_VAR: args.home, "MLFLOW_TRACKING_URI": args.tracking_uri},
                 metadata={
-                    "rayloop.model": args.model_name,
+                    "rayloop.model": name,
                     "rayloop.window": str(record.window),
                     "rayloop.trigger": str(record.trigger),
                     "rayloop.reason": record.reason[:500],
@@ -333,33 +314,24 @@ class DriftMonitor:
                 address=args.jobs_address,
             )
 
-        def job(sid: str) -> loop.JobView | None:
+        def job(sid: str) -> retrain_steps.JobView | None:
             info = jobs.job_info(sid, args.jobs_address)
-            return None if info is None else loop.JobView(info.status, info.message)
+            return None if info is None else retrain_steps.JobView(info.status, info.message)
 
         def stop(sid: str) -> None:
             jobs.client(args.jobs_address).stop_job(sid)
 
-        def rollout(version: str) -> None:
-            from rayloop.config import load_config
-            from rayloop.serving.deploy import roll_out_promotion
-
-            config = load_config(args.config_path, args.overrides)
-            roll_out_promotion(
-                config, version, config_path=args.config_path, overrides=args.overrides, name=args.app_name
-            )
-
-        return loop.Effects(
+        return retrain_steps.Effects(
             labelled_since=locked(lambda since: self.core.labelled_since(since)),
             flush=locked(lambda: self.core.flush()),
             submit=submit,
             job=job,
             stop=stop,
-            result=lambda sid: registry.retrain_result(args.model_name, sid),
-            rollout=rollout,
+            result=lambda sid: registry.retrain_result(name, sid),
+            rollout=lambda version: roll_out_promotion(args.source, version, name=args.app_name),
             rebase=lambda version: self.rebase(version),
-            rollback=lambda version: registry.rollback(args.model_name),
-            event=lambda name, fields: self._event(name, {"model": args.model_name, **fields}),
+            rollback=lambda version: registry.rollback(name),
+            event=lambda event, fields: self._event(event, {"model": name, **fields}),
         )
 
     def _timer(self) -> None:
@@ -384,9 +356,7 @@ def yield_cpu(niceness: int | str) -> None:
     Thread by thread: on Linux both the nice value and the policy belong to one thread, and Ray's
     core-worker threads (which receive the replicas' calls) exist before `__init__` runs, so an
     `os.nice` there left them at the workers' priority. Threads started later inherit it. Under
-    SCHED_IDLE a waking replica preempts the monitor at once, but a saturated core leaves the
-    monitor almost nothing (replicas then drop samples), and in benchmarks/bench_serve.py it
-    served no more requests at the SLO than nice 10 (serve-monitoring-idle.json).
+    SCHED_IDLE a saturated core leaves the monitor almost nothing (replicas then drop samples).
     """
     tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
     if not tids or (niceness == "idle" and not hasattr(os, "SCHED_IDLE")):
@@ -402,11 +372,22 @@ def yield_cpu(niceness: int | str) -> None:
             continue
 
 
-# ---- starting and finding it --------------------------------------------------------------------
+# ---- starting and stopping it ------------------------------------------------------------------
+def start_model_monitor(source: ConfigSource, *, app_name: str = "tabular", wait_s: float = 120.0) -> Any:
+    """Get or start the model's DriftMonitor (detached), comparing with the current champion. It
+    keeps the app's config source to submit retrain jobs with and to roll out with."""
+    args = MonitorArgs(
+        source=source, home=str(paths.home()), tracking_uri=paths.mlflow_tracking_uri(), app_name=app_name
+    )
+    return start_monitor(args, wait_s=wait_s)
+
+
 def start_monitor(args: MonitorArgs, *, wait_s: float = 120.0) -> Any:
     """Get or create the model's monitor (detached: it outlives this driver) and wait until it answers."""
+    import ray
+
     remote = ray.remote(DriftMonitor).options(
-        name=actor_name(args.model_name),
+        name=actor_name(args.source.load().registry.model_name),
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
@@ -423,15 +404,10 @@ def start_monitor(args: MonitorArgs, *, wait_s: float = 120.0) -> Any:
     return handle
 
 
-def get_monitor(model_name: str) -> Any | None:
-    try:
-        return ray.get_actor(actor_name(model_name), namespace=NAMESPACE)
-    except ValueError:
-        return None
-
-
 def stop_monitor(model_name: str) -> bool:
     """Flush the log and kill the monitor for good (its saved state stays for the next one)."""
+    import ray
+
     handle = get_monitor(model_name)
     if handle is None:
         return False
