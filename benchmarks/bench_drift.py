@@ -78,7 +78,6 @@ recorded in the JSON and the rest runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -103,7 +102,8 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from common import fmt, machine_info, print_table, save_results
+# E402: benchmarks/ is not a package, so its folder goes on sys.path (above) before this import
+from common import fmt, loadavg, machine_info, print_table, run_identity, save_results  # noqa: E402
 
 SEED_REFERENCE = 11
 SEED_POOL = 99
@@ -232,10 +232,6 @@ def scenarios(
 
 
 # ---- small helpers --------------------------------------------------------------------------
-def loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
     """95% Wilson interval of a rate k / n."""
     if n == 0:
@@ -244,23 +240,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
-def code_version() -> dict[str, Any]:
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    drift = ROOT / "rayloop" / "monitoring" / "drift.py"
-    return {
-        "commit": git("rev-parse", "HEAD").strip() or None,
-        "dirty_files": [line[3:] for line in git("status", "--porcelain", "--", "rayloop", "configs").splitlines()],
-        "drift_py_sha256": hashlib.sha256(drift.read_bytes()).hexdigest()[:16] if drift.exists() else None,
-    }
 
 
 # ---- reference, model, pool -----------------------------------------------------------------
@@ -1411,7 +1390,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "drift",
         "description": __doc__.split("\n\n")[0],
         "machine": machine_info(["numpy", "scipy", "pyarrow", "lightgbm", "pandas"]),
-        "code": code_version(),
+        # the detector's own module digested apart: runs with the same drift.py compare even when
+        # other rayloop files changed
+        "code": run_identity(("rayloop/monitoring/drift.py",)),
         "command": [sys.executable, *sys.argv],
         "wall_s": wall,
         "loadavg_start": load_start,

@@ -96,19 +96,18 @@ def probe_max_rps(url: str, seconds: float = 10.0, clients: int = 32) -> float:
     return done[0] / (time.perf_counter() - start)
 
 
-def reset(config, overrides: list[str], first: str) -> str:
+def reset(source, first: str) -> str:
     """Champion back to the first version, monitor state and log wiped, app and monitor redeployed."""
     from ray import serve
 
     from rayloop import paths, registry
-    from rayloop.monitoring.monitor import stop_monitor
-    from rayloop.serving.deploy import deploy
+    from rayloop.control import jobs
+    from rayloop.control.monitor_actor import stop_monitor
+    from rayloop.control.up import up
 
     stop_monitor(MODEL)
     # a retrain still running from the previous arm would promote into this one (replicas follow
     # the champion alias): stop it and wait until it has ended
-    from rayloop import jobs
-
     client = jobs.client()
     running = [
         j.submission_id
@@ -126,19 +125,20 @@ def reset(config, overrides: list[str], first: str) -> str:
     except Exception:
         pass
     registry.client().set_registered_model_alias(MODEL, registry.CHAMPION, first)
-    root = Path(config.monitoring.storage or paths.home())
+    root = Path(source.load().monitoring.storage or paths.home())
     shutil.rmtree(root / "monitor" / MODEL, ignore_errors=True)
     shutil.rmtree(root / "inference_log" / MODEL, ignore_errors=True)
-    return deploy(config, overrides=overrides)
+    return up(source)
 
 
-def periodic_retrainer(config, overrides: list[str], period_s: float, stop: threading.Event, log: list[dict]) -> None:
+def periodic_retrainer(source, period_s: float, stop: threading.Event, log: list[dict]) -> None:
     """The baseline: a retrain job every period on the last period's traffic; roll out what passes."""
     import ray
 
-    from rayloop import jobs, registry
-    from rayloop.monitoring.monitor import get_monitor
-    from rayloop.serving.deploy import roll_out_promotion
+    from rayloop import registry
+    from rayloop.control import jobs
+    from rayloop.control.rollout import roll_out_promotion
+    from rayloop.monitoring.handle import get_monitor
 
     n = 0
     next_at = time.time() + period_s
@@ -146,7 +146,7 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
         n += 1
         started = time.time()
         sid = f"bench-periodic-{int(started)}-{n}"
-        jobs.submit_workload("retrain", sid, overrides=[*overrides, f"retrain.since={started - period_s}"])
+        jobs.submit_workload("retrain", sid, source=source.with_overrides(f"retrain.since={started - period_s}"))
         while not stop.is_set():
             info = jobs.job_info(sid)
             if info is not None and info.finished:
@@ -163,7 +163,7 @@ def periodic_retrainer(config, overrides: list[str], period_s: float, stop: thre
         result = registry.retrain_result(MODEL, sid) if info.status == "SUCCEEDED" else None
         entry["gate"] = result
         if result and result["decision"] == "promoted":
-            roll_out_promotion(config, result["version"], overrides=overrides)  # as the loop does
+            roll_out_promotion(source, result["version"])  # as the loop does
             ray.get(get_monitor(MODEL).rebase.remote(result["version"]))
             entry.update(outcome="promoted", version=result["version"])
         else:
@@ -177,15 +177,15 @@ def run_arm(
     arm: str, *, head, first: str, rate: float, clean_s: float, drift_s: float, period_s: float
 ) -> dict[str, Any]:
     import ray
+    from loadgen import latency_summary, ratio
 
-    from rayloop import jobs
-    from rayloop.config import load_config
-    from rayloop.monitoring.monitor import get_monitor
+    from rayloop.config import ConfigSource
+    from rayloop.control import jobs
+    from rayloop.monitoring.handle import get_monitor
     from rayloop.traffic import TrafficConfig, run_traffic
 
-    overrides = [*BASE_OVERRIDES, f"retrain.enabled={'true' if arm == 'rayloop' else 'false'}"]
-    config = load_config(None, overrides)
-    url = reset(config, overrides, first)
+    source = ConfigSource(overrides=(*BASE_OVERRIDES, f"retrain.enabled={'true' if arm == 'rayloop' else 'false'}"))
+    url = reset(source, first)
     monitor = get_monitor(MODEL)
     _say(f"== arm {arm}: {url}, {rate:.0f} req/s, drift at {clean_s:g}s, {clean_s + drift_s:g}s in all")
     traffic = TrafficConfig(
@@ -199,7 +199,7 @@ def run_arm(
     sender.start()
     helper = None
     if arm == "periodic":
-        helper = threading.Thread(target=periodic_retrainer, args=(config, overrides, period_s, stop, periodic_log))
+        helper = threading.Thread(target=periodic_retrainer, args=(source, period_s, stop, periodic_log))
         helper.start()
     sender.join()
     stop.set()
@@ -231,16 +231,13 @@ def run_arm(
     }
     # steady-state p99: the clean phase's answers; during the swap: answers while the first promotion rolled out
     answers = [a for a in stats.answers]
-    clean = sorted(a[1] for a in answers if not a[5])
-    out["p99_steady_ms"] = clean[int(0.99 * (len(clean) - 1))] if clean else None
+    out["p99_steady_ms"] = latency_summary((a[1] for a in answers if not a[5]), digits=None)["p99_ms"]
     if promoted:
         p = promoted[0]
         swap_from, swap_to = p["job_finished_at"] - t0, p["finished_at"] - t0 + 5.0
-        during = sorted(a[1] for a in answers if swap_from <= a[0] <= swap_to)
-        out["p99_swap_ms"] = during[int(0.99 * (len(during) - 1))] if during else None
-        out["p99_swap_ratio"] = (
-            round(out["p99_swap_ms"] / out["p99_steady_ms"], 2) if out["p99_swap_ms"] and out["p99_steady_ms"] else None
-        )
+        during = [a[1] for a in answers if swap_from <= a[0] <= swap_to]
+        out["p99_swap_ms"] = latency_summary(during, digits=None)["p99_ms"]
+        out["p99_swap_ratio"] = ratio(out["p99_swap_ms"], out["p99_steady_ms"], digits=2)
         out["time_to_retrain_s"] = round(p["job_finished_at"] - p["decided_at"], 1)
         out["time_to_swap_s"] = round(p["finished_at"] - p["job_finished_at"], 1)
         out["drift_to_new_champion_s"] = round(p["finished_at"] - drift_at, 1)
@@ -298,28 +295,30 @@ def main() -> None:
     home = Path(os.environ.setdefault("RAYLOOP_HOME", str(ROOT / ".rayloop" / "bench-loop")))
     from common import machine_info, print_table, save_results
 
-    from rayloop import demo, jobs, registry
-    from rayloop.runtime import init_ray
+    from rayloop import registry
+    from rayloop.config import ConfigSource
+    from rayloop.control import demo, jobs
+    from rayloop.control.up import up
+    from rayloop.runtime import free_port, init_ray
 
-    demo.stop_head()  # a previous run's head, if one was left
+    demo.stop_demo_head()  # a previous run's head, if one was left
     shutil.rmtree(home, ignore_errors=True)  # every run from a clean registry, monitor state and log
-    head = demo.start_head(dashboard_port=demo._free_port(), num_cpus=max(4, os.cpu_count() or 1))
+    head = demo.start_demo_head(dashboard_port=free_port(), num_cpus=max(4, os.cpu_count() or 1))
     started = time.time()
     try:
         os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
         os.environ["RAY_API_SERVER_ADDRESS"] = head.dashboard
         sid = f"bench-loop-pipeline-{int(started)}"
-        jobs.submit_workload("pipeline", sid, overrides=BASE_OVERRIDES, address=head.dashboard)
+        jobs.submit_workload(
+            "pipeline", sid, source=ConfigSource(overrides=tuple(BASE_OVERRIDES)), address=head.dashboard
+        )
         while not ((info := jobs.job_info(sid, head.dashboard)) and info.finished):
             time.sleep(2)
         assert info.status == "SUCCEEDED", jobs.client(head.dashboard).get_job_logs(sid)[-3000:]
         first = registry.resolve_version(MODEL, registry.CHAMPION)
         init_ray(head.address, log_to_driver=False)
-        from rayloop.config import load_config
-        from rayloop.serving.deploy import deploy
-
-        probing = [*BASE_OVERRIDES, "retrain.enabled=false"]  # the probe's traffic is not an experiment
-        url = deploy(load_config(None, probing), overrides=probing)
+        probing = ConfigSource(overrides=(*BASE_OVERRIDES, "retrain.enabled=false"))  # the probe is no experiment
+        url = up(probing)
         max_rps = probe_max_rps(url)
         rate = min(args.max_rate, max_rps / 2)
         _say(f"max {max_rps:.0f} req/s (32 clients, closed loop); load {rate:.0f} req/s")
@@ -333,7 +332,7 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-        demo.stop_head()
+        demo.stop_demo_head()
     name = "loop-quick" if args.quick else "loop"
     by_arm = {r["arm"]: r for r in results}
     ours, periodic = by_arm.get("rayloop"), by_arm.get("periodic")
@@ -396,7 +395,8 @@ def main() -> None:
     )
     if ours and periodic and periodic["accuracy_after_drift"]:
         _say(
-            f"accuracy after the drift, rayloop / periodic: {ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "
+            "accuracy after the drift, rayloop / periodic: "
+            f"{ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "
             f"retrains {ours['retrains']} vs {periodic['retrains']}"
         )
     _say(f"targets: {targets}")

@@ -43,7 +43,7 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from common import MiB, fmt, machine_info, measure, print_table, save_results  # noqa: E402
+from common import MiB, fmt, machine_info, measure, print_table, run_identity, save_results, warn_if_changed  # noqa: E402
 
 ARMS = ("rayloop", "pandas")
 SEED = 7
@@ -136,10 +136,10 @@ def arm_rayloop(args: argparse.Namespace) -> dict[str, Any]:
 
     from rayloop import paths
     from rayloop.config import load_config
-    from rayloop.preprocess import FEATURES_DIR, FITTED_FEATURES_FILE, LATEST_FILE, REJECTS_DIR, run_preprocess
+    from rayloop.preprocess import PreprocessRun, run_preprocess
     from rayloop.runtime import init_ray
 
-    latest = paths.runs_dir() / LATEST_FILE
+    latest = paths.runs_dir() / PreprocessRun.LATEST
     previous_latest = latest.read_text() if latest.exists() else None
     imported = time.perf_counter()
     init_ray(
@@ -163,9 +163,9 @@ def arm_rayloop(args: argparse.Namespace) -> dict[str, Any]:
         latest.write_text(previous_latest)
 
     run_dir = Path(result.run_dir)
-    fitted = json.loads((run_dir / FITTED_FEATURES_FILE).read_text())
-    features_dir = run_dir / FEATURES_DIR
-    summary = summarize_outputs(pq, features_dir, run_dir / REJECTS_DIR)
+    fitted = json.loads((run_dir / PreprocessRun.FITTED_FEATURES).read_text())
+    features_dir = run_dir / PreprocessRun.FEATURES
+    summary = summarize_outputs(pq, features_dir, run_dir / PreprocessRun.REJECTS)
     return {
         "arm": "rayloop",
         "rows_total": result.rows_total,
@@ -323,7 +323,8 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
     if rows_total and rows_rejected / rows_total > data.max_reject_ratio:
         raise SystemExit(f"reject ratio {rows_rejected / rows_total:.4f} > {data.max_reject_ratio}")
     df = df.loc[~bad]
-    del bad, problems
+    del bad
+    problems.clear()  # frees the masks (clear, not del: the closure add() refers to the name)
     for col in columns:  # good rows carry the declared types
         if col.dtype == "int64" and df[col.name].dtype != np.int64:
             df[col.name] = df[col.name].astype(np.int64)
@@ -518,28 +519,6 @@ def run_one(args: argparse.Namespace, arm: str, rows: int, source: Path) -> dict
         flush=True,
     )
     return record
-
-
-def code_version() -> dict[str, Any]:
-    """Which rayloop code was measured: the commit, uncommitted files, and a hash of the contents
-    of rayloop/ and configs/ (compared before and after the run; a commit alone changes nothing)."""
-    import hashlib
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    digest = hashlib.sha256()
-    for path in sorted([*(ROOT / "rayloop").rglob("*.py"), *(ROOT / "configs").glob("*")]):
-        if path.is_file():
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return {
-        "commit": git("rev-parse", "HEAD").strip() or None,
-        "dirty_files": [line[3:] for line in git("status", "--porcelain", "--", "rayloop", "configs").splitlines()],
-        "content_sha256": digest.hexdigest()[:16],
-    }
 
 
 def parity(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -765,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     tuned = any([args.num_cpus, args.object_store_mb, args.limit_object_store_mb, args.ctx, args.env, args.overrides])
     name = args.name or ("preprocess-tuned" if tuned else "preprocess")
     sizes = sorted(set(args.rows))
-    code = code_version()  # before the runs: the code the arms import
+    code = run_identity()  # before the runs: the code the arms import (rayloop/ and configs/)
     records: list[dict[str, Any]] = []
     sources: dict[int, dict[str, Any]] = {}
     for rows in sizes:
@@ -778,10 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                 record["repeat"] = rep
                 records.append(record)
 
-    code_after = code_version()
-    if code_after["content_sha256"] != code["content_sha256"]:
-        code["changed_during_run"] = code_after  # someone edited rayloop/ while this ran
-        print("WARNING: rayloop/ or configs/ changed during the run; see code.changed_during_run", flush=True)
+    warn_if_changed(code)  # someone edited rayloop/ while this ran
     summary = summarize(records, sizes)
     checks = []
     for rows in sizes:

@@ -4,7 +4,7 @@
 The same LightGBM bundle in every arm (trained here on synthetic rows, registered in MLflow under
 $RAYLOOP_HOME and promoted to champion; every HTTP arm loads that exact version from the registry):
 
-- rayloop-haproxy: `rayloop.serving.deploy.deploy` (serve_apps/tabular.py, TabularServer: FastAPI
+- rayloop-haproxy: `rayloop.control.up.up` (serve_apps/tabular.py, TabularServer: FastAPI
   ingress, RecordParser validation, `@serve.batch` with the load-adaptive wait, native LightGBM
   backend) in a fresh local Ray cluster started by `init_ray` with Serve's HAProxy ingress (the
   rayloop default);
@@ -25,10 +25,11 @@ $RAYLOOP_HOME and promoted to champion; every HTTP arm loads that exact version 
 
 Every server (the whole Ray cluster of a Ray arm, which is started by a subprocess of this
 script and inherits its CPU affinity) runs pinned to core 0 with `num_cpus=1`, one replica;
-the load generator (this process) runs pinned to core 1. The load generator is a small HTTP/1.1
-client on raw asyncio + uvloop with keep-alive connections. Its own ceiling is measured against a
-trivial raw-asyncio server and against uvicorn's /healthz, and its CPU use is recorded for every
-step, so a step where the generator, not the server, was the limit can be seen.
+the load generator (this process) runs pinned to core 1. The load generator (benchmarks/loadgen.py,
+with the steps, the rate search and the CPU accounting) is a small HTTP/1.1 client on raw asyncio +
+uvloop with keep-alive connections. Its own ceiling is measured against a trivial raw-asyncio server
+and against uvicorn's /healthz, and its CPU use is recorded for every step, so a step where the
+generator, not the server, was the limit can be seen.
 
 Measurements per HTTP arm: closed-loop steps of one-row requests at several concurrencies (p50, p99,
 req/s), an open-loop rate search for the highest rate with p99 <= 50 ms and no errors (latency
@@ -55,17 +56,13 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -77,13 +74,33 @@ if str(HERE) not in sys.path:
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# E402: benchmarks/ is not a package, so its folder goes on sys.path (above) before these imports
+from common import loadavg, run_identity, warn_if_changed  # noqa: E402
+from loadgen import (  # noqa: E402
+    CLIENT_CORE,
+    SERVER_CORE,
+    Probe,
+    Server,
+    alternating,
+    closed_step,
+    connect,
+    echo_server,
+    http_request,
+    open_step,
+    paired_ratios,
+    pinned,
+    process_label,
+    rate_search,
+    wait_http,
+)
+
+from rayloop.runtime import free_port  # noqa: E402
+
 DEFAULT_HOME = ".rayloop/bench-serve"
 MODEL_NAME = "bench-serve"
 HTTP_ARMS = ("fastapi", "rayloop-haproxy", "rayloop-haproxy-nomon", "rayloop-haproxy-lean-nomon", "rayloop-proxy")
 LEAN_MARK = "-lean"  # HAProxy without Serve's per-request ingress metrics
 NO_MONITOR_SUFFIX = "-nomon"  # the same arm with monitoring.enabled=false
-SERVER_CORE = 0
-CLIENT_CORE = 1
 # --variant items the benchmark carries out itself: monitor_core=N moves the DriftMonitor (every
 # thread) to core N once the arm is up, as on a cluster, where it sits on the head node and the
 # replicas on workers (cluster/: the head has num-cpus 0)
@@ -97,99 +114,17 @@ TARGET_MONITOR_RATIO = 0.95  # max req/s at the SLO with the DriftMonitor on / o
 BIG_ROWS = 256
 MAX_CONNECTIONS_OPEN_LOOP = 128
 ID_SPACE = 2**128  # request ids as rayloop.serving.server makes them (32 hex digits)
+# Which code was measured, beyond rayloop's Python sources: the HAProxy wrapper, the Serve app and
+# the configs (hashed), and uncommitted files under these folders
+CODE_FILES = ("rayloop/**/*.sh", "serve_apps/**/*.py", "configs/**/*")
+CODE_DIRTY_PATHS = ("rayloop", "serve_apps", "configs", "benchmarks")
 
 
 # ---- small helpers -----------------------------------------------------------------------------
-def loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def home() -> Path:
     from rayloop import paths
 
     return paths.home()
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
-    if not sorted_values:
-        return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[k]
-
-
-def core_times() -> dict[str, tuple[float, float]]:
-    """Per-core (busy, total) jiffies from /proc/stat: what the whole machine did on each core."""
-    out = {}
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("cpu") and line[3].isdigit():
-                    name, *vals = line.split()
-                    v = [float(x) for x in vals]
-                    idle = v[3] + (v[4] if len(v) > 4 else 0.0)
-                    out[name] = (sum(v[:8]) - idle, sum(v[:8]))
-    except OSError:
-        pass
-    return out
-
-
-def core_busy(before: dict, after: dict) -> dict[str, float]:
-    busy = {}
-    for name, (b1, t1) in after.items():
-        if name in before:
-            b0, t0 = before[name]
-            busy[name] = round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else None
-    return busy
-
-
-def pinned(cmd: list[str], core: int) -> list[str]:
-    """The command pinned to one core; every process it starts inherits the affinity."""
-    taskset = shutil.which("taskset")
-    if taskset:
-        return [taskset, "-c", str(core), *cmd]
-    pin = f"import os, sys; os.sched_setaffinity(0, {{{core}}}); os.execvp(sys.argv[1], sys.argv[1:])"
-    return [sys.executable, "-c", pin, *cmd]
-
-
-def code_version() -> dict[str, Any]:
-    """The commit, uncommitted files, and a hash of rayloop/, serve_apps/ and configs/ contents."""
-    import hashlib
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    digest = hashlib.sha256()
-    files = [
-        *(ROOT / "rayloop").rglob("*.py"),
-        *(ROOT / "rayloop").rglob("*.sh"),
-        *(ROOT / "serve_apps").rglob("*.py"),
-        *(ROOT / "configs").rglob("*"),
-    ]
-    for path in sorted(files):
-        if path.is_file():
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return {
-        "commit": git("rev-parse", "HEAD").strip() or None,
-        "dirty_files": [
-            line[3:]
-            for line in git(
-                "status", "--porcelain", "--", "rayloop", "serve_apps", "configs", "benchmarks"
-            ).splitlines()
-        ],
-        "content_sha256": digest.hexdigest()[:16],
-    }
 
 
 # ---- the model and the request bodies ----------------------------------------------------------
@@ -302,53 +237,14 @@ def fastapi_app():
     return app
 
 
-# ---- a trivial server: the load generator's ceiling ----------------------------------------------
-def echo_server(port: int) -> int:
-    """Answers every HTTP/1.1 request with a fixed small 200 on keep-alive connections (uvloop)."""
-    import uvloop
-
-    reply = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{"status":"ok"}'
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-            self.buf = bytearray()
-
-        def data_received(self, data):
-            buf = self.buf
-            buf += data
-            while True:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head = bytes(buf[:end]).lower()
-                j = head.find(b"content-length:")
-                length = int(head[j + 15 :].split(b"\r\n", 1)[0]) if j >= 0 else 0
-                if len(buf) < end + 4 + length:
-                    return
-                del buf[: end + 4 + length]
-                self.transport.write(reply)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, "127.0.0.1", port, backlog=1024)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        async with server:
-            await stop.wait()
-
-    uvloop.run(main())
-    return 0
-
-
 # ---- arm (a): the rayloop app in its own local Ray cluster (subprocess of the benchmark) -------
 def serve_arm(args: argparse.Namespace) -> int:
     """init_ray + deploy, write the ready file, serve until stdin closes, then shut Ray down."""
     import ray
 
-    from rayloop.config import load_config
+    from rayloop.config import ConfigSource
+    from rayloop.control.up import up
     from rayloop.runtime import init_ray
-    from rayloop.serving.deploy import deploy
 
     started = time.perf_counter()
     init_ray(num_cpus=args.num_cpus)
@@ -360,8 +256,9 @@ def serve_arm(args: argparse.Namespace) -> int:
         "serving.max_replicas=1",
         *args.overrides,
     ]
-    config = load_config(None, overrides)
-    base = deploy(config, overrides=overrides, model_ref=args.model_version)
+    source = ConfigSource(overrides=tuple(overrides))
+    config = source.load()
+    base = up(source, model_ref=args.model_version)
     info = {
         "base": base,
         "pid": os.getpid(),
@@ -493,556 +390,7 @@ def limit_arm(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- the load generator ------------------------------------------------------------------------
-class Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: one request at a time, content-length or chunked replies."""
-
-    def __init__(self) -> None:
-        self.transport = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future | None = None
-        self.head_end = -1
-        self.need = -1
-        self.chunked = False
-        self.status = 0
-        self.close_after = False
-        self.lost = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.lost = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError(f"connection lost: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.waiter is not None:
-            self._parse()
-
-    def _parse(self) -> None:
-        buf = self.buf
-        if self.head_end < 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).lower()
-            self.status = int(head[9:12])
-            self.head_end = end + 4
-            self.close_after = b"\r\nconnection: close" in head
-            self.chunked = b"\r\ntransfer-encoding: chunked" in head
-            if not self.chunked:
-                j = head.find(b"\r\ncontent-length:")
-                length = int(head[j + 17 :].split(b"\r\n", 1)[0]) if j >= 0 else 0
-                self.need = self.head_end + length
-        if self.chunked:
-            pos, parts = self.head_end, []
-            while True:
-                k = buf.find(b"\r\n", pos)
-                if k < 0:
-                    return
-                size = int(bytes(buf[pos:k]).split(b";", 1)[0], 16)
-                if size == 0:
-                    end = buf.find(b"\r\n\r\n", k)
-                    if end < 0:
-                        return
-                    consumed = end + 4
-                    break
-                if len(buf) < k + 2 + size + 2:
-                    return
-                parts.append(bytes(buf[k + 2 : k + 2 + size]))
-                pos = k + 2 + size + 2
-            body = b"".join(parts)
-        else:
-            if len(buf) < self.need:
-                return
-            body, consumed = bytes(buf[self.head_end : self.need]), self.need
-        del buf[:consumed]
-        self.head_end, self.need = -1, -1
-        waiter, self.waiter = self.waiter, None
-        waiter.set_result((self.status, body))
-
-    def request(self, data: bytes) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        self.waiter = fut
-        self.transport.write(data)
-        if self.buf:  # a reply that arrived early (never for HTTP/1.1 without pipelining)
-            self._parse()
-        return fut
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def http_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-    if method == "POST":
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
-
-
-async def connect(port: int) -> Conn:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
-    return conn
-
-
-class Step:
-    """Shared state of one measured step; completions are (t_sched_or_start, t_done, status)."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.done: list[tuple[float, float, int]] = []
-        self.conn_errors = 0
-        self.next = 0
-
-
-async def _send(conn_box: list, port: int, data: bytes, step: Step) -> tuple[int, bytes] | None:
-    conn = conn_box[0]
-    try:
-        if conn.lost:
-            raise ConnectionError("closed")
-        status, body = await conn.request(data)
-    except (ConnectionError, OSError):
-        step.conn_errors += 1
-        conn.close()
-        try:
-            conn_box[0] = await connect(port)
-        except OSError:
-            await asyncio.sleep(0.05)
-        return None
-    if conn.close_after:
-        conn.close()
-        conn_box[0] = await connect(port)
-    return status, body
-
-
-async def _closed_worker(conn_box: list, port: int, reqs: list[bytes], offset: int, step: Step) -> None:
-    perf, n, i = time.perf_counter, len(reqs), offset
-    done = step.done
-    while not step.stop:
-        data = reqs[i % n]
-        i += 1
-        t0 = perf()
-        got = await _send(conn_box, port, data, step)
-        if got is not None:
-            done.append((t0, perf(), got[0]))
-
-
-async def _open_worker(
-    conn_box: list, port: int, reqs: list[bytes], step: Step, t0: float, interval: float, t_stop: float
-) -> None:
-    perf, n = time.perf_counter, len(reqs)
-    done = step.done
-    while True:
-        i = step.next
-        step.next += 1
-        t_sched = t0 + i * interval
-        if t_sched >= t_stop:
-            return
-        now = perf()
-        if t_sched > now:
-            await asyncio.sleep(t_sched - now)
-        got = await _send(conn_box, port, reqs[i % n], step)
-        if got is not None:
-            done.append((t_sched, perf(), got[0]))
-
-
-class Probe:
-    """CPU use during a step: this process (the generator), the server tree, and each core."""
-
-    def __init__(self, server_procs: list) -> None:
-        import psutil
-
-        self.me = psutil.Process()
-        self.server = server_procs
-
-    def _server_cpu(self) -> dict[int, float]:
-        import psutil
-
-        out = {}
-        for p in self.server:
-            try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
-            except psutil.Error:  # gone
-                pass
-        return out
-
-    def start(self) -> None:
-        t = self.me.cpu_times()
-        self.t0, self.me0, self.srv0, self.cores0 = (
-            time.perf_counter(),
-            t.user + t.system,
-            self._server_cpu(),
-            core_times(),
-        )
-
-    def stop(self) -> dict[str, Any]:
-        t = self.me.cpu_times()
-        wall = time.perf_counter() - self.t0
-        busy = core_busy(self.cores0, core_times())
-        srv1 = self._server_cpu()
-        by_label: Counter = Counter()
-        for p in self.server:
-            if p.pid in srv1 and p.pid in self.srv0:
-                by_label[process_label(p)] += (srv1[p.pid] - self.srv0[p.pid]) / wall
-        server = sum(by_label.values())
-        core0 = busy.get(f"cpu{SERVER_CORE}")
-        return {
-            "loadgen_cpu": round((t.user + t.system - self.me0) / wall, 3),
-            "server_cpu": round(server, 3) if self.server else None,
-            # the part of the server's core used by processes outside the server tree (other work
-            # on the machine): the noise in this step
-            "neighbour_cpu": round(max(0.0, core0 - server), 3) if core0 is not None and self.server else None,
-            # which server processes used the core (fraction of one core each)
-            "server_cpu_by_process": {k: round(v, 3) for k, v in by_label.most_common() if v >= 0.005},
-            "core_busy": {k: busy.get(k) for k in (f"cpu{SERVER_CORE}", f"cpu{CLIENT_CORE}")},
-        }
-
-
-def process_label(p) -> str:
-    """A short name: Ray retitles its workers (ray::ServeReplica:...), daemons by binary or script."""
-    import psutil
-
-    try:
-        cmd = p.cmdline()
-        name = p.name()
-    except psutil.Error:  # gone or unreadable
-        return "?"
-    if cmd and cmd[0].startswith("ray::"):
-        return cmd[0].split(" ")[0].split(".")[0][:60]  # the title changes with the running method
-    for part in cmd[:4]:
-        base = os.path.basename(part)
-        if base in ("gcs_server", "raylet", "haproxy", "uvicorn") or base.endswith((".py", ".sh")):
-            return base
-    return name
-
-
-def summarize_latencies(
-    done: list[tuple[float, float, int]], lo: float, hi: float, by_sched: bool, rows_per_request: int
-) -> dict[str, Any]:
-    """Stats over the completions in the window: by completion time (closed loop) or by scheduled
-    send time (open loop)."""
-    key = 0 if by_sched else 1
-    inside = [d for d in done if lo <= d[key] < hi]
-    ok = sorted((d[1] - d[0]) * 1000 for d in inside if d[2] == 200)
-    statuses = Counter(str(d[2]) for d in inside)
-    window = hi - lo
-    return {
-        "window_s": round(window, 3),
-        "completed": len(inside),
-        "ok": len(ok),
-        "statuses": dict(statuses),
-        "rps": round(len(inside) / window, 1),
-        "ok_rps": round(len(ok) / window, 1),
-        "rows_per_s": round(len(ok) * rows_per_request / window, 1),
-        "p50_ms": _r(percentile(ok, 50)),
-        "p90_ms": _r(percentile(ok, 90)),
-        "p99_ms": _r(percentile(ok, 99)),
-        "p999_ms": _r(percentile(ok, 99.9)),
-        "max_ms": _r(ok[-1] if ok else None),
-        "mean_ms": _r(statistics.fmean(ok) if ok else None),
-    }
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
-
-
-async def closed_step(
-    port: int,
-    reqs: list[bytes],
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    rows_per_request: int,
-    server_procs: list,
-    grace: float = 15.0,
-) -> dict[str, Any]:
-    """`concurrency` connections, each sending its next request when the previous one is answered."""
-    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(concurrency)))]
-    step = Step()
-    offsets = [i * 7919 for i in range(concurrency)]
-    tasks = [asyncio.ensure_future(_closed_worker(b, port, reqs, o, step)) for b, o in zip(boxes, offsets)]
-    probe = Probe(server_procs)
-    await asyncio.sleep(warmup)
-    gc.collect()
-    gc.disable()
-    lo = time.perf_counter()
-    probe.start()
-    await asyncio.sleep(duration)
-    hi = time.perf_counter()
-    cpu = probe.stop()
-    step.stop = True
-    pending = await _end_step(tasks, boxes, grace)
-    stats = summarize_latencies(step.done, lo, hi, False, rows_per_request)
-    return {
-        "mode": "closed",
-        "concurrency": concurrency,
-        "rows_per_request": rows_per_request,
-        **stats,
-        "conn_errors": step.conn_errors,
-        "unfinished_at_end": len(pending),
-        **cpu,
-        "server_cpu_us_per_request": _cpu_per_request(cpu, stats),
-    }
-
-
-async def _end_step(tasks: list, boxes: list, grace: float) -> set:
-    """Wait up to `grace` for the step's workers, cancel the rest, re-enable GC, close the
-    connections; returns the workers that did not finish."""
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for t in pending:
-        t.cancel()
-    gc.enable()
-    for b in boxes:
-        b[0].close()
-    return pending
-
-
-def _cpu_per_request(cpu: dict[str, Any], stats: dict[str, Any]) -> float | None:
-    """Server CPU (the whole server process tree) per answered request: unlike req/s, this hardly
-    moves when other work on the machine takes part of the server's core."""
-    if not cpu.get("server_cpu") or not stats["ok"]:
-        return None
-    return round(cpu["server_cpu"] * stats["window_s"] / stats["ok"] * 1e6, 1)
-
-
-async def open_step(
-    port: int,
-    reqs: list[bytes],
-    rate: float,
-    warmup: float,
-    duration: float,
-    rows_per_request: int,
-    server_procs: list,
-    connections: int,
-    grace: float = 10.0,
-) -> dict[str, Any]:
-    """Requests scheduled at a fixed rate (evenly spaced); latency counts from the scheduled time,
-    so time spent waiting for a free connection counts too."""
-    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(connections)))]
-    step = Step()
-    interval = 1.0 / rate
-    gc.collect()
-    gc.disable()
-    t0 = time.perf_counter() + 0.05
-    lo, hi = t0 + warmup, t0 + warmup + duration
-    tasks = [asyncio.ensure_future(_open_worker(b, port, reqs, step, t0, interval, hi)) for b in boxes]
-    probe = Probe(server_procs)
-    await asyncio.sleep(max(0.0, lo - time.perf_counter()))
-    probe.start()
-    await asyncio.sleep(max(0.0, hi - time.perf_counter()))
-    cpu = probe.stop()
-    await _end_step(tasks, boxes, grace)
-    # every request due in the window, sent or not (a worker cancelled at the grace limit never sent its next one)
-    # (the same float expression the workers use, so the two counts agree exactly)
-    scheduled = sum(1 for i in range(math.ceil((hi - t0) / interval) + 2) if lo <= t0 + i * interval < hi)
-    stats = summarize_latencies(step.done, lo, hi, True, rows_per_request)
-    unfinished = max(0, scheduled - stats["completed"])
-    ok = (
-        stats["p99_ms"] is not None
-        and stats["p99_ms"] <= SLO_P99_MS
-        and stats["ok"] == scheduled
-        and unfinished == 0
-        and step.conn_errors == 0
-    )
-    return {
-        "mode": "open",
-        "target_rps": round(rate, 1),
-        "connections": connections,
-        "rows_per_request": rows_per_request,
-        "scheduled": scheduled,
-        **stats,
-        "conn_errors": step.conn_errors,
-        "unfinished": unfinished,
-        "meets_slo": ok,
-        **cpu,
-        "server_cpu_us_per_request": _cpu_per_request(cpu, stats),
-    }
-
-
-async def rate_search(
-    port: int, reqs: list[bytes], start: float, settings: dict[str, Any], server_procs: list
-) -> dict[str, Any]:
-    """Highest evenly spaced rate whose p99 (from the scheduled send time) is <= the SLO with every
-    request answered 200: grow by 1.3x from `start` until a step fails, then bisect."""
-    lo = hi = None
-    rate = max(start, 10.0)
-    steps = []
-    for _ in range(settings["search_steps"]):
-        # a failing rate gets one more try: a burst of other work on the machine can fail a step,
-        # while the server's own periodic work (Ray's 10 s metrics cycle) is inside every window
-        for attempt in range(2):
-            res = await open_step(
-                port,
-                reqs,
-                rate,
-                settings["warmup_s"],
-                settings["open_duration_s"],
-                1,
-                server_procs,
-                MAX_CONNECTIONS_OPEN_LOOP,
-            )
-            res["attempt"] = attempt + 1
-            steps.append(res)
-            print(
-                f"    open loop {rate:8.0f}/s (try {attempt + 1}): ok {res['ok_rps']:8.1f}/s p50 {res['p50_ms']} "
-                f"p99 {res['p99_ms']} max {res['max_ms']} ms statuses {res['statuses']} gen cpu {res['loadgen_cpu']:.2f} "
-                f"neighbours {res['neighbour_cpu']} -> {'pass' if res['meets_slo'] else 'FAIL'}",
-                flush=True,
-            )
-            if res["meets_slo"]:
-                break
-        if res["meets_slo"]:
-            lo = rate if lo is None else max(lo, rate)
-        else:
-            hi = rate if hi is None else min(hi, rate)
-        if lo is None:
-            rate = rate * 0.5
-            if rate < 10:
-                break
-        elif hi is None:
-            rate = rate * 1.3
-        else:
-            if hi / lo <= 1 + settings["search_precision"]:
-                break
-            rate = (lo + hi) / 2
-    best = max((s for s in steps if s["meets_slo"]), key=lambda s: s["target_rps"], default=None)
-    passed = {s["target_rps"] for s in steps if s["meets_slo"]}
-    failed_above = min(
-        (s for s in steps if s["target_rps"] not in passed and (best is None or s["target_rps"] > best["target_rps"])),
-        key=lambda s: s["target_rps"],
-        default=None,
-    )
-    return {
-        "max_rps_at_slo": best["target_rps"] if best else 0.0,
-        "at_max": best,
-        "first_failing_above": failed_above["target_rps"] if failed_above else None,
-        "generator_limited": bool(failed_above and failed_above["loadgen_cpu"] >= 0.9),
-        "steps": steps,
-    }
-
-
 # ---- servers: start, wait, stop ---------------------------------------------------------------
-class Server:
-    """A server subprocess pinned to the server core; remembers every process of its tree."""
-
-    def __init__(self, label: str, cmd: list[str], env: dict[str, str], log_path: Path, stdin_pipe: bool = False):
-        import psutil
-
-        self.label = label
-        self.log_path = log_path
-        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            pinned(cmd, SERVER_CORE),
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.root = psutil.Process(self.proc.pid)
-        self.known: dict[int, Any] = {self.proc.pid: self.root}
-
-    def tree(self) -> list:
-        import psutil
-
-        try:
-            for p in self.root.children(recursive=True):
-                self.known.setdefault(p.pid, p)
-        except psutil.Error:
-            pass
-        return [p for p in self.known.values() if _alive(p)]
-
-    def describe(self) -> list[dict[str, Any]]:
-        import psutil
-
-        out = []
-        for p in self.tree():
-            try:
-                out.append(
-                    {
-                        "pid": p.pid,
-                        "name": process_label(p),
-                        "affinity": p.cpu_affinity(),
-                        "nice": p.nice(),
-                        "threads": p.num_threads(),
-                    }
-                )
-            except psutil.Error:  # gone in between
-                continue
-        return out
-
-    def tail(self, n: int = 3000) -> str:
-        self.log.flush()
-        try:
-            return self.log_path.read_text()[-n:]
-        except OSError:
-            return ""
-
-    def stop(self, grace: float = 60.0) -> dict[str, Any]:
-        """Close stdin (Ray arms shut down by themselves) or SIGTERM, wait, then end stragglers."""
-        import psutil
-
-        self.tree()
-        start = time.perf_counter()
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # Ray daemons (gcs_server, raylet, HAProxy) may need a moment after the driver exits
-        deadline = time.perf_counter() + 10
-        left = [p for p in self.known.values() if _alive(p)]
-        while left and time.perf_counter() < deadline:
-            time.sleep(0.2)
-            left = [p for p in left if _alive(p)]
-        killed = []
-        for p in left:  # only processes of this server's own tree
-            try:
-                killed.append(p.name())
-                p.terminate()
-            except psutil.Error:
-                pass
-        _, still = psutil.wait_procs(left, timeout=5)
-        for p in still:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        self.log.close()
-        return {
-            "returncode": self.proc.returncode,
-            "stop_s": round(time.perf_counter() - start, 2),
-            "stragglers_terminated": killed,
-        }
-
-
-def _alive(p) -> bool:
-    import psutil
-
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def base_env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
@@ -1051,27 +399,6 @@ def base_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-async def wait_http(port: int, path: str, timeout: float, server: Server) -> float:
-    """Seconds until GET `path` answers 200."""
-    start = time.perf_counter()
-    data = http_request("GET", path, port)
-    while time.perf_counter() - start < timeout:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.label} exited with {server.proc.returncode}:\n{server.tail()}")
-        try:
-            conn = await connect(port)
-            try:
-                status, _ = await asyncio.wait_for(conn.request(data), 5)
-            finally:
-                conn.close()
-            if status == 200:
-                return time.perf_counter() - start
-        except (OSError, ConnectionError, asyncio.TimeoutError):
-            pass
-        await asyncio.sleep(0.3)
-    raise TimeoutError(f"{server.label}: no 200 from {path} in {timeout:.0f} s:\n{server.tail()}")
 
 
 def start_server(
@@ -1110,11 +437,11 @@ def start_server(
             "--log-level",
             "warning",
         ]
-        server = Server(arm, cmd, env, logs / "serve-fastapi.log")
+        server = Server(arm, cmd, env, logs / "serve-fastapi.log", core=SERVER_CORE, cwd=ROOT)
         info["ready_s"] = asyncio.run(wait_http(port, "/healthz", 120, server))
     elif arm == "echo":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--echo-server", "--port", str(port)]
-        server = Server(arm, cmd, env, logs / "serve-echo.log")
+        server = Server(arm, cmd, env, logs / "serve-echo.log", core=SERVER_CORE, cwd=ROOT)
         info["ready_s"] = asyncio.run(wait_http(port, "/", 30, server))
     else:
         env["RAYLOOP_INGRESS"] = "haproxy" if arm.startswith("rayloop-haproxy") else "proxy"
@@ -1156,7 +483,7 @@ def start_server(
             "1",
             *[f"--set={o}" for o in arm_overrides],
         ]
-        server = Server(arm, cmd, env, logs / f"serve-{arm}.log", stdin_pipe=True)
+        server = Server(arm, cmd, env, logs / f"serve-{arm}.log", core=SERVER_CORE, cwd=ROOT, stdin_pipe=True)
         start = time.perf_counter()
         while not ready.exists():
             if server.proc.poll() is not None:
@@ -1240,6 +567,22 @@ def with_server(
     return record
 
 
+async def search(port: int, reqs: list[bytes], start: float, settings: dict[str, Any], procs: list) -> dict[str, Any]:
+    """The open-loop search for max req/s at the SLO, with this run's settings."""
+    return await rate_search(
+        port,
+        reqs,
+        start,
+        procs,
+        max_steps=settings["search_steps"],
+        precision=settings["search_precision"],
+        warmup=settings["warmup_s"],
+        duration=settings["open_duration_s"],
+        connections=MAX_CONNECTIONS_OPEN_LOOP,
+        slo_p99_ms=SLO_P99_MS,
+    )
+
+
 def run_http_arm(
     arm: str,
     args: argparse.Namespace,
@@ -1301,7 +644,7 @@ def run_http_arm(
         ]
         record["closed_loop_max_rps_at_slo"] = max(passing, default=0.0)
         start_rate = record["closed_loop_max_rps_at_slo"] or 0.5 * (record["one_row"][0]["ok_rps"] or 20)
-        record["open_loop"] = await rate_search(port, ones, start_rate, settings, procs)
+        record["open_loop"] = await search(port, ones, start_rate, settings, procs)
         print(
             f"[{arm}] max req/s at p99 <= {SLO_P99_MS:.0f} ms (open loop): {record['open_loop']['max_rps_at_slo']:.0f}",
             flush=True,
@@ -1317,9 +660,10 @@ def run_http_arm(
 
 def _print_step(arm: str, what: str, s: dict[str, Any]) -> None:
     print(
-        f"[{arm}] {what:>8} c={s['concurrency']:<3}: {s['ok_rps']:9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
-        f"  statuses {s['statuses']}  conn errors {s['conn_errors']}  gen cpu {s['loadgen_cpu']:.2f}"
-        f"  server cpu {s['server_cpu']} ({s['server_cpu_us_per_request']} us/request)  neighbours {s['neighbour_cpu']}",
+        f"[{arm}] {what:>8} c={s['concurrency']:<3}: {s['ok_rps']:9.1f} req/s  p50 {s['p50_ms']} ms"
+        f"  p99 {s['p99_ms']} ms  statuses {s['statuses']}  conn errors {s['conn_errors']}"
+        f"  gen cpu {s['loadgen_cpu']:.2f}  server cpu {s['server_cpu']} ({s['server_cpu_us_per_request']} us/request)"
+        f"  neighbours {s['neighbour_cpu']}",
         flush=True,
     )
 
@@ -1717,6 +1061,7 @@ def run_cost_arm(
                 1,
                 server.tree(),
                 MAX_CONNECTIONS_OPEN_LOOP,
+                slo_p99_ms=SLO_P99_MS,
             )
             record["steps"].append(res)
             print(
@@ -1726,7 +1071,7 @@ def run_cost_arm(
                 flush=True,
             )
         if args.search_from:
-            record["open_loop"] = await rate_search(port, ones, args.search_from, settings, server.tree())
+            record["open_loop"] = await search(port, ones, args.search_from, settings, server.tree())
             print(
                 f"[{label}] max req/s at p99 <= {SLO_P99_MS:.0f} ms: {record['open_loop']['max_rps_at_slo']:.0f}",
                 flush=True,
@@ -1758,7 +1103,7 @@ def cost_summary(runs: dict[str, list[dict[str, Any]]], rates: list[float]) -> d
             }
         out[unit] = per_rate
     base = next(iter(out.values()), {})
-    for unit, per_rate in out.items():
+    for per_rate in out.values():
         for rate, row in per_rate.items():
             b = (base.get(rate) or {}).get("server_cpu_us_per_request")
             row["vs_first"] = (
@@ -1789,8 +1134,8 @@ def run_cost(
     for unit, per_rate in summary.items():
         for rate, row in per_rate.items():
             print(
-                f"{unit:48s} {rate:>6}/s  {row['server_cpu_us_per_request']} us/request (x{row['vs_first']} of the first) "
-                f"rounds {row['rounds_us_per_request']} p99 {row['p99_ms']} ms",
+                f"{unit:48s} {rate:>6}/s  {row['server_cpu_us_per_request']} us/request "
+                f"(x{row['vs_first']} of the first) rounds {row['rounds_us_per_request']} p99 {row['p99_ms']} ms",
                 flush=True,
             )
     out: dict[str, Any] = {"summary": summary}
@@ -1827,11 +1172,6 @@ def _median_record(records: list[dict[str, Any]]) -> dict[str, Any]:
     return ok[(len(ok) - 1) // 2] if ok else records[-1]
 
 
-def alternating(units: Sequence[Any], rounds: int) -> list[tuple[int, Any]]:
-    """(round, unit) for every unit `rounds` times, the order reversed every other round."""
-    return [(r, u) for r in range(rounds) for u in (units if r % 2 == 0 else list(reversed(units)))]
-
-
 def run_rounds(args: argparse.Namespace, run_arm) -> dict[str, dict[str, Any]]:
     """Every arm `args.rounds` times, the order reversed every other round, so slow drift on the
     machine hits both arms of a pair alike. Each arm's record is its median round, with every
@@ -1849,11 +1189,6 @@ def run_rounds(args: argparse.Namespace, run_arm) -> dict[str, dict[str, Any]]:
                 r["open_loop"]["max_rps_at_slo"] if r.get("ok") else None for r in records
             ]
     return arms
-
-
-def paired_ratios(on: list[float | None], off: list[float | None]) -> list[float]:
-    """Round-by-round on/off ratios (rounds where either arm failed are left out)."""
-    return [round(a / b, 3) for a, b in zip(on, off) if a and b]
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -1992,7 +1327,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or (
         "serve-cost" if args.cost_at else "serve-quick" if args.quick else ("serve-tuned" if experiment else "serve")
     )
-    code = code_version()
+    code = run_identity(CODE_FILES, CODE_DIRTY_PATHS)
     started = time.perf_counter()
     print(
         f"RAYLOOP_HOME={os.environ['RAYLOOP_HOME']}; generator on core {CLIENT_CORE}, servers on core {SERVER_CORE}",
@@ -2074,12 +1409,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = generator_ceiling(settings)
     arms = run_rounds(args, lambda arm: run_http_arm(arm, args, version, bodies, parity_rows, expected, settings))
 
-    code_after = code_version()
-    if code_after["content_sha256"] != code["content_sha256"]:
-        code["changed_during_run"] = code_after
-        print(
-            "WARNING: rayloop/, serve_apps/ or configs/ changed during the run; see code.changed_during_run", flush=True
-        )
+    warn_if_changed(code, CODE_FILES, CODE_DIRTY_PATHS, what="rayloop/, serve_apps/ or configs/")
     summary = summarize(arms, limit, ceiling)
     report(summary, arms, limit, ceiling)
     payload = {

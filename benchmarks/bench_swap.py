@@ -3,7 +3,7 @@
 
 bench_loop.py measures the swap inside the whole loop (the retrain job's driver exiting and the
 monitor rebasing share the two cores with it); this isolates the rollout itself, as the monitor
-does it (`rayloop.serving.deploy.rollout`: a user_config update, each replica loads the new bundle
+does it (`rayloop.control.rollout.rollout`: a user_config update, each replica loads the new bundle
 beside the old one, probes it and swaps), so changes to the swap path can be compared quickly.
 
 Setup: a fresh local Ray (`init_ray`, 4 logical CPUs as the e2e and demo heads), two LightGBM
@@ -40,11 +40,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 MODEL = "bench-swap"
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return round(ordered[int(q * (len(ordered) - 1))], 2) if ordered else None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=120.0, help="requests per second (bench_loop uses 120)")
@@ -71,14 +66,16 @@ def main() -> int:
     os.environ.setdefault("RAYLOOP_PROGRESS", "0")
 
     import mlflow
+    from bench_serve import train_bundle
+    from loadgen import latency_summary, ratio
     from ray import serve
 
-    from bench_serve import free_port, train_bundle
     from rayloop import registry
-    from rayloop.config import load_config
+    from rayloop.config import ConfigSource
+    from rayloop.control.rollout import rollout
+    from rayloop.control.up import up
     from rayloop.data.synthetic import generate
-    from rayloop.runtime import init_ray
-    from rayloop.serving.deploy import deploy, rollout
+    from rayloop.runtime import free_port, init_ray
     from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
 
     init_ray(num_cpus=4)
@@ -91,9 +88,8 @@ def main() -> int:
             versions.append(registry.log_bundle(bundle, model_name=MODEL))
     registry.promote(MODEL, versions[0], holdout, label="label", tolerance=1.0)
     port = free_port()
-    overrides = [f"registry.model_name={MODEL}", f"serving.port={port}", "retrain.enabled=false"]
-    config = load_config(None, overrides)
-    url = deploy(config, overrides=overrides)
+    source = ConfigSource(overrides=(f"registry.model_name={MODEL}", f"serving.port={port}", "retrain.enabled=false"))
+    url = up(source)
     print(f"app at {url}, versions {versions}; {args.rate} req/s, {args.swaps} swaps every {args.gap_s} s", flush=True)
 
     # the rollout runs in its own warm process, as the DriftMonitor's does: done in this process it
@@ -103,7 +99,7 @@ def main() -> int:
     @ray.remote(num_cpus=0)
     class Roller:
         def rollout(self, version: str) -> str:
-            return rollout(load_config(None, overrides), version, overrides=overrides)
+            return rollout(source, version)
 
     roller = Roller.remote()
     ray.get(roller.__ray_ready__.remote())
@@ -134,7 +130,7 @@ def main() -> int:
         window = [a for a in answers if swap["began_s"] <= a[0] <= swap["returned_s"] + 5.0]
         new = [a[0] for a in window if a[2] == swap["to"]]
         swap["first_new_answer_s"] = round(min(new) - swap["began_s"], 2) if new else None
-        swap["p99_ms"] = percentile([a[1] for a in window], 0.99)
+        swap["p99_ms"] = latency_summary([a[1] for a in window], digits=2)["p99_ms"]
         swap["max_ms"] = round(max((a[1] for a in window), default=0.0), 1)
         swap["answers"] = len(window)
         # when the slow answers came, relative to the rollout call: where the time goes
@@ -143,23 +139,20 @@ def main() -> int:
         ]
         during_all += [a[1] for a in window]
     failed = sum(n for status, n in stats.statuses.items() if status != 200)
+    steady_ms = latency_summary(steady, digits=2)
     result = {
         "rate": args.rate,
         "via": args.via,
         "swaps": swaps,
         "rows": args.rows,
         "rounds": args.rounds,
-        "p50_steady_ms": percentile(steady, 0.5),
-        "p99_steady_ms": percentile(steady, 0.99),
-        "p99_swap_ms": percentile(during_all, 0.99),
+        "p50_steady_ms": steady_ms["p50_ms"],
+        "p99_steady_ms": steady_ms["p99_ms"],
+        "p99_swap_ms": latency_summary(during_all, digits=2)["p99_ms"],
         "failed_requests": failed,
         "statuses": {str(k): v for k, v in stats.statuses.items()},
     }
-    result["p99_swap_ratio"] = (
-        round(result["p99_swap_ms"] / result["p99_steady_ms"], 2)
-        if result["p99_swap_ms"] and result["p99_steady_ms"]
-        else None
-    )
+    result["p99_swap_ratio"] = ratio(result["p99_swap_ms"], result["p99_steady_ms"], digits=2)
     result["targets"] = {
         "p99_swap_at_most_2x": result["p99_swap_ratio"] is not None and result["p99_swap_ratio"] <= 2.0,
         "no_failed_requests": failed == 0,
@@ -170,11 +163,13 @@ def main() -> int:
     print(f"{'steady':>10} {result['p99_steady_ms']:>8}   (baseline: the same run before any swap)")
     for swap in swaps:
         print(
-            f"{'-> v' + swap['to']:>10} {swap['p99_ms']:>8}   max {swap['max_ms']} ms, rollout {swap['returned_s'] - swap['began_s']:.1f} s, "
+            f"{'-> v' + swap['to']:>10} {swap['p99_ms']:>8}   max {swap['max_ms']} ms, "
+            f"rollout {swap['returned_s'] - swap['began_s']:.1f} s, "
             f"first new answer after {swap['first_new_answer_s']} s"
         )
     print(
-        f"swap p99 {result['p99_swap_ms']} ms = {result['p99_swap_ratio']}x steady (target <= 2x); failed requests {failed}"
+        f"swap p99 {result['p99_swap_ms']} ms = {result['p99_swap_ratio']}x steady (target <= 2x); "
+        f"failed requests {failed}"
     )
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2))

@@ -59,7 +59,9 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from common import fmt, machine_info, print_table, save_results  # noqa: E402
+# E402: benchmarks/ is not a package, so its folder goes on sys.path (above) before these imports
+from common import fmt, loadavg, machine_info, print_table, run_identity, save_results, warn_if_changed  # noqa: E402
+from loadgen import busy_cpu_s, process_cpu_s  # noqa: E402
 
 PARTS = ("lightgbm", "mlp", "tune")
 SEED = 7
@@ -70,33 +72,26 @@ PROBE_ROWS = 2048  # the tiny run that measures Ray Train's fixed cost
 
 
 # ---- small helpers --------------------------------------------------------------------------
-def loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 class TreeCpu:
     """CPU seconds used by this process and all its descendants (Ray's gcs, raylet and workers) over
     an interval: every process is sampled every `interval` s and its last-seen CPU time kept, so a
     worker that exits mid-arm still counts (up to its last sample). What an arm cost, whatever
-    else ran on the machine meanwhile."""
+    else ran on the machine meanwhile.
+
+    Not loadgen.Probe, which reads a server tree at a step's start and end only (no sampling thread
+    in the load generator, and a server's processes live through a step): here Ray workers start and
+    exit within an arm, so only sampling catches them. Both read CPU with loadgen.process_cpu_s."""
 
     def __init__(self, interval: float = 0.25) -> None:
         self.interval = interval
-        self.base: dict[tuple[int, float], float] = {}
-        self.last: dict[tuple[int, float], float] = {}
+        self.base: dict[psutil.Process, float] = {}
+        self.last: dict[psutil.Process, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _sample(self) -> dict[tuple[int, float], float]:
+    def _sample(self) -> dict[psutil.Process, float]:
         me = psutil.Process()
-        seen = {}
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                seen[(proc.pid, proc.create_time())] = t.user + t.system
-            except psutil.Error:
-                continue
-        return seen
+        return process_cpu_s([me, *me.children(recursive=True)])
 
     def start(self) -> TreeCpu:
         self.base = self._sample()
@@ -115,11 +110,6 @@ class TreeCpu:
             self._thread.join()
         self.last.update(self._sample())
         return sum(v - self.base.get(k, 0.0) for k, v in self.last.items())
-
-
-def busy_cpu_s(t) -> float:
-    """Busy CPU seconds since boot, all cores (guest time is already inside user time)."""
-    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 class Arm:
@@ -435,8 +425,9 @@ def mlp_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The plain loop: what rayloop's train_loop_per_worker does, in one process without Ray."""
     import torch
 
+    from rayloop.models.mlp import build_model
     from rayloop.training.evaluate import evaluate
-    from rayloop.training.torch import build_model, predict_batches, train_epoch
+    from rayloop.training.torch import predict_batches, train_epoch
 
     mlp = mlp_params(args)
     config = {**model_config(d), **mlp}
@@ -793,7 +784,8 @@ def report(payload: dict[str, Any]) -> None:
         )
     if rows:
         print_table(
-            f"training at {payload['data']['rows']:,} rows: Ray Train vs plain (AUC on the full splits, in this driver)",
+            f"training at {payload['data']['rows']:,} rows: Ray Train vs plain "
+            "(AUC on the full splits, in this driver)",
             [
                 "arm",
                 "setup",
@@ -886,9 +878,10 @@ def report(payload: dict[str, Any]) -> None:
         t = s["target"]
         print(
             f"ASHA / random search: compute {s['trial_seconds_ratio']:.2f}x (rounds {s['rounds_ratio']:.2f}x, "
-            f"CPU-s ours {fmt(s['cpu_ratio'], 2)}x, wall {s['wall_ratio']:.2f}x), best valid AUC diff {s['best_validation_auc_diff']:+.4f}; same sampled "
-            f"configs: {s['same_sampled_configs']}; target compute <= 1/3: {met(t['compute_met'])}, AUC within "
-            f"{AUC_TOLERANCE}: {met(t['auc_met'])}"
+            f"CPU-s ours {fmt(s['cpu_ratio'], 2)}x, wall {s['wall_ratio']:.2f}x), "
+            f"best valid AUC diff {s['best_validation_auc_diff']:+.4f}; "
+            f"same sampled configs: {s['same_sampled_configs']}; target compute <= 1/3: {met(t['compute_met'])}, "
+            f"AUC within {AUC_TOLERANCE}: {met(t['auc_met'])}"
         )
 
 
@@ -978,11 +971,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--env {item!r}: expected NAME=VALUE")
         os.environ[key] = value
 
-    from bench_preprocess import code_version
-
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
-    code = code_version()
+    code = run_identity()
     print(f"preparing {args.rows:,} rows ...", flush=True)
     d = prepare_data(args.rows)
     print(
@@ -1020,9 +1011,14 @@ def main(argv: list[str] | None = None) -> int:
             for model in ("lightgbm", "mlp"):
                 if model not in args.parts:
                     continue
-                plain = lambda m=model: lightgbm_plain(d, args) if m == "lightgbm" else mlp_plain(d, args)
                 ray_fn = lightgbm_ray if model == "lightgbm" else mlp_ray
-                on_ray = lambda f=ray_fn, m=model, r=rep: run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}")
+
+                def plain(m: str = model) -> dict[str, Any]:
+                    return lightgbm_plain(d, args) if m == "lightgbm" else mlp_plain(d, args)
+
+                def on_ray(f=ray_fn, m: str = model, r: int = rep) -> dict[str, Any]:
+                    return run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}")
+
                 for fn in (plain, on_ray) if rep % 2 == 0 else (on_ray, plain):
                     record = fn()
                     record["repeat"] = rep
@@ -1056,10 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in base.glob(f"bench-*-{run_id}*"):
                 shutil.rmtree(path, ignore_errors=True)
 
-    code_after = code_version()
-    if code_after["content_sha256"] != code["content_sha256"]:
-        code["changed_during_run"] = code_after
-        print("WARNING: rayloop/ or configs/ changed during the run; see code.changed_during_run", flush=True)
+    warn_if_changed(code)
     lgb_p, lgb_rounds, lgb_stopping = lgb_params(args)
     payload: dict[str, Any] = {
         "benchmark": "train",

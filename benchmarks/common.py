@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: measure a command's whole process tree, save results, print tables.
+"""Shared benchmark helpers: measure a command's whole process tree, save results, print tables,
+say which code was measured (`run_identity`) and how loaded the machine was (`loadavg`).
 
 Benchmarks are not tests: each one runs our code and a named baseline in the same run, prints
 both and the ratio, and saves the numbers as JSON under benchmarks/results/.
@@ -14,6 +15,7 @@ times, while PSS splits each shared page between the processes that map it.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -35,10 +37,71 @@ __all__ = [
     "machine_info",
     "print_table",
     "fmt",
+    "loadavg",
+    "run_identity",
+    "warn_if_changed",
 ]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS_DIR = HERE / "results"
 MiB = 1024 * 1024
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (2 decimals): other work on the machine skews wall times."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def run_identity(
+    extra_files: Sequence[str] = ("configs/*",), dirty_paths: Sequence[str] = ("rayloop", "configs")
+) -> dict[str, Any]:
+    """Which code a benchmark measured: `rayloop.lineage.code_version()` (the rayloop version, a
+    digest of rayloop's Python sources, the git commit) plus what matters to this benchmark's
+    results beyond those sources.
+
+    `files_sha256`: one digest per glob pattern of `extra_files` (relative to the repository root;
+    each file's path and contents), e.g. configs/* or one module. `dirty_files`: uncommitted files
+    under `dirty_paths` (`git status --porcelain`; empty outside a git checkout).
+    """
+    from rayloop.lineage import code_version
+
+    files = {}
+    for pattern in extra_files:
+        digest = hashlib.sha256()
+        for path in sorted(p for p in ROOT.glob(pattern) if p.is_file()):
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+        files[pattern] = digest.hexdigest()[:16]
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", *dirty_paths],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        status = ""
+    return {**code_version(), "files_sha256": files, "dirty_files": [line[3:] for line in status.splitlines()]}
+
+
+def warn_if_changed(
+    code: dict[str, Any],
+    extra_files: Sequence[str] = ("configs/*",),
+    dirty_paths: Sequence[str] = ("rayloop", "configs"),
+    *,
+    what: str = "rayloop/ or configs/",
+) -> bool:
+    """Take `run_identity` again after a run; when the sources differ from `code` (taken before the
+    run, with the same arguments), record the new identity as code["changed_during_run"], print a
+    warning and return True: the results may mix two versions of the code."""
+    after = run_identity(extra_files, dirty_paths)
+    if after["source_sha256"] == code["source_sha256"] and after["files_sha256"] == code["files_sha256"]:
+        return False
+    code["changed_during_run"] = after
+    print(f"WARNING: {what} changed during the run; see code.changed_during_run", flush=True)
+    return True
 
 
 def _label(proc: psutil.Process) -> str:

@@ -12,15 +12,16 @@ in the same run:
 - TensorRT through `torch_tensorrt` (only when importable), fp16, dynamic batch.
 
 One call = input already on the device -> logits on the device (no host copies). Latency: each call is
-timed alone, with `torch.cuda.synchronize()` after it (p50/p99, calls/s = 1 / mean latency, rows/s =
-calls/s x batch). "pipelined" = the same calls back to back with one synchronize at the end (the CPU
-may run ahead of the GPU). Parity = max |sigmoid(logit) - sigmoid(logit of eager fp32)| on the same
-input.
+timed alone, with `torch.cuda.synchronize()` after it (p50/p99 by nearest rank, `rayloop.latency`;
+calls/s = 1 / mean latency, rows/s = calls/s x batch). "pipelined" = the same calls back to back
+with one synchronize at the end (the CPU may run ahead of the GPU). Parity = max |sigmoid(logit) -
+sigmoid(logit of eager fp32)| on the same input.
 
-It is self-contained: it needs only the standard library, torch and rayloop/models/mlp.py (numpy only
-for ONNX Runtime). Without CUDA it runs a small CPU version (eager fp32/bf16 and torch.compile) and
-records every CUDA-only backend as skipped with "no CUDA". It never exits non-zero because a backend
-failed: each failure is recorded with its error, and the JSON is rewritten after every backend.
+It is self-contained: it needs only the standard library, torch, rayloop/models/mlp.py and
+rayloop/latency.py (numpy only for ONNX Runtime). Without CUDA it runs a small CPU version (eager
+fp32/bf16 and torch.compile) and records every CUDA-only backend as skipped with "no CUDA". It never
+exits non-zero because a backend failed: each failure is recorded with its error, and the JSON is
+rewritten after every backend.
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json      # on the lent GPU machine
     .venv/bin/python benchmarks/gpu_check.py --out /tmp/gpu_check_cpu.json   # CPU smoke run
@@ -56,13 +57,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import torch
 from torch import nn
 
-from rayloop.models.mlp import TabularMLP  # imports only torch
+# The lent GPU machine runs this from a bare checkout (no venv, rayloop not installed): the checkout
+# goes on sys.path first, hence E402 on the rayloop imports below.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rayloop.latency import percentile  # noqa: E402  (no dependencies)
+from rayloop.models.mlp import TabularMLP  # noqa: E402  (imports only torch)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_check.json"
 BASELINE = "eager-fp32"
@@ -443,15 +447,6 @@ def backends() -> list[dict[str, Any]]:
 # ---- timing ---------------------------------------------------------------------------------------
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def measure(fn: Fn, batch: int, calls: int, warmup: int, sync: Callable[[], None], ref: torch.Tensor) -> dict:
     t0 = time.perf_counter()
     fn()
@@ -482,8 +477,8 @@ def measure(fn: Fn, batch: int, calls: int, warmup: int, sync: Callable[[], None
         "calls": calls,
         "warmup": warmup,
         "first_call_s": round(first_call_s, 4),
-        "p50_ms": round(_percentile(lat, 0.5) * 1e3, 4),
-        "p99_ms": round(_percentile(lat, 0.99) * 1e3, 4),
+        "p50_ms": round(percentile(lat, 50) * 1e3, 4),
+        "p99_ms": round(percentile(lat, 99) * 1e3, 4),
         "mean_ms": round(mean * 1e3, 4),
         "min_ms": round(lat[0] * 1e3, 4),
         "calls_per_s": round(1.0 / mean, 1),
@@ -646,7 +641,7 @@ def _demo_mlp_bundle(seed: int, rows: int) -> Any:
     from rayloop.config import load_config
     from rayloop.data.synthetic import generate
     from rayloop.features.pipeline import FeaturePipeline
-    from rayloop.training.torch import build_model
+    from rayloop.models.mlp import build_model
 
     config = load_config(None)
     pipeline = FeaturePipeline(
@@ -670,8 +665,8 @@ def _latency_ms(times: list[float]) -> dict[str, float]:
     """p50, p99 and mean of call times in seconds, as ms."""
     ordered = sorted(times)
     return {
-        "p50_ms": round(_percentile(ordered, 0.5) * 1e3, 4),
-        "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 4),
+        "p50_ms": round(percentile(ordered, 50) * 1e3, 4),
+        "p99_ms": round(percentile(ordered, 99) * 1e3, 4),
         "mean_ms": round(sum(times) / len(times) * 1e3, 4),
     }
 
@@ -998,7 +993,8 @@ def main(argv: list[str] | None = None) -> int:
                 payload["results"].append(row)
                 print(
                     f"  {model_name:16s} batch {b:5d}: p50 {row['p50_ms']:.3f} ms, {row['rows_per_s']:,.0f} rows/s"
-                    f" ({row['ratio_vs_eager_fp32'] or 0:.2f}x eager fp32), parity {row['parity_max_abs_prob_diff']:.1e}",
+                    f" ({row['ratio_vs_eager_fp32'] or 0:.2f}x eager fp32),"
+                    f" parity {row['parity_max_abs_prob_diff']:.1e}",
                     flush=True,
                 )
             state = None
