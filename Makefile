@@ -1,5 +1,6 @@
 # Two commands: `make demo` and `make test`. Each sets up .venv once (torch first, pinned),
-# then runs. A second run skips the install unless pyproject.toml changed.
+# then runs. A second run skips the install unless pyproject.toml changed. `make test` also
+# unpacks Prometheus's binaries for the observability tests when they are not on PATH.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 # Installs the `gpu` extra when an NVIDIA GPU is visible.
 EXTRAS := dev$(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo ,gpu)
 
-.PHONY: setup demo test test-fast bench clean-state
+.PHONY: setup demo test test-fast test-tools lint format bench clean-state
 
 setup: $(STAMP)
 
@@ -27,12 +28,25 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/rayloop demo
 
-test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# what the tests need besides Python packages (scripts/install-prometheus.sh says what it installs)
+test-tools:
+	@PROMETHEUS_TOOLS_DIR=$(VENV)/tools/prometheus scripts/install-prometheus.sh
+
+test: $(STAMP) test-tools
+	PATH="$(CURDIR)/$(VENV)/tools/prometheus/usr/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the slow tests: for a quick local loop, never for CI.
-test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: $(STAMP) test-tools
+	PATH="$(CURDIR)/$(VENV)/tools/prometheus/usr/bin:$$PATH" $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff (pinned in the dev extra): lint and formatting, as CI runs them
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	@set -e; for script in benchmarks/bench_*.py; do \
