@@ -161,7 +161,7 @@ def register(bundle, holdout) -> tuple[str, bool]:
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id("bench-serve")):
         version = registry.log_bundle(bundle, model_name=MODEL_NAME)
-    decision = registry.promote(MODEL_NAME, version, holdout, label="label")
+    decision = registry.promote(MODEL_NAME, version, holdout)
     return version, bool(decision.promote)
 
 

@@ -86,7 +86,7 @@ def main() -> int:
         bundle = train_bundle(args.rows, args.rounds, 63, seed)
         with mlflow.start_run(experiment_id=registry.experiment_id("bench-swap")):
             versions.append(registry.log_bundle(bundle, model_name=MODEL))
-    registry.promote(MODEL, versions[0], holdout, label="label", tolerance=1.0)
+    registry.promote(MODEL, versions[0], holdout, tolerance=1.0)
     port = free_port()
     source = ConfigSource(overrides=(f"registry.model_name={MODEL}", f"serving.port={port}", "retrain.enabled=false"))
     url = up(source)

@@ -284,12 +284,13 @@ def lgb_params(args: argparse.Namespace) -> tuple[dict[str, Any], int, int]:
     that stops first deadlocks the others (see the README).
     """
     from rayloop.config import load_config
-    from rayloop.training.lightgbm import DEFAULT_PARAMS
+    from rayloop.tasks import Task
 
     base = dict(load_config(None).training.lightgbm)
     rounds = int(args.lgb_rounds or base.get("num_boost_round", 200))
     base.pop("num_boost_round", None)
-    return {**DEFAULT_PARAMS, **base}, rounds, int(args.lgb_early_stopping or rounds)
+    task = Task(kind="binary", label="label", label_type="int", classes=[0, 1])
+    return task.lightgbm_params(base), rounds, int(args.lgb_early_stopping or rounds)
 
 
 def lightgbm_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

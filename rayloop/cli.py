@@ -32,6 +32,7 @@ from rayloop.errors import RayloopError
 from rayloop.monitoring.core import MonitorCore, summarize_state
 from rayloop.preprocess import PreprocessRun, run_preprocess
 from rayloop.runtime import init_ray, ray_env
+from rayloop.tasks import TASK_METRICS
 from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
 
 app = typer.Typer(
@@ -357,7 +358,6 @@ def promote(
             cfg.registry.model_name,
             version,
             rows,
-            label=cfg.data.label_column,
             metric=cfg.registry.gate_metric,
             tolerance=cfg.registry.tolerance,
         )
@@ -392,16 +392,21 @@ def status(
     table = Table(title=f"model {name}")
     table.add_column("alias")
     table.add_column("version", justify="right")
-    table.add_column("test auc", justify="right")
+    table.add_column("task")
+    table.add_column("test metrics", justify="right")
     table.add_column("gate")
     mlflow_client = registry.client()
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         version = registry.resolve_version(name, alias)
         if version is None:
-            table.add_row(alias, "-", "", "")
+            table.add_row(alias, "-", "", "", "")
             continue
         tags = mlflow_client.get_model_version(name, version).tags
-        table.add_row(alias, version, tags.get("rayloop.test_auc", ""), tags.get("rayloop.gate.decision", ""))
+        task = tags.get("rayloop.task", "binary")
+        shown = ", ".join(
+            f"{m} {tags[f'rayloop.test_{m}']}" for m in TASK_METRICS.get(task, ()) if f"rayloop.test_{m}" in tags
+        )
+        table.add_row(alias, version, task, shown, tags.get("rayloop.gate.decision", ""))
     console.print(table)
     log = Table(title=f"latest decisions ({paths.audit_log()})")
     log.add_column("time")
@@ -468,11 +473,11 @@ def _print_monitor(cfg: RayloopConfig) -> None:
         scores = ", ".join(f"{k} PSI {v['psi']:.3f} p {v['p']:.2g}" for k, v in top)
         verdict = f"[red]drift: {', '.join(last['drifted'])}[/red]" if last["alarm"] else "[green]no drift[/green]"
         table.add_row(f"last window ({last['window']})", f"{verdict}; {scores}")
-    live = s["live"]
+    live = {k: v for k, v in s["live"].items() if v is not None}
     labels = s["labels"]
     table.add_row(
-        "live quality",
-        (f"auc {live['auc']:.4f}, accuracy {live['accuracy']:.4f}" if live["auc"] is not None else "waiting for labels")
+        f"live quality ({s['task']})",
+        (", ".join(f"{k} {v:.4f}" for k, v in live.items()) if live else "waiting for labels")
         + f" over {s['live_labels']} labels",
     )
     table.add_row("labels", ", ".join(f"{k} {v}" for k, v in labels.items()))
@@ -624,9 +629,16 @@ def _print_training_dict(outcome: dict) -> None:
     table.add_column("value", justify="right")
     table.add_row("preprocess run", outcome["preprocess_run_id"])
     table.add_row("MLflow run", outcome["mlflow_run_id"])
+    task = outcome.get("task") or {"kind": "binary"}
+    table.add_row("task", task["kind"] + (f" {task.get('classes')}" if task.get("classes") else ""))
     table.add_row("rounds / epochs", str(outcome["steps"]))
-    for key in ("auc", "logloss", "accuracy", "ece"):
-        table.add_row(f"test {key}", f"{outcome['test_metrics'][key]:.4f}")
+    for key in TASK_METRICS[task["kind"]]:
+        if key in outcome["test_metrics"]:
+            table.add_row(f"test {key}", f"{outcome['test_metrics'][key]:.4f}")
+    if "interval_coverage" in outcome["test_metrics"]:
+        table.add_row("test interval coverage", f"{outcome['test_metrics']['interval_coverage']:.3f}")
+    for name, fit in (outcome.get("fits") or {}).items():
+        table.add_row(f"{name} fit", f"{'+'.join(fit['splits'])}, {fit['steps']} rounds/epochs")
     if outcome.get("tuning"):
         table.add_row("tuning trials", str(outcome["tuning"]["trials"]))
         table.add_row("tuning trial-seconds", str(outcome["tuning"]["trial_seconds"]))

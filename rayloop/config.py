@@ -73,9 +73,10 @@ class SyntheticDataConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """Time-based when a timestamp column exists (train on the past), else by entity-id hash."""
+    """`auto`: by time when the timestamp column exists (train on the past), else by a hash of the
+    entity id when that column exists, else by a hash of the row's content."""
 
-    method: Literal["auto", "time", "hash"] = "auto"
+    method: Literal["auto", "time", "hash", "content"] = "auto"
     train: float = Field(0.7, gt=0.0, lt=1.0)
     validation: float = Field(0.15, gt=0.0, lt=1.0)
     test: float = Field(0.15, gt=0.0, lt=1.0)
@@ -93,6 +94,10 @@ class DataConfig(_Section):
     source: str = Field("synthetic", description="'synthetic' or a Parquet/CSV URI: path, file://, s3://, gs://")
     format: Literal["auto", "parquet", "csv"] = "auto"
     label_column: str = "label"
+    task: Literal["auto", "binary", "multiclass", "regression"] = Field(
+        "auto", description="auto: read off the label's type and distinct values (see rayloop.tasks)"
+    )
+    max_classes: int = Field(50, ge=2, le=10_000, description="most classes a classification may have")
     timestamp_column: str | None = "event_time"
     id_column: str | None = "entity_id"
     schema_: FeatureSchema | None = Field(None, alias="schema", description="declared schema; inferred when absent")
@@ -156,6 +161,11 @@ class TrainingConfig(_Section):
         default_factory=lambda: dict(MLP_DEFAULTS), description="TabularMLP and optimizer params"
     )
     early_stopping_rounds: int = Field(20, ge=1)
+    refit: Literal["all", "train_validation", "none"] = Field(
+        "all",
+        description="after the evaluation fit on train, refit on these splits with the same parameters and "
+        "rounds/epochs and serve that (all: the newest rows too); none serves the evaluation fit",
+    )
     max_failures: int = Field(1, ge=0)
     slice_column: str | None = Field(None, description="a categorical input column: test metrics per value")
 
@@ -171,7 +181,11 @@ class TuningConfig(_Section):
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
     time_budget_s: float = Field(300, gt=0)
-    metric: Literal["auc", "logloss"] = "auc"
+    metric: str | None = Field(
+        None,
+        description="validation metric to optimize; default per task (auc | multi_logloss | rmse); "
+        "binary: auc, logloss, accuracy; multiclass: multi_logloss, accuracy, macro_f1; regression: rmse, mae, r2",
+    )
     scheduler: Literal["asha", "fifo"] = Field("asha", description="fifo runs every trial to the end (random search)")
     grace_period: int = Field(2, ge=1, description="reports a trial gets before ASHA may stop it")
     reduction_factor: int = Field(3, ge=2)
@@ -191,7 +205,11 @@ class TuningConfig(_Section):
 
 class RegistryConfig(_Section):
     model_name: str = Field("rayloop-tabular", min_length=1)
-    gate_metric: Literal["auc", "accuracy", "logloss"] = "auc"
+    gate_metric: str | None = Field(
+        None,
+        description="holdout metric of the gate; default per task (binary auc, multiclass macro_f1, regression "
+        "rmse); any metric of the task (rayloop.tasks.TASK_METRICS), each with its own direction",
+    )
     tolerance: float = Field(0.005, ge=0.0)
     experiment: str = "rayloop"
 
@@ -223,7 +241,12 @@ class ServingConfig(_Section):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(32, gt=0)
-    parity_tolerance: float = Field(1e-3, gt=0)
+    parity_tolerance: float = Field(
+        1e-3, gt=0, description="an optimized backend's largest difference from the reference (relative for values)"
+    )
+    interval_coverage: float = Field(
+        0.9, gt=0, lt=1, description="a regression's prediction intervals hold this share of labels (split-conformal)"
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> ServingConfig:
@@ -266,9 +289,15 @@ class MonitoringConfig(_Section):
         description="tests that decide numeric and score drift (all are reported; missingness is always tested)",
     )
     consecutive_windows: int = Field(2, ge=1, description="drifted windows in a row that raise a retrain decision")
-    quality_metric: Literal["auc", "accuracy"] = "auc"
+    quality_metric: str | None = Field(
+        None,
+        description="live metric from feedback; default per task (binary auc, multiclass accuracy, regression mae)",
+    )
     quality_drop: float = Field(
-        0.05, ge=0, description="live metric this far below the champion's test metric raises one"
+        0.05,
+        ge=0,
+        description="live metric this much worse than the champion's test metric raises one (absolute for "
+        "auc/accuracy/macro_f1, relative for rmse/mae: 0.05 = 5% larger error)",
     )
     quality_windows: int = Field(
         2, ge=1, description="windows in a row the live metric must stay that low (one noisy window is not a drop)"

@@ -21,6 +21,7 @@ __all__ = [
     "GateRefusedError",
     "RetrainError",
     "PreprocessRunError",
+    "LabelError",
 ]
 
 
@@ -109,6 +110,17 @@ class PreprocessRunError(RayloopError):
         super().__init__(message)
         self.run_id = run_id
         self.missing = list(missing)
+
+
+class LabelError(RayloopError):
+    """A label does not fit the task (a class unseen in training, a float label for a classifier,
+    too many classes, a string for a regression): names the column, the rule and the values."""
+
+    def __init__(self, column: str, rule: str, detail: str) -> None:
+        super().__init__(f"label column {column!r}: {detail} (rule: {rule})")
+        self.column = column
+        self.rule = rule
+        self.detail = detail
 
 
 class RetrainError(RayloopError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from rayloop.data.schema import REASON_COLUMN, FeatureSchema
 from rayloop.data.split import (
     SPLIT_COLUMN,
     SPLITS,
+    assign_by_content,
     assign_by_hash,
     assign_by_time,
     time_cutoff_quantiles,
@@ -48,6 +50,7 @@ from rayloop.features.aggregates import compute_stats
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import numeric_summary
+from rayloop.tasks import LabelSummary, Task, check_known_task, resolve_task, summarize_labels
 
 __all__ = [
     "PREPROCESS_COMMAND",
@@ -82,9 +85,10 @@ class PreprocessRun:
     SCHEMA: ClassVar[str] = "schema.json"  # the declared or inferred input schema
     SUMMARY: ClassVar[str] = "summary.json"  # counts and timings (PreprocessResult)
     CONFIG: ClassVar[str] = "config.yaml"  # the effective config of the run
+    TASK: ClassVar[str] = "task.json"  # the task resolved on the train split (rayloop.tasks.Task)
     LATEST: ClassVar[str] = "LATEST"  # in the runs dir: the id of the newest finished run
     # what training, tuning and the gate read; a run missing one is not usable
-    REQUIRED: ClassVar[tuple[str, ...]] = (FITTED_FEATURES, PROFILE, SCHEMA, SUMMARY, FEATURES, HOLDOUT)
+    REQUIRED: ClassVar[tuple[str, ...]] = (FITTED_FEATURES, PROFILE, SCHEMA, TASK, SUMMARY, FEATURES, HOLDOUT)
 
     @classmethod
     def create(cls, run_id: str | None = None) -> PreprocessRun:
@@ -153,6 +157,9 @@ class PreprocessRun:
     def schema(self) -> FeatureSchema:
         return FeatureSchema.model_validate_json((self.directory / self.SCHEMA).read_text())
 
+    def task(self) -> Task:
+        return Task.model_validate_json((self.directory / self.TASK).read_text())
+
     def summary(self) -> dict[str, Any]:
         return json.loads((self.directory / self.SUMMARY).read_text())
 
@@ -172,10 +179,12 @@ class PreprocessRun:
         fitted: FittedFeatures,
         profile: ReferenceProfile,
         schema: FeatureSchema,
+        task: Task,
         config: RayloopConfig,
         result: PreprocessResult,
     ) -> None:
         """The run's small files, then the LATEST marker: a run is finished once they exist."""
+        (self.directory / self.TASK).write_text(task.model_dump_json(indent=2))
         (self.directory / self.FITTED_FEATURES).write_text(fitted.to_json())
         (self.directory / self.PROFILE).write_text(profile.to_json())
         (self.directory / self.SCHEMA).write_text(schema.model_dump_json(indent=2))
@@ -196,6 +205,8 @@ class PreprocessResult:
     rows_rejected: int
     rows_per_split: dict[str, int]
     split_method: str
+    task: dict[str, Any]
+    label_counts: dict[str, dict[str, Any]]
     features_hash: str
     n_features: int
     feature_names: list[str]
@@ -238,9 +249,20 @@ def resolve_source(data: DataConfig) -> str:
 
 
 def resolve_schema(data: DataConfig, info: SourceInfo) -> FeatureSchema:
-    """The declared schema, or one inferred from the source's types (label/id/time not nullable)."""
+    """The declared schema, or one inferred from the source's types (label/id/time not nullable).
+
+    The label is never nullable, even where a declared schema says so: a row without a label
+    cannot train, so it goes to the rejects with its reason instead of reaching a trainer."""
     if data.schema_ is not None:
-        return data.schema_
+        schema = data.schema_
+        columns = [
+            c.model_copy(update={"nullable": False}) if c.name == data.label_column else c for c in schema.columns
+        ]
+        return FeatureSchema(columns=columns)
+    if data.label_column not in info.schema.names:
+        raise ConfigError(
+            f"data.label_column={data.label_column!r} is not a column of {info.uri} (columns: {info.schema.names})"
+        )
     required = [c for c in (data.label_column, data.timestamp_column, data.id_column) if c]
     return FeatureSchema.infer(info.schema, non_nullable=required)
 
@@ -254,12 +276,25 @@ def _good_batch(batch: pa.Table, schema: FeatureSchema, source: str) -> pa.Table
     return schema.validate(batch, source)[0]
 
 
-def _split_batch(batch: pa.Table, method: str, column: str, arg: list, seed: int) -> pa.Table:
+def _split_batch(batch: pa.Table, method: str, column: str | None, arg: list, seed: int) -> pa.Table:
     if method == "time":
         split = assign_by_time(batch.column(column), arg)
-    else:
+    elif method == "hash":
         split = assign_by_hash(batch.column(column), arg, seed)
+    else:
+        split = assign_by_content(batch, batch.column_names, arg, seed)
     return batch.append_column(SPLIT_COLUMN, split)
+
+
+def _label_summaries(batch: pa.Table, label: str, cap: int) -> pa.Table:
+    """Per split of the batch, its LabelSummary (pickled: a few hundred bytes per batch)."""
+    names, summaries = [], []
+    for name in SPLITS:
+        part = _only_split(batch, name)
+        if part.num_rows:
+            names.append(name)
+            summaries.append(pickle.dumps(summarize_labels(part.column(label), cap)))
+    return pa.table({"split": pa.array(names, pa.string()), "summary": pa.array(summaries, pa.binary())})
 
 
 def _only_split(batch: pa.Table, name: str) -> pa.Table:
@@ -271,8 +306,9 @@ def _epoch_us(batch: pa.Table, column: str) -> pa.Table:
     return pa.table({"_t": micros})
 
 
-def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], holdout_dir: str) -> pa.Table:
-    """The feature table of a batch; as a side output, its raw test rows go to the holdout.
+def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], holdout_dir: str, task: Task) -> pa.Table:
+    """The feature table of a batch, its label as the codes a model trains on (rayloop.tasks); as
+    a side output, its raw test rows go to the holdout.
 
     The quality gate scores champion and challenger on raw rows (each applies its own features),
     so the test split is kept raw too. Writing it here saves a second pass over the source. The
@@ -289,14 +325,19 @@ def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], hol
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         partial.write_bytes(data.to_pybytes())
         partial.rename(target)
-    return fitted.feature_table(batch, keep=keep)
+    table = fitted.feature_table(batch, keep=keep)
+    index = table.schema.get_field_index(task.label)
+    return table.set_column(index, task.label, pa.array(task.encode(batch.column(task.label))))
 
 
 # ---- the pipeline --------------------------------------------------------------------------
 def run_preprocess(
-    config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None
+    config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None, task: Task | None = None
 ) -> PreprocessResult:
-    """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths."""
+    """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths.
+
+    `task`: a known task (a retrain keeps its champion's task and classes); labels outside its
+    classes are a LabelError. Without it, `data.task` is resolved on the train split."""
     say = progress or (lambda msg: log.info(msg))
     data = config.data
     timings: dict[str, float] = {}
@@ -336,14 +377,12 @@ def run_preprocess(
     good = ds.map_batches(_good_batch, fn_kwargs=args, **fmap, zero_copy_batch=True)
 
     fractions = [data.split.train, data.split.validation, data.split.test]
-    has_time = data.timestamp_column in schema.names
-    method = data.split.method
-    if method == "auto":
-        method = "time" if has_time else "hash"
-    if method == "time" and not has_time:
-        raise ConfigError(f"data.split.method=time needs data.timestamp_column among the columns {schema.names}")
-    if method == "hash" and data.id_column not in schema.names:
-        raise ConfigError(f"data.split.method=hash needs data.id_column among the columns {schema.names}")
+    method = split_method(data, schema)
+    if method == "content":
+        say(
+            f"no timestamp column ({data.timestamp_column!r}) and no id column ({data.id_column!r}): "
+            "splitting by a seeded hash of each row's content (the same split on every run)"
+        )
     if method == "time":
         say("computing time cut-offs")
         stats = compute_stats(
@@ -357,9 +396,15 @@ def run_preprocess(
         ]
         split_args = {"method": "time", "column": data.timestamp_column, "arg": cutoffs, "seed": 0}
     else:
-        split_args = {"method": "hash", "column": data.id_column, "arg": fractions, "seed": data.split.seed}
+        column = data.id_column if method == "hash" else None
+        split_args = {"method": method, "column": column, "arg": fractions, "seed": data.split.seed}
     with_split = good.map_batches(_split_batch, fn_kwargs=split_args, **fmap)
     lap("split")
+
+    say("reading the label: its task and classes")
+    task, label_counts = _resolve_task(with_split, data, schema, fmap, known=task)
+    say(f"task: {task.kind}" + (f", classes {task.classes}" if task.is_classifier else ""))
+    lap("task")
 
     say("fitting features and the reference profile on the train split")
     pipeline = FeaturePipeline(
@@ -374,11 +419,12 @@ def run_preprocess(
     lap("fit")
 
     say("transforming every split; writing feature tables")
-    keep = [c for c in (data.label_column, data.id_column, data.timestamp_column) if c] + [SPLIT_COLUMN]
+    keep = [c for c in (data.label_column, data.id_column, data.timestamp_column) if c and c in schema.names]
+    keep.append(SPLIT_COLUMN)
     features_dir = run.features_dir
     with_split.map_batches(
         _feature_batch,
-        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run.holdout_dir)},
+        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run.holdout_dir), "task": task},
         # A batch size keeps this map out of the read task on purpose: Ray's Parquet sink holds
         # every block of its task in memory, so writes go in small tasks
         batch_size=WRITE_BATCH_ROWS,
@@ -396,14 +442,60 @@ def run_preprocess(
         rows_rejected=rows_rejected,
         rows_per_split=rows_per_split,
         split_method=method,
+        task=task.model_dump(mode="json"),
+        label_counts=label_counts,
         features_hash=fitted.content_hash,
         n_features=len(fitted.feature_names),
         feature_names=fitted.feature_names,
         config_hash=config_hash(config),
         seconds=timings,
     )
-    run.write_results(fitted=fitted, profile=profile, schema=schema, config=config, result=result)
+    run.write_results(fitted=fitted, profile=profile, schema=schema, task=task, config=config, result=result)
     return result
+
+
+def split_method(data: DataConfig, schema: FeatureSchema) -> str:
+    """`data.split.method`, with `auto` resolved: time, else entity-id hash, else content hash."""
+    has_time = data.timestamp_column in schema.names
+    has_id = data.id_column in schema.names
+    method = data.split.method
+    if method == "auto":
+        return "time" if has_time else "hash" if has_id else "content"
+    if method == "time" and not has_time:
+        raise ConfigError(f"data.split.method=time needs data.timestamp_column among the columns {schema.names}")
+    if method == "hash" and not has_id:
+        raise ConfigError(f"data.split.method=hash needs data.id_column among the columns {schema.names}")
+    return method
+
+
+def _resolve_task(
+    with_split, data: DataConfig, schema: FeatureSchema, fmap: dict, known: Task | None = None
+) -> tuple[Task, dict]:
+    """The task of `data.task` (or the `known` one) from a pass over the labels of every split
+    (rayloop.tasks)."""
+    cap = data.max_classes + 1
+    parts = with_split.map_batches(
+        _label_summaries, fn_kwargs={"label": data.label_column, "cap": cap}, **fmap
+    ).take_all()
+    merged: dict[str, LabelSummary] = {}
+    for row in parts:
+        summary = pickle.loads(row["summary"])
+        merged[row["split"]] = merged[row["split"]].merge(summary, cap) if row["split"] in merged else summary
+    for name in SPLITS:
+        merged.setdefault(name, LabelSummary())
+    if known is not None:
+        check_known_task(known, merged)
+        counts = {name: summary.to_dict() for name, summary in merged.items()} if known.is_classifier else {}
+        return known, counts
+    task = resolve_task(
+        data.task,
+        label=data.label_column,
+        dtype=schema.column(data.label_column).dtype,
+        splits=merged,
+        max_classes=data.max_classes,
+    )
+    counts = {name: summary.to_dict() for name, summary in merged.items()} if task.is_classifier else {}
+    return task, counts
 
 
 def _write_malformed(schema: FeatureSchema, malformed_dir: Path, rejects_dir: Path) -> int:

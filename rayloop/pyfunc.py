@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 
 from rayloop.bundle import ModelBundle
@@ -31,15 +30,17 @@ _MLFLOW_TYPE = {"float64": "double", "string": "string", "bool": "boolean"}
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
-    """Raw rows (a DataFrame with the schema's input columns) -> P(label = 1) per row."""
+    """Raw rows (a DataFrame with the schema's input columns) -> the task's outputs per row, a
+    DataFrame: binary `label`, `probability`; multiclass `label`, `probability.<class>`;
+    regression `prediction` (and `lower`, `upper` with an interval)."""
 
     bundle: ModelBundle
 
     def load_context(self, context) -> None:
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        return self.bundle.predict_proba(model_input)
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return self.bundle.predict_frame(model_input)
 
 
 def signature_for(bundle: ModelBundle) -> ModelSignature:
@@ -49,7 +50,21 @@ def signature_for(bundle: ModelBundle) -> ModelSignature:
     inputs = Schema(
         [ColSpec(_MLFLOW_TYPE.get(by_name[name].dtype) or AnyType(), name) for name in bundle.input_columns]
     )
-    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float64), (-1,))]))
+    return ModelSignature(inputs=inputs, outputs=Schema([_output_spec(name) for name in _output_names(bundle)]))
+
+
+def _output_names(bundle: ModelBundle) -> list[str]:
+    task = bundle.task
+    if task.kind == "regression":
+        return ["prediction", *(["lower", "upper"] if bundle.interval_half_width is not None else [])]
+    if task.kind == "binary":
+        return ["label", "probability"]
+    return ["label", *(f"probability.{c}" for c in task.classes)]
+
+
+def _output_spec(name: str) -> ColSpec:
+    # the label is a class value of the task's own type (int, string or bool)
+    return ColSpec(AnyType() if name == "label" else "double", name)
 
 
 def requirements(kind: str) -> list[str]:

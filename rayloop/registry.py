@@ -28,7 +28,8 @@ import pyarrow as pa
 from rayloop import audit, paths
 from rayloop.bundle import ModelBundle
 from rayloop.errors import RegistryError
-from rayloop.training.evaluate import METRICS, paired_difference_interval
+from rayloop.tasks import higher_is_better
+from rayloop.training.evaluate import metric_function, paired_difference_interval
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "rayloop.champion_history"
-LOWER_IS_BETTER = {"logloss", "ece"}
 
 
 # ---- the gate (pure) -------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def gate(metric: str, challenger: float, champion: float | None, tolerance: floa
         return GateDecision(False, metric, challenger, champion, tolerance, f"challenger {metric} is not a number")
     if champion is None or math.isnan(champion):
         return GateDecision(True, metric, challenger, champion, tolerance, "no champion to beat")
-    if metric in LOWER_IS_BETTER:
+    if not higher_is_better(metric):
         bound, ok, word = champion + tolerance, challenger <= champion + tolerance, "above"
     else:
         bound, ok, word = champion - tolerance, challenger >= champion - tolerance, "below"
@@ -175,6 +175,7 @@ def log_bundle(
     version = str(info.registered_model_version)
     tags = {
         "rayloop.kind": bundle.kind,
+        "rayloop.task": bundle.task.kind,
         "rayloop.features_hash": bundle.fitted.content_hash,
         "rayloop.data_fingerprint": str(bundle.lineage.get("data_fingerprint", "")),
         "rayloop.config_hash": str(bundle.lineage.get("config_hash", "")),
@@ -221,10 +222,11 @@ def _set_champion(mlflow_client, name: str, version: str, history: list[str]) ->
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
 
 
-def _labels(holdout: pa.Table, label: str) -> np.ndarray:
+def _labels(holdout: pa.Table, bundle: ModelBundle) -> np.ndarray:
+    label = bundle.task.label
     if label not in holdout.column_names:
         raise RegistryError(f"the holdout has no label column {label!r}; it has {holdout.column_names}")
-    return holdout.column(label).to_numpy(zero_copy_only=False)
+    return bundle.task.encode(holdout.column(label))
 
 
 def promote(
@@ -232,11 +234,16 @@ def promote(
     version: str,
     holdout: pa.Table,
     *,
-    label: str,
-    metric: str = "auc",
+    metric: str | None = None,
     tolerance: float = 0.005,
+    judge: ModelBundle | None = None,
 ) -> GateDecision:
-    """Move `champion` to `version` when it passes the gate on `holdout` (raw labelled rows)."""
+    """Move `champion` to `version` when it passes the gate on `holdout` (raw labelled rows).
+
+    `metric` defaults to the task's (rayloop.tasks: auc, macro_f1, rmse), each judged in its own
+    direction. `judge` scores the challenger's side instead of the version itself: a refit that
+    trained on every split is promoted on what its evaluation fit, which never saw the holdout,
+    scores there (rayloop.control.train)."""
     mlflow_client = client()
     resolved = resolve_version(name, version)
     if resolved is None:
@@ -246,19 +253,30 @@ def promote(
     if champion_version == version:
         raise RegistryError(f"version {version} of {name!r} is already the champion")
     challenger = load_bundle(name, version)
+    task = challenger.task
+    metric = task.check_metric(metric, "gate")
+    fn = metric_function(task.kind, metric)
     # the holdout may come from anywhere (a CSV of recent labels): the challenger's schema
     # coerces types and drops invalid rows, and both models are scored on the same rows
     holdout, rejected = challenger.schema.validate(holdout, source="holdout")
     if holdout.num_rows == 0:
         raise RegistryError(f"no valid rows in the holdout ({rejected.num_rows} rejected)")
-    y = _labels(holdout, label)
-    challenger_probs = challenger.predict_proba(holdout)
-    challenger_score = float(METRICS[metric](y, challenger_probs))
-    champion_probs = load_bundle(name, champion_version).predict_proba(holdout) if champion_version else None
-    champion_score = None if champion_probs is None else float(METRICS[metric](y, champion_probs))
+    y = _labels(holdout, challenger)
+    challenger_scores = (judge or challenger).predict_scores(holdout)
+    challenger_score = float(fn(y, challenger_scores))
+    champion_scores, champion_score, unscored = None, None, None
+    if champion_version:
+        champion = load_bundle(name, champion_version)
+        if champion.task.kind != task.kind or champion.task.classes != task.classes:
+            unscored = f"the champion v{champion_version} predicts another task or classes ({champion.task.kind})"
+        else:
+            champion_scores = champion.predict_scores(holdout)
+            champion_score = float(fn(y, champion_scores))
     decision = gate(metric, challenger_score, champion_score, tolerance)
-    if champion_probs is not None and not math.isnan(challenger_score) and not math.isnan(champion_score):
-        lo, hi = paired_difference_interval(y, challenger_probs, champion_probs, metric)
+    if unscored:
+        decision = replace(decision, reason=f"{decision.reason}: {unscored}")
+    if champion_scores is not None and not math.isnan(challenger_score) and not math.isnan(champion_score):
+        lo, hi = paired_difference_interval(y, challenger_scores, champion_scores, metric, kind=task.kind)
         decision = replace(
             decision,
             difference_interval=[lo, hi],

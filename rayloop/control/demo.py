@@ -34,6 +34,7 @@ from rayloop.control.head import LocalHead, start_head, stop_session
 from rayloop.control.up import up
 from rayloop.monitoring.handle import get_monitor
 from rayloop.runtime import init_ray
+from rayloop.tasks import TASK_METRICS
 from rayloop.traffic import TrafficConfig, run_traffic
 
 __all__ = [
@@ -315,11 +316,10 @@ def drive(
         )
     timings["pipeline_s"] = round(time.time() - t0, 1)
     champion = registry.resolve_version(name, registry.CHAMPION)
-    metrics = registry.load_bundle(name, champion).metrics
-    say(
-        f"champion: {name} v{champion}, test auc {metrics.get('auc', float('nan')):.4f}, "
-        f"accuracy {metrics.get('accuracy', float('nan')):.4f}"
-    )
+    champion_bundle = registry.load_bundle(name, champion)
+    metrics = champion_bundle.metrics
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in TASK_METRICS[champion_bundle.task.kind] if k in metrics)
+    say(f"champion: {name} v{champion}, test {shown}")
 
     os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
     init_ray(head.address, log_to_driver=False)  # the timeline, not every worker's log

@@ -28,6 +28,7 @@ from rayloop.control.rollout import roll_out_promotion
 from rayloop.monitoring import retrain_steps
 from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
 from rayloop.monitoring.handle import NAMESPACE, actor_name, get_monitor
+from rayloop.tasks import LIVE_METRICS
 
 __all__ = ["DriftMonitor", "MonitorArgs", "start_model_monitor", "start_monitor", "stop_monitor", "yield_cpu"]
 
@@ -168,7 +169,13 @@ class DriftMonitor:
         if resolved is None:
             raise LookupError(f"model {self.model_name!r} has no version or alias {ref!r} to monitor against")
         bundle = registry.load_bundle(self.model_name, resolved)
-        return Reference(version=resolved, profile=bundle.profile, metrics=dict(bundle.metrics))
+        return Reference(
+            version=resolved,
+            profile=bundle.profile,
+            metrics=dict(bundle.metrics),
+            task=bundle.task,
+            interval_half_width=bundle.interval_half_width,
+        )
 
     def _event(self, event: str, fields: dict[str, Any]) -> None:
         audit.record(event, **fields)
@@ -203,7 +210,7 @@ class DriftMonitor:
                 self.m[metrics.LIVE_QUALITY.name].set(value, tags={"metric": name})
 
     def _export_reference(self) -> None:
-        for name in ("auc", "accuracy"):
+        for name in LIVE_METRICS[self.core.reference.task.kind]:
             value = self.core.reference.metrics.get(name)
             if value is not None:
                 self.m[metrics.REFERENCE_QUALITY.name].set(float(value), tags={"metric": name})

@@ -51,9 +51,9 @@ def train_and_gate(config: RayloopConfig, run: PreprocessRun) -> PipelineResult:
         outcome.model_name,
         outcome.version,
         run.holdout(),
-        label=config.data.label_column,
         metric=config.registry.gate_metric,
         tolerance=config.registry.tolerance,
+        judge=outcome.evaluation_bundle,  # the fit that never saw the holdout; the refit is served
     )
     result = PipelineResult(
         preprocess_run_id=outcome.preprocess_run_id,

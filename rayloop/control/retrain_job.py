@@ -108,13 +108,14 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     champion = registry.resolve_version(model_name, registry.CHAMPION)
     if champion is None:
         raise RetrainError(f"model {model_name!r} has no champion: run the pipeline first")
-    schema = registry.load_bundle(model_name, champion).schema
+    champion_bundle = registry.load_bundle(model_name, champion)
+    schema, task = champion_bundle.schema, champion_bundle.task
     root = config.monitoring.storage or str(paths.home())
     audit.record("retrain_job_started", model=model_name, submission_id=submission_id, champion=champion, since=since)
 
     recent = recent_rows(_read_log(root, model_name, since), since)
     roles = {
-        "label": data_cfg.label_column,
+        "label": task.label,
         "id_column": data_cfg.id_column,
         "timestamp_column": data_cfg.timestamp_column,
     }
@@ -133,18 +134,25 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
                 update={
                     "source": str(work / "train"),
                     "format": "parquet",
-                    "split": data_cfg.split.model_copy(update={"method": "hash"}),
+                    # repeats of a recent row stay in one split: by the id the row was logged with
+                    # (or made up for it), else by its content
+                    "split": data_cfg.split.model_copy(
+                        update={"method": "hash" if data_cfg.id_column in schema.names else "content"}
+                    ),
+                    "schema_": schema,
+                    "label_column": task.label,
+                    "task": task.kind,
                     "preprocess_run": None,
                 }
             ),
             "tuning": config.tuning.model_copy(update={"enabled": config.retrain.tune}),
         }
     )
-    run = PreprocessRun.open(run_preprocess(window).run_id)
+    run = PreprocessRun.open(run_preprocess(window, task=task).run_id)
     pipeline = FeaturePipeline(
         window.features,
         schema,
-        label_column=data_cfg.label_column,
+        label_column=task.label,
         timestamp_column=data_cfg.timestamp_column,
         id_column=data_cfg.id_column,
     )
@@ -165,9 +173,9 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         model_name,
         outcome.version,
         data.holdout,
-        label=data_cfg.label_column,
         metric=config.registry.gate_metric,
         tolerance=config.registry.tolerance,
+        judge=outcome.evaluation_bundle,  # the fit that never saw the holdout; the refit is served
     )
     result = RetrainResult(
         submission_id=submission_id,

@@ -1,59 +1,67 @@
-"""Train (or tune, then refit), evaluate on the test split, log to MLflow, register a bundle.
+"""Train (or tune), evaluate on held-out rows, refit on every split, log to MLflow, register a bundle.
 
 The driver-side orchestration between a preprocess run, the Ray Train trainers, Ray Tune and the
-registry. Test metrics, slices and the reference prediction histogram are computed through the
-bundle on raw labelled rows (the run's holdout unless the caller passes others, as the retrain
-job does), the same path the gate and Serve take.
+registry, for every task (`rayloop.tasks`). Two fits:
+
+1. the **evaluation fit** on the train split (early stopping on validation, or a tuned number of
+   rounds/epochs): its scores on raw labelled rows it never saw (the run's holdout, or the rows
+   the caller passes, as the retrain job does) are the reported test metrics and what the gate
+   judges; a regression's prediction interval is calibrated on its validation residuals
+   (split-conformal) and its coverage measured on the holdout;
+2. the **refit** with the same parameters and number of rounds/epochs on the splits of
+   `training.refit` (`all`: train + validation + test, so the served model learns from the newest
+   rows; `train_validation`; `none`: serve the evaluation fit). The refit is what is registered and
+   served; its lineage says which rows each fit saw.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from rayloop import registry
-from rayloop.bundle import ModelBundle, prediction_histogram
+from rayloop.bundle import ModelBundle, prediction_histogram, value_histogram
 from rayloop.config import RayloopConfig, config_hash
+from rayloop.data.split import SPLITS
 from rayloop.errors import ConfigError
 from rayloop.features.pipeline import FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.lineage import code_version, data_fingerprint, library_versions
 from rayloop.preprocess import PreprocessRun
+from rayloop.tasks import Task
 from rayloop.training import lightgbm as lgb_train
 from rayloop.training import torch as torch_train
 from rayloop.training.common import check_ingest_headroom
-from rayloop.training.evaluate import evaluate, evaluate_slices
+from rayloop.training.evaluate import evaluate_slices, evaluate_task
 from rayloop.training.tune import TuneData, run_tune
 
-__all__ = ["EvaluationData", "TrainingOutcome", "train_and_register", "train_or_tune", "tune_and_register"]
+__all__ = [
+    "REFIT_SPLITS",
+    "EvaluationData",
+    "TrainingOutcome",
+    "conformal_half_width",
+    "train_and_register",
+    "train_or_tune",
+    "tune_and_register",
+]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainingOutcome:
-    model_name: str
-    version: str
-    kind: str
-    mlflow_run_id: str
-    preprocess_run_id: str
-    params: dict[str, Any]
-    steps: int
-    test_metrics: dict[str, float]
-    slice_metrics: dict[str, dict[str, float]]
-    checkpoint: str
-    seconds: float
-    tuning: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+REFIT_SPLITS: dict[str, tuple[str, ...] | None] = {
+    "all": SPLITS,
+    "train_validation": ("train", "validation"),
+    "none": None,
+}
+EVALUATION_SPLITS = ("train",)
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,37 @@ class EvaluationData:
         return cls(holdout=run.holdout())
 
 
+@dataclass
+class TrainingOutcome:
+    model_name: str
+    version: str
+    kind: str
+    task: dict[str, Any]
+    mlflow_run_id: str
+    preprocess_run_id: str
+    params: dict[str, Any]
+    steps: int
+    test_metrics: dict[str, float]
+    slice_metrics: dict[str, dict[str, float]]
+    checkpoint: str
+    seconds: float
+    fits: dict[str, Any] = field(default_factory=dict)  # which rows each fit saw, its checkpoint
+    tuning: dict[str, Any] | None = None
+    # the evaluation fit (never the rows it is judged on): what the gate scores; not serialized
+    evaluation_bundle: ModelBundle | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "evaluation_bundle"}
+
+
 @dataclass(frozen=True)
 class _Fit:
-    model: Any
+    model: Any  # lightgbm.Booster | TabularMLP (logits)
     reported: dict[str, Any]  # the last metrics the workers reported
     curve: dict[str, list[float]]  # validation metric per round / epoch
     checkpoint: str
     params: dict[str, Any]  # the parameters the model was trained with (rounds / epochs included)
+    steps: int  # rounds / epochs the model has
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -108,16 +140,29 @@ def _log_curve(run_id: str, curve: dict[str, list[float]], prefix: str = "valida
         MlflowClient().log_batch(run_id, metrics=metrics[start : start + 900])
 
 
+def _split_labels(run: PreprocessRun, split: str, label: str) -> np.ndarray:
+    return pads.dataset(str(run.split_dir(split))).to_table(columns=[label]).column(label).to_numpy()
+
+
+def _split_matrix(run: PreprocessRun, split: str, fitted: FittedFeatures, label: str) -> tuple[np.ndarray, np.ndarray]:
+    table = pads.dataset(str(run.split_dir(split))).to_table(columns=[*fitted.feature_names, label])
+    x = np.column_stack([table.column(n).to_numpy() for n in fitted.feature_names]).astype(np.float32)
+    return x, table.column(label).to_numpy()
+
+
 def _fit(
     config: RayloopConfig,
     run: PreprocessRun,
+    task: Task,
     fitted: FittedFeatures,
     params: dict[str, Any],
+    *,
+    splits: tuple[str, ...],
     steps: int | None,
-    refit: bool,
     name: str,
 ) -> _Fit:
-    """One Ray Train run on the run's feature tables."""
+    """One Ray Train run on the feature tables of `splits`: early stopping on validation when
+    `steps` is None, else exactly `steps` rounds/epochs with no validation split."""
     import ray
     import ray.data
 
@@ -127,13 +172,12 @@ def _fit(
         training.num_workers,
         training.cpus_per_worker,
     )
-    train_dirs = [str(run.split_dir("train"))] + ([str(run.split_dir("validation"))] if refit else [])
-    datasets = {"train": ray.data.read_parquet(train_dirs)}
-    if not refit:
+    datasets = {"train": ray.data.read_parquet([str(run.split_dir(s)) for s in splits])}
+    if steps is None:
         datasets["validation"] = ray.data.read_parquet(str(run.split_dir("validation")))
     common = {
         "feature_names": fitted.feature_names,
-        "label": config.data.label_column,
+        "label": task.label,
         "categorical_indices": fitted.categorical_indices,
         "num_workers": training.num_workers,
         "cpus_per_worker": training.cpus_per_worker,
@@ -145,42 +189,89 @@ def _fit(
         params.pop("num_boost_round", None)
         trainer = lgb_train.build_trainer(
             datasets,
-            params=params,
+            params=task.lightgbm_params(params),
             num_boost_round=rounds,
             early_stopping_rounds=training.early_stopping_rounds,
+            task_kind=task.kind,
             **common,
         )
         result = trainer.fit()
-        curve = {{"binary_logloss": "logloss"}.get(k, k): v for k, v in lgb_train.load_curve(result.checkpoint).items()}
+        reported = dict(result.metrics or {})
         return _Fit(
             lgb_train.load_booster(result.checkpoint),
-            dict(result.metrics or {}),
-            curve,
+            reported,
+            lgb_train.load_curve(result.checkpoint),
             result.checkpoint.path,
             {**params, "num_boost_round": rounds},
+            int(reported.get("best_iteration") or rounds),
         )
     if steps is not None:
         params["epochs"] = int(steps)
+    params |= torch_train.head_config(task, _split_labels(run, "train", task.label))
     trainer = torch_train.build_trainer(
         datasets, cardinalities=fitted.cardinalities, mlp=params, use_gpu=training.use_gpu, **common
     )
     result = trainer.fit()
-    model = torch_train.load_model(
-        result.checkpoint,
-        {
-            "feature_names": fitted.feature_names,
-            "categorical_indices": fitted.categorical_indices,
-            "cardinalities": fitted.cardinalities,
-            **params,
-        },
-    )
+    model_params = {
+        "feature_names": fitted.feature_names,
+        "categorical_indices": fitted.categorical_indices,
+        "cardinalities": fitted.cardinalities,
+        **params,
+    }
     frame = result.metrics_dataframe
     curve = {
-        k: frame[f"validation_{k}"].tolist()
-        for k in ("auc", "logloss")
-        if frame is not None and f"validation_{k}" in frame
+        c.removeprefix("validation_"): frame[c].tolist()
+        for c in (frame.columns if frame is not None else [])
+        if c.startswith("validation_")
     }
-    return _Fit(model, dict(result.metrics or {}), curve, result.checkpoint.path, dict(params))
+    reported = dict(result.metrics or {})
+    loss = torch_train.VALIDATION_LOSS[task.kind]
+    best_epoch = int(reported.get("epoch") or params.get("epochs", 1))
+    if steps is None and frame is not None and f"validation_{loss}" in frame:
+        best_epoch = int(frame["epoch"].iloc[int(np.nanargmin(frame[f"validation_{loss}"].to_numpy()))])
+    return _Fit(
+        torch_train.load_model(result.checkpoint, model_params),
+        reported,
+        curve,
+        result.checkpoint.path,
+        dict(params),
+        best_epoch,
+    )
+
+
+def conformal_half_width(residuals: np.ndarray, coverage: float) -> float:
+    """Split-conformal: the ceil((n + 1) * coverage)-th smallest |residual| of a calibration split,
+    so a new row's label lies within prediction +- it with probability at least `coverage`."""
+    scores = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)))
+    if not scores.size:
+        return float("nan")
+    rank = min(scores.size, math.ceil((scores.size + 1) * coverage))
+    return float(scores[rank - 1])
+
+
+def _bundle(config: RayloopConfig, task: Task, fit: _Fit, fitted, schema, profile) -> ModelBundle:
+    return ModelBundle(
+        kind=config.training.model,
+        model=fit.model,
+        fitted=fitted,
+        schema=schema,
+        profile=profile,
+        task=task,
+        model_params=fit.params,
+    )
+
+
+def _score_profile(task: Task, profile: ReferenceProfile, scores: np.ndarray) -> ReferenceProfile:
+    """The profile with the reference of the model's outputs the monitor compares live ones with."""
+    if task.kind == "binary":
+        return profile.model_copy(update={"prediction_histogram": prediction_histogram(scores)})
+    if task.kind == "regression":
+        return profile.model_copy(update={"prediction_histogram": value_histogram(scores)})
+    histograms = {str(c): prediction_histogram(np.asarray(scores)[:, i]) for i, c in enumerate(task.classes)}
+    predicted = np.bincount(task.predicted_codes(scores), minlength=task.n_classes)
+    return profile.model_copy(
+        update={"class_histograms": histograms, "predicted_class_counts": [int(n) for n in predicted]}
+    )
 
 
 def train_and_register(
@@ -189,21 +280,21 @@ def train_and_register(
     *,
     params: dict[str, Any] | None = None,
     steps: int | None = None,
-    refit: bool = False,
     parent_run_id: str | None = None,
     tuning: dict[str, Any] | None = None,
     evaluation: EvaluationData | None = None,
 ) -> TrainingOutcome:
-    """Train on the run's train split (early stopping on validation), or with `refit` on
-    train+validation for a fixed `steps`; evaluate on the holdout; log and register as challenger."""
+    """The evaluation fit on the train split (early stopping on validation, or `steps` from a
+    search), its metrics on the holdout, the refit of `training.refit`; logged and registered as
+    challenger (see the module docstring)."""
     import mlflow
 
     start = time.perf_counter()
     evaluation = evaluation or EvaluationData.of_run(run)
-    fitted, schema, summary = run.fitted(), run.schema(), run.summary()
+    task, fitted, schema, summary = run.task(), run.fitted(), run.schema(), run.summary()
     profile = evaluation.profile or run.profile()
     run_id = run.run_id
-    training, label = config.training, config.data.label_column
+    training = config.training
     slice_column = training.slice_column
     if slice_column and slice_column not in fitted.input_columns:
         raise ConfigError(
@@ -212,31 +303,68 @@ def train_and_register(
     kind = training.model
     base = dict(training.lightgbm if kind == "lightgbm" else training.mlp)
     params = {**base, **(params or {})}
-    name = f"{kind}-{'refit-' if refit else ''}{run_id}-{datetime.now(timezone.utc):%H%M%S}"
+    refit_splits = REFIT_SPLITS[training.refit]
+    stamp = f"{run_id}-{datetime.now(timezone.utc):%H%M%S}"
 
     experiment = registry.experiment_id(config.registry.experiment)
     with mlflow.start_run(
-        experiment_id=experiment, run_name=name, parent_run_id=parent_run_id, nested=parent_run_id is not None
+        experiment_id=experiment,
+        run_name=f"{kind}-{stamp}",
+        parent_run_id=parent_run_id,
+        nested=parent_run_id is not None,
     ) as active:
         mlflow_run = active.info.run_id
-        fit = _fit(config, run, fitted, dict(params), steps, refit, name)
-        reported, curve, checkpoint, used = fit.reported, fit.curve, fit.checkpoint, fit.params
-        steps_done = int(reported.get("best_iteration") or reported.get("epoch") or used.get("num_boost_round", 0))
-        bundle = ModelBundle(
-            kind=kind, model=fit.model, fitted=fitted, schema=schema, profile=profile, model_params=used
+        first = _fit(
+            config, run, task, fitted, dict(params), splits=EVALUATION_SPLITS, steps=steps, name=f"{kind}-{stamp}"
         )
+        judged = _bundle(config, task, first, fitted, schema, profile)
 
         holdout = evaluation.holdout
-        probs = bundle.predict_proba(holdout)
-        y = holdout.column(label).to_numpy(zero_copy_only=False)
-        test_metrics = evaluate(y, probs)
-        slices = evaluate_slices(y, probs, holdout.column(slice_column).to_pylist()) if slice_column else {}
-        fingerprint = data_fingerprint(run.features_dir)
-        bundle.metrics = {k: float(v) for k, v in test_metrics.items()}
-        # the score reference: the holdout's scores, or the rows the caller names (a retrain: its recent traffic)
+        y = task.encode(holdout.column(task.label))
+        scores = judged.predict_scores(holdout)
+        if task.kind == "regression":  # split-conformal interval from the validation residuals
+            x_valid, y_valid = _split_matrix(run, "validation", fitted, task.label)
+            judged.interval_coverage = config.serving.interval_coverage
+            judged.interval_half_width = conformal_half_width(
+                y_valid - judged.predict_matrix(x_valid), config.serving.interval_coverage
+            )
+            low, high = judged.interval(scores)
+            test_metrics = evaluate_task(task.kind, y, scores, lower=low, upper=high)
+        else:
+            test_metrics = evaluate_task(task.kind, y, scores, classes=task.classes)
+        slices = (
+            evaluate_slices(y, scores, holdout.column(slice_column).to_pylist(), kind=task.kind, classes=task.classes)
+            if slice_column
+            else {}
+        )
+        # the reference of the outputs: held-out scores of a fit that never saw the rows (a refit's
+        # scores on rows it trained on would look more certain than its scores on new traffic)
         reference_rows = evaluation.reference_rows
-        scored = probs if reference_rows is None else bundle.predict_proba(reference_rows)
-        bundle.profile = profile.model_copy(update={"prediction_histogram": prediction_histogram(scored)})
+        reference_scores = scores if reference_rows is None else judged.predict_scores(reference_rows)
+        judged.profile = _score_profile(task, profile, reference_scores)
+        judged.metrics = {k: float(v) for k, v in test_metrics.items()}
+
+        fits: dict[str, Any] = {
+            "evaluation": {
+                "splits": list(EVALUATION_SPLITS),
+                "early_stopping_on": "validation" if steps is None else None,
+                "steps": first.steps,
+                "checkpoint": first.checkpoint,
+                "judged_on_rows": holdout.num_rows,
+            }
+        }
+        final = first
+        if refit_splits is not None:
+            used = dict(first.params)
+            used.pop("num_boost_round" if kind == "lightgbm" else "epochs", None)
+            final = _fit(
+                config, run, task, fitted, used, splits=refit_splits, steps=first.steps, name=f"{kind}-refit-{stamp}"
+            )
+            fits["refit"] = {"splits": list(refit_splits), "steps": first.steps, "checkpoint": final.checkpoint}
+        bundle = judged if final is first else _bundle(config, task, final, fitted, schema, judged.profile)
+        bundle.metrics = dict(judged.metrics)
+        bundle.interval_half_width, bundle.interval_coverage = judged.interval_half_width, judged.interval_coverage
+        fingerprint = data_fingerprint(run.features_dir)
         bundle.lineage = {
             "preprocess_run_id": run_id,
             "source": summary.get("source"),
@@ -246,32 +374,46 @@ def train_and_register(
             "code": code_version(),
             "libraries": library_versions(),
             "mlflow_run_id": mlflow_run,
-            "checkpoint": checkpoint,
-            "refit_on_train_and_validation": refit,
+            "checkpoint": final.checkpoint,
+            "task": task.model_dump(mode="json"),
+            "fits": fits,
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
-        mlflow.log_params(_flat({"model": kind, **used, "refit": refit, "num_workers": training.num_workers}))
-        mlflow.log_metrics({f"test_{k}": v for k, v in bundle.metrics.items()})
+        mlflow.log_params(
+            _flat(
+                {
+                    "model": kind,
+                    "task": task.kind,
+                    **final.params,
+                    "refit": training.refit,
+                    "num_workers": training.num_workers,
+                }
+            )
+        )
+        mlflow.log_metrics({f"test_{k}": v for k, v in bundle.metrics.items() if math.isfinite(v)})
         mlflow.log_metrics(
             {
                 f"train_{k}": float(v)
-                for k, v in reported.items()
-                if isinstance(v, (int, float)) and k.startswith(("validation_", "rounds", "best_iteration", "epoch"))
+                for k, v in first.reported.items()
+                if isinstance(v, (int, float))
+                and math.isfinite(v)
+                and k.startswith(("validation_", "rounds", "best_iteration", "epoch"))
             }
         )
-        for value, scores in slices.items():
+        for value, scores_by_slice in slices.items():
             mlflow.log_metrics(
                 {
                     f"test_slice.{slice_column}.{value}.{k}": float(v)
-                    for k, v in scores.items()
-                    if k in ("auc", "logloss", "n")
+                    for k, v in scores_by_slice.items()
+                    if k in (*task.metrics(), "n") and math.isfinite(v)
                 }
             )
-        if curve:
-            _log_curve(mlflow_run, curve)
+        if first.curve:
+            _log_curve(mlflow_run, first.curve)
         mlflow.set_tags(
             {
+                "rayloop.task": task.kind,
                 "rayloop.preprocess_run_id": run_id,
                 "rayloop.data_fingerprint": fingerprint,
                 "rayloop.features_hash": fitted.content_hash,
@@ -289,17 +431,21 @@ def train_and_register(
         model_name=config.registry.model_name,
         version=version,
         kind=kind,
+        task=task.model_dump(mode="json"),
         mlflow_run_id=mlflow_run,
         preprocess_run_id=run_id,
-        params=used,
-        steps=steps_done,
+        params=final.params,
+        steps=first.steps,
         test_metrics=bundle.metrics,
         slice_metrics=slices,
-        checkpoint=checkpoint,
+        checkpoint=final.checkpoint,
         seconds=round(time.perf_counter() - start, 2),
+        fits=fits,
         tuning=tuning,
+        evaluation_bundle=judged,
     )
-    log.info("registered %s v%s (test auc %.4f)", outcome.model_name, version, bundle.metrics.get("auc", float("nan")))
+    shown = {k: round(v, 4) for k, v in bundle.metrics.items() if k in task.metrics()}
+    log.info("registered %s v%s (%s, test %s)", outcome.model_name, version, task.kind, shown)
     return outcome
 
 
@@ -307,25 +453,30 @@ def tune_and_register(
     config: RayloopConfig, run: PreprocessRun, *, evaluation: EvaluationData | None = None
 ) -> TrainingOutcome:
     """ASHA search on train/validation, every trial logged as a nested MLflow run, then the best
-    config refit on train+validation for its best number of rounds/epochs and registered."""
+    config trained for its best number of rounds/epochs (the evaluation fit), refit and registered."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     run_id = run.run_id
     kind = config.training.model
-    data = TuneData.from_run(run, run.fitted(), config.data.label_column)
+    task = run.task()
+    data = TuneData.from_run(run, run.fitted(), task.label)
     experiment = registry.experiment_id(config.registry.experiment)
     name = f"tune-{kind}-{run_id}-{datetime.now(timezone.utc):%H%M%S}"
     with mlflow.start_run(experiment_id=experiment, run_name=name) as parent:
-        outcome = run_tune(data, model=kind, training=config.training, tuning=config.tuning, name=name)
+        outcome = run_tune(data, model=kind, task=task, training=config.training, tuning=config.tuning, name=name)
         client = MlflowClient()
         for trial in outcome.trials:
             child = client.create_run(
                 experiment, run_name=f"trial-{trial.trial_id}", tags={"mlflow.parentRunId": parent.info.run_id}
             )
             now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, 0) for k, v in trial.metrics.items() if k.startswith(("best_", "validation_"))]
+            metrics = [
+                Metric(k, v, now, 0)
+                for k, v in trial.metrics.items()
+                if k.startswith(("best_", "validation_")) and math.isfinite(v)
+            ]
             metrics += [
                 Metric(
                     key,
@@ -334,8 +485,8 @@ def tune_and_register(
                     int(point.get("rounds") or point.get("epoch") or point["training_iteration"]),
                 )
                 for point in trial.curve
-                for key in ("validation_auc", "validation_logloss")
-                if key in point
+                for key in point
+                if key.startswith("validation_") and point[key] is not None and math.isfinite(point[key])
             ]
             metrics += [Metric("trial_seconds", trial.seconds, now, 0), Metric("iterations", trial.iterations, now, 0)]
             params = [Param(k, str(v)[:500]) for k, v in trial.config.items()]
@@ -358,13 +509,17 @@ def tune_and_register(
             {**outcome.best_metrics, "trial_seconds": outcome.trial_seconds, "best_steps": outcome.best_steps}
         )
         mlflow.log_dict(summary, "tuning.json")
-        params = {k: v for k, v in outcome.best_params.items() if k not in ("num_boost_round", "epochs")}
+        # the tuned parameters, without what the task adds again (objective, metrics, classes)
+        params = {
+            k: v
+            for k, v in outcome.best_params.items()
+            if k not in ("num_boost_round", "epochs", "objective", "metric", "num_class", "verbosity")
+        }
         return train_and_register(
             config,
             run,
             params=params,
             steps=max(1, outcome.best_steps),
-            refit=True,
             parent_run_id=parent.info.run_id,
             tuning=json.loads(json.dumps(summary, default=str)),
             evaluation=evaluation,
@@ -374,7 +529,7 @@ def tune_and_register(
 def train_or_tune(
     config: RayloopConfig, run: PreprocessRun, *, evaluation: EvaluationData | None = None
 ) -> TrainingOutcome:
-    """Tune then refit when `tuning.enabled`, else one training run; registered as challenger."""
+    """Tune when `tuning.enabled`, else one training run; evaluated, refit and registered as challenger."""
     if config.tuning.enabled:
         return tune_and_register(config, run, evaluation=evaluation)
     return train_and_register(config, run, evaluation=evaluation)

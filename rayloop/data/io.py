@@ -163,6 +163,14 @@ def inspect_source(uri: str, format: Literal["auto", "parquet", "csv"] = "auto")
     )
 
 
+CSV_SAMPLE_BYTES = 1 << 20  # the sample a CSV file's column types are inferred from
+
+
+def _csv_type(inferred: pa.DataType) -> pa.DataType:
+    """A column empty in the sample is text until a declared schema says otherwise."""
+    return pa.string() if pa.types.is_null(inferred) else inferred
+
+
 def _open_file(fs: pafs.FileSystem, path: str, fmt: Format) -> tuple[pa.Schema, tuple[tuple[int, int], ...]]:
     """The file's schema and, for Parquet, its row groups' (rows, bytes): one footer read."""
     try:
@@ -173,12 +181,16 @@ def _open_file(fs: pafs.FileSystem, path: str, fmt: Format) -> tuple[pa.Schema, 
             )
             return meta.schema.to_arrow_schema(), groups
         with fs.open_input_stream(path, compression="detect") as stream:
+            # pyarrow infers each column's type from the first block (numbers, booleans,
+            # timestamps); the rows are still read as text and validated against these types,
+            # so a later row that does not fit goes to the rejects instead of failing the read
             reader = pacsv.open_csv(
                 stream,
+                read_options=pacsv.ReadOptions(block_size=CSV_SAMPLE_BYTES),
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=MalformedRowSink(None)),
             )
-            return pa.schema([(name, pa.string()) for name in reader.schema.names]), ()
+            return pa.schema([(f.name, _csv_type(f.type)) for f in reader.schema]), ()
     except (OSError, pa.ArrowInvalid, pa.ArrowException) as exc:
         raise DataSourceError(path, f"not a readable {fmt} file: {exc}") from exc
 

@@ -2,7 +2,8 @@
 
 Time-based when a timestamp exists (train on the past, test on the most recent rows, as
 production does); otherwise by a stable hash of the entity id, so one entity never lands
-in two splits and a row's split never changes between runs or machines.
+in two splits and a row's split never changes between runs or machines; with neither, by a
+stable hash of the row's content (the usual CSV export), the same for the same data every run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["SPLIT_COLUMN", "SPLITS", "time_cutoff_quantiles", "assign_by_time", "assign_by_hash"]
+__all__ = ["SPLIT_COLUMN", "SPLITS", "assign_by_content", "assign_by_hash", "assign_by_time", "time_cutoff_quantiles"]
 
 SPLIT_COLUMN = "split"
 SPLITS = ("train", "validation", "test")
@@ -46,7 +47,18 @@ def assign_by_hash(ids: pa.Array | pa.ChunkedArray, fractions: Sequence[float], 
     else:  # strings (and anything else) hash by their text
         values = pd.Series(ids.to_pylist(), dtype=object).astype(str).to_numpy(dtype=object)
         hashed = pd.util.hash_array(values, hash_key=key)
-    unit = (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return _by_unit((hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53), fractions)
+
+
+def assign_by_content(table: pa.Table, columns: Sequence[str], fractions: Sequence[float], seed: int = 0) -> pa.Array:
+    """Deterministic split by the row's values in `columns` (pandas' SipHash of each row, salted by
+    seed): the same row lands in the same split on every run; identical rows share a split."""
+    frame = table.select(list(columns)).to_pandas()
+    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=f"rayloop{seed:09d}"[:16]).to_numpy()
+    return _by_unit((hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53), fractions)
+
+
+def _by_unit(unit: np.ndarray, fractions: Sequence[float]) -> pa.Array:
     bounds = np.cumsum(np.asarray(fractions[:2], dtype=np.float64))
     index = np.searchsorted(bounds, unit, side="right")
     return _SPLIT_NAMES.take(pa.array(index.astype(np.int32)))

@@ -59,7 +59,15 @@ class ReferenceProfile(_Frozen):
     numeric: list[NumericProfile]
     categorical: list[CategoricalProfile]
     label_rate: float | None = None
-    prediction_histogram: Histogram | None = Field(None, description="added when a model is trained")
+    prediction_histogram: Histogram | None = Field(
+        None, description="a binary model's held-out P(positive), or a regression's predicted values"
+    )
+    class_histograms: dict[str, Histogram] = Field(
+        default_factory=dict, description="a multiclass model's held-out probability of each class"
+    )
+    predicted_class_counts: list[int] | None = Field(
+        None, description="a multiclass model's held-out predicted classes, counted in class order"
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -30,16 +30,18 @@ from pydantic_core import to_json
 
 from rayloop import paths
 from rayloop.config import MonitoringConfig
+from rayloop.errors import LabelError
 from rayloop.features.profile import ReferenceProfile
 from rayloop.monitoring import policy
-from rayloop.monitoring.drift import DriftDetector, DriftReport, WindowCounts
+from rayloop.monitoring.drift import PREDICTED_CLASS, PREDICTION, DriftDetector, DriftReport, WindowCounts
 from rayloop.monitoring.inference_log import (
     InferenceLog,
     epoch_hours,
     labels_from,
     open_filesystem,
 )
-from rayloop.training.evaluate import accuracy, roc_auc
+from rayloop.tasks import LIVE_METRICS, Task
+from rayloop.training.evaluate import accuracy, macro_f1_codes, mae, rmse, roc_auc
 
 __all__ = [
     "LABEL_OUTCOMES",
@@ -52,21 +54,28 @@ __all__ = [
     "summarize_state",
 ]
 
-# what a replica sends besides the raw feature columns
-PREDICTION_COLUMNS = ("request_id", "ts", "model_version", "probability", "predicted_label")
+# what a replica sends besides the raw feature columns: `score` is P(positive) (binary), the
+# predicted value (regression) or the predicted class's probability (multiclass, which also sends
+# one `p_<code>` column per class); `predicted_label` is the predicted class code (null: regression)
+PREDICTION_COLUMNS = ("request_id", "ts", "model_version", "score", "predicted_label")
 LABEL_OUTCOMES = ("joined", "late", "duplicate", "unknown")
 STATE_FORMAT = 1
 HISTORY = 100  # window summaries kept in the state
 SEEN_BATCHES = 4096  # batch ids remembered for idempotent retries
 
 
+_BINARY = Task(kind="binary", label="label", label_type="int", classes=[0, 1])
+
+
 @dataclass(frozen=True)
 class Reference:
-    """What live traffic is compared with: one registered version's profile and test metrics."""
+    """What live traffic is compared with: one registered version's task, profile and test metrics."""
 
     version: str
     profile: ReferenceProfile
     metrics: dict[str, float]
+    task: Task = _BINARY
+    interval_half_width: float | None = None  # a regression's prediction interval (coverage from feedback)
 
 
 @dataclass
@@ -90,14 +99,15 @@ class WindowSummary:
 @dataclass
 class _Pending:
     ts: float
-    probability: float
-    predicted: int
+    value: float  # binary P(positive), multiclass the predicted class code, regression the prediction
     labeled: bool = False
 
 
 @dataclass
 class _State:
     reference_version: str
+    task: dict[str, Any] = field(default_factory=lambda: _BINARY.model_dump(mode="json"))  # the reference's
+    interval_half_width: float | None = None
     reference_since: float = 0.0  # epoch seconds of the last rebase: live quality counts rows served after it
     windows_seen: int = 0
     window: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "bins": {}})
@@ -108,7 +118,7 @@ class _State:
     alarms_by_feature: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABEL_OUTCOMES, 0))
     label_lag_s: list[float] = field(default_factory=list)  # recent joined-label lags
-    quality_pairs: list[list[float]] = field(default_factory=list)  # [probability, label]
+    quality_pairs: list[list[float]] = field(default_factory=list)  # [_Pending.value, label value or code]
     serving_version: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
     loop: dict[str, Any] = field(default_factory=dict)  # the retrain in flight and the last ones (loop.LoopState)
@@ -140,7 +150,11 @@ class MonitorCore:
         self.fs.create_dir(self.state_dir, recursive=True)
         self.log = InferenceLog(paths.inference_log_root(root, model_name))
         self.detector = self._detector(reference)
-        self.state = _State(reference_version=reference.version)
+        self.state = _State(
+            reference_version=reference.version,
+            task=reference.task.model_dump(mode="json"),
+            interval_half_width=reference.interval_half_width,
+        )
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self._seen: set[str] = set()
         self.last_report: DriftReport | None = None
@@ -225,7 +239,7 @@ class MonitorCore:
         holds while running) and which of them have a label. Only the latest hours of the log are
         read: reading all of it made every restart slower and larger as the log grew."""
         rows = self.log.predictions.read_newest(
-            ["request_id", "ts", "probability", "predicted_label"], self.config.max_pending_labels
+            ["request_id", "ts", "score", "predicted_label"], self.config.max_pending_labels
         )
         since_hour = None
         if rows.num_rows:
@@ -289,23 +303,37 @@ class MonitorCore:
             offset += piece.num_rows
             if s.window_start is None:
                 s.window_start = _seconds(piece.column("ts")[0])
-            counts = WindowCounts.from_dict(s.window) + self.detector.count(
-                piece, piece.column("probability").to_numpy(zero_copy_only=False)
-            )
+            counts = WindowCounts.from_dict(s.window) + self.detector.count(piece, self._outputs(piece))
             s.window = counts.to_dict()
             if counts.rows >= self.config.window_size:
                 closed.append(self._close_window(counts, end=_seconds(piece.column("ts")[piece.num_rows - 1])))
         return closed
 
+    def _outputs(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """The model's outputs in a batch, by the drift detector's pseudo-feature names."""
+        score = table.column("score").to_numpy(zero_copy_only=False)
+        task = self.reference.task
+        if task.kind != "multiclass":
+            return {PREDICTION: score}
+        outputs: dict[str, Any] = {}
+        for code, name in enumerate(task.classes):
+            column = f"p_{code}"
+            if column in table.column_names:
+                outputs[f"{PREDICTION}.{name}"] = table.column(column).to_numpy(zero_copy_only=False)
+        codes = table.column("predicted_label").to_numpy(zero_copy_only=False)
+        outputs[PREDICTED_CLASS] = [str(task.classes[int(c)]) if 0 <= c < task.n_classes else "?" for c in codes]
+        return outputs
+
     def _index(self, table: pa.Table) -> None:
         ts = _epoch_seconds(table.column("ts"))
-        for rid, t, p, lab in zip(
+        use_code = self.reference.task.kind == "multiclass"
+        for rid, t, score, code in zip(
             table.column("request_id").to_pylist(),
             ts,
-            table.column("probability").to_pylist(),
+            table.column("score").to_pylist(),
             table.column("predicted_label").to_pylist(),
         ):
-            self.pending[rid] = _Pending(float(t), float(p), int(lab))
+            self.pending[rid] = _Pending(float(t), float(code if use_code else score))
         while len(self.pending) > self.config.max_pending_labels:
             self.pending.popitem(last=False)
 
@@ -350,7 +378,8 @@ class MonitorCore:
             drift_scores={name: summary.scores[name]["psi"] for name in report.drifted},
             live_metric=live,
             live_labels=n_live,
-            reference_metric=self.reference.metrics.get(self.config.quality_metric),
+            reference_metric=self.reference.metrics.get(self.quality_metric),
+            metric=self.quality_metric,
         )
         state, decision = policy.decide(self.policy_state, observation, self.config)
         s.policy = state.model_dump(mode="json")
@@ -381,8 +410,9 @@ class MonitorCore:
         s = self.state
         outcome = dict.fromkeys(LABEL_OUTCOMES, 0)
         received = _epoch_seconds(table.column("label_ts"))
+        values = label_values(self.reference.task, table.column("label"))
         lags = []
-        for rid, label, at in zip(table.column("request_id").to_pylist(), table.column("label").to_pylist(), received):
+        for rid, label, at in zip(table.column("request_id").to_pylist(), values, received):
             entry = self.pending.get(rid)
             if entry is None:
                 kind = "unknown"
@@ -396,8 +426,8 @@ class MonitorCore:
                 else:
                     kind = "joined"
                     lags.append(lag)
-                    if entry.ts >= s.reference_since:  # a prediction of the model compared with now
-                        s.quality_pairs.append([entry.probability, float(label)])
+                    if entry.ts >= s.reference_since and not math.isnan(label):  # the model compared with now
+                        s.quality_pairs.append([entry.value, float(label)])
             outcome[kind] += 1
         for kind, count in outcome.items():
             s.labels[kind] = s.labels.get(kind, 0) + count
@@ -407,13 +437,19 @@ class MonitorCore:
         self.last_label_lags = lags
         return outcome
 
+    @property
+    def quality_metric(self) -> str:
+        """`monitoring.quality_metric`, or the task's default live metric."""
+        return self.reference.task.check_metric(self.config.quality_metric, "live")
+
     def live_quality(self) -> tuple[float | None, int]:
         """The configured metric over the most recent joined labels, once there are min_labels."""
-        live = live_metrics(self.state.quality_pairs, self.config.min_labels)
-        return live[self.config.quality_metric], len(self.state.quality_pairs)
+        return self.live_metrics()[self.quality_metric], len(self.state.quality_pairs)
 
     def live_metrics(self) -> dict[str, float | None]:
-        return live_metrics(self.state.quality_pairs, self.config.min_labels)
+        return live_metrics(
+            self.reference.task, self.state.quality_pairs, self.config.min_labels, self.reference.interval_half_width
+        )
 
     def labelled_since(self, since: float) -> int:
         """Served rows at or after `since` whose label has arrived: the retrain window's supply."""
@@ -443,6 +479,8 @@ class MonitorCore:
         self.reference = reference
         self.detector = self._detector(reference)
         self.state.reference_version = reference.version
+        self.state.task = reference.task.model_dump(mode="json")
+        self.state.interval_half_width = reference.interval_half_width
         self.state.reference_since = self.clock()
         self.state.window = {"rows": 0, "bins": {}}
         self.state.window_start = None
@@ -473,7 +511,9 @@ class MonitorCore:
 
     def summary(self) -> dict[str, Any]:
         summary = summarize_state(self.model_name, self.state.__dict__, self.config)
-        summary["reference_metrics"] = {k: self.reference.metrics.get(k) for k in ("auc", "accuracy")}
+        summary["reference_metrics"] = {
+            k: self.reference.metrics.get(k) for k in LIVE_METRICS[self.reference.task.kind]
+        }
         summary["log_rows_pending"] = {name: stream.pending_rows for name, stream in self.log.streams.items()}
         return summary
 
@@ -481,13 +521,48 @@ class MonitorCore:
         return self.state.history[-limit:]
 
 
-def live_metrics(pairs: list[list[float]], min_labels: int) -> dict[str, float | None]:
-    """AUC and accuracy over joined (probability, label) pairs; None until there are min_labels."""
+def label_values(task: Task, labels: pa.ChunkedArray | pa.Array) -> list[float]:
+    """Labels as the numbers live quality compares: class codes, or values (regression); NaN for a
+    label the task cannot read (a class the reference model does not know)."""
+    array = labels.combine_chunks() if isinstance(labels, pa.ChunkedArray) else labels
+    if task.kind == "regression":
+        return [math.nan if v is None else float(v) for v in array.cast(pa.float64()).to_pylist()]
+    try:
+        return [float(c) for c in task.encode(array)]
+    except LabelError:  # one unknown label in the batch: read them one by one
+        out = []
+        for value in array.to_pylist():
+            try:
+                out.append(float(task.encode([value])[0]))
+            except LabelError:
+                out.append(math.nan)
+        return out
+
+
+def live_metrics(
+    task: Task, pairs: list[list[float]], min_labels: int, interval_half_width: float | None = None
+) -> dict[str, float | None]:
+    """The task's live metrics over joined pairs (rayloop.tasks.LIVE_METRICS: binary AUC and
+    accuracy from (P(positive), label); multiclass accuracy and macro-F1 from (predicted code,
+    code); regression MAE, RMSE and interval coverage from (prediction, value)); None until there
+    are min_labels."""
+    names = LIVE_METRICS[task.kind]
     if len(pairs) < min_labels:
-        return {"auc": None, "accuracy": None}
+        return dict.fromkeys(names)
     arr = np.asarray(pairs, dtype=np.float64)
-    auc = roc_auc(arr[:, 1], arr[:, 0])
-    return {"auc": None if math.isnan(auc) else float(auc), "accuracy": float(accuracy(arr[:, 1], arr[:, 0]))}
+    predicted, actual = arr[:, 0], arr[:, 1]
+    if task.kind == "binary":
+        auc = roc_auc(actual, predicted)
+        return {"auc": None if math.isnan(auc) else float(auc), "accuracy": float(accuracy(actual, predicted))}
+    if task.kind == "multiclass":
+        return {
+            "accuracy": float(np.mean(predicted == actual)),
+            "macro_f1": macro_f1_codes(actual.astype(np.int64), predicted.astype(np.int64), task.n_classes),
+        }
+    coverage = None
+    if interval_half_width is not None:
+        coverage = float(np.mean(np.abs(actual - predicted) <= interval_half_width))
+    return {"mae": mae(actual, predicted), "rmse": rmse(actual, predicted), "interval_coverage": coverage}
 
 
 def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
@@ -495,6 +570,7 @@ def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringCo
     monitoring settings win over `config`: they are the ones the running monitor uses)."""
     if state.get("monitoring"):
         config = MonitoringConfig.model_validate(state["monitoring"])
+    task = Task.model_validate(state["task"]) if state.get("task") else _BINARY
     pol = policy.PolicyState.model_validate(state["policy"]) if state.get("policy") else policy.PolicyState()
     lags = state.get("label_lag_s") or []
     return {
@@ -509,7 +585,8 @@ def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringCo
         "alarms_by_feature": state["alarms_by_feature"],
         "labels": state["labels"],
         "live_labels": len(state["quality_pairs"]),
-        "live": live_metrics(state["quality_pairs"], config.min_labels),
+        "task": task.kind,
+        "live": live_metrics(task, state["quality_pairs"], config.min_labels, state.get("interval_half_width")),
         "label_lag_p50_s": float(np.median(lags)) if lags else None,
         "last_window": state["history"][-1] if state["history"] else None,
         "pending_decision": pol.pending.model_dump(mode="json") if pol.pending else None,

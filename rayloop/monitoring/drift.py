@@ -50,6 +50,7 @@ from rayloop.features.stats import numeric_values
 __all__ = [
     "DEFAULT_PREDICTION_SHARE",
     "NUMERIC_TESTS",
+    "PREDICTED_CLASS",
     "PREDICTION",
     "DriftDetector",
     "DriftReport",
@@ -68,7 +69,8 @@ __all__ = [
     "scale_test",
 ]
 
-PREDICTION = "prediction"  # the pseudo-feature of model scores
+PREDICTION = "prediction"  # the pseudo-feature of model scores: P(positive), or a regression's values
+PREDICTED_CLASS = "predicted_class"  # a multiclass model's predicted classes (their frequencies)
 NUMERIC_TESTS = ("rank", "scale", "ks", "chi2")
 Kind = Literal["numeric", "categorical", "prediction"]
 _EPS = 1e-4  # smoothing of empty bins for PSI (the usual choice; keeps log finite)
@@ -378,6 +380,7 @@ class _Ref:
     counts: np.ndarray  # reference counts per bin (numeric/prediction: + missing slot at the end)
     edges: np.ndarray  # numeric: interior edges; prediction: interior edges; categorical: empty
     vocabulary: pa.Array | None  # categorical: the reference categories, in slot order
+    score: bool = False  # a test of the model's outputs (prediction_share splits them from the inputs')
 
 
 def _numeric_ref(p: NumericProfile) -> _Ref:
@@ -390,9 +393,14 @@ def _categorical_ref(p: CategoricalProfile) -> _Ref:
     return _Ref(p.name, "categorical", counts, np.empty(0), pa.array(p.categories, type=pa.string()))
 
 
-def _prediction_ref(h: Histogram) -> _Ref:
+def _prediction_ref(name: str, h: Histogram) -> _Ref:
     counts = np.asarray([*h.counts, 0], dtype=np.float64)  # scores are never missing
-    return _Ref(PREDICTION, "prediction", counts, np.asarray(h.edges[1:-1], dtype=np.float64), None)
+    return _Ref(name, "prediction", counts, np.asarray(h.edges[1:-1], dtype=np.float64), None, score=True)
+
+
+def _predicted_class_ref(classes: Sequence[str], counts: Sequence[int]) -> _Ref:
+    slots = np.asarray([*counts, 0, 0], dtype=np.float64)  # no "other" class, never missing
+    return _Ref(PREDICTED_CLASS, "categorical", slots, np.empty(0), pa.array(list(classes), pa.string()), score=True)
 
 
 def family_adjusted(
@@ -458,22 +466,31 @@ class DriftDetector:
         self.refs: dict[str, _Ref] = {p.name: _numeric_ref(p) for p in profile.numeric}
         self.refs.update({p.name: _categorical_ref(p) for p in profile.categorical})
         if profile.prediction_histogram is not None:
-            self.refs[PREDICTION] = _prediction_ref(profile.prediction_histogram)
+            self.refs[PREDICTION] = _prediction_ref(PREDICTION, profile.prediction_histogram)
+        for name, histogram in profile.class_histograms.items():  # a multiclass model: one per class
+            self.refs[f"{PREDICTION}.{name}"] = _prediction_ref(f"{PREDICTION}.{name}", histogram)
+        if profile.predicted_class_counts is not None:
+            classes = list(profile.class_histograms)
+            self.refs[PREDICTED_CLASS] = _predicted_class_ref(classes, profile.predicted_class_counts)
 
     @property
     def features(self) -> list[str]:
         return list(self.refs)
 
     # ---- counting --------------------------------------------------------------------------
-    def count(self, table: pa.Table, predictions: np.ndarray | None = None) -> WindowCounts:
-        """Counts of one batch of raw rows; a feature whose column is absent is not counted."""
+    def count(self, table: pa.Table, predictions: np.ndarray | Mapping[str, Any] | None = None) -> WindowCounts:
+        """Counts of one batch of raw rows and the model's outputs (`predictions`: the scores of
+        the `prediction` pseudo-feature, or a mapping of output name -> values, e.g. one
+        `prediction.<class>` per class and `predicted_class`); a feature whose column is absent
+        is not counted."""
         rows = table.num_rows
+        outputs = {PREDICTION: predictions} if isinstance(predictions, np.ndarray) else dict(predictions or {})
         bins: dict[str, np.ndarray] = {}
         for name, ref in self.refs.items():
             if ref.kind == "prediction":
-                if predictions is None:
+                if outputs.get(name) is None:
                     continue
-                values = np.clip(np.asarray(predictions, dtype=np.float64), 0.0, 1.0)
+                values = np.asarray(outputs[name], dtype=np.float64)
                 index = np.searchsorted(ref.edges, values, side="right")
                 bins[name] = np.bincount(index, minlength=len(ref.counts)).astype(np.int64)
             elif ref.kind == "numeric":
@@ -486,10 +503,13 @@ class DriftDetector:
                 counts[-1] = int(missing.sum())
                 bins[name] = counts
             else:
-                if name not in table.column_names:
+                if name in outputs:
+                    column = pa.array([str(v) for v in outputs[name]], pa.string())
+                elif name in table.column_names:
+                    column = table.column(name).cast(pa.string())
+                else:
                     continue
                 other, miss = len(ref.counts) - 2, len(ref.counts) - 1
-                column = table.column(name).cast(pa.string())
                 found = pc.index_in(column, value_set=ref.vocabulary).to_numpy(zero_copy_only=False)
                 absent = pc.is_null(column).to_numpy(zero_copy_only=False)
                 slots = np.where(absent, miss, np.where(np.isnan(found), other, np.nan_to_num(found))).astype(np.int64)
@@ -578,7 +598,7 @@ class DriftDetector:
             for test, p in p_values.items()
             if self.decides(ref.kind, test)
         ]
-        is_prediction = [partial[i][1].kind == "prediction" for i, _, _ in family]
+        is_prediction = [partial[i][1].score for i, _, _ in family]
         adjusted = family_adjusted([p for *_, p in family], is_prediction, self.prediction_share)
         by_feature: dict[int, dict[str, float]] = {}
         for (i, test, _), q in zip(family, adjusted):
@@ -603,5 +623,5 @@ class DriftDetector:
             )
         return DriftReport(rows=window.rows, alpha=self.alpha, features=features)
 
-    def check(self, table: pa.Table, predictions: np.ndarray | None = None) -> DriftReport:
+    def check(self, table: pa.Table, predictions: np.ndarray | Mapping[str, Any] | None = None) -> DriftReport:
         return self.test(self.count(table, predictions))

@@ -1,7 +1,8 @@
 """The inference log: served rows, their predictions and their late labels as Parquet (no Ray).
 
-Two streams, `predictions` (request id, time, model version, probability, predicted label and the
-raw features) and `labels` (request id, label, time received), each partitioned by the row's
+Two streams, `predictions` (request id, time, model version, score, predicted class and the raw
+features; rayloop.monitoring.core names the columns) and `labels` (request id, the label as the
+task writes it, time received), each partitioned by the row's
 date and hour (`date=YYYY-MM-DD/hour=HH/part-*.parquet`, Hive style, so Ray Data, pyarrow and
 Spark read them as one table).
 
@@ -49,13 +50,16 @@ def open_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def label_table(request_ids: Iterable[str], labels: Iterable[int], received: Iterable[float] | None = None) -> pa.Table:
+def label_table(
+    request_ids: Iterable[str], labels: Iterable[object], received: Iterable[float] | None = None
+) -> pa.Table:
+    """A batch of labels: their type is the task's (a class value: int, string or bool; a number)."""
     ids = list(request_ids)
     times = list(received) if received is not None else [time.time()] * len(ids)
     return pa.table(
         {
             "request_id": pa.array(ids, pa.string()),
-            "label": pa.array(list(labels), pa.int8()),
+            "label": pa.array(list(labels)),
             "label_ts": pa.array([int(t * 1000) for t in times], pa.int64()).cast(_TS),
         }
     )
@@ -239,7 +243,7 @@ class InferenceLog:
             ["request_id", "label", "label_ts"], since_hour=None if hour is None else labels_from(hour)
         )
         if labels.num_rows == 0:
-            return predictions.append_column("label", pa.nulls(predictions.num_rows, pa.int8())).append_column(
+            return predictions.append_column("label", pa.nulls(predictions.num_rows)).append_column(
                 "label_ts", pa.nulls(predictions.num_rows, _TS)
             )
         labels = labels.sort_by([("label_ts", "ascending")])

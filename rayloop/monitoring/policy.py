@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rayloop.config import MonitoringConfig
+from rayloop.tasks import quality_shortfall
 
 __all__ = [
     "Decision",
@@ -57,6 +58,7 @@ class Observation(_Model):
     live_metric: float | None = None
     live_labels: int = Field(0, ge=0, description="joined labels behind live_metric")
     reference_metric: float | None = Field(None, description="the champion's test metric")
+    metric: str = Field("auc", description="the live metric's name: which way is worse (rayloop.tasks)")
 
 
 class Decision(_Model):
@@ -124,14 +126,10 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     k = config.consecutive_windows
     streak = state.consecutive_drift + 1 if obs.drift_alarm else 0
     live, ref = _finite(obs.live_metric), _finite(obs.reference_metric)
-    drop = ref - live if live is not None and ref is not None else None
+    # how much worse live is: absolute for scores, relative for errors (rayloop.tasks)
+    drop = quality_shortfall(obs.metric, live, ref) if live is not None and ref is not None else None
     drift_fires = streak >= k
-    quality_low = (
-        live is not None
-        and ref is not None
-        and obs.live_labels >= config.min_labels
-        and live < ref - config.quality_drop
-    )
+    quality_low = drop is not None and obs.live_labels >= config.min_labels and drop > config.quality_drop
     low_streak = state.consecutive_low_quality + 1 if quality_low else 0
     quality_fires = low_streak >= config.quality_windows
     day = _utc_day(obs.time)
@@ -143,7 +141,7 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
         "quality_windows": config.quality_windows,
         "K": k,
         "drifted_features": list(obs.drifted_features),
-        "metric": config.quality_metric,
+        "metric": obs.metric,
         "live_metric": live,
         "reference_metric": ref,
         "quality_drop": drop,
@@ -170,7 +168,7 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     if quality_fires:
         assert live is not None and ref is not None and drop is not None
         why.append(
-            f"live {config.quality_metric} {live:.4f} is {drop:.4f} below the champion's {ref:.4f} "
+            f"live {obs.metric} {live:.4f} is {drop:.4f} worse than the champion's {ref:.4f} "
             f"(allowed drop {config.quality_drop:g}, {obs.live_labels} labels, {low_streak} windows in a row)"
         )
     reason = "; ".join(why)
@@ -298,7 +296,7 @@ def _drift_status(streak: int, k: int) -> str:
 
 
 def _quality_status(obs: Observation, live: float | None, ref: float | None, config: MonitoringConfig) -> str:
-    metric = config.quality_metric
+    metric = obs.metric
     if live is None or ref is None:
         return f"no live {metric} to compare" if live is None else f"no champion {metric} to compare"
     if obs.live_labels < config.min_labels:

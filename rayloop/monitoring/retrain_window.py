@@ -56,22 +56,28 @@ def _entity_ids(request_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
 def _as_schema_rows(
     recent: pa.Table, schema: FeatureSchema, *, label: str, id_column: str | None, timestamp_column: str | None
 ) -> pa.Table:
-    """Log rows -> the training data's columns: entity ids made up, the serving time as event time
-    when the request had none, the label from the feedback join."""
+    """Log rows -> the training data's columns: the label from the feedback join; the entity id
+    and the event time as the request sent them, else an id made up per request and the serving
+    time."""
     target = schema.arrow_schema()
     columns = {}
     for name in target.names:
+        kind = target.field(name).type
         if name == label:
             values = recent.column("label") if "label" in recent.column_names else pa.nulls(recent.num_rows)
+        elif name == id_column:
+            values = _entity_ids(recent.column("request_id")).cast(kind)
+            if name in recent.column_names:  # sent with the request where it was
+                values = pc.coalesce(pc.cast(recent.column(name), kind, safe=False), values)
+        elif name == timestamp_column:
+            values = recent.column("ts").cast(kind)
+            if name in recent.column_names:
+                values = pc.coalesce(pc.cast(recent.column(name), kind, safe=False), values)
         elif name in recent.column_names:
             values = recent.column(name)
-        elif name == id_column:
-            values = _entity_ids(recent.column("request_id"))
-        elif name == timestamp_column:
-            values = recent.column("ts")
         else:
             values = pa.nulls(recent.num_rows)
-        columns[name] = pc.cast(values, target.field(name).type, safe=False)
+        columns[name] = pc.cast(values, kind, safe=False)
     return pa.table(columns, schema=target)
 
 

@@ -3,12 +3,16 @@
 A record carries every input column of the model; its types and rules come from the schema the
 model was trained with:
 
-- numbers follow the schema's `min`/`max`; integers must be whole and fit in int64;
+- numbers are JSON numbers (not booleans, not strings) and follow the schema's `min`/`max`;
+  integers must be whole and fit in int64;
 - `NaN` (accepted as a JSON extension) means missing: allowed where the column is nullable,
   refused otherwise; infinities are refused unless the column allows them;
 - categories are *not* closed at serving: an unseen value is scored as out-of-vocabulary, which
   is what the features were fitted to do (drift monitoring counts those values);
 - timestamps are ISO 8601; a naive one is read as UTC;
+- columns of the training table that are not features (the id, the timestamp when it is not
+  used, the label) are accepted and otherwise ignored, so a training row can be scored as it is;
+  the id and the timestamp are logged with the row;
 - unknown fields are refused, so a misspelt column never goes silently missing.
 
 `RecordParser.parse(body, content_type)` returns plain row dicts or raises
@@ -26,16 +30,20 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    create_model,
     with_config,
 )
 from pydantic_core import PydanticCustomError, to_json
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from rayloop.data.schema import ColumnSchema, FeatureSchema
+from rayloop.errors import LabelError
+from rayloop.tasks import Task
 
 __all__ = [
     "Feedback",
@@ -84,6 +92,16 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
+def _no_bool_or_text(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError(
+            "int_type",
+            "Input should be a valid integer (a number, not {kind})",
+            {"kind": "a boolean" if isinstance(value, bool) else "a string"},
+        )
+    return value
+
+
 def _field_type(column: ColumnSchema, *, native: bool = False) -> Any:
     """The pydantic type of one input column.
 
@@ -93,15 +111,19 @@ def _field_type(column: ColumnSchema, *, native: bool = False) -> Any:
     """
     if column.dtype == "float64" and native:
         limits = {k: v for k, v in (("ge", column.min), ("le", column.max)) if v is not None}
-        base: Any = Annotated[float, Field(allow_inf_nan=False, **limits)]
+        base: Any = Annotated[float, Field(strict=True, allow_inf_nan=False, **limits)]
     elif column.dtype == "float64":
-        base = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_float_rule(column))]
+        # strict: a number (an int is one), never a boolean or a string
+        base = Annotated[float, Field(strict=True, allow_inf_nan=True), AfterValidator(_float_rule(column))]
     elif column.dtype == "int64":
         limits = {
             "ge": max(INT64_MIN, math.ceil(column.min)) if column.min is not None else INT64_MIN,
             "le": min(INT64_MAX, math.floor(column.max)) if column.max is not None else INT64_MAX,
         }
-        base = Annotated[int, Field(strict=False, **limits)]
+        if native:
+            base = Annotated[int, Field(strict=True, **limits)]
+        else:  # a whole float (3.0, as pandas writes an int column with gaps) is an int too
+            base = Annotated[int, BeforeValidator(_no_bool_or_text), Field(strict=False, **limits)]
     elif column.dtype == "bool":
         base = Annotated[bool, Field(strict=True)]
     elif column.dtype == "timestamp":
@@ -112,12 +134,74 @@ def _field_type(column: ColumnSchema, *, native: bool = False) -> Any:
 
 
 class Feedback(BaseModel):
-    """The true label of an earlier prediction, by its request id."""
+    """The true label of an earlier prediction, by its request id (a binary 0/1 model's; a model
+    of any task gets its own with `feedback_model`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")
     label: Literal[0, 1]
+
+
+def feedback_model(task: Task) -> type[BaseModel]:
+    """The feedback body of one model: its label in the task's type (a class value, or a finite
+    number for a regression; never a boolean for a number), an unknown class refused."""
+
+    def check(value: Any) -> Any:
+        try:
+            return task.parse_label(value)
+        except LabelError as exc:
+            raise PydanticCustomError(exc.rule, "{detail}", {"detail": exc.detail}) from None
+
+    if task.kind == "regression":
+        label_type: Any = Annotated[float, Field(strict=True, allow_inf_nan=False), AfterValidator(check)]
+        description = "the observed value"
+    else:
+        label_type = Annotated[Any, AfterValidator(check)]
+        description = f"the true class, one of {task.classes}"
+    return create_model(
+        "Feedback",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")),
+        label=(label_type, Field(description=description)),
+    )
+
+
+# ---- responses (the OpenAPI page shows the served model's task) --------------------------------
+class BinaryPrediction(BaseModel):
+    request_id: str
+    label: Any = Field(description="the predicted class: the positive one when probability >= the threshold")
+    probability: float = Field(description="P(positive class)")
+    model_version: str
+
+
+class MulticlassPrediction(BaseModel):
+    request_id: str
+    label: Any = Field(description="the most probable class (an original class value)")
+    probabilities: dict[str, float] = Field(description="class -> probability, summing to 1")
+    model_version: str
+
+
+class RegressionPrediction(BaseModel):
+    request_id: str
+    prediction: float
+    interval: list[float] | None = Field(
+        None, description="[low, high]: the prediction interval at serving.interval_coverage (split-conformal)"
+    )
+    model_version: str
+
+
+PREDICTION_MODELS: dict[str, type[BaseModel]] = {
+    "binary": BinaryPrediction,
+    "multiclass": MulticlassPrediction,
+    "regression": RegressionPrediction,
+}
+
+
+def response_schema(task: Task) -> dict[str, Any]:
+    """The JSON schema of `/v1/predict`'s answer for the task."""
+    item = PREDICTION_MODELS[task.kind].model_json_schema()
+    return {"type": "object", "properties": {"predictions": {"type": "array", "items": item}}}
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -158,12 +242,31 @@ def _validate(one: TypeAdapter, many: TypeAdapter, body: bytes, start: bytes) ->
 class RecordParser:
     """Validates request bodies against one model's input schema; reused for every request."""
 
-    def __init__(self, schema: FeatureSchema, input_columns: list[str], max_records: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        input_columns: list[str],
+        max_records: int,
+        max_body_bytes: int,
+        passthrough: list[str] | None = None,
+    ) -> None:
+        """`passthrough`: columns of the training table that are not model inputs (the id, the
+        timestamp, the label): accepted, typed, optional, and otherwise ignored."""
         by_name = {c.name: c for c in schema.columns}
+        extra = [n for n in (passthrough or []) if n in by_name and n not in input_columns]
+
+        def fields(native: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {n: _field_type(by_name[n], native=native) for n in input_columns}
+            for n in extra:  # optional, and null allowed
+                column = by_name[n].model_copy(update={"nullable": True})
+                out[n] = NotRequired[_field_type(column, native=native)]  # type: ignore[valid-type]
+            return out
+
         config = with_config(ConfigDict(extra="forbid", str_max_length=MAX_STRING))
-        self.record_type = config(TypedDict("Record", {n: _field_type(by_name[n]) for n in input_columns}))  # type: ignore[operator]
-        fast_type = config(TypedDict("Record", {n: _field_type(by_name[n], native=True) for n in input_columns}))  # type: ignore[operator]
+        self.record_type = config(TypedDict("Record", fields(False)))  # type: ignore[operator]
+        fast_type = config(TypedDict("Record", fields(True)))  # type: ignore[operator]
         self.input_columns = list(input_columns)
+        self.passthrough = extra
         self.max_records = max_records
         self.max_body_bytes = max_body_bytes
         self._one, self._many = _adapters(self.record_type, max_records)

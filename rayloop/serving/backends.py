@@ -1,4 +1,9 @@
-"""Prediction backends for a bundle: feature matrix in, probabilities out.
+"""Prediction backends for a bundle: feature matrix in, the task's scores out.
+
+An MLP bundle's model is `rayloop.models.mlp.Scores`: the network with the task's head (sigmoid,
+softmax or the scaled regression output), so every backend compiles or captures the head too and
+returns what the reference returns: P(positive) per row, class probabilities (rows x classes) or
+predicted values.
 
 - `native`: the bundle's own model (LightGBM's C++ predictor; the MLP in eager torch on CPU).
   It is the reference every other backend is checked against.
@@ -60,7 +65,7 @@ MAX_ROWS = 16_384
 @dataclass
 class Backend:
     name: str
-    predict: Callable[[np.ndarray], np.ndarray]  # float32 (rows x features) -> float64 probabilities
+    predict: Callable[[np.ndarray], np.ndarray]  # float32 (rows x features) -> float64 scores of the task
     device: str = "cpu"
     max_abs_diff: float = 0.0  # against the reference on the probe batch
 
@@ -86,8 +91,16 @@ def probe_matrix(fitted: FittedFeatures, rows: int = 256, seed: int = 0) -> np.n
     return np.column_stack(columns) if columns else np.empty((rows, 0), np.float32)
 
 
-def parity(reference: np.ndarray, candidate: np.ndarray) -> float:
-    return float(np.max(np.abs(np.asarray(reference, np.float64) - np.asarray(candidate, np.float64))))
+def parity(reference: np.ndarray, candidate: np.ndarray, relative: bool = False) -> float:
+    """The largest difference from the reference: absolute for probabilities, relative to the
+    value (at least 1) for a regression's predictions, whose units are the label's."""
+    want, got = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if want.shape != got.shape:
+        return float("inf")
+    diff = np.abs(want - got)
+    if relative:
+        diff = diff / np.maximum(1.0, np.abs(want))
+    return float(np.max(diff)) if diff.size else 0.0
 
 
 def _cuda() -> bool:
@@ -125,7 +138,7 @@ def _torch_backend(module: Any, name: str, device: str, dtype: Any = None) -> Ba
             tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device, non_blocking=True)
             if dtype is not None:
                 tensor = tensor.to(dtype)
-            return torch.sigmoid(module(tensor).float()).cpu().numpy().astype(np.float64)
+            return module(tensor).float().cpu().numpy().astype(np.float64)
 
     return Backend(name, predict, device)
 
@@ -175,7 +188,7 @@ def graph_sizes(max_rows: int) -> list[int]:
 
 
 def _cuda_graphs(model: Any, width: int, max_rows: int) -> Backend:
-    """One CUDA graph per size in graph_sizes(max_rows), all in one memory pool; sigmoid included."""
+    """One CUDA graph per size in graph_sizes(max_rows), all in one memory pool; the task's head included."""
     import bisect
     import threading
 
@@ -196,16 +209,17 @@ def _cuda_graphs(model: Any, width: int, max_rows: int) -> Backend:
             graph = torch.cuda.CUDAGraph()
             # thread_local: a swap captures while the serving backend keeps launching work
             with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                static_out = torch.sigmoid(model(static_in).float())
+                static_out = model(static_in).float()
             graphs.append((graph, static_in, static_out))
     graphs.reverse()
+    static_out_shape = tuple(graphs[0][2].shape[1:])  # () per row, or (classes,)
     torch.cuda.synchronize()
     lock = threading.Lock()  # the static buffers are shared by every call
 
     def predict(x: np.ndarray) -> np.ndarray:
         n = len(x)
         if n == 0:
-            return np.empty(0, np.float64)
+            return np.empty((0, *static_out_shape), np.float64)
         graph, static_in, static_out = graphs[bisect.bisect_left(sizes, n)]
         source = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         with lock, torch.inference_mode():
@@ -271,7 +285,8 @@ def build_backend(
             (probe[i : i + max_batch_size], expected[i : i + max_batch_size])
             for i in range(0, len(probe), max_batch_size)
         ]
-        candidate.max_abs_diff = max(parity(want, candidate.predict(x)) for x, want in pieces)
+        relative = bundle.task.kind == "regression"
+        candidate.max_abs_diff = max(parity(want, candidate.predict(x), relative) for x, want in pieces)
     except Exception as exc:  # any build or runtime failure of an optional backend
         reason = f"{type(exc).__name__}: {exc}"[:200]
         log.warning("backend %s unavailable (%s); serving with the native reference", name, reason)

@@ -35,13 +35,14 @@ _TS = pa.timestamp("ms", tz="UTC")
 
 @dataclass
 class _Entry:
-    schema: pa.Schema  # the raw feature columns of the model version that answered
+    schema: pa.Schema  # the logged columns of the model version that answered (its inputs, id, time)
     version: str
     ts_ms: int
     rows: list[dict[str, Any]]
-    probabilities: list[float]
-    predicted: list[int]
+    scores: list[float]  # P(positive), the predicted value, or the predicted class's probability
+    predicted: list[int] | None  # class codes; None for a regression
     request_ids: list[str]
+    class_scores: list[list[float]] | None = None  # a multiclass model's probabilities per row
 
 
 class MonitorClient:
@@ -65,7 +66,7 @@ class MonitorClient:
         self._lookup = lookup or get_monitor
         self._rows: deque[_Entry] = deque()
         self._buffered = 0
-        self._labels: deque[tuple[str, int, float]] = deque()
+        self._labels: deque[tuple[str, Any, float]] = deque()
         self._random = random.Random()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -81,48 +82,56 @@ class MonitorClient:
         schema: pa.Schema,
         version: str,
         rows: Sequence[dict[str, Any]],
-        probabilities: np.ndarray,
+        scores: np.ndarray,
         request_ids: Sequence[str],
-        threshold: float,
+        predicted: Sequence[int] | None = None,
+        class_scores: np.ndarray | None = None,
     ) -> None:
         """Sample rows into the buffer; drop (and count) what does not fit. Never waits."""
         self._ensure_task()
+        taken: list[int] | None = None  # None: every row
         if self.sample_rate < 1.0:
-            keep = [i for i in range(len(rows)) if self._random.random() < self.sample_rate]
-            if not keep:
+            taken = [i for i in range(len(rows)) if self._random.random() < self.sample_rate]
+            if not taken:
                 return
-            rows = [rows[i] for i in keep]
-            probabilities = np.asarray(probabilities)[keep]
-            request_ids = [request_ids[i] for i in keep]
+        n = len(rows) if taken is None else len(taken)
         room = self.buffer_size - self._buffered
-        if room < len(rows):
-            self.dropped += len(rows) - max(room, 0)
-            self.on_count("dropped", len(rows) - max(room, 0))
+        if room < n:
+            self.dropped += n - max(room, 0)
+            self.on_count("dropped", n - max(room, 0))
             if room <= 0:
                 return
-            rows, probabilities, request_ids = rows[:room], probabilities[:room], request_ids[:room]
-        probs = [float(p) for p in probabilities]
-        self._rows.append(
-            _Entry(
-                schema,
-                version,
-                int(time.time() * 1000),
-                list(rows),
-                probs,
-                [int(p >= threshold) for p in probs],
-                list(request_ids),
-            )
+            taken = (list(range(len(rows))) if taken is None else taken)[:room]
+        score_list = np.asarray(scores, dtype=np.float64).tolist()
+        classes = None if class_scores is None else np.asarray(class_scores, dtype=np.float64).tolist()
+        if taken is not None:
+            rows = [rows[i] for i in taken]
+            score_list = [score_list[i] for i in taken]
+            request_ids = [request_ids[i] for i in taken]
+            predicted = None if predicted is None else [predicted[i] for i in taken]
+            classes = None if classes is None else [classes[i] for i in taken]
+        entry = _Entry(
+            schema,
+            version,
+            int(time.time() * 1000),
+            list(rows),
+            score_list,
+            None if predicted is None else [int(p) for p in predicted],
+            list(request_ids),
+            classes,
         )
-        self._buffered += len(rows)
+        self._rows.append(entry)
+        self._buffered += len(entry.rows)
         if self._buffered >= self.send_batch_rows and self._wake is not None:
             self._wake.set()
 
-    def offer_label(self, request_id: str, label: int) -> bool:
-        """Queue one label; False when the label buffer is full (the caller answers 503)."""
+    def offer_label(self, request_id: str, label: Any) -> bool:
+        """Queue one label (the task's type, already checked); False when the label buffer is full
+        (the caller answers 503)."""
         self._ensure_task()
         if len(self._labels) >= self.buffer_size:
             return False
-        self._labels.append((request_id, int(label), time.time()))
+        self._labels.append((request_id, label, time.time()))
         return True
 
     # ---- the background sender ----------------------------------------------------------------
@@ -219,13 +228,19 @@ def _rows_table(entries: list[_Entry]) -> pa.Table:
     schema = entries[0].schema
     rows = [row for e in entries for row in e.rows]
     table = pa.Table.from_pylist(rows, schema=schema)
+    n = sum(len(e.rows) for e in entries)
+    predicted = [p for e in entries for p in (e.predicted if e.predicted is not None else [None] * len(e.rows))]
     columns = {
         "request_id": pa.array([r for e in entries for r in e.request_ids], pa.string()),
         "ts": pa.array([e.ts_ms for e in entries for _ in e.rows], pa.int64()).cast(_TS),
         "model_version": pa.array([e.version for e in entries for _ in e.rows], pa.string()),
-        "probability": pa.array([p for e in entries for p in e.probabilities], pa.float64()),
-        "predicted_label": pa.array([p for e in entries for p in e.predicted], pa.int8()),
+        "score": pa.array([p for e in entries for p in e.scores], pa.float64()),
+        "predicted_label": pa.array(predicted, pa.int64()) if n else pa.array([], pa.int64()),
     }
+    if entries[0].class_scores is not None:  # one schema per batch: every entry has them
+        matrix = np.asarray([row for e in entries for row in (e.class_scores or [])], dtype=np.float64)
+        for code in range(matrix.shape[1] if matrix.ndim == 2 else 0):
+            columns[f"p_{code}"] = pa.array(matrix[:, code], pa.float64())
     for i, (name, values) in enumerate(columns.items()):
         table = table.add_column(i, name, values)
     return table

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from rayloop import metrics, registry
@@ -38,12 +38,13 @@ from rayloop.bundle import ModelBundle
 from rayloop.config import MonitoringConfig
 from rayloop.data.schema import ARROW_TYPES
 from rayloop.serving.api import (
-    Feedback,
     RecordParser,
     RequestError,
     error_detail,
+    feedback_model,
     json_bytes,
     require_json,
+    response_schema,
 )
 from rayloop.serving.app_args import ServerArgs
 from rayloop.serving.backends import Backend, build_backend, probe_matrix
@@ -66,7 +67,9 @@ class Loaded:
     bundle: ModelBundle
     backend: Backend
     parser: RecordParser
-    arrow_schema: pa.Schema
+    arrow_schema: pa.Schema  # the model's input columns
+    log_schema: pa.Schema  # what the monitor logs per row: the inputs plus the id and timestamp sent
+    feedback: type[BaseModel]  # /v1/feedback's body: the label in the task's type
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,6 +92,70 @@ def _replica_id() -> str | None:
         return None
 
 
+@dataclass
+class _Answer:
+    predictions: list[dict[str, Any]]  # the JSON answer, one per row
+    score: np.ndarray  # what the monitor's `score` column holds (rayloop.monitoring.core)
+    predicted: list[int] | None  # predicted class codes (None: a regression)
+    classes: np.ndarray | None  # a multiclass model's probabilities (rows x classes)
+
+
+def _answers(state: Loaded, scores: np.ndarray, ids: list[str], threshold: float) -> _Answer:
+    """The task's answer per row (rayloop.serving.api's response models)."""
+    task, version = state.bundle.task, state.version
+    if task.kind == "regression":
+        values = np.asarray(scores, dtype=np.float64)
+        bounds = state.bundle.interval(values)
+        predictions = [
+            {
+                "request_id": rid,
+                "prediction": float(v),
+                "interval": None if bounds is None else [float(bounds[0][i]), float(bounds[1][i])],
+                "model_version": version,
+            }
+            for i, (rid, v) in enumerate(zip(ids, values))
+        ]
+        return _Answer(predictions, values, None, None)
+    codes = task.predicted_codes(scores, threshold)
+    labels = task.decode(codes)
+    if task.kind == "binary":
+        probs = np.asarray(scores, dtype=np.float64)
+        predictions = [
+            {"request_id": rid, "probability": float(p), "label": label, "model_version": version}
+            for rid, p, label in zip(ids, probs, labels)
+        ]
+        return _Answer(predictions, probs, codes.tolist(), None)
+    matrix = np.asarray(scores, dtype=np.float64)
+    names = [str(c) for c in task.classes]
+    predictions = [
+        {
+            "request_id": rid,
+            "label": label,
+            "probabilities": dict(zip(names, row.tolist())),
+            "model_version": version,
+        }
+        for rid, label, row in zip(ids, labels, matrix)
+    ]
+    return _Answer(predictions, matrix.max(axis=1), codes.tolist(), matrix)
+
+
+def _check_probe(bundle: ModelBundle, version: str, probe: np.ndarray) -> None:
+    """A version serves only if its outputs on a probe batch have the task's shape and range."""
+    task, n = bundle.task, 32
+    if task.kind == "multiclass":
+        ok = probe.shape == (n, task.n_classes) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3)
+        what = f"{task.n_classes} class probabilities per row"
+    elif task.kind == "binary":
+        ok = probe.shape == (n,) and bool(np.all((probe >= 0) & (probe <= 1)))
+        what = "probabilities"
+    else:
+        ok = probe.shape == (n,) and bool(np.all(np.isfinite(probe)))
+        what = "finite values"
+    if not ok:
+        raise ValueError(f"version {version} failed the probe batch: outputs are not {what} (shape {probe.shape})")
+
+
+# helpers above the deployment: Serve ships the class by value with the globals defined before it
 @serve.deployment(name="TabularServer")
 @serve.ingress(app)
 class TabularServer:
@@ -132,7 +199,11 @@ class TabularServer:
             }
             spec["paths"]["/v1/feedback"]["post"]["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": Feedback.model_json_schema()}},
+                "content": {"application/json": {"schema": self.state.feedback.model_json_schema()}},
+            }
+            spec["paths"]["/v1/predict"]["post"]["responses"]["200"] = {
+                "description": f"the {self.state.bundle.task.kind} model's predictions, one per record",
+                "content": {"application/json": {"schema": response_schema(self.state.bundle.task)}},
             }
         return spec
 
@@ -214,19 +285,25 @@ class TabularServer:
             cache_dir=Path(self.args.engine_cache_dir) if self.args.engine_cache_dir else None,
             on_fallback=lambda name, reason: self._count("PARITY_FALLBACKS", backend=name, reason=reason),
         )
-        probe = backend.predict(probe_matrix(bundle.fitted, rows=32, seed=1))
-        if probe.shape != (32,) or not np.all((probe >= 0) & (probe <= 1)):
-            raise ValueError(f"version {version} failed the probe batch: outputs are not probabilities")
+        _check_probe(bundle, version, backend.predict(probe_matrix(bundle.fitted, rows=32, seed=1)))
+        task = bundle.task
         columns = bundle.input_columns
         types = {c.name: ARROW_TYPES[c.dtype] for c in bundle.schema.columns}
+        others = [n for n in bundle.schema.names if n not in columns]  # id, timestamp, label
         parser = RecordParser(
-            bundle.schema, columns, self.args.serving.max_records_per_request, self.args.serving.max_body_bytes
+            bundle.schema,
+            columns,
+            self.args.serving.max_records_per_request,
+            self.args.serving.max_body_bytes,
+            passthrough=others,
         )
         info = {
             "name": self.args.model_name,
             "version": version,
             "ref": ref,
             "kind": bundle.kind,
+            "task": task.kind,
+            "classes": task.classes,
             "backend": backend.name,
             "backend_max_abs_diff": backend.max_abs_diff,
             "features_hash": bundle.fitted.content_hash,
@@ -237,7 +314,8 @@ class TabularServer:
             },
         }
         schema = pa.schema([(name, types[name]) for name in columns])
-        return Loaded(ref, version, bundle, backend, parser, schema, info)
+        logged = pa.schema([*schema, *((n, types[n]) for n in others if n != task.label)])
+        return Loaded(ref, version, bundle, backend, parser, schema, logged, feedback_model(task), info)
 
     def check_health(self) -> None:
         if self.state is None:
@@ -345,24 +423,23 @@ class TabularServer:
         except RequestError as exc:
             return self._finish("predict", started, _json(exc.status, exc.body()), state.version)
         try:
-            probs = await self._predict(state, rows)
+            scores = await self._predict(state, rows)
         except Exception:  # answered and counted as a 500 (the error-rate alert reads the count)
             log.exception("scoring failed with version %s", state.version)
             failed = {"detail": "scoring failed; see the replica log"}
             return self._finish("predict", started, _json(500, failed), state.version)
         self.m[metrics.ROWS.name].inc(len(rows), tags={"model_version": state.version})
-        threshold = self.args.serving.decision_threshold
         first = secrets.randbits(128)  # one random draw per request; rows count up from it
         ids = [f"{(first + i) % _ID_SPACE:032x}" for i in range(len(rows))]
-        predictions = [
-            {"request_id": rid, "probability": float(p), "label": int(p >= threshold), "model_version": state.version}
-            for rid, p in zip(ids, probs)
-        ]
+        answer = _answers(state, scores, ids, self.args.serving.decision_threshold)
         if self.monitor is not None:
-            self.monitor.offer(state.arrow_schema, state.version, rows, probs, ids, threshold)
-        for p in probs[:PREDICTION_SAMPLE]:  # a per-request sample keeps large requests cheap
-            self.m[metrics.PREDICTIONS.name].observe(float(p), tags={"model_version": state.version})
-        return self._finish("predict", started, _json(200, {"predictions": predictions}), state.version)
+            self.monitor.offer(
+                state.log_schema, state.version, rows, answer.score, ids, answer.predicted, answer.classes
+            )
+        if state.bundle.task.is_classifier:  # probabilities; a regression's values have no fixed buckets
+            for p in answer.score[:PREDICTION_SAMPLE]:  # a per-request sample keeps large requests cheap
+                self.m[metrics.PREDICTIONS.name].observe(float(p), tags={"model_version": state.version})
+        return self._finish("predict", started, _json(200, {"predictions": answer.predictions}), state.version)
 
     @app.post("/v1/feedback", status_code=202, summary="The true label of an earlier prediction")
     async def feedback(self, request: Request) -> Response:
@@ -373,7 +450,10 @@ class TabularServer:
         try:
             body = await self._body(request)
             require_json(request.headers.get("content-type"))
-            item = Feedback.model_validate_json(body)
+            state = self.state
+            if state is None:
+                return self._finish("feedback", started, _json(503, {"detail": "no model loaded yet"}))
+            item = state.feedback.model_validate_json(body)
         except RequestError as exc:
             return self._finish("feedback", started, _json(exc.status, exc.body()))
         except ValidationError as exc:
@@ -383,7 +463,8 @@ class TabularServer:
         if self.monitor is not None and not self.monitor.offer_label(item.request_id, item.label):
             busy = {"detail": "the label buffer is full; retry later"}
             return self._finish("feedback", started, _json(503, busy, {"Retry-After": "1"}))
-        self._count("FEEDBACK", label=str(item.label))
+        # classes are few; a regression's values would make a series each
+        self._count("FEEDBACK", label=str(item.label) if state.bundle.task.is_classifier else "value")
         body = {"accepted": True, "request_id": item.request_id, "monitored": self.monitor is not None}
         return self._finish("feedback", started, _json(202, body))
 

@@ -1,5 +1,9 @@
 """LightGBM on Ray Train V2: data-parallel workers, early stopping, sparse checkpoints, resume.
 
+The objective and its metrics come from the task (`rayloop.tasks.Task.lightgbm_params`): binary,
+multiclass over the class codes, or a regression (`training.lightgbm.objective` may pick huber,
+l1, quantile, ...). Early stopping watches the first of those metrics on the validation split.
+
 Reports are few on purpose: each `ray.train.report()` waits for the controller's next poll of
 the workers, so a callback checkpoints every `checkpoint_every` rounds and the loop once at the
 end, never per boosting round. Early stopping runs over the whole training, in one `lgb.train`.
@@ -15,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayloop.training.common import data_config, model_columns, report, run_config
-from rayloop.training.evaluate import evaluate
+from rayloop.training.evaluate import evaluate_task
 
 __all__ = [
     "MODEL_FILE",
@@ -29,7 +33,8 @@ __all__ = [
 
 MODEL_FILE = "model.txt"
 CURVE_FILE = "curve.json"  # the validation metrics per round, in the final checkpoint
-DEFAULT_PARAMS = {"objective": "binary", "metric": ["auc", "binary_logloss"], "verbosity": -1}
+# LightGBM's names of the curves it records, as the metrics are named everywhere else
+CURVE_NAMES = {"binary_logloss": "logloss", "l2": "mse", "l1": "mae"}
 
 
 def shard_to_numpy(shard, feature_names: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +62,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     has_valid = config.get("has_validation", True)
     if has_valid:
         x_valid, y_valid = shard_to_numpy(ray.train.get_dataset_shard("validation"), names, label)
-    params = {**DEFAULT_PARAMS, **config["params"], "num_threads": config.get("num_threads", 1)}
+    params = {**config["params"], "num_threads": config.get("num_threads", 1)}
+    kind = config.get("task_kind", "binary")
     if ctx.get_world_size() > 1:
         params |= {"tree_learner": "data_parallel", "pre_partition": True, **get_network_params()}
     categorical = config.get("categorical_indices") or "auto"
@@ -102,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "rounds": trained["rounds"],
         "best_iteration": best,
         "resumed_from": resumed_from,
-        **(_validation_metrics(booster, x_valid, y_valid) if has_valid else {}),
+        **(_validation_metrics(booster, x_valid, y_valid, kind) if has_valid else {}),
     }
 
     def write(directory: Path) -> None:
@@ -112,10 +118,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     report(metrics, write)
 
 
-def _validation_metrics(booster, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _validation_metrics(booster, x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, float]:
     if y.size == 0:
         return {}
-    scores = evaluate(y, booster.predict(x, num_iteration=booster.best_iteration or None))
+    scores = evaluate_task(kind, y, booster.predict(x, num_iteration=booster.best_iteration or None))
     return {f"validation_{k}": v for k, v in scores.items()}
 
 
@@ -134,13 +140,15 @@ def build_trainer(
     params: dict[str, Any],
     num_boost_round: int,
     early_stopping_rounds: int,
+    task_kind: str = "binary",
     num_workers: int = 1,
     cpus_per_worker: float = 1.0,
     max_failures: int = 1,
     name: str = "lightgbm",
     checkpoint_every: int = 50,
 ):
-    """A Ray Train V2 LightGBMTrainer with checkpoints under RAYLOOP_HOME/train."""
+    """A Ray Train V2 LightGBMTrainer with checkpoints under RAYLOOP_HOME/train. `params` are
+    complete (objective and metrics included: `Task.lightgbm_params`)."""
     from ray.train import ScalingConfig
     from ray.train.lightgbm import LightGBMTrainer
 
@@ -151,6 +159,7 @@ def build_trainer(
             "label": label,
             "categorical_indices": categorical_indices,
             "params": params,
+            "task_kind": task_kind,
             "num_boost_round": num_boost_round,
             "early_stopping_rounds": early_stopping_rounds,
             "num_threads": max(1, int(cpus_per_worker)),
@@ -175,4 +184,5 @@ def load_curve(checkpoint) -> dict[str, list[float]]:
     """{lightgbm metric name: value per round} on the validation split ({} for a refit without one)."""
     with checkpoint.as_directory() as directory:
         path = Path(directory) / CURVE_FILE
-        return json.loads(path.read_text()) if path.exists() else {}
+        curve = json.loads(path.read_text()) if path.exists() else {}
+    return {CURVE_NAMES.get(name, name): values for name, values in curve.items()}

@@ -1,5 +1,10 @@
 """The tabular MLP on Ray Train V2 (TorchTrainer): DDP over gloo on CPU or nccl with bf16 on GPU,
-early stopping on validation log loss, a checkpoint per epoch and resume after a failure."""
+early stopping on the validation loss, a checkpoint per epoch and resume after a failure.
+
+The task sets the head and the loss (`head_config`): a sigmoid with binary cross-entropy, a
+softmax with cross-entropy over the class codes, or a linear head on the standardized target with
+MSE (or Huber, `training.mlp.loss: huber`), scaled back at predict time. The validation loss is the
+task's: log loss, multiclass log loss, or RMSE in the label's units."""
 
 from __future__ import annotations
 
@@ -9,17 +14,37 @@ from typing import Any
 
 import numpy as np
 
+from rayloop.tasks import Task
 from rayloop.training.common import data_config, model_columns, report, run_config
-from rayloop.training.evaluate import evaluate
+from rayloop.training.evaluate import evaluate_task
 
 __all__ = [
     "CHECKPOINT_FILE",
-    "train_loop_per_worker",
-    "train_epoch",
-    "predict_batches",
+    "VALIDATION_LOSS",
     "build_trainer",
+    "head_config",
     "load_model",
+    "predict_batches",
+    "train_epoch",
+    "train_loop_per_worker",
 ]
+
+# the metric early stopping and tuning watch, per task (lower is better)
+VALIDATION_LOSS = {"binary": "logloss", "multiclass": "multi_logloss", "regression": "rmse"}
+
+
+def head_config(task: Task, train_labels: np.ndarray | None = None) -> dict[str, Any]:
+    """What the MLP needs from the task: outputs, head, and for a regression the train split's
+    target mean and spread (the model learns the standardized target)."""
+    config: dict[str, Any] = {"task_kind": task.kind, "n_outputs": task.n_outputs}
+    if task.kind == "binary":
+        return config | {"head": "sigmoid"}
+    if task.kind == "multiclass":
+        return config | {"head": "softmax"}
+    labels = np.asarray(train_labels if train_labels is not None else [0.0], dtype=np.float64)
+    std = float(np.std(labels))
+    return config | {"head": "linear", "target_mean": float(np.mean(labels)), "target_std": std if std > 0 else 1.0}
+
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -38,6 +63,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayloop.models.mlp import build_model  # torch at import: loaded where the model trains
 
     device = get_device()
+    loss_name = VALIDATION_LOSS[config.get("task_kind", "binary")]
     bf16 = device.type == "cuda"  # bf16 autocast on GPU; fp32 on CPU
     names, label = config["feature_names"], config["label"]
     model = build_model(config)
@@ -59,13 +85,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batch_size = config.get("batch_size", 512)
 
     for epoch in range(state["epoch"], config.get("epochs", 10)):
-        train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16)
+        train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16, config)
         metrics = (
-            _validate(model, _ray_batches(valid_shard, names, label, batch_size, device))
+            _validate(model, _ray_batches(valid_shard, names, label, batch_size, device), config)
             if valid_shard is not None
             else {}
         )
-        loss = metrics.get("validation_logloss")
+        loss = metrics.get(f"validation_{loss_name}")
         # without validation every epoch counts as the best so far and nothing stops early
         improved = loss is None or loss < state["best_loss"] - 1e-6
         state = {
@@ -81,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = state["stale"] >= config.get("patience", 3)
         metrics |= {
             "epoch": epoch + 1,
-            "best_validation_logloss": state["best_loss"],
+            f"best_validation_{loss_name}": state["best_loss"],
             "stopped_early": float(stop),
             "resumed_from": resumed_from,
         }
@@ -97,40 +123,72 @@ def _ray_batches(shard, names: list[str], label: str, batch_size: int, device) -
         yield _matrix(batch, names), batch[label]
 
 
-def train_epoch(model, batches: Iterable[tuple], optimizer, bf16: bool = False) -> None:
-    """One pass over (features, labels) tensor batches; shared by Ray Train workers and Tune trials."""
+def train_epoch(
+    model, batches: Iterable[tuple], optimizer, bf16: bool = False, head: dict[str, Any] | None = None
+) -> None:
+    """One pass over (features, labels) tensor batches with the task's loss (`head`: what
+    `head_config` gave, default a binary classifier); shared by Ray Train workers and Tune trials."""
     import torch
 
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    head = head or {}
+    kind = head.get("head", "sigmoid")
+    if kind == "sigmoid":
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+    elif kind == "softmax":
+        loss_fn = torch.nn.CrossEntropyLoss()
+    else:
+        loss_fn = torch.nn.HuberLoss() if head.get("loss") == "huber" else torch.nn.MSELoss()
+    mean, std = float(head.get("target_mean", 0.0)), float(head.get("target_std", 1.0))
     model.train()
     for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        loss_fn(logits.float(), y).backward()
+        if kind == "softmax":
+            target = y.long()
+        elif kind == "linear":
+            target = (y.float() - mean) / std
+        else:
+            target = y.float()
+        loss_fn(logits.float(), target).backward()
         optimizer.step()
 
 
-def predict_batches(model, batches: Iterable[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, labels) over (features, labels) tensor batches."""
+def predict_batches(
+    model, batches: Iterable[tuple], head: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the task's scores, labels) over (features, labels) tensor batches: P(positive), class
+    probabilities (rows x classes) or predicted values."""
     import torch
 
+    head = head or {}
+    kind = head.get("head", "sigmoid")
+    mean, std = float(head.get("target_mean", 0.0)), float(head.get("target_std", 1.0))
     model.eval()
-    probs, labels = [], []
+    scores, labels = [], []
     with torch.no_grad():
         for x, y in batches:
-            probs.append(torch.sigmoid(model(x).float()).cpu().numpy())
+            logits = model(x).float()
+            if kind == "sigmoid":
+                out = torch.sigmoid(logits)
+            elif kind == "softmax":
+                out = torch.softmax(logits, dim=1)
+            else:
+                out = logits * std + mean
+            scores.append(out.cpu().numpy())
             labels.append(y.cpu().numpy())
     if not labels:
-        return np.empty(0, np.float32), np.empty(0, np.float32)
-    return np.concatenate(probs), np.concatenate(labels)
+        width = int(head.get("n_outputs", 1))
+        return np.empty((0, width) if kind == "softmax" else 0, np.float32), np.empty(0, np.float32)
+    return np.concatenate(scores), np.concatenate(labels)
 
 
-def _validate(model, batches: Iterable[tuple]) -> dict[str, float]:
-    probs, labels = predict_batches(model, batches)
+def _validate(model, batches: Iterable[tuple], head: dict[str, Any]) -> dict[str, float]:
+    kind = head.get("task_kind", "binary")
+    scores, labels = predict_batches(model, batches, head)
     if labels.size == 0:
-        return {"validation_logloss": float("inf")}
-    return {f"validation_{k}": v for k, v in evaluate(labels, probs).items()}
+        return {f"validation_{VALIDATION_LOSS[kind]}": float("inf")}
+    return {f"validation_{k}": v for k, v in evaluate_task(kind, labels, scores).items()}
 
 
 def _report(state: dict, metrics: dict[str, float]) -> None:

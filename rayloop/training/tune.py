@@ -21,13 +21,21 @@ from rayloop import paths
 from rayloop.config import TrainingConfig, TuningConfig
 from rayloop.features.pipeline import FittedFeatures
 from rayloop.preprocess import PreprocessRun
-from rayloop.training.evaluate import evaluate
+from rayloop.tasks import Task, higher_is_better
+from rayloop.training.evaluate import evaluate_task
 from rayloop.training.search_space import DEFAULT_SPACES, to_tune
-from rayloop.training.torch import predict_batches, train_epoch
+from rayloop.training.torch import head_config, predict_batches, train_epoch
 
-__all__ = ["TuneData", "TrialSummary", "TuneOutcome", "run_tune", "lightgbm_trial", "mlp_trial"]
+__all__ = ["TUNE_METRICS", "TuneData", "TrialSummary", "TuneOutcome", "run_tune", "lightgbm_trial", "mlp_trial"]
 
-_LGB_METRIC = {"auc": "auc", "logloss": "binary_logloss"}
+# what a search may optimize, per task (tuning.metric; default: rayloop.tasks.DEFAULT_TUNE_METRIC)
+TUNE_METRICS = {
+    "binary": ("auc", "logloss", "accuracy"),
+    "multiclass": ("multi_logloss", "accuracy", "macro_f1"),
+    "regression": ("rmse", "mae", "r2"),
+}
+# LightGBM computes these itself every round; the others are computed from predictions at reports
+_LGB_METRIC = {"auc": "auc", "logloss": "binary_logloss", "multi_logloss": "multi_logloss", "rmse": "rmse", "mae": "l1"}
 
 
 @dataclass
@@ -91,52 +99,47 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
     import lightgbm as lgb
     from ray import tune
 
-    params = {
-        "objective": "binary",
-        "metric": ["auc", "binary_logloss"],
-        "verbosity": -1,
-        "num_threads": static["num_threads"],
-        **static["base_params"],
-        **config,
-    }
+    kind, key = static["task_kind"], static["metric"]
+    params = {**static["base_params"], **config, "num_threads": static["num_threads"]}
+    builtin = _LGB_METRIC.get(key)
+    if builtin and builtin not in params["metric"]:
+        params["metric"] = [*params["metric"], builtin]
     every = static["report_every"]
     train = lgb.Dataset(data.x_train, data.y_train, categorical_feature=data.categorical_indices or "auto")
     valid = lgb.Dataset(
         data.x_valid, data.y_valid, reference=train, categorical_feature=data.categorical_indices or "auto"
     )
-    best: dict[str, Any] = {"auc": -math.inf, "logloss": math.inf, "round": 0}
+    best: dict[str, Any] = {"value": -math.inf if higher_is_better(key) else math.inf, "round": 0}
     last = {"reported": 0}
 
-    def results(env) -> dict[str, float]:
-        return {
-            m: v
-            for _, name, v, _ in env.evaluation_result_list
-            for m, lgb_name in _LGB_METRIC.items()
-            if name == lgb_name
-        }
+    def score(env) -> float | None:
+        if builtin:
+            return next(v for _, name, v, _ in env.evaluation_result_list if name == builtin)
+        if (env.iteration + 1) % every and env.iteration + 1 < env.end_iteration:
+            return None  # computed from predictions at reports only
+        return evaluate_task(kind, data.y_valid, env.model.predict(data.x_valid))[key]
 
-    def report(round_: int, scores: dict[str, float]) -> None:
+    def report(round_: int, value: float) -> None:
         last["reported"] = round_
         tune.report(
             {
                 "rounds": round_,
-                "validation_auc": scores["auc"],
-                "validation_logloss": scores["logloss"],
-                "best_validation_auc": best["auc"],
-                "best_validation_logloss": best["logloss"],
+                f"validation_{key}": value,
+                f"best_validation_{key}": best["value"],
                 "best_round": best["round"],
             }
         )
 
     def callback(env) -> None:
         round_ = env.iteration + 1
-        scores = results(env)
-        key = static["metric"]
-        if (scores[key] > best[key]) if key == "auc" else (scores[key] < best[key]):
-            best.update(scores, round=round_)
+        value = score(env)
+        if value is None:
+            return
+        if (value > best["value"]) if higher_is_better(key) else (value < best["value"]):
+            best.update(value=value, round=round_)
         if round_ % every == 0:
-            report(round_, scores)
-        last["scores_now"], last["round_now"] = scores, round_
+            report(round_, value)
+        last["value_now"], last["round_now"] = value, round_
 
     lgb.train(
         params,
@@ -147,7 +150,7 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
         callbacks=[lgb.early_stopping(static["early_stopping_rounds"], verbose=False), callback],
     )
     if last.get("round_now", 0) > last["reported"]:  # stopped early between reports
-        report(last["round_now"], last["scores_now"])
+        report(last["round_now"], last["value_now"])
 
 
 def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) -> None:
@@ -157,6 +160,7 @@ def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) ->
     from rayloop.models.mlp import build_model  # torch at import: loaded in the trial that needs it
 
     torch.set_num_threads(static["num_threads"])
+    head = static["head"]
     hyper = {**static["base_params"], **config}
     model = build_model(
         {
@@ -164,6 +168,7 @@ def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) ->
             "categorical_indices": data.categorical_indices,
             "cardinalities": data.cardinalities,
             **hyper,
+            **head,
         }
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=hyper.get("lr", 1e-3))
@@ -172,28 +177,26 @@ def mlp_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any]) ->
     x_train, y_train = torch.tensor(data.x_train), torch.tensor(data.y_train)
     x_valid, y_valid = torch.tensor(data.x_valid), torch.tensor(data.y_valid)
     generator = torch.Generator().manual_seed(static["seed"])
-    best = {"logloss": math.inf, "auc": -math.inf, "epoch": 0}
+    key = static["metric"]
+    best = {"value": -math.inf if higher_is_better(key) else math.inf, "epoch": 0}
     stale = 0
     for epoch in range(1, int(hyper.get("epochs", 10)) + 1):
         order = torch.randperm(len(x_train), generator=generator)
         batches = ((x_train[i], y_train[i]) for i in order.split(batch_size))
-        train_epoch(model, batches, optimizer)
-        probs, labels = predict_batches(
-            model, ((x_valid[i : i + 4096], y_valid[i : i + 4096]) for i in range(0, len(x_valid), 4096))
+        train_epoch(model, batches, optimizer, head=head)
+        scores, labels = predict_batches(
+            model, ((x_valid[i : i + 4096], y_valid[i : i + 4096]) for i in range(0, len(x_valid), 4096)), head
         )
-        scores = evaluate(labels, probs)
-        key = static["metric"]
-        improved = (scores[key] > best[key]) if key == "auc" else (scores[key] < best[key] - 1e-6)
+        value = evaluate_task(head["task_kind"], labels, scores)[key]
+        improved = (value > best["value"]) if higher_is_better(key) else (value < best["value"] - 1e-6)
         if improved:
-            best.update(auc=scores["auc"], logloss=scores["logloss"], epoch=epoch)
+            best.update(value=value, epoch=epoch)
         stale = 0 if improved else stale + 1
         tune.report(
             {
                 "epoch": epoch,
-                "validation_auc": scores["auc"],
-                "validation_logloss": scores["logloss"],
-                "best_validation_auc": best["auc"],
-                "best_validation_logloss": best["logloss"],
+                f"validation_{key}": value,
+                f"best_validation_{key}": best["value"],
                 "best_round": best["epoch"],
             }
         )
@@ -206,11 +209,13 @@ def run_tune(
     data: TuneData,
     *,
     model: str,
+    task: Task,
     training: TrainingConfig,
     tuning: TuningConfig,
     name: str,
 ) -> TuneOutcome:
-    """Search `tuning.search_space` (or the model's default) and return the best trial."""
+    """Search `tuning.search_space` (or the model's default) for the task's metric (`tuning.metric`,
+    default per task) and return the best trial."""
     import time
 
     from ray import tune
@@ -218,9 +223,10 @@ def run_tune(
     from ray.tune.search import BasicVariantGenerator
 
     space = tuning.search_space or DEFAULT_SPACES[model]
-    metric, mode = f"validation_{tuning.metric}", "max" if tuning.metric == "auc" else "min"
+    key = task.check_metric(tuning.metric, "tune", TUNE_METRICS[task.kind])
+    metric, mode = f"validation_{key}", "max" if higher_is_better(key) else "min"
     if model == "lightgbm":
-        base = {k: v for k, v in training.lightgbm.items() if k != "num_boost_round"}
+        base = task.lightgbm_params({k: v for k, v in training.lightgbm.items() if k != "num_boost_round"})
         num_boost_round = int(training.lightgbm.get("num_boost_round", 200))
         static = {
             "base_params": base,
@@ -230,9 +236,14 @@ def run_tune(
         }
         trainable, max_t = lightgbm_trial, math.ceil(num_boost_round / tuning.report_every_rounds)
     else:
-        static = {"base_params": dict(training.mlp)}
+        static = {"base_params": dict(training.mlp), "head": head_config(task, data.y_train)}
         trainable, max_t = mlp_trial, int(training.mlp.get("epochs", 10))
-    static |= {"num_threads": max(1, int(tuning.cpus_per_trial)), "metric": tuning.metric, "seed": tuning.seed}
+    static |= {
+        "num_threads": max(1, int(tuning.cpus_per_trial)),
+        "metric": key,
+        "task_kind": task.kind,
+        "seed": tuning.seed,
+    }
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",
@@ -272,7 +283,7 @@ def run_tune(
         metric=metric,
         mode=mode,
         best_params={**static["base_params"], **best.config},
-        best_metrics={k: best.metrics[k] for k in ("best_validation_auc", "best_validation_logloss")},
+        best_metrics={best_key: best.metrics[best_key]},
         best_steps=int(best.metrics["best_round"]),
         trials=trials,
         wall_seconds=wall,
@@ -281,11 +292,11 @@ def run_tune(
 
 def _summary(result) -> TrialSummary:
     frame = result.metrics_dataframe
-    keep = [
-        c
-        for c in ("training_iteration", "rounds", "epoch", "validation_auc", "validation_logloss")
-        if frame is not None and c in frame
-    ]
+    keep = (
+        [c for c in frame.columns if c in ("training_iteration", "rounds", "epoch") or (c.startswith("validation_"))]
+        if frame is not None
+        else []
+    )
     metrics = {
         k: float(v)
         for k, v in (result.metrics or {}).items()

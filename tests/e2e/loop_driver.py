@@ -51,7 +51,7 @@ def register_champion(model: str) -> str:
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id(f"e2e-{model}")):
         version = registry.log_bundle(bundle, model_name=model)
-    assert registry.promote(model, version, holdout, label="label").promote
+    assert registry.promote(model, version, holdout).promote
     return version
 
 
@@ -67,8 +67,8 @@ def served_rows(bundle: ModelBundle, table: pa.Table, version: str) -> tuple[pa.
         "request_id": pa.array(ids),
         "ts": ts,
         "model_version": pa.array([version] * table.num_rows),
-        "probability": pa.array(probs, pa.float64()),
-        "predicted_label": pa.array((probs >= 0.5).astype(np.int8)),
+        "score": pa.array(probs, pa.float64()),
+        "predicted_label": pa.array((probs >= 0.5).astype(np.int64)),
     }
     for i, (name, values) in enumerate(extra.items()):
         inputs = inputs.add_column(i, name, values)

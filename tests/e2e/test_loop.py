@@ -120,7 +120,7 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
             interval_s=2,
             what="the retrain to finish",
         )
-        assert done["outcome"] == "promoted", done
+        assert done["outcome"] == "promoted", f"{done['outcome']}: {done['detail']}"
         new = done["version"]
         assert registry.resolve_version(MODEL, registry.CHAMPION) == new != first
         wait_for(  # answers from the new champion

@@ -53,7 +53,7 @@ def test_serve_deploy_of_the_config_file_serves_the_champion(ray_head, tmp_path)
             ModelBundle("lightgbm", booster, fitted, config.data.schema_, profile), model_name=MODEL
         )
     holdout = generate(300, seed=52)
-    assert registry.promote(MODEL, version, holdout, label="label").promote
+    assert registry.promote(MODEL, version, holdout).promote
 
     spec = yaml.safe_load((ROOT / "configs" / "serve" / "tabular.yaml").read_text())
     port = free_port()

@@ -75,7 +75,7 @@ def champion():
     registry.client()
     with mlflow.start_run(experiment_id=registry.experiment_id("monitor-tests")):
         version = registry.log_bundle(bundle, model_name=NAME)
-    assert registry.promote(NAME, version, holdout, label="label").promote
+    assert registry.promote(NAME, version, holdout).promote
     return version
 
 

@@ -47,13 +47,13 @@ def test_gate_promotes_the_first_model_refuses_a_worse_one_and_rollback_restores
     good, worse, holdout = parts
     v1 = _log(good, holdout)
     assert registry.resolve_version(NAME, registry.CHALLENGER) == v1
-    first = registry.promote(NAME, v1, holdout, label="label")
+    first = registry.promote(NAME, v1, holdout)
     assert first.promote and first.reason == "no champion to beat"
     assert registry.resolve_version(NAME, registry.CHAMPION) == v1
     assert registry.resolve_version(NAME, registry.CHALLENGER) is None  # promoted: no longer a challenger
 
     v2 = _log(worse, holdout)
-    refused = registry.promote(NAME, v2, holdout, label="label", tolerance=0.005)
+    refused = registry.promote(NAME, v2, holdout, tolerance=0.005)
     assert not refused.promote
     assert refused.champion > 0.75 and refused.challenger < 0.6
     lo, hi = refused.difference_interval  # the paired bootstrap brackets the observed difference
@@ -68,7 +68,7 @@ def test_gate_promotes_the_first_model_refuses_a_worse_one_and_rollback_restores
 
     # a retrained good model passes; rollback returns to v1, and then there is nothing before v1
     v3 = _log(good, holdout)
-    assert registry.promote(NAME, v3, holdout, label="label").promote
+    assert registry.promote(NAME, v3, holdout).promote
     assert registry.resolve_version(NAME, registry.CHAMPION) == v3
     assert registry.rollback(NAME) == (v3, v1)
     assert registry.resolve_version(NAME, registry.CHAMPION) == v1
@@ -82,7 +82,10 @@ def test_the_registered_pyfunc_predicts_from_raw_rows_like_the_bundle(parts):
     version = _log(good, holdout)
     model = mlflow.pyfunc.load_model(registry.model_uri(NAME, version))
     frame = holdout.to_pandas()
-    assert np.array_equal(model.predict(frame), good.model.predict(good.fitted.transform(holdout)))
+    answer = model.predict(frame)  # the task's outputs: a binary model's probability and class
+    native = good.model.predict(good.fitted.transform(holdout))
+    assert np.array_equal(answer["probability"].to_numpy(), native)
+    assert answer["label"].tolist() == [int(p >= 0.5) for p in native]
     info = model.metadata.get_input_schema()
     assert set(info.input_names()) == set(good.input_columns)
     loaded = registry.load_bundle(NAME, version)
@@ -93,9 +96,9 @@ def test_promote_refuses_a_holdout_without_labels_and_an_unknown_version(parts):
     good, _, holdout = parts
     version = _log(good, holdout)
     with pytest.raises(RegistryError, match="has no version or alias"):
-        registry.promote(NAME, "999", holdout, label="label")
+        registry.promote(NAME, "999", holdout)
     with pytest.raises(Exception, match="label"):
-        registry.promote(NAME, version, holdout.drop_columns(["label"]), label="label")
+        registry.promote(NAME, version, holdout.drop_columns(["label"]))
 
 
 def test_the_cli_promotes_with_exit_1_on_refusal_and_explains_a_rollback_without_history(parts, tmp_path):

@@ -65,7 +65,7 @@ def models():
 
     v1 = _register(bundle(40, 15))
     holdout = generate(400, seed=42)
-    assert registry.promote(NAME, v1, holdout, label="label").promote
+    assert registry.promote(NAME, v1, holdout).promote
     v2 = _register(bundle(80, 31))
     return v1, v2, holdout
 
@@ -97,7 +97,8 @@ def test_predictions_equal_the_pyfunc_bundle_for_the_same_rows(server, models):
     assert got.status_code == 200, got.text
     predictions = got.json()["predictions"]
     assert [p["model_version"] for p in predictions] == [v1] * 50
-    expected = mlflow.pyfunc.load_model(registry.model_uri(NAME, v1)).predict(holdout.slice(0, 50).to_pandas())
+    answer = mlflow.pyfunc.load_model(registry.model_uri(NAME, v1)).predict(holdout.slice(0, 50).to_pandas())
+    expected = answer["probability"].to_numpy()
     np.testing.assert_allclose([p["probability"] for p in predictions], expected, rtol=0, atol=1e-12)
     assert [p["label"] for p in predictions] == [int(p >= 0.5) for p in expected]
     assert len({p["request_id"] for p in predictions}) == 50
@@ -108,7 +109,16 @@ def test_predictions_equal_the_pyfunc_bundle_for_the_same_rows(server, models):
     assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "model_version": v1}
     openapi = httpx.get(f"{base}/openapi.json", timeout=10).json()
     record = openapi["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"][0]
-    assert set(record["properties"]) == set(info["input_columns"]) and record["additionalProperties"] is False
+    # every input is required; the training table's other columns are accepted, optional, ignored
+    assert set(record["required"]) == set(info["input_columns"]) and record["additionalProperties"] is False
+    assert set(record["properties"]) == {*info["input_columns"], "entity_id", "event_time", "label"}
+    answer = openapi["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(answer["properties"]["predictions"]["items"]["properties"]) >= {"probability", "label"}
+    assert info["task"] == "binary" and info["classes"] == [0, 1]
+    training_row = holdout.slice(0, 1).to_pylist()[0]  # a row of the training table, label and id included
+    training_row["event_time"] = training_row["event_time"].isoformat()
+    scored = httpx.post(f"{base}/v1/predict", json=training_row, timeout=30)
+    assert scored.status_code == 200 and scored.json()["predictions"][0]["probability"] == pytest.approx(expected[0])
     assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
 
 

@@ -29,7 +29,7 @@ def test_lightgbm_on_ray_train_learns_and_checkpoints_under_rayloop_home(feature
     trainer = _trainer(
         feature_run,
         "lgb",
-        params={"learning_rate": 0.1, "num_leaves": 31},
+        params=feature_run.run.task().lightgbm_params({"learning_rate": 0.1, "num_leaves": 31}),
         num_boost_round=120,
         early_stopping_rounds=15,
         checkpoint_every=40,
@@ -54,7 +54,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
     trainer = _trainer(
         feature_run,
         "lgb-fault",
-        params={"learning_rate": 0.01, "num_leaves": 15},
+        params=feature_run.run.task().lightgbm_params({"learning_rate": 0.01, "num_leaves": 15}),
         num_boost_round=600,
         early_stopping_rounds=10_000,  # never stop early: the run must outlive the kill
         checkpoint_every=30,
@@ -72,7 +72,7 @@ def test_two_workers_stop_early_together_on_the_whole_validation_split(feature_r
     trainer = _trainer(
         feature_run,
         "lgb-2w",
-        params={"learning_rate": 0.3, "num_leaves": 63},
+        params=feature_run.run.task().lightgbm_params({"learning_rate": 0.3, "num_leaves": 63}),
         num_boost_round=400,
         early_stopping_rounds=5,
         num_workers=2,

@@ -47,15 +47,23 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
     pyfunc = mlflow.pyfunc.load_model(registry.model_uri("wf-train", outcome.version))
     booster = lgb.Booster(model_file=f"{outcome.checkpoint}/model.txt")
     native = booster.predict(feature_run.fitted.transform(holdout))
-    assert np.array_equal(pyfunc.predict(holdout.to_pandas()), native)
+    assert np.array_equal(pyfunc.predict(holdout.to_pandas())["probability"].to_numpy(), native)
     bundle = registry.load_bundle("wf-train", outcome.version)
     assert bundle.profile.prediction_histogram is not None
     assert sum(bundle.profile.prediction_histogram.counts) == holdout.num_rows
     assert bundle.lineage["checkpoint"] == outcome.checkpoint
     assert bundle.metrics["auc"] == pytest.approx(outcome.test_metrics["auc"])
+    # judged on a fit that never saw the test rows; served: the refit on every split, same rounds
+    fits = bundle.lineage["fits"]
+    assert fits["evaluation"]["splits"] == ["train"] and fits["evaluation"]["early_stopping_on"] == "validation"
+    assert fits["refit"]["splits"] == ["train", "validation", "test"]
+    assert fits["refit"]["steps"] == fits["evaluation"]["steps"] == outcome.steps
+    assert fits["refit"]["checkpoint"] == outcome.checkpoint != fits["evaluation"]["checkpoint"]
+    assert booster.num_trees() == outcome.steps
+    assert outcome.evaluation_bundle is not None and outcome.evaluation_bundle.task.kind == "binary"
 
 
-def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(feature_run):
+def test_tune_logs_every_trial_and_refits_the_best_on_every_split(feature_run):
     config = load_config(
         None,
         [
@@ -69,10 +77,12 @@ def test_tune_logs_every_trial_and_refits_the_best_on_train_and_validation(featu
     outcome = tune_and_register(config, feature_run.run)
 
     assert outcome.tuning["trials"] == 3
-    assert outcome.steps == outcome.tuning["best_steps"]  # the refit ran the best trial's rounds
+    assert outcome.steps == outcome.tuning["best_steps"]  # both fits ran the best trial's rounds
     assert outcome.test_metrics["auc"] > 0.75
     bundle = registry.load_bundle("wf-tune", outcome.version)
-    assert bundle.lineage["refit_on_train_and_validation"] is True
+    fits = bundle.lineage["fits"]
+    assert fits["evaluation"] == {**fits["evaluation"], "splits": ["train"], "early_stopping_on": None}
+    assert fits["refit"]["splits"] == ["train", "validation", "test"] and fits["refit"]["steps"] == outcome.steps
     for key in ("learning_rate", "num_leaves"):
         assert bundle.model_params[key] == outcome.tuning["best_params"][key]
     parent = MlflowClient().get_run(outcome.mlflow_run_id).data.tags["mlflow.parentRunId"]
@@ -98,7 +108,12 @@ def test_mlp_trials_report_per_epoch_and_the_best_is_the_maximum(feature_run):
     )
     data = TuneData.from_run(feature_run.run, feature_run.fitted, "label")
     outcome = run_tune(
-        data, model="mlp", training=config.training, tuning=config.tuning, name=f"mlp-tune-{feature_run.run_id}"
+        data,
+        model="mlp",
+        task=feature_run.run.task(),
+        training=config.training,
+        tuning=config.tuning,
+        name=f"mlp-tune-{feature_run.run_id}",
     )
     assert len(outcome.trials) == 2
     assert all(t.iterations == len(t.curve) >= 1 for t in outcome.trials)

@@ -50,8 +50,8 @@ def _batch(table: pa.Table, version: str = "1", start: float | None = None) -> p
             "request_id": ids,
             "ts": ts,
             "model_version": [version] * n,
-            "probability": probs,
-            "predicted_label": (probs >= 0.5).astype(np.int8),
+            "score": probs,
+            "predicted_label": (probs >= 0.5).astype(np.int64),
             **{name: table.column(name) for name in FEATURES},
         }
     )
@@ -114,7 +114,7 @@ def test_labels_join_by_request_id_and_count_duplicates_unknown_and_late(tmp_pat
     )
     assert outcome == {"joined": 0, "late": 1, "duplicate": 1, "unknown": 1}
     auc, n = core.live_quality()
-    expected = roc_auc(truth[:300], table.column("probability").to_numpy()[:300])
+    expected = roc_auc(truth[:300], table.column("score").to_numpy()[:300])
     assert n == 300 and auc == pytest.approx(expected)
     assert core.ingest_labels("l1", label_table(["x"], [1])) == {"duplicate_batch": 1}  # a retried send
     assert core.state.labels == {"joined": 300, "late": 1, "duplicate": 1, "unknown": 1}

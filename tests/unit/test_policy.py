@@ -115,7 +115,7 @@ def test_a_clean_window_reports_none_with_the_numbers():
 @pytest.mark.parametrize(
     ("live", "reference", "labels", "action", "in_reason"),
     [
-        (0.70, 0.85, 500, "retrain", "live auc 0.7000 is 0.1500 below the champion's 0.8500"),
+        (0.70, 0.85, 500, "retrain", "live auc 0.7000 is 0.1500 worse than the champion's 0.8500"),
         (0.70, 0.85, 199, "none", "fewer than min_labels=200"),
         (0.82, 0.85, 500, "none", "live auc 0.8200 vs champion 0.8500"),  # within the allowed drop
         (None, 0.85, 500, "none", "no live auc"),
@@ -149,7 +149,7 @@ def test_drift_and_quality_together_name_both():
     observation = obs(0, live_metric=0.6, reference_metric=0.8, live_labels=1000)
     _, decision = decide(PolicyState(), observation, config(consecutive_windows=1))
     assert decision.action == "retrain" and decision.trigger == "drift+quality"
-    assert "drift in 1 consecutive windows" in decision.reason and "below the champion's" in decision.reason
+    assert "drift in 1 consecutive windows" in decision.reason and "worse than the champion's" in decision.reason
 
 
 # ---- suppression -----------------------------------------------------------------------------

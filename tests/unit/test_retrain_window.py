@@ -24,7 +24,7 @@ def _log(n: int, start_s: float, labelled_every: int = 1) -> pa.Table:
     return (
         rows.append_column("request_id", pa.array([f"r{i}" for i in range(n)]))
         .append_column("ts", ts)
-        .append_column("probability", pa.array([0.5] * n))
+        .append_column("score", pa.array([0.5] * n))
         .append_column(
             "label", pa.array([v if i % labelled_every == 0 else None for i, v in enumerate(labels)], pa.int8())
         )
