@@ -226,8 +226,8 @@ def run_arm(
         "records": records,
         "time_to_detect_s": None if first_alarm is None else round(first_alarm["end"] - drift_at, 1),
         "accuracy_timeline": stats.timeline(5.0),
-        "accuracy_clean": stats.accuracy(drift=False),
-        "accuracy_after_drift": stats.accuracy(drift=True),
+        "accuracy_clean": stats.quality(drift=False),
+        "accuracy_after_drift": stats.quality(drift=True),
     }
     # steady-state p99: the clean phase's answers; during the swap: answers while the first promotion rolled out
     answers = [a for a in stats.answers]
@@ -241,7 +241,7 @@ def run_arm(
         out["time_to_retrain_s"] = round(p["job_finished_at"] - p["decided_at"], 1)
         out["time_to_swap_s"] = round(p["finished_at"] - p["job_finished_at"], 1)
         out["drift_to_new_champion_s"] = round(p["finished_at"] - drift_at, 1)
-        out["accuracy_after_promotion"] = stats.accuracy(version=p["version"], drift=True)
+        out["accuracy_after_promotion"] = stats.quality(version=p["version"], drift=True)
         try:
             logs = jobs.client(head.dashboard).get_job_logs(p["submission_id"])
             result = json.loads(logs[logs.rindex("\n{\n") + 1 : logs.rindex("}") + 1])
@@ -263,10 +263,10 @@ def plot(results: list[dict], clean_s: float, target: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for res in results:
-        tl = [b for b in res["accuracy_timeline"] if b["accuracy"] is not None]
+        tl = [b for b in res["accuracy_timeline"] if b["quality"] is not None]
         ax.plot(
             [b["t"] for b in tl],
-            [b["accuracy"] for b in tl],
+            [b["quality"] for b in tl],
             marker=".",
             label=f"{res['arm']} ({res['retrains']} retrains)",
         )

@@ -135,7 +135,6 @@ def arm_rayloop(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from rayloop import paths
-    from rayloop.config import load_config
     from rayloop.preprocess import PreprocessRun, run_preprocess
     from rayloop.runtime import init_ray
 
@@ -148,9 +147,7 @@ def arm_rayloop(args: argparse.Namespace) -> dict[str, Any]:
     )
     ctx_applied = apply_data_context(args.ctx, args.limit_object_store_mb)
     ray_ready = time.perf_counter()
-    config = load_config(
-        None, [f"data.source={args.source}", f"data.max_reject_ratio={MAX_REJECT_RATIO}", *args.overrides]
-    )
+    config = _config(args)
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     result = run_preprocess(config, run_id=run_id)
     done = time.perf_counter()
@@ -237,12 +234,8 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from rayloop.config import load_config
-
     imported = time.perf_counter()
-    config = load_config(
-        None, [f"data.source={args.source}", f"data.max_reject_ratio={MAX_REJECT_RATIO}", *args.overrides]
-    )
+    config = _config(args)
     data, feats = config.data, config.features
     columns = data.schema_.columns
     out = Path(args.out)
@@ -813,6 +806,18 @@ def main(argv: list[str] | None = None) -> int:
     path = save_results(name, payload)
     print(f"saved {path}")
     return 0 if all(r["returncode"] == 0 for r in records) else 1
+
+
+def _config(args: argparse.Namespace):
+    """The generated files read with the generator's declared schema (ranges and categories, so
+    the planted bad rows are rejected as a declared schema rejects them); a file is otherwise inferred."""
+    from rayloop.config import load_config
+    from rayloop.data.synthetic import declared_schema
+
+    config = load_config(
+        None, [f"data.source={args.source}", f"data.max_reject_ratio={MAX_REJECT_RATIO}", *args.overrides]
+    )
+    return config.model_copy(update={"data": config.data.model_copy(update={"schema_": declared_schema()})})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rayloop.control.pipeline import run_pipeline
 from rayloop.control.train import train_and_register, tune_and_register
 from rayloop.control.up import up
 from rayloop.data import synthetic
+from rayloop.data.examples import EXAMPLES, LABEL, write_example
 from rayloop.data.io import read_table
 from rayloop.entrypoint import EXIT_USAGE, exit_code
 from rayloop.errors import RayloopError
@@ -197,19 +198,38 @@ def generate(
     onset: Annotated[float, typer.Option(help="where drift starts, as a fraction of the timeline")] = 0.5,
     mode: Annotated[str, typer.Option(help="abrupt | gradual")] = "abrupt",
     bad_rows: Annotated[float, typer.Option(help="fraction of rows to corrupt (to exercise validation)")] = 0.0,
+    task: Annotated[str, typer.Option(help="binary | multiclass | regression: the label generated")] = "binary",
 ) -> None:
     """Write a synthetic dataset (optionally with drift) to Parquet or CSV."""
+    if task not in synthetic.TASKS:
+        _usage(f"--task must be one of {list(synthetic.TASKS)}, got {task!r}")
     scen = synthetic.Scenario(kind=scenario, onset=onset, mode=mode) if scenario else None
     if out.suffix == ".csv":
-        table = synthetic.generate(rows, seed, scen)
+        table = synthetic.generate(rows, seed, scen, task=task)
         if bad_rows:
             table, _ = synthetic.corrupt(table, bad_rows, seed)
         out.parent.mkdir(parents=True, exist_ok=True)
         pacsv.write_csv(table, out)
         files = [str(out)]
     else:
-        files = synthetic.write_parquet(out, rows, seed, scen, bad_row_fraction=bad_rows)
+        files = synthetic.write_parquet(out, rows, seed, scen, bad_row_fraction=bad_rows, task=task)
     console.print(f"wrote {rows:,} rows to {len(files)} file(s) under {out}")
+
+
+@app.command()
+def example(
+    name: Annotated[str, typer.Argument(help=f"one of {', '.join(EXAMPLES)} (scikit-learn's bundled data)")],
+    out: Annotated[Path, typer.Argument(help="a .parquet or .csv file to write")],
+) -> None:
+    """Write a real data set that ships inside scikit-learn (no download) as a plain table: its
+    features and the label in `target`, no id and no timestamp column."""
+    if name not in EXAMPLES:
+        _usage(f"unknown example {name!r}; known: {', '.join(EXAMPLES)}")
+    path = write_example(name, out)
+    console.print(
+        f"wrote {name} ({EXAMPLES[name]}) to {path}; train on it with "
+        f"`rayloop run --set data.source={path} --set data.label_column={LABEL} --set data.schema=null`"
+    )
 
 
 def _preprocess(cfg: RayloopConfig, address: str | None):
@@ -239,13 +259,17 @@ def demo(
     rate: Annotated[float, typer.Option(help="requests per second")] = 60.0,
     clean: Annotated[float, typer.Option(help="seconds of clean traffic before the drift")] = 40.0,
     dashboard_port: Annotated[int, typer.Option(help="the dashboard's port (127.0.0.1)")] = 8265,
+    task: Annotated[str, typer.Option(help="binary | multiclass | regression: the synthetic label")] = "binary",
 ) -> None:
     """The whole loop on this machine: Ray head, pipeline job, Serve, monitor, drift, retrain, rollout."""
     if stop:
         stopped = demo_lib.stop_demo_head()
         console.print("demo head stopped" if stopped else f"no demo head recorded under {paths.home()}")
         return
-    source = _source(config, [*demo_lib.DEMO_OVERRIDES, *(set_ or [])])
+    if task not in synthetic.TASKS:
+        _usage(f"--task must be one of {list(synthetic.TASKS)}, got {task!r}")
+    settings = demo_lib.demo_overrides(task)
+    source = _source(config, [*settings, *(set_ or [])])
     try:
         cfg = source.load()
     except RayloopError as exc:
@@ -253,7 +277,7 @@ def demo(
     console.rule("[bold]rayloop demo: drift -> retrain job -> gate -> zero-downtime rollout")
     console.print(
         f"state under [cyan]{paths.home()}[/cyan]; model [cyan]{cfg.registry.model_name}[/cyan]; "
-        f"demo settings: {' '.join(demo_lib.DEMO_OVERRIDES)}"
+        f"demo settings: {' '.join(settings)}"
     )
     demo_lib.stop_demo_head()  # a previous demo's head, if it was left running
     if demo_lib.archive_previous_run(cfg.registry.model_name):  # its monitor is gone with its head
@@ -272,11 +296,12 @@ def demo(
         console.print("[red]the demo failed; stopping its head[/red]")
         demo_lib.stop_demo_head()
         raise
-    accuracy = summary.get("accuracy") or {}
-    table = Table(title="live accuracy of the answers")
+    quality = summary.get("quality") or {}
+    metric = summary.get("quality_metric", "accuracy")
+    table = Table(title=f"live {metric} of the answers")
     table.add_column("traffic, model")
-    table.add_column("accuracy", justify="right")
-    for key, value in accuracy.items():
+    table.add_column(metric, justify="right")
+    for key, value in quality.items():
         table.add_row(key, "-" if value is None else f"{value:.4f}")
     console.print(table)
     console.print(
@@ -583,20 +608,36 @@ def traffic_cmd(
     rows: Annotated[int, typer.Option(help="rows per request")] = 1,
     label_delay: Annotated[float, typer.Option(help="seconds before a request's true label is posted")] = 2.0,
     label_fraction: Annotated[float, typer.Option(help="share of requests whose label arrives")] = 1.0,
+    task: Annotated[str, typer.Option(help="synthetic rows' label: binary | multiclass | regression")] = "binary",
+    source: Annotated[
+        str | None, typer.Option(help="replay this table (Parquet/CSV) in time order instead of synthetic rows")
+    ] = None,
+    label_column: Annotated[str, typer.Option(help="the replayed table's label, posted as feedback")] = "label",
+    order_by: Annotated[
+        str | None, typer.Option(help="replay ordered by this column (default: its timestamp column, else file order)")
+    ] = None,
     seed: int = 11,
 ) -> None:
-    """Send synthetic traffic to the app, switch to drift at --drift-at, post the true labels late."""
-    cfg = TrafficConfig(
-        url=url,
-        rate=rate,
-        duration_s=duration,
-        drift_at_s=drift_at,
-        rows_per_request=rows,
-        scenario=synthetic.Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
-        label_delay_s=label_delay,
-        label_fraction=label_fraction,
-        seed=seed,
-    )
+    """Send traffic to the app and post each row's true label late: synthetic rows (switching to a
+    drift scenario at --drift-at), or a real table replayed in order (--source), to backtest the loop."""
+    try:
+        cfg = TrafficConfig(
+            url=url,
+            rate=rate,
+            duration_s=duration,
+            drift_at_s=drift_at,
+            rows_per_request=rows,
+            task=task,
+            source=source,
+            label_column=label_column,
+            order_by=order_by,
+            scenario=synthetic.Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
+            label_delay_s=label_delay,
+            label_fraction=label_fraction,
+            seed=seed,
+        )
+    except ValueError as exc:  # pydantic's ValidationError: names the option and the rule
+        _usage(str(exc).replace("\n", " "))
     last = {"answers": 0, "t": 0.0}
 
     def line(stats: TrafficStats, elapsed: float) -> str:
@@ -605,11 +646,11 @@ def traffic_cmd(
         rps = (answered - last["answers"]) / max(1e-9, elapsed - last["t"])
         last.update(answers=answered, t=elapsed)
         phase = "[red]drift[/red]" if drift_at is not None and elapsed >= drift_at else "clean"
-        acc = stats.accuracy(after_s=max(0.0, elapsed - 10))
+        acc = stats.quality(after_s=max(0.0, elapsed - 10))
         return (
             f"{elapsed:6.0f}s {phase:>5}  {rps:7.1f} req/s  sent {s['sent']:,}  errors {s['errors']}  "
             f"skipped {s['skipped']}  labels {s['labels_posted']:,}  p99 {s['p99_ms'] or 0:.1f} ms  "
-            f"accuracy(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}"
+            f"{stats.metric}(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}"
         )
 
     with Live(console=console, refresh_per_second=2) as live:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from rayloop.constants import DEFAULT_HOME, DEFAULT_SERVE_TOKEN_ENV_VAR, HOME_ENV_VAR, STORAGE_ENV_VAR
+from rayloop.data import synthetic
 from rayloop.data.schema import FeatureSchema
 from rayloop.data.synthetic import Scenario
 from rayloop.errors import ConfigError
@@ -67,6 +68,9 @@ class SyntheticDataConfig(_Section):
 
     n_rows: int = Field(20_000, gt=0)
     seed: int = 0
+    task: Literal["binary", "multiclass", "regression"] = Field(
+        "binary", description="the label generated: 0/1, low/medium/high, or a number (rayloop.data.synthetic)"
+    )
     scenario: Scenario | None = None
     bad_row_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="rows corrupted to show validation")
     rows_per_file: int = Field(1_000_000, gt=0)
@@ -100,7 +104,11 @@ class DataConfig(_Section):
     max_classes: int = Field(50, ge=2, le=10_000, description="most classes a classification may have")
     timestamp_column: str | None = "event_time"
     id_column: str | None = "entity_id"
-    schema_: FeatureSchema | None = Field(None, alias="schema", description="declared schema; inferred when absent")
+    schema_: FeatureSchema | None = Field(
+        None,
+        alias="schema",
+        description="declared schema; inferred from the source when absent (synthetic data: the generator's)",
+    )
     max_reject_ratio: float = Field(0.05, ge=0.0, le=1.0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
@@ -111,6 +119,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _roles_in_schema(self) -> DataConfig:
+        if self.schema_ is None and self.source == "synthetic":
+            # the generator knows its table: types, ranges and categories to reject its broken rows
+            self.schema_ = synthetic.declared_schema(self.synthetic.task)
         if self.schema_ is None:
             return self
         names = set(self.schema_.names)
@@ -167,7 +178,9 @@ class TrainingConfig(_Section):
         "rounds/epochs and serve that (all: the newest rows too); none serves the evaluation fit",
     )
     max_failures: int = Field(1, ge=0)
-    slice_column: str | None = Field(None, description="a categorical input column: test metrics per value")
+    slice_column: str | None = Field(
+        None, description="a categorical input column: test metrics per value (skipped, with a warning, if absent)"
+    )
 
     @field_validator("lightgbm", "mlp")
     @classmethod

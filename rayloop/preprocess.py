@@ -239,6 +239,7 @@ def resolve_source(data: DataConfig) -> str:
         data.synthetic.scenario,
         rows_per_file=data.synthetic.rows_per_file,
         bad_row_fraction=data.synthetic.bad_row_fraction,
+        task=data.synthetic.task,
     )
     (tmp / "_SUCCESS").write_text(json.dumps(spec))
     try:

@@ -312,7 +312,7 @@ def resolve_task(
         raise LabelError(
             label,
             "too_many_classes",
-            f"more than data.max_classes={max_classes} distinct values on the train split (found {shown}...)",
+            f"more than data.max_classes={max_classes} distinct values on the train split (found {shown}, ...)",
         )
     classes = sorted(train.counts, key=_sort_key)
     if len(classes) < 2:
@@ -354,9 +354,10 @@ def check_known_task(task: Task, splits: Mapping[str, LabelSummary]) -> None:
             )
 
 
-def _shown(summary: LabelSummary, limit: int = 8) -> list[str]:
+def _shown(summary: LabelSummary, limit: int = 8) -> str:
+    """The most frequent values, as `'a' (3 rows), 'b' (2 rows)`."""
     top = sorted(summary.counts.items(), key=lambda kv: -kv[1])[:limit]
-    return [f"{v!r} ({n} rows)" for v, n in top]
+    return ", ".join(f"{v!r} ({n} rows)" for v, n in top)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

@@ -5,7 +5,7 @@
 3. the Serve app deployed, with its DriftMonitor;
 4. synthetic traffic with late labels, switching to an abrupt covariate + concept drift;
 5. a live timeline of what the loop does (drift windows, decision, retrain job, gate, rollout,
-   live accuracy), an HTML report with plots under RAYLOOP_HOME/reports.
+   the live quality of the answers), an HTML report with plots under RAYLOOP_HOME/reports.
 
 The head keeps running afterwards so the dashboard, `ray job list` and `rayloop status` can be
 looked at; `rayloop demo --stop` (or Ctrl-C during the run) stops everything it started.
@@ -40,6 +40,7 @@ from rayloop.traffic import TrafficConfig, run_traffic
 __all__ = [
     "DEMO_OVERRIDES",
     "PREVIOUS_DIR",
+    "demo_overrides",
     "LoopWatcher",
     "archive_previous_run",
     "drive",
@@ -69,6 +70,20 @@ DEMO_OVERRIDES = [
     # can refuse a retrained model that fixes the labels
     "registry.gate_metric=accuracy",
 ]
+
+
+def demo_overrides(task: str = "binary") -> list[str]:
+    """DEMO_OVERRIDES for the synthetic data of `task` (its declared schema follows the task); a
+    regression is gated on its default metric (RMSE) and judged live by MAE."""
+    if task == "binary":
+        return list(DEMO_OVERRIDES)
+    out = [o for o in DEMO_OVERRIDES if not o.startswith("registry.gate_metric=")]
+    out += [f"data.synthetic.task={task}", f"registry.model_name=rayloop-{task}"]
+    if task == "multiclass":
+        out.append("registry.gate_metric=accuracy")  # what the app answers with, as for binary
+    return out
+
+
 HEAD_FILE = "demo-head.json"
 PREVIOUS_DIR = "demo-previous"  # under RAYLOOP_HOME: the last demo's monitor state and inference log
 
@@ -221,8 +236,17 @@ class LoopWatcher:
 
 
 # ---- the report --------------------------------------------------------------------------------
-def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], events: list[dict], summary: dict) -> Path:
-    """One self-contained HTML file: drift per window and live accuracy over time, events marked."""
+def write_report(
+    target: Path,
+    *,
+    windows: list[dict],
+    quality: list[dict],
+    events: list[dict],
+    summary: dict,
+    metric: str = "accuracy",
+) -> Path:
+    """One self-contained HTML file: drift per window and the answers' quality over time (accuracy,
+    or MAE for a regression), events marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,15 +264,15 @@ def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], eve
         )
     top.set_ylabel("max PSI per window")
     top.legend(loc="upper left")
-    versions = sorted({v for a in accuracy for v in a["versions"]})
+    versions = sorted({v for a in quality for v in a["versions"]})
     for version in versions:
         pts = [
-            (a["t"], a["accuracy"])
-            for a in accuracy
-            if a["accuracy"] is not None and max(a["versions"], key=a["versions"].get) == version
+            (a["t"], a["quality"])
+            for a in quality
+            if a["quality"] is not None and max(a["versions"], key=a["versions"].get) == version
         ]
         bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"answered by v{version}")
-    bottom.set_ylabel("accuracy of answers (5 s buckets)")
+    bottom.set_ylabel(f"{metric} of answers (5 s buckets)")
     bottom.set_xlabel("seconds since traffic started")
     bottom.legend(loc="lower left")
     for axis in (top, bottom):
@@ -271,7 +295,7 @@ def write_report(target: Path, *, windows: list[dict], accuracy: list[dict], eve
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td{{padding:2px 8px;vertical-align:top}}
 pre{{background:#f5f5f5;padding:1em;overflow:auto}}</style></head><body>
 <h1>rayloop demo: drift &rarr; retrain &rarr; gate &rarr; rollout</h1>
-<img src="data:image/png;base64,{image}" alt="drift and accuracy over time">
+<img src="data:image/png;base64,{image}" alt="drift and {metric} over time">
 <h2>Timeline</h2><table><tr><th>s</th><th>event</th><th>what</th></tr>{rows}</table>
 <h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre></body></html>""")
     return target
@@ -330,6 +354,7 @@ def drive(
 
     traffic = TrafficConfig(
         url=url,
+        task=config.data.synthetic.task,
         rate=rate,
         duration_s=clean_s + max_wait_s + after_s,
         drift_at_s=clean_s,
@@ -374,12 +399,13 @@ def drive(
         "retrain": done,
     }
     if stats is not None:
-        summary["accuracy"] = {
-            "clean, champion": stats.accuracy(version=champion, drift=False),
-            "drift, champion": stats.accuracy(version=champion, drift=True),
+        summary["quality_metric"] = stats.metric
+        summary["quality"] = {
+            "clean, champion": stats.quality(version=champion, drift=False),
+            "drift, champion": stats.quality(version=champion, drift=True),
         }
         if done is not None and done.get("version"):
-            summary["accuracy"][f"drift, v{done['version']}"] = stats.accuracy(version=done["version"], drift=True)
+            summary["quality"][f"drift, v{done['version']}"] = stats.quality(version=done["version"], drift=True)
     drift_t = next((e["t"] for e in watcher.events if e["kind"] == "drift_start"), None)
     for kind in ("drift", "submitted", "outcome"):
         t = next((e["t"] for e in watcher.events if e["kind"] == kind and (drift_t is None or e["t"] >= drift_t)), None)
@@ -388,7 +414,8 @@ def drive(
     report = write_report(
         paths.ensure(paths.reports_dir()) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.html",
         windows=watcher.windows,
-        accuracy=stats.timeline(5.0) if stats else [],
+        quality=stats.timeline(5.0) if stats else [],
+        metric=stats.metric if stats else "accuracy",
         events=watcher.events,
         summary=summary,
     )

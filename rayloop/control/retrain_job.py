@@ -156,10 +156,10 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         timestamp_column=data_cfg.timestamp_column,
         id_column=data_cfg.id_column,
     )
-    # judged on the newest labelled rows and compared with the recent traffic afterwards, not
-    # with the mixed training window
+    # judged on the newest labelled rows; traffic is compared afterwards with the recent feature
+    # profile (not the mixed training window) and with the scores of rows no fit trained on
     evaluation = EvaluationData(
-        holdout=data.holdout, reference_rows=data.recent, profile=pipeline.fit_table(data.recent)[1]
+        holdout=data.holdout, reference_rows=data.unseen, profile=pipeline.fit_table(data.recent)[1]
     )
     preprocessed = time.perf_counter()
 

@@ -32,7 +32,6 @@ from rayloop import registry
 from rayloop.bundle import ModelBundle, prediction_histogram, value_histogram
 from rayloop.config import RayloopConfig, config_hash
 from rayloop.data.split import SPLITS
-from rayloop.errors import ConfigError
 from rayloop.features.pipeline import FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.lineage import code_version, data_fingerprint, library_versions
@@ -41,14 +40,13 @@ from rayloop.tasks import Task
 from rayloop.training import lightgbm as lgb_train
 from rayloop.training import torch as torch_train
 from rayloop.training.common import check_ingest_headroom
-from rayloop.training.evaluate import evaluate_slices, evaluate_task
+from rayloop.training.evaluate import conformal_half_width, evaluate_slices, evaluate_task
 from rayloop.training.tune import TuneData, run_tune
 
 __all__ = [
     "REFIT_SPLITS",
     "EvaluationData",
     "TrainingOutcome",
-    "conformal_half_width",
     "train_and_register",
     "train_or_tune",
     "tune_and_register",
@@ -70,8 +68,9 @@ class EvaluationData:
     labelled raw rows of its test metrics, the rows its score histogram describes (default: the
     same rows) and the feature profile the monitor compares traffic with (default: the run's).
 
-    The retrain job passes its recent traffic here: its holdout is the newest labelled rows and its
-    reference is what traffic looks like now, not the mixed training window.
+    The retrain job passes its recent traffic here: its holdout is the newest labelled rows, its
+    score reference the recent rows no fit trained on and its profile what traffic looks like now,
+    not the mixed training window.
     """
 
     holdout: pa.Table
@@ -239,16 +238,6 @@ def _fit(
     )
 
 
-def conformal_half_width(residuals: np.ndarray, coverage: float) -> float:
-    """Split-conformal: the ceil((n + 1) * coverage)-th smallest |residual| of a calibration split,
-    so a new row's label lies within prediction +- it with probability at least `coverage`."""
-    scores = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)))
-    if not scores.size:
-        return float("nan")
-    rank = min(scores.size, math.ceil((scores.size + 1) * coverage))
-    return float(scores[rank - 1])
-
-
 def _bundle(config: RayloopConfig, task: Task, fit: _Fit, fitted, schema, profile) -> ModelBundle:
     return ModelBundle(
         kind=config.training.model,
@@ -297,9 +286,15 @@ def train_and_register(
     training = config.training
     slice_column = training.slice_column
     if slice_column and slice_column not in fitted.input_columns:
-        raise ConfigError(
-            f"training.slice_column={slice_column!r} is not a feature column; features: {fitted.input_columns}"
+        # slices are a report: a table without the column (the demo config's `channel` on a user's
+        # own data) still trains, and says why it has none
+        log.warning(
+            "training.slice_column=%r is not an input column of run %s (%d inputs); no test metrics per slice",
+            slice_column,
+            run.run_id,
+            len(fitted.input_columns),
         )
+        slice_column = None
     kind = training.model
     base = dict(training.lightgbm if kind == "lightgbm" else training.mlp)
     params = {**base, **(params or {})}

@@ -1,4 +1,10 @@
-"""Seeded synthetic tabular binary-classification data with controllable drift.
+"""Seeded synthetic tabular data for every task, with controllable drift.
+
+One latent process, three labels (`task`): a binary label (`1[f(x) + noise > 0]`), a
+three-class label (`low` / `medium` / `high`: the same noisy score cut at two thresholds, so
+`high` is the binary positive) and a regression target (`100 + 20 f(x) + gaussian noise`). Every
+drift scenario moves all three the same way: covariate shifts the inputs, concept changes f,
+prior resamples rows towards higher scores (more positives, more `high`, larger targets).
 
 Why this exists: the pipeline needs a realistic, reproducible dataset (skewed
 and heavy-tailed numerics, missing values, a high-cardinality categorical, a
@@ -42,6 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rayloop.data.schema import FeatureSchema
+
 __all__ = [
     "AGE_RANGE",
     "BASE_POSITIVE_RATE",
@@ -60,7 +68,9 @@ __all__ = [
     "NUMERIC_COLUMNS",
     "PRIOR_SHIFT_PER_MAGNITUDE",
     "REGIONS",
+    "MULTICLASS_CLASSES",
     "SCHEMA",
+    "TASKS",
     "TIMESTAMP_COLUMN",
     "WORLD_SEED",
     "Scenario",
@@ -68,6 +78,7 @@ __all__ = [
     "corrupt",
     "drift_intensity",
     "generate",
+    "schema_for",
     "true_probability",
     "write_parquet",
 ]
@@ -110,6 +121,14 @@ NULLABLE_COLUMNS: dict[str, float] = {
 NON_NULLABLE_COLUMNS: tuple[str, ...] = tuple(
     c for c in (ID_COLUMN, TIMESTAMP_COLUMN, *FEATURE_COLUMNS, LABEL_COLUMN) if c not in NULLABLE_COLUMNS
 )
+
+#: The tasks a table can be generated for, and the classes of the multiclass label.
+TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+MULTICLASS_CLASSES: tuple[str, ...] = ("low", "medium", "high")
+# the multiclass label cuts the binary label's noisy score here and at 0 (low about 40%, high about 30%)
+_LOW_MEDIUM_CUT = -2.0
+# the regression target: 100 + 20 f(x) + N(0, 8)
+_TARGET_BASE, _TARGET_SCALE, _TARGET_NOISE = 100.0, 20.0, 8.0
 
 #: Valid range of ``age`` (generated values are clipped to it).
 AGE_RANGE: tuple[float, float] = (18.0, 95.0)
@@ -206,6 +225,7 @@ _STREAMS: tuple[str, ...] = (
     "nulls",
     "label",
     "prior",
+    "target",  # last: adding a stream must not change the draws of the others
 )
 
 
@@ -452,7 +472,10 @@ def _simulate(
     cols["risk_score"] = np.where(high, rr.normal(1.5, 1.0, n), rr.normal(-1.0, 0.7, n)) + 0.5 * on("risk_score")
 
     z = _logit(cols, concept_shift)
-    cols["label"] = (z + rngs["label"].logistic(0.0, 1.0, n) > 0.0).astype(np.int64)
+    score = z + rngs["label"].logistic(0.0, 1.0, n)
+    cols["label"] = (score > 0.0).astype(np.int64)
+    cols["class"] = np.where(score < _LOW_MEDIUM_CUT, 0, np.where(score < 0.0, 1, 2)).astype(np.int64)
+    cols["target"] = np.round(_TARGET_BASE + _TARGET_SCALE * z + rngs["target"].normal(0.0, _TARGET_NOISE, n), 3)
     return cols
 
 
@@ -461,7 +484,50 @@ def _vocab_take(vocab: tuple[str, ...], idx: np.ndarray, mask: np.ndarray | None
     return pc.take(pa.array(vocab, pa.string()), indices)
 
 
-def _to_table(cols: dict[str, np.ndarray], entity: np.ndarray, ts_us: np.ndarray) -> pa.Table:
+# ranges a real row of the generator never leaves: the broken rows it plants (bad_row_fraction) do
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "age": (0, 120),
+    "income": (0, None),
+    "tenure_months": (0, None),
+    "credit_utilization": (0, 1),
+    "num_transactions_30d": (0, None),
+    "avg_session_minutes": (0, None),
+    "latency_ms": (0, None),
+}
+
+
+def declared_schema(task: str = "binary") -> FeatureSchema:
+    """The generated table as a declared schema (types, ranges, categories), so preprocessing
+    rejects the broken rows the generator plants; what `data.source: synthetic` validates with."""
+    arrow = schema_for(task)
+    columns = FeatureSchema.infer(arrow, non_nullable=[ID_COLUMN, TIMESTAMP_COLUMN, LABEL_COLUMN]).columns
+    categories = {"channel": CHANNELS, "device_type": DEVICE_TYPES}
+    if task == "multiclass":
+        categories[LABEL_COLUMN] = MULTICLASS_CLASSES
+    ranges = {**_RANGES, **({LABEL_COLUMN: (0, 1)} if task == "binary" else {})}
+    out = []
+    for column in columns:
+        low, high = ranges.get(column.name, (None, None))
+        values = categories.get(column.name)
+        out.append(column.model_copy(update={"min": low, "max": high, "categories": list(values) if values else None}))
+    return FeatureSchema(columns=out)
+
+
+def schema_for(task: str = "binary") -> pa.Schema:
+    """The generated table's schema: the label is int64 (binary), string (multiclass) or float64."""
+    label = {"binary": pa.int64(), "multiclass": pa.string(), "regression": pa.float64()}[task]
+    return SCHEMA.set(SCHEMA.get_field_index(LABEL_COLUMN), pa.field(LABEL_COLUMN, label))
+
+
+def _label_array(cols: dict[str, np.ndarray], task: str) -> pa.Array:
+    if task == "multiclass":
+        return _vocab_take(MULTICLASS_CLASSES, cols["class"])
+    if task == "regression":
+        return pa.array(cols["target"], pa.float64())
+    return pa.array(cols["label"], pa.int64())
+
+
+def _to_table(cols: dict[str, np.ndarray], entity: np.ndarray, ts_us: np.ndarray, task: str = "binary") -> pa.Table:
     f64 = pa.float64()
     arrays = [
         pa.array(entity, pa.int64()),
@@ -479,9 +545,9 @@ def _to_table(cols: dict[str, np.ndarray], entity: np.ndarray, ts_us: np.ndarray
         _vocab_take(REGIONS, cols["region_idx"]),
         _vocab_take(MERCHANT_IDS, cols["merchant_idx"]),
         _vocab_take(DEVICE_TYPES, cols["device_idx"], mask=cols["device_idx"] < 0),
-        pa.array(cols["label"], pa.int64()),
+        _label_array(cols, task),
     ]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=schema_for(task))
 
 
 def _prior_rows(n: int, w: np.ndarray, magnitude: float, seed: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -520,8 +586,10 @@ def generate(
     span: timedelta = timedelta(days=28),
     timeline: tuple[float, float] = (0.0, 1.0),
     n_entities: int | None = None,
+    task: str = "binary",
 ) -> pa.Table:
-    """Generate ``n_rows`` rows covering ``timeline`` (a slice of the overall [0, 1] timeline).
+    """Generate ``n_rows`` rows covering ``timeline`` (a slice of the overall [0, 1] timeline),
+    labelled for ``task`` (binary, multiclass or regression; see the module docstring).
 
     Row positions are spread over [timeline[0], timeline[1]) in row order; they
     set ``event_time = start + position * span`` and the drift intensity, so
@@ -541,8 +609,10 @@ def generate(
         n_entities = max(1, n // 3)
     if n_entities < 1:
         raise ValueError(f"n_entities must be >= 1, got {n_entities!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if n == 0:
-        return SCHEMA.empty_table()
+        return schema_for(task).empty_table()
     if start.tzinfo is None:
         start = start.replace(tzinfo=timezone.utc)
 
@@ -570,7 +640,7 @@ def generate(
     offset = np.minimum(np.floor(pos * span_us).astype(np.int64), span_us - 1)
     ts_us = start_us + np.maximum.accumulate(offset)
     entity = _ENTITY_ID_OFFSET + rngs["entity"].integers(0, n_entities, n, dtype=np.int64)
-    return _to_table(cols, entity, ts_us)
+    return _to_table(cols, entity, ts_us, task)
 
 
 def true_probability(table: pa.Table) -> np.ndarray:

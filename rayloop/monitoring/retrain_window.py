@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from rayloop.config import RetrainConfig
 from rayloop.data.schema import FeatureSchema
 from rayloop.errors import RetrainError
 
-__all__ = ["RetrainData", "assemble", "recent_rows", "sample_rows", "split_recent"]
+__all__ = ["RecentSplit", "RetrainData", "assemble", "recent_rows", "sample_rows", "split_recent"]
 
 
 @dataclass
@@ -32,6 +33,9 @@ class RetrainData:
     train: pa.Table  # schema columns, reference sample + weighted recent rows
     holdout: pa.Table  # schema columns, the most recent labelled rows
     recent: pa.Table  # schema columns, every recent row (label null where none arrived): the new profile
+    # recent rows no fit trained on (the holdout + the unlabelled rows): what the new version's
+    # output histogram is measured on, so live scores are compared with out-of-sample scores
+    unseen: pa.Table
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -81,6 +85,13 @@ def _as_schema_rows(
     return pa.table(columns, schema=target)
 
 
+class RecentSplit(NamedTuple):
+    rows: pa.Table  # every recent row
+    train: pa.Table  # labelled rows to train on
+    holdout: pa.Table  # the newest labelled rows
+    unlabelled: pa.Table
+
+
 def split_recent(
     recent: pa.Table,
     schema: FeatureSchema,
@@ -89,11 +100,12 @@ def split_recent(
     label: str,
     id_column: str | None,
     timestamp_column: str | None,
-) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(every recent row, labelled rows to train on, the newest labelled rows held out), in the
-    training data's columns. Raises RetrainError when too few recent rows are labelled."""
+) -> RecentSplit:
+    """The recent rows in the training data's columns, split for the retrain. Raises RetrainError
+    when too few recent rows are labelled."""
     rows = _as_schema_rows(recent, schema, label=label, id_column=id_column, timestamp_column=timestamp_column)
-    labelled = rows.filter(pc.is_valid(rows.column(label)))
+    has_label = pc.is_valid(rows.column(label))
+    labelled = rows.filter(has_label)
     if labelled.num_rows < config.min_labelled_rows:
         raise RetrainError(
             f"only {labelled.num_rows} labelled rows in the recent window (retrain.min_labelled_rows="
@@ -101,7 +113,12 @@ def split_recent(
         )
     n_holdout = max(1, math.ceil(labelled.num_rows * config.holdout_fraction))
     # the newest labelled rows are the gate's holdout: the most like tomorrow's traffic
-    return rows, labelled.slice(0, labelled.num_rows - n_holdout), labelled.slice(labelled.num_rows - n_holdout)
+    return RecentSplit(
+        rows,
+        labelled.slice(0, labelled.num_rows - n_holdout),
+        labelled.slice(labelled.num_rows - n_holdout),
+        rows.filter(pc.invert(has_label)),
+    )
 
 
 def sample_rows(batches: Iterable[pa.RecordBatch | pa.Table], fraction: float, seed: int) -> pa.Table | None:
@@ -114,12 +131,10 @@ def sample_rows(batches: Iterable[pa.RecordBatch | pa.Table], fraction: float, s
     return pa.concat_tables(kept, promote_options="permissive") if kept else None
 
 
-def assemble(
-    reference_sample: pa.Table, split: tuple[pa.Table, pa.Table, pa.Table], config: RetrainConfig
-) -> RetrainData:
+def assemble(reference_sample: pa.Table, split: RecentSplit, config: RetrainConfig) -> RetrainData:
     """The training window (the reference sample + the recent labelled rows, repeated
     `recent_weight` times) and the gate's holdout, from `split_recent`'s split; see the module docstring."""
-    rows, recent_train, holdout = split
+    rows, recent_train, holdout, unlabelled = split
     sample = reference_sample.select(rows.column_names).cast(rows.schema, safe=False)
     train = pa.concat_tables([sample, *([recent_train] * config.recent_weight)])
     counts = {
@@ -131,4 +146,5 @@ def assemble(
         "train_rows": train.num_rows,
         "recent_weight": config.recent_weight,
     }
-    return RetrainData(train=train, holdout=holdout, recent=rows, counts=counts)
+    unseen = pa.concat_tables([holdout, unlabelled])
+    return RetrainData(train=train, holdout=holdout, recent=rows, unseen=unseen, counts=counts)

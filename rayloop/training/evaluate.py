@@ -15,6 +15,7 @@ codes (0..K-1) or numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 __all__ = [
     "METRICS",
     "accuracy",
+    "conformal_half_width",
     "evaluate",
     "evaluate_multiclass",
     "evaluate_regression",
@@ -261,6 +263,16 @@ def evaluate_regression(
         out["interval_coverage"] = float(np.mean((y >= lo) & (y <= hi))) if y.size else float("nan")
         out["interval_width"] = float(np.mean(hi - lo)) if y.size else float("nan")
     return out
+
+
+def conformal_half_width(residuals: np.ndarray, coverage: float) -> float:
+    """Split-conformal: the ceil((n + 1) * coverage)-th smallest |residual| of a calibration split,
+    so a new row's label lies within prediction +- it with probability at least `coverage`."""
+    scores = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)))
+    if not scores.size:
+        return float("nan")
+    rank = min(scores.size, math.ceil((scores.size + 1) * coverage))
+    return float(scores[rank - 1])
 
 
 # ---- by task ---------------------------------------------------------------------------------------

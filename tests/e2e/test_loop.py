@@ -160,8 +160,8 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
     assert listed and "SUCCEEDED" in listed[0], job_list.stdout[-3000:]
     assert stats.errors == 0, stats.summary()  # nothing failed, the swap included
     assert stats.summary()["versions"].get(new, 0) > 100
-    before = stats.accuracy(version=first, drift=True)
-    after = stats.accuracy(version=new, drift=True)
+    before = stats.quality(version=first, drift=True)
+    after = stats.quality(version=new, drift=True)
     assert before is not None and after is not None and after > before, (before, after)
     state = _loop_state()
     assert state["reference_version"] == new  # the monitor compares with the new champion's profile now

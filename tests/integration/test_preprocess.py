@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from rayloop.config import load_config
+from rayloop.config import RayloopConfig, load_config
 from rayloop.data import synthetic
 from rayloop.data.schema import REASON_COLUMN
 from rayloop.errors import ConfigError, MissingColumnsError, RejectRatioError
@@ -31,6 +31,13 @@ def _read_dir(path: Path) -> pa.Table:
             table.schema.get_field_index("split"), "split", table.column("split").cast(pa.string())
         )
     return table
+
+
+def _declared(source: Path, *overrides: str) -> RayloopConfig:
+    """A config reading `source` with the generator's declared schema, as a user declares one for
+    a file (types, ranges, categories); a file's schema is otherwise inferred."""
+    config = load_config(None, [f"data.source={source}", *overrides])
+    return config.model_copy(update={"data": config.data.model_copy(update={"schema_": synthetic.declared_schema()})})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,7 @@ def dirty_csv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def test_every_bad_row_lands_in_rejects_with_its_reason_and_counts_add_up(dirty_csv):
     path, expected = dirty_csv
-    config = load_config(None, [f"data.source={path}"])
+    config = _declared(path)
     result = run_preprocess(config)
     rejects = _read_dir(Path(result.run_dir) / "rejects")
     by_id = dict(zip(rejects.column("entity_id").to_pylist(), rejects.column(REASON_COLUMN).to_pylist()))
@@ -89,7 +96,7 @@ def test_every_bad_row_lands_in_rejects_with_its_reason_and_counts_add_up(dirty_
 def test_missing_column_fails_before_any_work_naming_file_and_columns(tmp_path):
     table = synthetic.generate(100, seed=0).drop_columns(["channel", "label"])
     pq.write_table(table, tmp_path / "part.parquet")
-    config = load_config(None, [f"data.source={tmp_path}"])
+    config = _declared(tmp_path)
     with pytest.raises(MissingColumnsError) as info:
         run_preprocess(config)
     assert info.value.missing == ["channel", "label"]
@@ -99,7 +106,7 @@ def test_missing_column_fails_before_any_work_naming_file_and_columns(tmp_path):
 def test_too_many_rejects_fails_and_still_keeps_the_rejects(tmp_path):
     table, bad = synthetic.corrupt(synthetic.generate(1_000, seed=4), 0.2, seed=4)
     pq.write_table(table, tmp_path / "part.parquet")
-    config = load_config(None, [f"data.source={tmp_path}", "data.max_reject_ratio=0.1"])
+    config = _declared(tmp_path, "data.max_reject_ratio=0.1")
     with pytest.raises(RejectRatioError) as info:
         run_preprocess(config)
     assert info.value.rejected == len(bad) and info.value.total == 1_000
@@ -195,7 +202,7 @@ def test_batch_path_and_one_row_transform_give_identical_features(demo_run):
 
 def test_hash_split_keeps_each_entity_in_one_split(tmp_path):
     pq.write_table(synthetic.generate(3_000, seed=8), tmp_path / "part.parquet")
-    config = load_config(None, [f"data.source={tmp_path}", "data.split.method=hash"])
+    config = _declared(tmp_path, "data.split.method=hash")
     result = run_preprocess(config)
     assert result.split_method == "hash"
     features = _read_dir(Path(result.run_dir) / "features")
@@ -205,6 +212,6 @@ def test_hash_split_keeps_each_entity_in_one_split(tmp_path):
 
 def test_a_split_without_its_column_is_a_config_error(tmp_path):
     pq.write_table(synthetic.generate(100, seed=8), tmp_path / "part.parquet")
-    config = load_config(None, [f"data.source={tmp_path}", "data.split.method=hash", "data.id_column=null"])
+    config = _declared(tmp_path, "data.split.method=hash", "data.id_column=null")
     with pytest.raises(ConfigError, match="data.split.method=hash needs data.id_column"):
         run_preprocess(config)

@@ -147,6 +147,7 @@ def _malformed_cases(row: dict) -> list[tuple[str, dict, int, str | None]]:
         ),
         ("huge number", raw(json.dumps({**row, "age": 1}).replace('"age": 1', '"age": 1e999')), 422, "record.age"),
         ("integer overflow", body({**row, "num_transactions_30d": 10**30}), 422, "record.num_transactions_30d"),
+        ("boolean for a number", body({**row, "age": True}), 422, "record.age"),
         ("fractional integer", body({**row, "num_transactions_30d": 2.5}), 422, "record.num_transactions_30d"),
         (
             "NaN timestamp",

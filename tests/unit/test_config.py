@@ -76,6 +76,16 @@ def test_split_fractions_must_sum_to_one():
         load_config(None, ["data.split.train=0.9"])
 
 
+def test_synthetic_data_declares_the_generators_schema_and_a_users_file_is_inferred():
+    regression = load_config(None, ["data.synthetic.task=regression"]).data.schema_
+    assert regression.column("label").dtype == "float64" and regression.column("age").max == 120
+    multiclass = load_config(None, ["data.synthetic.task=multiclass"]).data.schema_
+    assert multiclass.column("label").categories == ["low", "medium", "high"]
+    assert multiclass.column("channel").categories == ["web", "mobile", "store", "phone"]
+    own = load_config(None, ["data.source=/data/mine.csv", "data.label_column=target"]).data
+    assert own.schema_ is None and own.label_column == "target"
+
+
 def test_schema_roles_must_exist():
     with pytest.raises(ConfigError, match="label_column='target' is not a column of data.schema"):
         load_config(None, ["data.label_column=target"])

@@ -52,6 +52,30 @@ def test_holdout_is_the_newest_labelled_rows_and_never_trained_on():
     assert data.train.schema.equals(SCHEMA.arrow_schema()) and data.holdout.schema.equals(SCHEMA.arrow_schema())
     # every recent row (labelled or not) describes the new traffic for the profile
     assert data.recent.num_rows == 400 and data.recent.column("entity_id").null_count == 0
+    # the output reference: rows no fit trained on (the 50 held out + the 200 never labelled)
+    assert data.unseen.num_rows == 250
+    assert set(data.unseen.column("entity_id").to_pylist()).isdisjoint(data.train.column("entity_id").to_pylist())
+
+
+def test_id_and_time_sent_with_a_request_win_over_the_logged_ones():
+    log = _log(40, 500.0)
+    # typed as the schema's columns: serving refuses an id or a time of another type
+    sent_ids = pa.array([10_000 + i if i % 2 == 0 else None for i in range(40)], pa.int64())
+    sent_times = pa.array([1_700_000_000_000 + i if i % 4 == 0 else None for i in range(40)], pa.int64())
+    at = log.schema.get_field_index("event_time")
+    log = log.append_column("entity_id", sent_ids).set_column(
+        at, "event_time", sent_times.cast(log.schema.field(at).type)
+    )
+    data = _assemble(generate(0, seed=2), log, holdout_fraction=0.5, recent_weight=1)
+    ids = data.recent.column("entity_id").to_pylist()
+    assert ids[0] == 10_000 and ids[2] == 10_002
+    assert ids[1] is not None and ids[1] != ids[3]  # a row with none gets one from its request id
+    times = data.recent.column("event_time").cast(pa.int64()).to_pylist()
+    assert times[0] == 1_700_000_000_000 and times[4] == 1_700_000_000_004
+    # none sent: the serving time
+    served = log.column("ts").to_pylist()
+    stamped = data.recent.column("event_time").to_pylist()
+    assert stamped[1] == served[1] and stamped[2] == served[2]
 
 
 def test_repeats_of_a_row_share_one_entity_id_so_a_hash_split_keeps_them_together():

@@ -27,9 +27,9 @@ def _stats() -> TrafficStats:
 def test_accuracy_by_version_and_phase_and_the_timeline():
     stats = _stats()
     assert stats.errors == 1
-    assert stats.accuracy(drift=False) == 0.5
-    assert stats.accuracy(version="1", drift=True) == 0.0 and stats.accuracy(version="2") == 1.0
-    assert stats.accuracy(version="3") is None
+    assert stats.quality(drift=False) == 0.5
+    assert stats.quality(version="1", drift=True) == 0.0 and stats.quality(version="2") == 1.0
+    assert stats.quality(version="3") is None
     buckets = stats.timeline(5.0)
     assert [b["t"] for b in buckets] == [0.0, 5.0]
     assert buckets[1]["versions"] == {"1": 1, "2": 2} and buckets[1]["drift"] and buckets[1]["p99_ms"] == 50.0
@@ -62,7 +62,7 @@ def test_the_report_embeds_the_plot_and_lists_the_events(tmp_path):
         {"t": 70.0, "kind": "outcome", "text": "retrain: [green]promoted[/green]"},
     ]
     target = write_report(
-        tmp_path / "r.html", windows=windows, accuracy=_stats().timeline(5.0), events=events, summary={"model": "m"}
+        tmp_path / "r.html", windows=windows, quality=_stats().timeline(5.0), events=events, summary={"model": "m"}
     )
     html = target.read_text()
     assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)
