@@ -49,17 +49,18 @@ SYNTHETIC_TASKS = ("binary", "multiclass", "regression")
 GATE_METRIC = {"binary": "auc", "multiclass": "macro_f1", "regression": "rmse"}
 
 
-def _plain(table, split, label: str, task, params: dict[str, Any], patience: int, cpus: int) -> dict[str, Any]:
-    """Plain LightGBM's two fits on the raw columns; (test labels, test scores, timings)."""
+def _plain(
+    table, split, label: str, drop: list[str], task, params: dict[str, Any], patience: int, cpus: int
+) -> dict[str, Any]:
+    """Plain LightGBM's two fits on the raw columns but `drop` (the id); test labels, scores, timings."""
     import lightgbm as lgb
     import numpy as np
 
     start = time.perf_counter()
-    frame = table.drop_columns([c for c in table.column_names if c == label]).to_pandas()
+    frame = table.drop_columns([c for c in table.column_names if c in (label, *drop)]).to_pandas()
     frame = frame.drop(columns=[c for c in frame.columns if str(frame[c].dtype).startswith("datetime")])
-    for column in frame.columns:
-        if frame[column].dtype == object:
-            frame[column] = frame[column].astype("category")
+    for column in frame.select_dtypes(exclude=["number", "bool"]).columns:  # strings: LightGBM's categoricals
+        frame[column] = frame[column].astype("category")
     labels = table.column(label)
     y = task.encode(labels).astype(np.float64) if task.is_classifier else labels.to_numpy().astype(np.float64)
     objective: dict[str, Any] = {"binary": {"objective": "binary", "metric": "auc"}}.get(task.kind, {})
@@ -149,7 +150,9 @@ def _case(name: str, overrides: list[str], table_path: str | None, cpus: int) ->
     table = pads.dataset(table_path or source, format="parquet").to_table()
     split = _split_of(run, table, config.data)
     params = dict(config.training.lightgbm)
-    plain = _plain(table, split, config.data.label_column, task, params, config.training.early_stopping_rounds, cpus)
+    drop = [c for c in (config.data.id_column,) if c]
+    label, patience = config.data.label_column, config.training.early_stopping_rounds
+    plain = _plain(table, split, label, drop, task, params, patience, cpus)
     plain_metric = metric_function(task.kind, metric)(plain.pop("y_test"), plain.pop("scores"))
     record["plain"] = {**plain, "test_metric": plain_metric}
     ours = outcome.test_metrics[metric]

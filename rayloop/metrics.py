@@ -107,6 +107,8 @@ SERVING = (
 
 LAG_BUCKETS_S = [1, 5, 15, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600]
 
+# per feature: the inputs, the model's outputs (prediction, prediction.<class>, predicted_class)
+# and the arrived labels (label, tested in windows of labels of their own)
 DRIFT_PSI = MetricSpec("rayloop_monitor_drift_psi", "gauge", "PSI of the last closed window, per feature", ("feature",))
 DRIFT_JS = MetricSpec(
     "rayloop_monitor_drift_js", "gauge", "Jensen-Shannon distance of the last closed window, per feature", ("feature",)
@@ -123,10 +125,14 @@ DRIFT_DRIFTED = MetricSpec(
 WINDOWS = MetricSpec("rayloop_monitor_windows", "counter", "closed drift windows, by alarm", ("alarm",))
 ALARMS = MetricSpec("rayloop_monitor_drift_alarms", "counter", "drift alarms, per drifted feature", ("feature",))
 LIVE_QUALITY = MetricSpec(
-    "rayloop_monitor_live_quality", "gauge", "live metric over the latest joined labels (auc, accuracy)", ("metric",)
+    "rayloop_monitor_live_quality",
+    "gauge",
+    "live metric over the latest joined labels, per the task's metrics (auc, accuracy, macro_f1, mae, rmse, "
+    "interval_coverage)",
+    ("metric",),
 )
 REFERENCE_QUALITY = MetricSpec(
-    "rayloop_monitor_reference_quality", "gauge", "the reference version's test metric (auc, accuracy)", ("metric",)
+    "rayloop_monitor_reference_quality", "gauge", "the reference version's test metric, per live metric", ("metric",)
 )
 LABELS = MetricSpec(
     "rayloop_monitor_labels",

@@ -163,6 +163,8 @@ class TrafficStats:
             "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99),
             "versions": versions,
+            # per version: a backtest's before and after, in the order the versions first answered
+            "quality_by_version": {v: self.quality(version=v) for v in versions},
         }
 
 
@@ -208,6 +210,17 @@ def _shuffled(table: pa.Table, seed: int) -> pa.Table:
     return table.take(np.random.default_rng(seed).permutation(table.num_rows))
 
 
+def _served_task(client) -> str | None:
+    """The served model's task from `GET /v1/model`; None when the app does not answer (yet)."""
+    import httpx
+
+    try:
+        response = client.get("/v1/model")
+        return response.json().get("task") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def _judge(predictions: list[dict], labels: list[Any], regression: bool) -> float:
     """Right answers (classes), or the sum of absolute errors (values)."""
     if regression:
@@ -242,8 +255,6 @@ def run_traffic(
         scenario_rows = generate(pool, config.seed + 1, config.scenario, task=config.task)
         drifted = request_rows(_shuffled(scenario_rows, config.seed + 1))
         cycle = True
-    stats = stats or TrafficStats()
-    stats.metric = "mae" if regression else "accuracy"
     token = os.environ.get(config.token_env) if config.token_env else None
     headers = {"authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(
@@ -252,6 +263,11 @@ def run_traffic(
         headers=headers,
         limits=httpx.Limits(max_connections=config.concurrency + 4),
     )
+    served = _served_task(client)  # the model's own task, where the app answers, beats a guess
+    if served is not None:
+        regression = served == "regression"
+    stats = stats or TrafficStats()
+    stats.metric = "mae" if regression else "accuracy"
     due: list[tuple[float, str, Any]] = []  # (post at, request id, label)
     due_lock = threading.Lock()
     in_flight = threading.Semaphore(config.concurrency)

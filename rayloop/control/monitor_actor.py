@@ -92,8 +92,18 @@ class DriftMonitor:
 
     def ingest_labels(self, batch_id: str, table: pa.Table) -> dict[str, int]:
         with self.lock:
+            closed = self.core.state.label_windows_seen
             outcome = self.core.ingest_labels(batch_id, table)
             lags = list(self.core.last_label_lags)
+            label_drift = self.core.state.label_drift if self.core.state.label_windows_seen > closed else None
+        if label_drift is not None:  # the label pseudo-feature, beside the inputs' drift gauges
+            tags = {"feature": label_drift["name"]}
+            self.m[metrics.DRIFT_PSI.name].set(label_drift["psi"], tags=tags)
+            self.m[metrics.DRIFT_JS.name].set(label_drift["js"], tags=tags)
+            self.m[metrics.DRIFT_P.name].set(label_drift["p"], tags=tags)
+            self.m[metrics.DRIFT_DRIFTED.name].set(int(label_drift["drifted"]), tags=tags)
+            if label_drift["drifted"]:
+                self.m[metrics.ALARMS.name].inc(1, tags=tags)
         for kind, n in outcome.items():
             if n and kind != "duplicate_batch":
                 self.m[metrics.LABELS.name].inc(n, tags={"outcome": kind})

@@ -250,16 +250,26 @@ def _bundle(config: RayloopConfig, task: Task, fit: _Fit, fitted, schema, profil
     )
 
 
-def _score_profile(task: Task, profile: ReferenceProfile, scores: np.ndarray) -> ReferenceProfile:
-    """The profile with the reference of the model's outputs the monitor compares live ones with."""
-    if task.kind == "binary":
-        return profile.model_copy(update={"prediction_histogram": prediction_histogram(scores)})
+def _score_profile(task: Task, profile: ReferenceProfile, scores: np.ndarray, labels: np.ndarray) -> ReferenceProfile:
+    """The profile with the references the monitor compares live outputs with (the model's scores)
+    and arrived labels with (`labels`: the held-out labels, codes or values, the model was judged on)."""
     if task.kind == "regression":
-        return profile.model_copy(update={"prediction_histogram": value_histogram(scores)})
+        return profile.model_copy(
+            update={"prediction_histogram": value_histogram(scores), "label_histogram": value_histogram(labels)}
+        )
+    label_counts = [int(n) for n in np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.n_classes)]
+    if task.kind == "binary":
+        return profile.model_copy(
+            update={"prediction_histogram": prediction_histogram(scores), "label_class_counts": label_counts}
+        )
     histograms = {str(c): prediction_histogram(np.asarray(scores)[:, i]) for i, c in enumerate(task.classes)}
     predicted = np.bincount(task.predicted_codes(scores), minlength=task.n_classes)
     return profile.model_copy(
-        update={"class_histograms": histograms, "predicted_class_counts": [int(n) for n in predicted]}
+        update={
+            "class_histograms": histograms,
+            "predicted_class_counts": [int(n) for n in predicted],
+            "label_class_counts": label_counts,
+        }
     )
 
 
@@ -336,7 +346,7 @@ def train_and_register(
         # scores on rows it trained on would look more certain than its scores on new traffic)
         reference_rows = evaluation.reference_rows
         reference_scores = scores if reference_rows is None else judged.predict_scores(reference_rows)
-        judged.profile = _score_profile(task, profile, reference_scores)
+        judged.profile = _score_profile(task, profile, reference_scores, y)
         judged.metrics = {k: float(v) for k, v in test_metrics.items()}
 
         fits: dict[str, Any] = {

@@ -68,6 +68,9 @@ class ReferenceProfile(_Frozen):
     predicted_class_counts: list[int] | None = Field(
         None, description="a multiclass model's held-out predicted classes, counted in class order"
     )
+    # the labels the model was judged on: what arrived labels are compared with (label drift)
+    label_class_counts: list[int] | None = Field(None, description="a classifier's held-out labels, in class order")
+    label_histogram: Histogram | None = Field(None, description="a regression's held-out labels")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -33,7 +33,15 @@ from rayloop.config import MonitoringConfig
 from rayloop.errors import LabelError
 from rayloop.features.profile import ReferenceProfile
 from rayloop.monitoring import policy
-from rayloop.monitoring.drift import PREDICTED_CLASS, PREDICTION, DriftDetector, DriftReport, WindowCounts
+from rayloop.monitoring.drift import (
+    LABEL,
+    PREDICTED_CLASS,
+    PREDICTION,
+    DriftDetector,
+    DriftReport,
+    WindowCounts,
+    label_detector,
+)
 from rayloop.monitoring.inference_log import (
     InferenceLog,
     epoch_hours,
@@ -119,6 +127,10 @@ class _State:
     labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABEL_OUTCOMES, 0))
     label_lag_s: list[float] = field(default_factory=list)  # recent joined-label lags
     quality_pairs: list[list[float]] = field(default_factory=list)  # [_Pending.value, label value or code]
+    # label drift: windows of `window_size` joined labels against the reference's held-out labels
+    label_window: dict[str, Any] = field(default_factory=lambda: {"rows": 0, "bins": {}})
+    label_windows_seen: int = 0
+    label_drift: dict[str, Any] | None = None  # the last closed label window's test
     serving_version: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
     loop: dict[str, Any] = field(default_factory=dict)  # the retrain in flight and the last ones (loop.LoopState)
@@ -150,6 +162,7 @@ class MonitorCore:
         self.fs.create_dir(self.state_dir, recursive=True)
         self.log = InferenceLog(paths.inference_log_root(root, model_name))
         self.detector = self._detector(reference)
+        self.label_detector = self._label_detector(reference)
         self.state = _State(
             reference_version=reference.version,
             task=reference.task.model_dump(mode="json"),
@@ -170,6 +183,9 @@ class MonitorCore:
             min_psi=c.min_psi,
             prediction_share=c.prediction_share,
         )
+
+    def _label_detector(self, reference: Reference) -> DriftDetector | None:
+        return label_detector(reference.profile, reference.task.classes, alpha=self.config.p_value)
 
     # ---- persistence ------------------------------------------------------------------------
     @property
@@ -412,6 +428,7 @@ class MonitorCore:
         received = _epoch_seconds(table.column("label_ts"))
         values = label_values(self.reference.task, table.column("label"))
         lags = []
+        arrived = []  # labels of rows the reference model served: the label window's
         for rid, label, at in zip(table.column("request_id").to_pylist(), values, received):
             entry = self.pending.get(rid)
             if entry is None:
@@ -428,6 +445,7 @@ class MonitorCore:
                     lags.append(lag)
                     if entry.ts >= s.reference_since and not math.isnan(label):  # the model compared with now
                         s.quality_pairs.append([entry.value, float(label)])
+                        arrived.append(float(label))
             outcome[kind] += 1
         for kind, count in outcome.items():
             s.labels[kind] = s.labels.get(kind, 0) + count
@@ -435,7 +453,44 @@ class MonitorCore:
         s.quality_pairs = s.quality_pairs[-keep:]
         s.label_lag_s = [*s.label_lag_s, *lags][-1000:]
         self.last_label_lags = lags
+        if arrived:
+            self._count_labels(arrived)
         return outcome
+
+    def _count_labels(self, labels: list[float]) -> None:
+        """Add joined labels to the label window; test it once it holds `window_size` labels."""
+        if self.label_detector is None:
+            return
+        task, s = self.reference.task, self.state
+        values = labels if task.kind == "regression" else [str(task.classes[int(code)]) for code in labels]
+        counts = WindowCounts.from_dict(s.label_window) + self.label_detector.count(
+            pa.table({LABEL: pa.nulls(len(values))}), {LABEL: values}
+        )
+        if counts.rows < self.config.window_size:
+            s.label_window = counts.to_dict()
+            return
+        found = self.label_detector.test(counts).feature(LABEL)
+        s.label_drift = {
+            "window": s.label_windows_seen,
+            "end": self.clock(),
+            "reference_version": self.reference.version,
+            **found.to_dict(),
+            "p": found.p_min,
+        }
+        s.label_windows_seen += 1
+        s.label_window = {"rows": 0, "bins": {}}
+        if found.drifted:
+            self.on_event(
+                "label_drift",
+                {
+                    "model": self.model_name,
+                    "version": self.reference.version,
+                    "window": s.label_drift["window"],
+                    "labels": found.n,
+                    "psi": round(found.psi, 5),
+                    "p_adjusted": found.p_min,
+                },
+            )
 
     @property
     def quality_metric(self) -> str:
@@ -478,12 +533,14 @@ class MonitorCore:
         """Compare from now on with another version's profile (after a promotion); the open window restarts."""
         self.reference = reference
         self.detector = self._detector(reference)
+        self.label_detector = self._label_detector(reference)
         self.state.reference_version = reference.version
         self.state.task = reference.task.model_dump(mode="json")
         self.state.interval_half_width = reference.interval_half_width
         self.state.reference_since = self.clock()
         self.state.window = {"rows": 0, "bins": {}}
         self.state.window_start = None
+        self.state.label_window = {"rows": 0, "bins": {}}
         # drift streaks and live quality measured the previous model against the previous reference
         self.state.quality_pairs = []
         self.state.policy = policy.reset_streak(self.policy_state).model_dump(mode="json")
@@ -588,6 +645,7 @@ def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringCo
         "task": task.kind,
         "live": live_metrics(task, state["quality_pairs"], config.min_labels, state.get("interval_half_width")),
         "label_lag_p50_s": float(np.median(lags)) if lags else None,
+        "label_drift": state.get("label_drift"),
         "last_window": state["history"][-1] if state["history"] else None,
         "pending_decision": pol.pending.model_dump(mode="json") if pol.pending else None,
         "in_flight": pol.in_flight,

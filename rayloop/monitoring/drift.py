@@ -49,6 +49,7 @@ from rayloop.features.stats import numeric_values
 
 __all__ = [
     "DEFAULT_PREDICTION_SHARE",
+    "LABEL",
     "NUMERIC_TESTS",
     "PREDICTED_CLASS",
     "PREDICTION",
@@ -61,6 +62,7 @@ __all__ = [
     "family_min_q",
     "js_distance",
     "ks_binned",
+    "label_detector",
     "merge_groups",
     "missing_test",
     "psi",
@@ -71,6 +73,7 @@ __all__ = [
 
 PREDICTION = "prediction"  # the pseudo-feature of model scores: P(positive), or a regression's values
 PREDICTED_CLASS = "predicted_class"  # a multiclass model's predicted classes (their frequencies)
+LABEL = "label"  # the pseudo-feature of arrived labels (label drift), in a detector of its own
 NUMERIC_TESTS = ("rank", "scale", "ks", "chi2")
 Kind = Literal["numeric", "categorical", "prediction"]
 _EPS = 1e-4  # smoothing of empty bins for PSI (the usual choice; keeps log finite)
@@ -625,3 +628,22 @@ class DriftDetector:
 
     def check(self, table: pa.Table, predictions: np.ndarray | Mapping[str, Any] | None = None) -> DriftReport:
         return self.test(self.count(table, predictions))
+
+
+def label_detector(profile: ReferenceProfile, classes: Sequence[Any], **options: Any) -> DriftDetector | None:
+    """A detector of one pseudo-feature, `label`: windows of arrived labels against the held-out
+    labels the model was judged on; count them with `count(table, {LABEL: values})` (class values,
+    or a regression's values). None for a profile without labels (a bundle from before they were
+    profiled)."""
+    if profile.label_class_counts is not None:
+        counts = list(profile.label_class_counts)
+        ref = _categorical_ref(
+            CategoricalProfile(name=LABEL, categories=[str(c) for c in classes], counts=counts, other=0, missing=0)
+        )
+    elif profile.label_histogram is not None:
+        ref = _prediction_ref(LABEL, profile.label_histogram)  # numpy.histogram's bins, as the scores'
+    else:
+        return None
+    detector = DriftDetector(ReferenceProfile(n_rows=int(ref.counts.sum()), numeric=[], categorical=[]), **options)
+    detector.refs = {LABEL: ref}
+    return detector

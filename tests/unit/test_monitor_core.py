@@ -301,3 +301,51 @@ def test_status_reads_the_settings_the_monitor_saved_not_its_own(tmp_path, refer
     assert shown["window_size"] == 300 and shown["open_window_rows"] == 100
     restarted = _core(tmp_path, reference, window_size=300, min_labels=20)  # the extra key does not break a restart
     assert restarted.state.rows_received == 100 and restarted.state.restarts == 1
+
+
+def _labelled_reference(reference: Reference, labels: np.ndarray) -> Reference:
+    counts = np.bincount(labels.astype(np.int64), minlength=2).tolist()
+    return Reference(
+        version="1", profile=reference.profile.model_copy(update={"label_class_counts": counts}), metrics={}
+    )
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_arrived_labels_are_tested_against_the_held_out_labels_in_windows_of_their_own(tmp_path, reference, shift):
+    held_out = generate(20_000, seed=15).column("label").to_numpy()
+    events: list = []
+    core = _core(tmp_path, _labelled_reference(reference, held_out), events)
+    live = generate(2500, seed=16)
+    table = _batch(live)
+    core.ingest("p0", table)
+    truth = live.column("label").to_numpy()
+    if shift:  # a prior shift: most of the positives become negatives
+        truth = np.where(np.random.default_rng(1).random(truth.size) < 0.7, 0, truth)
+    ids = table.column("request_id").to_pylist()
+    for k in range(5):
+        core.ingest_labels(f"l{k}", label_table(ids[k * 500 : (k + 1) * 500], truth[k * 500 : (k + 1) * 500].tolist()))
+    found = core.state.label_drift
+    assert core.state.label_windows_seen == 2 and core.state.label_window["rows"] == 500  # 1000 labels a window
+    assert found["name"] == "label" and found["n"] == 1000 and found["window"] == 1
+    assert found["drifted"] is shift
+    assert [e for e, _ in events if e == "label_drift"] == (["label_drift"] * 2 if shift else [])
+    assert core.summary()["label_drift"]["drifted"] is shift
+
+
+def test_a_regressions_label_drift_compares_values(tmp_path, reference):
+    from rayloop.bundle import value_histogram
+    from rayloop.tasks import Task
+
+    rng = np.random.default_rng(3)
+    profile = reference.profile.model_copy(
+        update={"label_histogram": value_histogram(rng.normal(100, 20, 5000)), "label_class_counts": None}
+    )
+    task = Task(kind="regression", label="label", label_type="float")
+    core = _core(tmp_path, Reference(version="1", profile=profile, metrics={}, task=task), window_size=500)
+    table = _batch(generate(1000, seed=17))
+    core.ingest("p0", table)
+    ids = table.column("request_id").to_pylist()
+    core.ingest_labels("same", label_table(ids[:500], rng.normal(100, 20, 500).tolist()))
+    assert core.state.label_drift["drifted"] is False
+    core.ingest_labels("higher", label_table(ids[500:], rng.normal(115, 20, 500).tolist()))
+    assert core.state.label_drift["drifted"] is True and core.state.label_drift["window"] == 1
