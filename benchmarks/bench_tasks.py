@@ -21,6 +21,7 @@ ratio is the price of the platform's work, not of LightGBM.
 
     .venv/bin/python benchmarks/bench_tasks.py                      # sklearn sets + 1M rows per task
     .venv/bin/python benchmarks/bench_tasks.py --rows 50000 --name tasks-smoke
+    .venv/bin/python benchmarks/bench_tasks.py --examples --tasks regression --set features.top_k=6000
 
 State lives under $RAYLOOP_HOME (default .rayloop/bench-tasks, deleted at the end).
 Results: benchmarks/results/<name>.json (default `tasks`).
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", nargs="*", default=list(EXAMPLES), help="scikit-learn sets to run")
     parser.add_argument("--tasks", nargs="*", default=list(SYNTHETIC_TASKS), help="synthetic tasks to run")
     parser.add_argument("--cpus", type=int, default=2, help="Ray's CPUs, and plain LightGBM's threads")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override, repeatable")
     parser.add_argument("--name", default="tasks")
     args = parser.parse_args(argv)
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     init_ray(num_cpus=args.cpus)
     ray_init_s = round(time.perf_counter() - started, 3)
-    base = ["training.num_workers=1", "tuning.enabled=false", "training.slice_column=null"]
+    base = ["training.num_workers=1", "tuning.enabled=false", "training.slice_column=null", *args.overrides]
     records = []
     try:
         for name in args.examples:

@@ -141,6 +141,52 @@ def _test_labels(table: pa.Table) -> list:
     return sorted(table.filter(pc.equal(split, "test")).column(LABEL).to_pylist())
 
 
+@pytest.mark.parametrize(("name", "metric"), [("wine", "macro_f1"), ("diabetes", "rmse")])
+def test_the_mlp_learns_every_task_from_the_same_run(trained, name, metric):
+    """The MLP's softmax and linear heads through the same path (TorchTrainer, the two fits, the
+    bundle): better than a constant guess by a wide margin."""
+    t = trained[name]
+    overrides = [*_overrides(name, Path("unused")), "training.model=mlp", f"registry.model_name=tasks-mlp-{name}"]
+    overrides += [
+        "training.mlp.epochs=60",
+        "training.mlp.batch_size=32",
+        "training.mlp.lr=0.01",
+        "training.mlp.patience=10",
+    ]
+    outcome = train_and_register(load_config(None, overrides), t.run)
+    bundle = registry.load_bundle(f"tasks-mlp-{name}", outcome.version)
+    assert bundle.kind == "mlp" and bundle.task == t.run.task()
+    ours = outcome.test_metrics[metric]
+    if metric == "macro_f1":
+        assert ours >= 0.85, outcome.test_metrics  # a constant guess scores about 0.2
+    else:
+        y = t.run.holdout().column(LABEL).to_numpy()
+        assert ours <= 0.85 * float(np.std(y)), (ours, np.std(y))  # a constant guess scores std(y)
+        assert 0.6 <= outcome.test_metrics["interval_coverage"] <= 1.0
+    frame = mlflow.pyfunc.load_model(registry.model_uri(f"tasks-mlp-{name}", outcome.version)).predict(
+        t.table.slice(0, 5).to_pandas()
+    )
+    assert len(frame) == 5 and ("prediction" if metric == "rmse" else "label") in frame.columns
+
+
+def test_rows_without_a_label_are_rejected_with_their_reason_and_the_counts_add_up(ray_session, rayloop_home):
+    table = example_table("diabetes")
+    labels = table.column(LABEL).to_numpy().copy()
+    labels[[3, 50, 200]] = np.nan
+    values = pa.array([None if i == 7 else v for i, v in enumerate(labels.tolist())], pa.float64())
+    table = table.set_column(table.schema.get_field_index(LABEL), LABEL, values)
+    path = rayloop_home / "unlabelled" / "diabetes.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    result = run_preprocess(load_config(None, [f"data.source={path}", f"data.label_column={LABEL}"]))
+    assert result.task["kind"] == "regression"
+    assert (result.rows_total, result.rows_rejected, result.rows_good) == (442, 4, 438)
+    assert sum(result.rows_per_split.values()) == result.rows_good
+    rejects = pq.read_table(Path(result.run_dir) / "rejects")
+    reasons = rejects.column("reason").to_pylist()
+    assert len(reasons) == 4 and all(r.startswith(f"column={LABEL} rule=null") for r in reasons), reasons
+
+
 # ---- a label relation that changes partway ----------------------------------------------------
 def _drifting_table(n: int, seed: int, trend: tuple[float, float], start: datetime) -> pa.Table:
     """Binary rows in time order. `trend` (a slowly rising measurement, e.g. a yearly temperature)
