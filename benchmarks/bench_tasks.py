@@ -64,7 +64,7 @@ def _plain(
         frame[column] = frame[column].astype("category")
     labels = table.column(label)
     y = task.encode(labels).astype(np.float64) if task.is_classifier else labels.to_numpy().astype(np.float64)
-    objective: dict[str, Any] = {"binary": {"objective": "binary", "metric": "auc"}}.get(task.kind, {})
+    objective: dict[str, Any] = {"binary": {"objective": "binary", "metric": "binary_logloss"}}.get(task.kind, {})
     if task.kind == "multiclass":
         objective = {"objective": "multiclass", "num_class": task.n_classes, "metric": "multi_logloss"}
     elif task.kind == "regression":

@@ -228,7 +228,7 @@ def example(
     path = write_example(name, out)
     console.print(
         f"wrote {name} ({EXAMPLES[name]}) to {path}; train on it with "
-        f"`rayloop run --set data.source={path} --set data.label_column={LABEL} --set data.schema=null`"
+        f"`rayloop run --set data.source={path} --set data.label_column={LABEL} --set registry.model_name={name}`"
     )
 
 

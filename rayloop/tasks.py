@@ -67,7 +67,8 @@ LIVE_METRICS: dict[str, tuple[str, ...]] = {
 DEFAULT_GATE_METRIC = {"binary": "auc", "multiclass": "macro_f1", "regression": "rmse"}
 DEFAULT_TUNE_METRIC = {"binary": "auc", "multiclass": "multi_logloss", "regression": "rmse"}
 DEFAULT_LIVE_METRIC = {"binary": "auc", "multiclass": "accuracy", "regression": "mae"}
-_LIGHTGBM_METRIC = {"binary": ["auc", "binary_logloss"], "multiclass": ["multi_logloss"], "regression": ["rmse"]}
+# the first is the loss early stopping watches; the others are recorded per round beside it
+_LIGHTGBM_METRIC = {"binary": ["binary_logloss", "auc"], "multiclass": ["multi_logloss"], "regression": ["rmse"]}
 
 
 # errors whose size depends on the label's units: a quality drop is judged relative to them

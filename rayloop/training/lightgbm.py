@@ -2,7 +2,8 @@
 
 The objective and its metrics come from the task (`rayloop.tasks.Task.lightgbm_params`): binary,
 multiclass over the class codes, or a regression (`training.lightgbm.objective` may pick huber,
-l1, quantile, ...). Early stopping watches the first of those metrics on the validation split.
+l1, quantile, ...). Early stopping watches the first of those metrics (the task's loss) on the
+validation split.
 
 Reports are few on purpose: each `ray.train.report()` waits for the controller's next poll of
 the workers, so a callback checkpoints every `checkpoint_every` rounds and the loop once at the
@@ -73,7 +74,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         valid_sets = [
             lgb.Dataset(x_valid, y_valid, reference=train_set, categorical_feature=categorical, free_raw_data=False)
         ]
-        callbacks = [lgb.early_stopping(config["early_stopping_rounds"], verbose=False), lgb.record_evaluation(curve)]
+        # on the task's loss only (the first metric); AUC, recorded beside it, would stop as soon as
+        # the ranking settles, long before the probabilities do
+        stopping = lgb.early_stopping(config["early_stopping_rounds"], first_metric_only=True, verbose=False)
+        callbacks = [stopping, lgb.record_evaluation(curve)]
 
     init_model, done_rounds = None, 0
     checkpoint = ray.train.get_checkpoint()

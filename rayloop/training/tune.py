@@ -110,6 +110,10 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
         data.x_valid, data.y_valid, reference=train, categorical_feature=data.categorical_indices or "auto"
     )
     best: dict[str, Any] = {"value": -math.inf if higher_is_better(key) else math.inf, "round": 0}
+    # the rounds a refit uses: where early stopping on the task's loss (LightGBM's first metric)
+    # found the best, not where the tune metric peaked (AUC stops rising after a few rounds on an
+    # easy table, while the probabilities are still far from calibrated)
+    stop = {"value": math.inf, "round": 0}
     last = {"reported": 0}
 
     def score(env) -> float | None:
@@ -126,12 +130,15 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
                 "rounds": round_,
                 f"validation_{key}": value,
                 f"best_validation_{key}": best["value"],
-                "best_round": best["round"],
+                "best_round": stop["round"] or round_,
             }
         )
 
     def callback(env) -> None:
         round_ = env.iteration + 1
+        _, _, loss, loss_higher_better = env.evaluation_result_list[0]
+        if (-loss if loss_higher_better else loss) < stop["value"]:
+            stop.update(value=-loss if loss_higher_better else loss, round=round_)
         value = score(env)
         if value is None:
             return
@@ -147,7 +154,10 @@ def lightgbm_trial(config: dict[str, Any], data: TuneData, static: dict[str, Any
         num_boost_round=static["num_boost_round"],
         valid_sets=[valid],
         valid_names=["validation"],
-        callbacks=[lgb.early_stopping(static["early_stopping_rounds"], verbose=False), callback],
+        callbacks=[
+            lgb.early_stopping(static["early_stopping_rounds"], first_metric_only=True, verbose=False),
+            callback,
+        ],
     )
     if last.get("round_now", 0) > last["reported"]:  # stopped early between reports
         report(last["round_now"], last["value_now"])

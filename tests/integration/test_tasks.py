@@ -91,7 +91,7 @@ def _plain_lightgbm(table: pa.Table, kind: str, classes: list) -> tuple[np.ndarr
     y = table.column(LABEL).to_numpy()
     if kind != "regression":
         y = np.searchsorted(np.asarray(classes), y)  # class codes in rayloop's class order
-    objective = {"binary": {"objective": "binary", "metric": "auc"}, "regression": {"objective": "regression"}}.get(
+    objective = {"binary": {"objective": "binary"}, "regression": {"objective": "regression"}}.get(
         kind, {"objective": "multiclass", "num_class": len(classes), "metric": "multi_logloss"}
     )
     parts = {s: (x[split == s], y[split == s]) for s in ("train", "validation", "test")}
