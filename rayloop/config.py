@@ -315,6 +315,13 @@ class MonitoringConfig(_Section):
     quality_windows: int = Field(
         2, ge=1, description="windows in a row the live metric must stay that low (one noisy window is not a drop)"
     )
+    quality_confidence: float = Field(
+        0.99,
+        ge=0.5,
+        lt=1.0,
+        description="and the drop must be beyond the live window's noise with this one-sided confidence "
+        "(a bootstrap of its labels; 0.5: the point estimate alone)",
+    )
     min_labels: int = Field(200, ge=10, description="joined labels a live-quality window needs")
     label_horizon_s: float = Field(86_400, gt=0, description="how long a prediction waits for its label in memory")
     max_pending_labels: int = Field(200_000, ge=1, description="predictions kept in memory for the label join")

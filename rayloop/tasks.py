@@ -87,6 +87,14 @@ def quality_shortfall(metric: str, live: float, reference: float) -> float:
     return reference - live if higher_is_better(metric) else live - reference
 
 
+def shortfall_se(metric: str, se: float, reference: float) -> float:
+    """The standard error of `quality_shortfall` when the live metric's is `se` (the reference is
+    taken as exact: it was measured once, on the held-out rows)."""
+    if metric in RELATIVE_METRICS:
+        return se / reference if reference > 0 else math.inf
+    return se
+
+
 def better(metric: str, a: float, b: float) -> bool:
     """Whether `a` is strictly better than `b` on `metric`."""
     return a > b if higher_is_better(metric) else a < b

@@ -57,6 +57,7 @@ __all__ = [
     "MonitorCore",
     "Reference",
     "WindowSummary",
+    "live_metric_se",
     "live_metrics",
     "rows_by_version",
     "summarize_state",
@@ -394,6 +395,7 @@ class MonitorCore:
             drift_scores={name: summary.scores[name]["psi"] for name in report.drifted},
             live_metric=live,
             live_labels=n_live,
+            live_metric_se=self.live_quality_se() if live is not None else None,
             reference_metric=self.reference.metrics.get(self.quality_metric),
             metric=self.quality_metric,
         )
@@ -501,6 +503,16 @@ class MonitorCore:
         """The configured metric over the most recent joined labels, once there are min_labels."""
         return self.live_metrics()[self.quality_metric], len(self.state.quality_pairs)
 
+    def live_quality_se(self) -> float | None:
+        """The configured live metric's standard error (a seeded bootstrap of the joined labels)."""
+        return live_metric_se(
+            self.reference.task,
+            self.state.quality_pairs,
+            self.quality_metric,
+            self.config.min_labels,
+            self.reference.interval_half_width,
+        )
+
     def live_metrics(self) -> dict[str, float | None]:
         return live_metrics(
             self.reference.task, self.state.quality_pairs, self.config.min_labels, self.reference.interval_half_width
@@ -597,7 +609,7 @@ def label_values(task: Task, labels: pa.ChunkedArray | pa.Array) -> list[float]:
 
 
 def live_metrics(
-    task: Task, pairs: list[list[float]], min_labels: int, interval_half_width: float | None = None
+    task: Task, pairs: list[list[float]] | np.ndarray, min_labels: int, interval_half_width: float | None = None
 ) -> dict[str, float | None]:
     """The task's live metrics over joined pairs (rayloop.tasks.LIVE_METRICS: binary AUC and
     accuracy from (P(positive), label); multiclass accuracy and macro-F1 from (predicted code,
@@ -620,6 +632,29 @@ def live_metrics(
     if interval_half_width is not None:
         coverage = float(np.mean(np.abs(actual - predicted) <= interval_half_width))
     return {"mae": mae(actual, predicted), "rmse": rmse(actual, predicted), "interval_coverage": coverage}
+
+
+def live_metric_se(
+    task: Task,
+    pairs: list[list[float]] | np.ndarray,
+    metric: str,
+    min_labels: int,
+    interval_half_width: float | None = None,
+    resamples: int = 200,
+    seed: int = 0,
+) -> float | None:
+    """The standard error of one live metric over `pairs`: the spread of the metric over seeded
+    bootstrap resamples of the pairs; None until there are min_labels (or when it is undefined)."""
+    if len(pairs) < max(min_labels, 2):
+        return None
+    arr = np.asarray(pairs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        value = live_metrics(task, arr[rng.integers(0, len(arr), len(arr))], 0, interval_half_width)[metric]
+        if value is not None and not math.isnan(value):
+            values.append(value)
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:

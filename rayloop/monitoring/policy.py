@@ -2,7 +2,8 @@
 
 After each window the monitor calls `decide` with what the window showed. The policy raises a
 retrain decision when drift stays on for K windows in a row, or when live quality stays more than
-`quality_drop` below the champion's test metric for `quality_windows` windows; it suppresses one
+`quality_drop` below the champion's test metric, beyond the live window's own noise
+(`quality_confidence`), for `quality_windows` windows; it suppresses one
 while another is pending or in flight, during the cool-down and past the daily budget. Every
 answer is a `Decision` with its reason and numbers, so the monitor can audit and count acted-on
 and suppressed decisions alike.
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
+from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rayloop.config import MonitoringConfig
-from rayloop.tasks import quality_shortfall
+from rayloop.tasks import quality_shortfall, shortfall_se
 
 __all__ = [
     "Decision",
@@ -57,6 +59,9 @@ class Observation(_Model):
     drift_scores: dict[str, float] = Field(default_factory=dict, description="e.g. PSI per drifted feature")
     live_metric: float | None = None
     live_labels: int = Field(0, ge=0, description="joined labels behind live_metric")
+    live_metric_se: float | None = Field(
+        None, ge=0, description="the live metric's standard error (a bootstrap of its labels); None: not known"
+    )
     reference_metric: float | None = Field(None, description="the champion's test metric")
     metric: str = Field("auc", description="the live metric's name: which way is worse (rayloop.tasks)")
 
@@ -129,7 +134,13 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
     # how much worse live is: absolute for scores, relative for errors (rayloop.tasks)
     drop = quality_shortfall(obs.metric, live, ref) if live is not None and ref is not None else None
     drift_fires = streak >= k
-    quality_low = drop is not None and obs.live_labels >= config.min_labels and drop > config.quality_drop
+    drop_z = _drop_z(obs, drop, ref)
+    quality_low = (
+        drop is not None
+        and obs.live_labels >= config.min_labels
+        and drop > config.quality_drop
+        and (drop_z is None or drop_z >= _z_needed(config))
+    )
     low_streak = state.consecutive_low_quality + 1 if quality_low else 0
     quality_fires = low_streak >= config.quality_windows
     day = _utc_day(obs.time)
@@ -146,6 +157,8 @@ def decide(state: PolicyState, obs: Observation, config: MonitoringConfig) -> tu
         "reference_metric": ref,
         "quality_drop": drop,
         "quality_drop_allowed": config.quality_drop,
+        "quality_drop_z": drop_z,
+        "quality_z_needed": round(_z_needed(config), 3),
         "live_labels": obs.live_labels,
         "min_labels": config.min_labels,
         "retrains_today": today,
@@ -301,4 +314,20 @@ def _quality_status(obs: Observation, live: float | None, ref: float | None, con
         return f"no live {metric} to compare" if live is None else f"no champion {metric} to compare"
     if obs.live_labels < config.min_labels:
         return f"live {metric} over {obs.live_labels} labels, fewer than min_labels={config.min_labels}"
-    return f"live {metric} {live:.4f} vs champion {ref:.4f} (allowed drop {config.quality_drop:g})"
+    status = f"live {metric} {live:.4f} vs champion {ref:.4f} (allowed drop {config.quality_drop:g})"
+    drop, z = quality_shortfall(metric, live, ref), _drop_z(obs, quality_shortfall(metric, live, ref), ref)
+    if drop > config.quality_drop and z is not None and z < _z_needed(config):
+        status += f", within the window's noise ({z:.2f} standard errors, {_z_needed(config):.2f} needed)"
+    return status
+
+
+def _z_needed(config: MonitoringConfig) -> float:
+    return NormalDist().inv_cdf(config.quality_confidence)
+
+
+def _drop_z(obs: Observation, drop: float | None, ref: float | None) -> float | None:
+    """The drop in standard errors of the live metric; None where its noise is not known."""
+    if drop is None or ref is None or obs.live_metric_se is None:
+        return None
+    se = shortfall_se(obs.metric, obs.live_metric_se, ref)
+    return round(drop / se, 3) if 0 < se < math.inf else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -116,6 +117,7 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
             )
 
         runner = threading.Thread(target=send, daemon=True)
+        drift_from = time.time() + clean_s  # the traffic starts after this line: its drift no earlier
         runner.start()
 
         # the null twin: the clean minute's windows (8 at this rate) raise no retrain decision
@@ -132,6 +134,9 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
             interval_s=2,
             what="the retrain to finish",
         )
+        # a decision from clean traffic is a false alarm, whatever its gate then says
+        early = drift_from - done["decided_at"]
+        assert early <= 0, f"decided {early:.0f} s before the drift: {done['reason']}"
         assert done["outcome"] == "promoted", f"{done['outcome']}: {done['detail']}"
         new = done["version"]
         assert registry.resolve_version(model, registry.CHAMPION) == new != first

@@ -17,8 +17,9 @@ import pytest
 from rayloop.bundle import prediction_histogram
 from rayloop.config import MonitoringConfig
 from rayloop.data.synthetic import generate
-from rayloop.monitoring.core import MonitorCore, Reference, summarize_state
+from rayloop.monitoring.core import MonitorCore, Reference, live_metric_se, live_metrics, summarize_state
 from rayloop.monitoring.inference_log import InferenceLog, label_table
+from rayloop.tasks import Task
 from rayloop.training.evaluate import roc_auc
 from tests.support import fitted_synthetic
 
@@ -349,3 +350,20 @@ def test_a_regressions_label_drift_compares_values(tmp_path, reference):
     assert core.state.label_drift["drifted"] is False
     core.ingest_labels("higher", label_table(ids[500:], rng.normal(115, 20, 500).tolist()))
     assert core.state.label_drift["drifted"] is True and core.state.label_drift["window"] == 1
+
+
+def test_the_live_metrics_standard_error_is_the_bootstrap_spread_and_shrinks_with_labels():
+    regression = Task(kind="regression", label="label", label_type="float")
+    rng = np.random.default_rng(3)
+    truth = rng.normal(100, 20, 1600)
+    pairs = np.c_[truth + rng.normal(0, 8, 1600), truth]
+    errors = np.abs(pairs[:, 0] - pairs[:, 1])
+    small, large = (live_metric_se(regression, pairs[:n], "mae", 100) for n in (400, 1600))
+    # the MAE's standard error is sd(|error|) / sqrt(n); 4x the labels halve it
+    assert small == pytest.approx(errors[:400].std() / 20, rel=0.15)
+    assert large == pytest.approx(errors.std() / 40, rel=0.15) and small / large == pytest.approx(2, rel=0.2)
+    assert live_metrics(regression, pairs, 100)["mae"] == pytest.approx(errors.mean())
+    assert live_metric_se(regression, pairs[:99], "mae", 100) is None  # fewer than min_labels
+    binary = Task(kind="binary", label="label", label_type="int", classes=[0, 1])
+    one_class = np.c_[rng.random(300), np.zeros(300)]
+    assert live_metric_se(binary, one_class, "auc", 100) is None  # AUC over one class is undefined

@@ -134,6 +134,26 @@ def test_quality_trigger(live, reference, labels, action, in_reason):
         assert decision.numbers["live_labels"] == 500 and state.pending == decision
 
 
+def test_a_drop_within_the_live_windows_noise_is_not_a_quality_drop():
+    # an MAE 6% above the champion's is past quality_drop, but with a standard error of 0.5 it is
+    # 1.2 standard errors: what a clean window of a few hundred labels shows by chance
+    noisy = obs(
+        0, drift=False, metric="mae", live_metric=10.6, reference_metric=10.0, live_labels=300, live_metric_se=0.5
+    )
+    _, decision = decide(PolicyState(), noisy, config())
+    assert decision.action == "none"
+    assert "within the window's noise (1.20 standard errors, 2.33 needed)" in decision.reason
+    assert decision.numbers["quality_drop_z"] == pytest.approx(1.2)
+    sure = noisy.model_copy(update={"live_metric_se": 0.2})  # the same drop, 3 standard errors
+    _, decision = decide(PolicyState(), sure, config())
+    assert decision.action == "retrain" and decision.numbers["quality_drop_z"] == pytest.approx(3.0)
+    _, decision = decide(PolicyState(), noisy, config(quality_confidence=0.5))  # the point estimate alone
+    assert decision.action == "retrain"
+    auc = obs(0, drift=False, live_metric=0.80, reference_metric=0.85, live_labels=300, live_metric_se=0.025)
+    _, decision = decide(PolicyState(), auc, config(quality_drop=0.02))  # absolute: 0.05 / 0.025 = 2 SE
+    assert decision.action == "none" and decision.numbers["quality_drop_z"] == pytest.approx(2.0)
+
+
 def test_low_quality_must_persist_for_quality_windows_and_one_good_window_resets_it():
     cfg = config(quality_windows=2)
     low = {"drift": False, "live_metric": 0.70, "reference_metric": 0.85, "live_labels": 500}
