@@ -22,6 +22,7 @@ FAST = [
     "data.synthetic.seed=61",
     "tuning.enabled=false",
     "training.lightgbm.num_boost_round=60",
+    "training.refit=none",  # what is tested here is the gate and the loop, not the refit
     "monitoring.window_size=200",
     "monitoring.consecutive_windows=2",
     "monitoring.min_labels=100",
