@@ -315,7 +315,8 @@ def _quality_status(obs: Observation, live: float | None, ref: float | None, con
     if obs.live_labels < config.min_labels:
         return f"live {metric} over {obs.live_labels} labels, fewer than min_labels={config.min_labels}"
     status = f"live {metric} {live:.4f} vs champion {ref:.4f} (allowed drop {config.quality_drop:g})"
-    drop, z = quality_shortfall(metric, live, ref), _drop_z(obs, quality_shortfall(metric, live, ref), ref)
+    drop = quality_shortfall(metric, live, ref)
+    z = _drop_z(obs, drop, ref)
     if drop > config.quality_drop and z is not None and z < _z_needed(config):
         status += f", within the window's noise ({z:.2f} standard errors, {_z_needed(config):.2f} needed)"
     return status
