@@ -164,7 +164,12 @@ MLP_DEFAULTS: dict[str, Any] = {
 
 class TrainingConfig(_Section):
     model: Literal["lightgbm", "mlp"] = "lightgbm"
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(
+        1,
+        ge=0,
+        description="Ray Train workers; 0: local mode, the training runs in the driver process (no worker "
+        "start-up, no data-parallel training, nothing retried; checkpoints still go to the storage path)",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(LIGHTGBM_DEFAULTS), description="lightgbm params")
@@ -177,10 +182,20 @@ class TrainingConfig(_Section):
         description="after the evaluation fit on train, refit on these splits with the same parameters and "
         "rounds/epochs and serve that (all: the newest rows too); none serves the evaluation fit",
     )
-    max_failures: int = Field(1, ge=0)
+    max_failures: int = Field(1, ge=0, description="times a lost worker group is restarted (workers only)")
     slice_column: str | None = Field(
         None, description="a categorical input column: test metrics per value (skipped, with a warning, if absent)"
     )
+
+    @model_validator(mode="after")
+    def _local_mode_retries_nothing(self) -> TrainingConfig:
+        # the default max_failures stays quiet; a value the user set would silently do nothing
+        if self.num_workers == 0 and "max_failures" in self.model_fields_set and self.max_failures > 0:
+            raise ValueError(
+                f"max_failures={self.max_failures} restarts lost workers, and num_workers=0 (local mode: the "
+                "training runs in the driver) has none to restart: set max_failures=0, or num_workers >= 1"
+            )
+        return self
 
     @field_validator("lightgbm", "mlp")
     @classmethod

@@ -39,7 +39,7 @@ from rayloop.preprocess import PreprocessRun
 from rayloop.tasks import Task
 from rayloop.training import lightgbm as lgb_train
 from rayloop.training import torch as torch_train
-from rayloop.training.common import check_ingest_headroom
+from rayloop.training.common import check_ingest_headroom, local_history, training_mode
 from rayloop.training.evaluate import conformal_half_width, evaluate_slices, evaluate_task
 from rayloop.training.tune import TuneData, run_tune
 
@@ -218,6 +218,10 @@ def _fit(
         **params,
     }
     frame = result.metrics_dataframe
+    if frame is None and training.num_workers == 0 and result.checkpoint is not None:
+        import pandas as pd  # local mode keeps the reported history in its checkpoints, not in a frame
+
+        frame = pd.DataFrame(local_history(result.checkpoint))
     curve = {
         c.removeprefix("validation_"): frame[c].tolist()
         for c in (frame.columns if frame is not None else [])
@@ -419,6 +423,7 @@ def train_and_register(
         mlflow.set_tags(
             {
                 "rayloop.task": task.kind,
+                "rayloop.training.mode": training_mode(training.num_workers),
                 "rayloop.preprocess_run_id": run_id,
                 "rayloop.data_fingerprint": fingerprint,
                 "rayloop.features_hash": fitted.content_hash,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,7 +11,22 @@ from typing import Any
 from rayloop import paths
 from rayloop.errors import ConfigError
 
-__all__ = ["check_ingest_headroom", "data_config", "model_columns", "report", "run_config"]
+__all__ = [
+    "check_ingest_headroom",
+    "data_config",
+    "latest_local_checkpoint",
+    "local_history",
+    "local_root",
+    "model_columns",
+    "report",
+    "run_config",
+    "training_mode",
+]
+
+# a local-mode run keeps as many checkpoints as CheckpointConfig(num_to_keep=2) below
+LOCAL_CHECKPOINTS_KEPT = 2
+# every metric a local-mode run reported so far, in each of its checkpoints (Ray keeps no history there)
+HISTORY_FILE = "rayloop-history.json"
 
 
 def run_config(name: str, max_failures: int):
@@ -66,10 +82,80 @@ def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label:
     return selected
 
 
-def report(metrics: dict[str, float], write: Callable[[Path], None]) -> None:
-    """Every worker reports; rank 0 attaches a checkpoint that `write(directory)` fills."""
+def training_mode(num_workers: int) -> str:
+    """`local` (the training function in the driver, `num_workers=0`) or `workers` (a worker group)."""
+    return "local" if num_workers == 0 else "workers"
+
+
+def local_root(name: str, num_workers: int) -> str | None:
+    """Where a local-mode run (`num_workers=0`: the training function runs in the driver) keeps
+    its checkpoints: the run's folder under the same storage_path as a worker run's; None with
+    workers (Ray Train persists those). Ray's local mode keeps a reported checkpoint only as the
+    object it was given, so a temporary folder would be gone by the time the driver reads it."""
+    return f"{paths.checkpoint_storage('train')}/{name}" if num_workers == 0 else None
+
+
+def _filesystem(root: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+
+
+def _checkpoints(fs, base: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    found = fs.get_file_info(pafs.FileSelector(base))
+    return sorted(i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+
+
+def latest_local_checkpoint(root: str | None):
+    """The newest checkpoint a local-mode run left under `root` (a rerun resumes from it), or None."""
+    from ray.train import Checkpoint
+
+    if root is None:
+        return None
+    fs, base = _filesystem(root)
+    found = _checkpoints(fs, base)
+    return Checkpoint(path=found[-1], filesystem=fs) if found else None
+
+
+def local_history(checkpoint) -> list[dict[str, float]]:
+    """Every metric dict a local-mode run reported up to `checkpoint` ([] for a worker run's)."""
+    with checkpoint.as_directory() as directory:
+        path = Path(directory) / HISTORY_FILE
+        return json.loads(path.read_text()) if path.exists() else []
+
+
+def _persist(root: str, metrics: dict[str, float], write: Callable[[Path], None]):
+    """Write a local-mode checkpoint into the run's folder (and drop all but the newest kept)."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    fs, base = _filesystem(root)
+    existing = _checkpoints(fs, base)
+    history = local_history(Checkpoint(path=existing[-1], filesystem=fs)) if existing else []
+    number = int(existing[-1].rsplit("_", 1)[1]) + 1 if existing else 0
+    destination = f"{base}/checkpoint_{number:06d}"
+    with tempfile.TemporaryDirectory() as directory:
+        write(Path(directory))
+        (Path(directory) / HISTORY_FILE).write_text(json.dumps([*history, metrics]))
+        fs.create_dir(destination, recursive=True)
+        pafs.copy_files(directory, destination, destination_filesystem=fs)
+    for old in existing[: max(0, len(existing) + 1 - LOCAL_CHECKPOINTS_KEPT)]:
+        fs.delete_dir(old)
+    return Checkpoint(path=destination, filesystem=fs)
+
+
+def report(metrics: dict[str, float], write: Callable[[Path], None], local: str | None = None) -> None:
+    """Every worker reports; rank 0 attaches a checkpoint that `write(directory)` fills (in local
+    mode, written to `local`, the run's folder: `local_root`)."""
     import ray.train
 
+    if local is not None:
+        ray.train.report(metrics, checkpoint=_persist(local, metrics, write))
+        return
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rayloop.training.common import data_config, model_columns, report, run_config
+from rayloop.training.common import data_config, latest_local_checkpoint, local_root, model_columns, report, run_config
 from rayloop.training.evaluate import evaluate_task
 
 __all__ = [
@@ -80,7 +80,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks = [stopping, lgb.record_evaluation(curve)]
 
     init_model, done_rounds = None, 0
-    checkpoint = ray.train.get_checkpoint()
+    local = config.get("local_checkpoints")  # local mode: the run's folder (training.common.local_root)
+    checkpoint = ray.train.get_checkpoint() or latest_local_checkpoint(local)
     if checkpoint is not None:  # resume after a failure
         with checkpoint.as_directory() as directory:
             init_model = lgb.Booster(model_file=str(Path(directory) / MODEL_FILE))
@@ -95,7 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # a checkpoint (and so a report) every `every` rounds, never per round
         done = trained["rounds"] = env.iteration + 1
         if done % every == 0 and done < env.end_iteration:
-            _report(env.model, {"rounds": done, "resumed_from": resumed_from}, num_iteration=-1)
+            _report(env.model, {"rounds": done, "resumed_from": resumed_from}, num_iteration=-1, local=local)
 
     booster = lgb.train(
         params,
@@ -119,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         booster.save_model(str(directory / MODEL_FILE), num_iteration=best)
         (directory / CURVE_FILE).write_text(json.dumps(curve.get("validation", {})))
 
-    report(metrics, write)
+    report(metrics, write, local)
 
 
 def _validation_metrics(booster, x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, float]:
@@ -129,10 +130,14 @@ def _validation_metrics(booster, x: np.ndarray, y: np.ndarray, kind: str) -> dic
     return {f"validation_{k}": v for k, v in scores.items()}
 
 
-def _report(booster, metrics: dict[str, float], num_iteration: int) -> None:
+def _report(booster, metrics: dict[str, float], num_iteration: int, local: str | None) -> None:
     """Rank 0 attaches the model: every tree mid-run (a resumed run continues from it), the trees
     up to the best iteration at the end."""
-    report(metrics, lambda directory: booster.save_model(str(directory / MODEL_FILE), num_iteration=num_iteration))
+    report(
+        metrics,
+        lambda directory: booster.save_model(str(directory / MODEL_FILE), num_iteration=num_iteration),
+        local,
+    )
 
 
 def build_trainer(
@@ -169,6 +174,7 @@ def build_trainer(
             "num_threads": max(1, int(cpus_per_worker)),
             "checkpoint_every": checkpoint_every,
             "has_validation": "validation" in datasets,
+            "local_checkpoints": local_root(name, num_workers),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=run_config(name, max_failures),

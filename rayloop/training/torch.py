@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rayloop.tasks import Task
-from rayloop.training.common import data_config, model_columns, report, run_config
+from rayloop.training.common import data_config, latest_local_checkpoint, local_root, model_columns, report, run_config
 from rayloop.training.evaluate import evaluate_task
 
 __all__ = [
@@ -68,7 +68,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     names, label = config["feature_names"], config["label"]
     model = build_model(config)
     state = {"epoch": 0, "best_loss": float("inf"), "stale": 0, "best_model": None, "optimizer": None}
-    checkpoint = ray.train.get_checkpoint()
+    local = config.get("local_checkpoints")  # local mode: the run's folder (training.common.local_root)
+    checkpoint = ray.train.get_checkpoint() or latest_local_checkpoint(local)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
@@ -111,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "stopped_early": float(stop),
             "resumed_from": resumed_from,
         }
-        _report(state, metrics)
+        _report(state, metrics, local)
         if stop:
             break
 
@@ -191,10 +192,10 @@ def _validate(model, batches: Iterable[tuple], head: dict[str, Any]) -> dict[str
     return {f"validation_{k}": v for k, v in evaluate_task(kind, labels, scores).items()}
 
 
-def _report(state: dict, metrics: dict[str, float]) -> None:
+def _report(state: dict, metrics: dict[str, float], local: str | None) -> None:
     import torch
 
-    report(metrics, lambda directory: torch.save(state, directory / CHECKPOINT_FILE))
+    report(metrics, lambda directory: torch.save(state, directory / CHECKPOINT_FILE), local)
 
 
 def build_trainer(
@@ -223,6 +224,7 @@ def build_trainer(
             "categorical_indices": categorical_indices,
             "cardinalities": cardinalities,
             "has_validation": "validation" in datasets,
+            "local_checkpoints": local_root(name, num_workers),
             **mlp,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -50,6 +50,38 @@ def test_lightgbm_on_ray_train_learns_and_checkpoints_under_rayloop_home(feature
     assert "TrainController" in started and "PreemptionWatcher" not in started
 
 
+def test_a_local_mode_run_checkpoints_into_the_storage_path_and_a_rerun_resumes(feature_run):
+    """num_workers=0: the training runs in this process; its checkpoints still land in the run's
+    folder under the storage path (Ray's local mode keeps none), and a rerun continues from them."""
+    folder = paths.train_storage() / f"lgb-local-{feature_run.run_id}"
+
+    def fit(rounds: int):
+        return build_trainer(
+            feature_run.datasets(("train",)),  # no validation split: exactly `rounds` rounds
+            feature_names=feature_run.fitted.feature_names,
+            label="label",
+            categorical_indices=feature_run.fitted.categorical_indices,
+            params=feature_run.run.task().lightgbm_params({"learning_rate": 0.1, "num_leaves": 15}),
+            num_boost_round=rounds,
+            early_stopping_rounds=10,
+            checkpoint_every=20,
+            num_workers=0,
+            max_failures=0,
+            name=folder.name,
+        ).fit()
+
+    first = fit(40)
+    assert first.error is None and (first.metrics["rounds"], first.metrics["resumed_from"]) == (40, 0)
+    assert Path(first.checkpoint.path).parent == folder
+    assert load_booster(first.checkpoint).current_iteration() == 40
+    assert len(list(folder.glob("checkpoint_*"))) == 2  # the last two, as a worker run keeps
+    again = fit(70)
+    assert (again.metrics["rounds"], again.metrics["resumed_from"]) == (70, 40)  # continued, not restarted
+    booster = load_booster(again.checkpoint)
+    x, y = feature_run.test_split()
+    assert booster.current_iteration() == 70 and roc_auc(y, booster.predict(x)) > 0.75
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
     trainer = _trainer(
         feature_run,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightgbm as lgb
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from rayloop import registry
+from rayloop import paths, registry
 from rayloop.config import load_config
 from rayloop.control.train import train_and_register, tune_and_register
 from rayloop.training.tune import TuneData, run_tune
@@ -41,6 +43,7 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
     assert tags["rayloop.preprocess_run_id"] == feature_run.run_id
     assert tags["rayloop.features_hash"] == feature_run.fitted.content_hash
     assert len(tags["rayloop.data_fingerprint"]) == 24 and tags["rayloop.config_hash"]
+    assert tags["rayloop.training.mode"] == "workers"
 
     # the registered pyfunc predicts from raw rows exactly as the checkpoint's booster on our features
     holdout = feature_run.run.holdout()
@@ -61,6 +64,34 @@ def test_train_and_register_logs_everything_and_the_bundle_matches_the_native_mo
     assert fits["refit"]["checkpoint"] == outcome.checkpoint != fits["evaluation"]["checkpoint"]
     assert booster.num_trees() == outcome.steps
     assert outcome.evaluation_bundle is not None and outcome.evaluation_bundle.task.kind == "binary"
+
+
+def test_local_mode_trains_the_same_model_in_the_driver_and_says_so(feature_run):
+    overrides = ["training.lightgbm.num_boost_round=60", "training.refit=none"]
+    workers = train_and_register(load_config(None, [*overrides, "registry.model_name=wf-workers"]), feature_run.run)
+    local = load_config(None, [*overrides, "registry.model_name=wf-local", "training.num_workers=0"])
+    outcome = train_and_register(local, feature_run.run)
+    tags = registry.client().get_run(outcome.mlflow_run_id).data.tags
+    assert tags["rayloop.training.mode"] == "local"
+    assert Path(outcome.checkpoint).is_relative_to(paths.train_storage())  # kept, where worker runs keep theirs
+    # the same data, parameters and threads: the same trees as a one-worker run
+    assert outcome.steps == workers.steps
+    assert outcome.test_metrics["auc"] == pytest.approx(workers.test_metrics["auc"], abs=1e-6)
+    holdout = feature_run.run.holdout()
+    booster = lgb.Booster(model_file=f"{outcome.checkpoint}/model.txt")
+    bundle = registry.load_bundle("wf-local", outcome.version)
+    assert np.array_equal(bundle.predict_scores(holdout), booster.predict(feature_run.fitted.transform(holdout)))
+
+
+def test_a_local_mode_mlp_keeps_its_learning_curve_and_best_epoch(feature_run):
+    # Ray's local mode has no metrics history; rayloop keeps it in the run's checkpoints
+    overrides = ["training.model=mlp", "training.mlp.epochs=4", "training.mlp.patience=10", "training.refit=none"]
+    config = load_config(None, [*overrides, "registry.model_name=wf-local-mlp", "training.num_workers=0"])
+    outcome = train_and_register(config, feature_run.run)
+    curve = registry.client().get_metric_history(outcome.mlflow_run_id, "validation_logloss")
+    assert [m.step for m in curve] == [1, 2, 3, 4]
+    best = min(range(4), key=lambda i: curve[i].value) + 1
+    assert outcome.steps == best and outcome.test_metrics["auc"] > 0.7
 
 
 def test_tune_logs_every_trial_and_refits_the_best_on_every_split(feature_run):

@@ -71,6 +71,15 @@ def test_cross_field_rule_on_serving_limits():
         load_config(None, ["serving.max_batch_size=128", "serving.max_ongoing_requests=8"])
 
 
+def test_local_mode_retries_nothing_so_a_max_failures_set_beside_it_is_refused():
+    with pytest.raises(ConfigError, match="max_failures=2 restarts lost workers, and num_workers=0"):
+        load_config(None, ["training.num_workers=0", "training.max_failures=2"])
+    # the default max_failures is no contradiction, nor an explicit 0
+    assert load_config(None, ["training.num_workers=0"]).training.num_workers == 0
+    assert load_config(None, ["training.num_workers=0", "training.max_failures=0"]).training.max_failures == 0
+    assert load_config(None, ["training.num_workers=2", "training.max_failures=2"]).training.max_failures == 2
+
+
 def test_split_fractions_must_sum_to_one():
     with pytest.raises(ConfigError, match="must be 1.0"):
         load_config(None, ["data.split.train=0.9"])
