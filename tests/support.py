@@ -18,7 +18,8 @@ import psutil
 import pytest
 import yaml
 
-from rayloop.config import load_config
+from rayloop.config import ConfigSource, load_config
+from rayloop.control import jobs
 from rayloop.control.head import LocalHead, ray_executable
 from rayloop.data.synthetic import generate
 from rayloop.features.pipeline import FeaturePipeline
@@ -26,6 +27,8 @@ from rayloop.runtime import auth_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = ray_executable()
+RAYLOOP_CLI = str(ROOT / ".venv" / "bin" / "rayloop")
+SERVE_CLI = str(ROOT / ".venv" / "bin" / "serve")
 # where scripts/install-prometheus.sh unpacks Debian's prometheus package when it is not on PATH
 PROMETHEUS_TOOLS = ROOT / ".venv" / "tools" / "prometheus" / "usr" / "bin"
 
@@ -104,6 +107,53 @@ def run_job(head: LocalHead, submission_id: str, entrypoint: list[str], timeout_
     logs = client.get_job_logs(submission_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     return logs
+
+
+def on_head(head: LocalHead, args: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """A command line against `head` as a user runs it: the head's token env, the repository as
+    working directory, output captured as text."""
+    return subprocess.run(args, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    """Config overrides as the CLI takes them: `--set KEY=VALUE` each."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def serve_detached(head: LocalHead, overrides: list[str]) -> None:
+    """`rayloop serve --detach` (the monitor, then the app) on `head`; asserts it came up."""
+    deployed = on_head(head, [RAYLOOP_CLI, "serve", "--address", head.address, "--detach", *set_args(overrides)])
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+
+
+def stop_monitor(head: LocalHead, overrides: list[str]) -> None:
+    """`rayloop monitor --stop` for the model the overrides name."""
+    on_head(head, [RAYLOOP_CLI, "monitor", "--address", head.address, "--stop", *set_args(overrides)], 120)
+
+
+def stop_loop(head: LocalHead, overrides: list[str]) -> None:
+    """Stop what a loop test started: the model's DriftMonitor, then every Serve app."""
+    stop_monitor(head, overrides)
+    on_head(head, [SERVE_CLI, "shutdown", "-y", "--address", head.dashboard], 120)
+
+
+def pipeline_job(head: LocalHead, submission_id: str, overrides: list[str]) -> None:
+    """`workloads.pipeline` through the Jobs API with the repository as working dir; waits for it
+    and asserts it succeeded (its log's tail otherwise)."""
+    jobs.submit_workload(
+        "pipeline",
+        submission_id,
+        source=ConfigSource(overrides=tuple(overrides)),
+        working_dir=str(ROOT),
+        address=head.dashboard,
+    )
+    info = wait_for(
+        lambda: (i := jobs.job_info(submission_id, head.dashboard)) and i.finished and i,
+        400,
+        interval_s=2,
+        what="the pipeline job",
+    )
+    assert info.status == "SUCCEEDED", jobs.client(head.dashboard).get_job_logs(submission_id)[-3000:]
 
 
 def last_json(logs: str) -> dict:

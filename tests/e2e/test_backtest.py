@@ -11,19 +11,16 @@ answers after the promotion are right more often than before.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from rayloop import registry
-from rayloop.config import ConfigSource
-from rayloop.control import jobs
 from rayloop.data.examples import LABEL, example_table
 from rayloop.monitoring.core import MonitorCore
 from rayloop.runtime import free_port
-from tests.support import RAY, ROOT, wait_for
+from tests.support import RAY, RAYLOOP_CLI, on_head, pipeline_job, serve_detached, stop_loop
 
 pytestmark = pytest.mark.slow
 
@@ -60,46 +57,20 @@ def test_a_replayed_real_table_drifts_retrains_and_serves_better_after_the_promo
         "retrain.min_labelled_rows=300",
         "retrain.max_label_wait_s=120",
     ]
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    jobs.submit_workload(
-        "pipeline",
-        "backtest-pipeline",
-        source=ConfigSource(overrides=tuple(overrides)),
-        working_dir=str(ROOT),
-        address=ray_head.dashboard,
-    )
-    info = wait_for(
-        lambda: (i := jobs.job_info("backtest-pipeline", ray_head.dashboard)) and i.finished and i,
-        400,
-        interval_s=2,
-        what="the pipeline job",
-    )
-    assert info.status == "SUCCEEDED", jobs.client(ray_head.dashboard).get_job_logs("backtest-pipeline")[-3000:]
+    pipeline_job(ray_head, "backtest-pipeline", overrides)
     first = registry.resolve_version(MODEL, registry.CHAMPION)
     assert first is not None and registry.load_bundle(MODEL, first).task.kind == "multiclass"
 
-    rayloop = str(ROOT / ".venv" / "bin" / "rayloop")
     try:
-        deployed = subprocess.run(
-            [rayloop, "serve", "--address", ray_head.address, "--detach", *sets],
-            env=ray_head.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        serve_detached(ray_head, overrides)
         # every remaining row once, in the file's order, six a second (about three minutes)
-        replay = subprocess.run(
+        replay = on_head(
+            ray_head,
             [
-                *(rayloop, "traffic", "--url", f"http://127.0.0.1:{port}", "--source", str(future)),
+                *(RAYLOOP_CLI, "traffic", "--url", f"http://127.0.0.1:{port}", "--source", str(future)),
                 *("--label-column", LABEL, "--rate", "6", "--duration", "240", "--label-delay", "1"),
             ],
-            env=ray_head.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=400,
+            400,
         )
         assert replay.returncode == 0, replay.stdout[-3000:] + replay.stderr[-2000:]
         summary = json.loads(replay.stdout[replay.stdout.index("{\n") :])
@@ -107,29 +78,9 @@ def test_a_replayed_real_table_drifts_retrains_and_serves_better_after_the_promo
         finished = (state.get("loop") or {}).get("finished") or []
         assert finished and finished[-1]["outcome"] == "promoted", finished
         new = finished[-1]["version"]
-        listed = subprocess.run(
-            [RAY, "job", "list", "--address", ray_head.dashboard],
-            env=ray_head.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
+        listed = on_head(ray_head, [RAY, "job", "list", "--address", ray_head.dashboard], 120).stdout
     finally:
-        subprocess.run(
-            [rayloop, "monitor", "--address", ray_head.address, "--stop", *sets],
-            env=ray_head.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
-            env=ray_head.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        stop_loop(ray_head, overrides)
 
     retrain = [line for line in listed.splitlines() if finished[-1]["submission_id"] in line]
     assert retrain and "SUCCEEDED" in retrain[0], listed[-3000:]

@@ -10,19 +10,16 @@ the multiclass loop runs on a real table (test_backtest.py).
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
 import pytest
 
 from rayloop import paths, registry
-from rayloop.config import ConfigSource
-from rayloop.control import jobs
 from rayloop.monitoring.core import MonitorCore
 from rayloop.runtime import free_port
 from rayloop.traffic import TrafficConfig, run_traffic
-from tests.support import RAY, ROOT, wait_for
+from tests.support import RAY, on_head, pipeline_job, serve_detached, stop_loop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,36 +67,12 @@ def _loop_state(task: str) -> dict:
 def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_triggers_none(ray_head, task):
     port = free_port()
     model = _model(task)
-    pipeline = f"loop-e2e-pipeline-{task}"
     overrides = _overrides(port, task)
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    jobs.submit_workload(
-        "pipeline",
-        pipeline,
-        source=ConfigSource(overrides=tuple(overrides)),
-        working_dir=str(ROOT),
-        address=ray_head.dashboard,
-    )
-    info = wait_for(
-        lambda: (i := jobs.job_info(pipeline, ray_head.dashboard)) and i.finished and i,
-        400,
-        interval_s=2,
-        what="the pipeline job",
-    )
-    assert info.status == "SUCCEEDED", jobs.client(ray_head.dashboard).get_job_logs(pipeline)[-3000:]
+    pipeline_job(ray_head, f"loop-e2e-pipeline-{task}", overrides)
     first = registry.resolve_version(model, registry.CHAMPION)
     assert first is not None
 
-    rayloop = str(ROOT / ".venv" / "bin" / "rayloop")
-    deployed = subprocess.run(
-        [rayloop, "serve", "--address", ray_head.address, "--detach", *sets],
-        env=ray_head.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    serve_detached(ray_head, overrides)
     stop = threading.Event()
     try:
         clean_s, rate = 40.0, 80.0
@@ -150,30 +123,10 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
         )
         stop.set()
         runner.join(timeout=60)
-        job_list = subprocess.run(
-            [RAY, "job", "list", "--address", ray_head.dashboard],
-            env=ray_head.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        job_list = on_head(ray_head, [RAY, "job", "list", "--address", ray_head.dashboard], 120)
     finally:
         stop.set()
-        subprocess.run(
-            [rayloop, "monitor", "--address", ray_head.address, "--stop", *sets],
-            env=ray_head.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
-            env=ray_head.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        stop_loop(ray_head, overrides)
     stats = result["stats"]
 
     listed = [line for line in job_list.stdout.splitlines() if done["submission_id"] in line]

@@ -5,7 +5,6 @@ monitor killed mid-retrain, each against a real head, a real DriftMonitor and re
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from rayloop import audit
 from rayloop.control import jobs
 from rayloop.runtime import free_port
-from tests.support import ROOT
+from tests.support import on_head, set_args, stop_loop, stop_monitor
 
 pytestmark = pytest.mark.slow
 
@@ -44,31 +43,12 @@ def _drive(head, model: str, *extra: str, scenario: str = "covariate+concept", k
         scenario,
         *(["--kill-monitor-when", kill] if kill else []),
     ]
-    for item in [*FAST, f"serving.port={free_port()}", *extra]:
-        cmd += ["--set", item]
-    done = subprocess.run(cmd, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd += set_args([*FAST, f"serving.port={free_port()}", *extra])
+    done = on_head(head, cmd, 600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["record"] is not None, f"no retrain finished: {done.stderr[-3000:]}"
     return out
-
-
-def _stop(head, model: str) -> None:
-    subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "rayloop"),
-            "monitor",
-            "--address",
-            head.address,
-            "--stop",
-            "--set",
-            f"registry.model_name={model}",
-        ],
-        env=head.env,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=120,
-    )
 
 
 def test_a_failing_retrain_job_leaves_the_champion_and_says_why(ray_head):
@@ -77,7 +57,7 @@ def test_a_failing_retrain_job_leaves_the_champion_and_says_why(ray_head):
         # the job refuses to train on fewer labelled rows than it was told it needs: exit 2, FAILED
         out = _drive(ray_head, model, "retrain.min_labelled_rows=100000", "retrain.max_label_wait_s=0")
     finally:
-        _stop(ray_head, model)
+        stop_monitor(ray_head, [f"registry.model_name={model}"])
     record = out["record"]
     assert record["outcome"] == "failed" and record["job_status"] == "FAILED", record
     assert out["champion"] == out["first_champion"]
@@ -102,7 +82,7 @@ def test_a_worse_challenger_is_refused_by_the_gate(ray_head):
             scenario="covariate",
         )
     finally:
-        _stop(ray_head, model)
+        stop_monitor(ray_head, [f"registry.model_name={model}"])
     record = out["record"]
     assert record["outcome"] == "refused", record
     assert record["gate"]["decision"] == "refused"
@@ -115,13 +95,7 @@ def test_a_monitor_killed_while_its_retrain_job_runs_sees_the_job_through_and_pr
     try:
         out = _drive(ray_head, model, "registry.gate_metric=accuracy", kill="submitted")  # see test_loop.py
     finally:
-        _stop(ray_head, model)
-        subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "serve"), "shutdown", "-y", "--address", ray_head.dashboard],
-            env=ray_head.env,
-            capture_output=True,
-            timeout=120,
-        )
+        stop_loop(ray_head, [f"registry.model_name={model}"])
     record = out["record"]
     assert out["killed_pid"] is not None and out["monitor_pid"] != out["killed_pid"] and out["restarts"] >= 1
     assert record["outcome"] == "promoted", record
