@@ -122,10 +122,15 @@ def latest_local_checkpoint(root: str | None):
 
 
 def local_history(checkpoint) -> list[dict[str, float]]:
-    """Every metric dict a local-mode run reported up to `checkpoint` ([] for a worker run's)."""
-    with checkpoint.as_directory() as directory:
-        path = Path(directory) / HISTORY_FILE
-        return json.loads(path.read_text()) if path.exists() else []
+    """Every metric dict a local-mode run reported up to `checkpoint` ([] for a worker run's); reads
+    that one file, not the whole checkpoint (each report reads its predecessor's)."""
+    import pyarrow.fs as pafs
+
+    path = f"{checkpoint.path}/{HISTORY_FILE}"
+    if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    with checkpoint.filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())
 
 
 def _persist(root: str, metrics: dict[str, float], write: Callable[[Path], None]):
