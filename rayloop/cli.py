@@ -420,19 +420,31 @@ def status(
     table.add_column("task")
     table.add_column("test metrics", justify="right")
     table.add_column("gate")
+    table.add_column("trained")
     mlflow_client = registry.client()
+    placements = []
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         version = registry.resolve_version(name, alias)
         if version is None:
-            table.add_row(alias, "-", "", "", "")
+            table.add_row(alias, "-", "", "", "", "")
             continue
         tags = mlflow_client.get_model_version(name, version).tags
         task = tags.get("rayloop.task", "binary")
         shown = ", ".join(
             f"{m} {tags[f'rayloop.test_{m}']}" for m in TASK_METRICS.get(task, ()) if f"rayloop.test_{m}" in tags
         )
-        table.add_row(alias, version, task, shown, tags.get("rayloop.gate.decision", ""))
+        mode = tags.get("rayloop.training.mode", "")
+        trained = f"{tags.get('rayloop.training.num_workers', '?')} workers" if mode == "workers" else mode
+        table.add_row(alias, version, task, shown, tags.get("rayloop.gate.decision", ""), trained)
+        if mode:
+            placements.append(
+                f"{alias} v{version} trained in {'local mode' if mode == 'local' else trained} "
+                f"(training.num_workers={tags.get('rayloop.training.setting', '?')}): "
+                f"{tags.get('rayloop.training.reason', '')}"
+            )
     console.print(table)
+    for line in placements:
+        console.print(line, highlight=False)
     log = Table(title=f"latest decisions ({paths.audit_log()})")
     log.add_column("time")
     log.add_column("event", no_wrap=True, min_width=len("promotion_refused"))

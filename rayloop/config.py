@@ -164,11 +164,12 @@ MLP_DEFAULTS: dict[str, Any] = {
 
 class TrainingConfig(_Section):
     model: Literal["lightgbm", "mlp"] = "lightgbm"
-    num_workers: int = Field(
-        1,
-        ge=0,
-        description="Ray Train workers; 0: local mode, the training runs in the driver process (no worker "
-        "start-up, no data-parallel training, nothing retried; checkpoints still go to the storage path)",
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="auto: local mode (the training runs in the driver process) when the data fits in half "
+        "of the driver node's free memory and that node has a CPU to spare, else Ray Train workers "
+        "(rayloop.training.placement); 0: local mode (no worker start-up, no data-parallel training, "
+        "nothing retried; checkpoints still go to the storage path); n: n Ray Train workers",
     )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -180,6 +180,8 @@ def log_bundle(
         "rayloop.data_fingerprint": str(bundle.lineage.get("data_fingerprint", "")),
         "rayloop.config_hash": str(bundle.lineage.get("config_hash", "")),
         **{f"rayloop.test_{k}": f"{v:.6g}" for k, v in bundle.metrics.items() if isinstance(v, (int, float))},
+        # how it was trained: local mode or workers, and why (rayloop.training.placement)
+        **{f"rayloop.training.{k}": str(v) for k, v in (bundle.lineage.get("training") or {}).items()},
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(model_name, version, key, value)

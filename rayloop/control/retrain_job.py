@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -57,7 +58,9 @@ class RetrainResult:
     test_metrics: dict[str, float]
     counts: dict[str, int]
     since: float | None
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # startup (process start -> this function), assemble, preprocess, train, gate
+    training: dict[str, Any]  # local mode or workers, and why; seconds of fit / evaluate / refit / register
+    timeline: dict[str, float]  # epoch seconds: process_started, run_started, finished
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +104,8 @@ def _write(table: pa.Table, path: Path) -> None:
 def run_retrain(config: RayloopConfig) -> RetrainResult:
     """The whole job (see the module docstring); a refused gate is a result, not an error."""
     started = time.perf_counter()
+    run_started_at = time.time()
+    process_started_at = psutil.Process().create_time()
     since = config.retrain.since
     submission_id = os.environ.get(SUBMISSION_ID_ENV_VAR)
     model_name = config.registry.model_name
@@ -189,10 +194,18 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         counts=data.counts,
         since=since,
         seconds={
+            # the interpreter, rayloop's imports, the config and Ray's connection, before any work
+            "startup": round(run_started_at - process_started_at, 2),
             "assemble": round(assembled - started, 2),
             "preprocess": round(preprocessed - assembled, 2),
             "train": round(trained - preprocessed, 2),
             "gate": round(time.perf_counter() - trained, 2),
+        },
+        training={**outcome.placement, "seconds": outcome.phases},
+        timeline={
+            "process_started": round(process_started_at, 3),
+            "run_started": round(run_started_at, 3),
+            "finished": round(time.time(), 3),
         },
     )
     (work / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -39,8 +39,9 @@ from rayloop.preprocess import PreprocessRun
 from rayloop.tasks import Task
 from rayloop.training import lightgbm as lgb_train
 from rayloop.training import torch as torch_train
-from rayloop.training.common import check_ingest_headroom, local_history, training_mode
+from rayloop.training.common import check_ingest_headroom, driver_node_facts, local_history
 from rayloop.training.evaluate import conformal_half_width, evaluate_slices, evaluate_task
+from rayloop.training.placement import Placement, choose_placement
 from rayloop.training.tune import TuneData, run_tune
 
 __all__ = [
@@ -98,6 +99,8 @@ class TrainingOutcome:
     seconds: float
     fits: dict[str, Any] = field(default_factory=dict)  # which rows each fit saw, its checkpoint
     tuning: dict[str, Any] | None = None
+    placement: dict[str, Any] = field(default_factory=dict)  # local mode or workers, and why (Placement)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: fit, evaluate, refit, register
     # the evaluation fit (never the rows it is judged on): what the gate scores; not serialized
     evaluation_bundle: ModelBundle | None = field(default=None, repr=False)
 
@@ -159,6 +162,7 @@ def _fit(
     splits: tuple[str, ...],
     steps: int | None,
     name: str,
+    placement: Placement,
 ) -> _Fit:
     """One Ray Train run on the feature tables of `splits`: early stopping on validation when
     `steps` is None, else exactly `steps` rounds/epochs with no validation split."""
@@ -168,7 +172,7 @@ def _fit(
     training = config.training
     check_ingest_headroom(
         [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")],
-        training.num_workers,
+        placement.num_workers,
         training.cpus_per_worker,
     )
     datasets = {"train": ray.data.read_parquet([str(run.split_dir(s)) for s in splits])}
@@ -178,9 +182,11 @@ def _fit(
         "feature_names": fitted.feature_names,
         "label": task.label,
         "categorical_indices": fitted.categorical_indices,
-        "num_workers": training.num_workers,
+        "num_workers": placement.num_workers,
+        "num_threads": placement.threads,
         "cpus_per_worker": training.cpus_per_worker,
-        "max_failures": training.max_failures,
+        # local mode has no worker group to restart (config.py refuses the explicit contradiction)
+        "max_failures": training.max_failures if placement.mode == "workers" else 0,
         "name": name,
     }
     if training.model == "lightgbm":
@@ -218,7 +224,7 @@ def _fit(
         **params,
     }
     frame = result.metrics_dataframe
-    if frame is None and training.num_workers == 0 and result.checkpoint is not None:
+    if frame is None and placement.mode == "local" and result.checkpoint is not None:
         import pandas as pd  # local mode keeps the reported history in its checkpoints, not in a frame
 
         frame = pd.DataFrame(local_history(result.checkpoint))
@@ -277,6 +283,28 @@ def _score_profile(task: Task, profile: ReferenceProfile, scores: np.ndarray, la
     )
 
 
+def _placement(config: RayloopConfig, summary: dict[str, Any], fitted: FittedFeatures, splits) -> Placement:
+    """Local mode or workers for every fit of this training (`training.num_workers`, see
+    rayloop.training.placement), judged on the most rows a fit reads; logged with its reason."""
+    per_split = summary.get("rows_per_split") or {}
+    used = {*EVALUATION_SPLITS, "validation", *(splits or ())}
+    training = config.training
+    placement = choose_placement(
+        training.num_workers,
+        rows=sum(int(per_split.get(s, 0)) for s in used),
+        columns=len(fitted.feature_names) + 1,
+        node=driver_node_facts(),
+        cpus_per_worker=training.cpus_per_worker,
+        use_gpu=training.use_gpu,
+    )
+    log.info("training placement: %s, %d workers: %s", placement.mode, placement.num_workers, placement.reason)
+    if placement.mode == "local" and training.max_failures and training.num_workers == "auto":
+        log.info(
+            "training.max_failures=%d does not apply in local mode: a lost driver fails the run", training.max_failures
+        )
+    return placement
+
+
 def train_and_register(
     config: RayloopConfig,
     run: PreprocessRun,
@@ -314,6 +342,15 @@ def train_and_register(
     params = {**base, **(params or {})}
     refit_splits = REFIT_SPLITS[training.refit]
     stamp = f"{run_id}-{datetime.now(timezone.utc):%H%M%S}"
+    placement = _placement(config, summary, fitted, refit_splits)
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 2)
+        mark = now
 
     experiment = registry.experiment_id(config.registry.experiment)
     with mlflow.start_run(
@@ -324,8 +361,17 @@ def train_and_register(
     ) as active:
         mlflow_run = active.info.run_id
         first = _fit(
-            config, run, task, fitted, dict(params), splits=EVALUATION_SPLITS, steps=steps, name=f"{kind}-{stamp}"
+            config,
+            run,
+            task,
+            fitted,
+            dict(params),
+            splits=EVALUATION_SPLITS,
+            steps=steps,
+            name=f"{kind}-{stamp}",
+            placement=placement,
         )
+        phase("fit")
         judged = _bundle(config, task, first, fitted, schema, profile)
 
         holdout = evaluation.holdout
@@ -362,13 +408,23 @@ def train_and_register(
                 "judged_on_rows": holdout.num_rows,
             }
         }
+        phase("evaluate")
         final = first
         if refit_splits is not None:
             used = dict(first.params)
             used.pop("num_boost_round" if kind == "lightgbm" else "epochs", None)
             final = _fit(
-                config, run, task, fitted, used, splits=refit_splits, steps=first.steps, name=f"{kind}-refit-{stamp}"
+                config,
+                run,
+                task,
+                fitted,
+                used,
+                splits=refit_splits,
+                steps=first.steps,
+                name=f"{kind}-refit-{stamp}",
+                placement=placement,
             )
+            phase("refit")
             fits["refit"] = {"splits": list(refit_splits), "steps": first.steps, "checkpoint": final.checkpoint}
         bundle = judged if final is first else _bundle(config, task, final, fitted, schema, judged.profile)
         bundle.metrics = dict(judged.metrics)
@@ -386,6 +442,7 @@ def train_and_register(
             "checkpoint": final.checkpoint,
             "task": task.model_dump(mode="json"),
             "fits": fits,
+            "training": placement.to_dict(),
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -396,7 +453,9 @@ def train_and_register(
                     "task": task.kind,
                     **final.params,
                     "refit": training.refit,
-                    "num_workers": training.num_workers,
+                    "num_workers": placement.num_workers,
+                    "num_workers_setting": placement.setting,
+                    "num_threads": placement.threads,
                 }
             )
         )
@@ -423,7 +482,9 @@ def train_and_register(
         mlflow.set_tags(
             {
                 "rayloop.task": task.kind,
-                "rayloop.training.mode": training_mode(training.num_workers),
+                "rayloop.training.mode": placement.mode,
+                "rayloop.training.num_workers": str(placement.num_workers),
+                "rayloop.training.reason": placement.reason,
                 "rayloop.preprocess_run_id": run_id,
                 "rayloop.data_fingerprint": fingerprint,
                 "rayloop.features_hash": fitted.content_hash,
@@ -436,6 +497,7 @@ def train_and_register(
         mlflow.log_dict(slices, "slice_metrics.json")
         mlflow.log_text(config.model_dump_json(indent=2, by_alias=True), "config.json")
         version = registry.log_bundle(bundle, model_name=config.registry.model_name, example=holdout)
+        phase("register")
 
     outcome = TrainingOutcome(
         model_name=config.registry.model_name,
@@ -452,6 +514,8 @@ def train_and_register(
         seconds=round(time.perf_counter() - start, 2),
         fits=fits,
         tuning=tuning,
+        placement=placement.to_dict(),
+        phases=phases,
         evaluation_bundle=judged,
     )
     shown = {k: round(v, 4) for k, v in bundle.metrics.items() if k in task.metrics()}

@@ -10,6 +10,7 @@ from typing import Any
 
 from rayloop import paths
 from rayloop.errors import ConfigError
+from rayloop.training.placement import NodeFacts
 
 __all__ = [
     "check_ingest_headroom",
@@ -20,7 +21,7 @@ __all__ = [
     "model_columns",
     "report",
     "run_config",
-    "training_mode",
+    "driver_node_facts",
 ]
 
 # a local-mode run keeps as many checkpoints as CheckpointConfig(num_to_keep=2) below
@@ -82,9 +83,27 @@ def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label:
     return selected
 
 
-def training_mode(num_workers: int) -> str:
-    """`local` (the training function in the driver, `num_workers=0`) or `workers` (a worker group)."""
-    return "local" if num_workers == 0 else "workers"
+def driver_node_facts() -> NodeFacts:
+    """The node this driver runs on, for `placement.choose_placement`: its CPUs (all, and free now)
+    and the memory it can still give (Ray's cgroup-aware `memory` resource, or what the OS has
+    available, whichever is less)."""
+    import os
+
+    import psutil
+    import ray
+    from ray._private.state import available_resources_per_node  # a DeveloperAPI; no public per-node reading
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id and n.get("Alive")), None)
+    resources = (node or {}).get("Resources", {})
+    free = available_resources_per_node().get(node_id, {}).get("CPU", 0.0)
+    memory = min(resources.get("memory", float("inf")), psutil.virtual_memory().available)
+    return NodeFacts(
+        cpus=float(resources.get("CPU", 0.0)),
+        cpus_free=float(free),
+        memory_bytes=float(memory),
+        cores=len(os.sched_getaffinity(0)),
+    )
 
 
 def local_root(name: str, num_workers: int) -> str | None:

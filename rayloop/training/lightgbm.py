@@ -155,9 +155,11 @@ def build_trainer(
     max_failures: int = 1,
     name: str = "lightgbm",
     checkpoint_every: int = 50,
+    num_threads: int | None = None,
 ):
     """A Ray Train V2 LightGBMTrainer with checkpoints under RAYLOOP_HOME/train. `params` are
-    complete (objective and metrics included: `Task.lightgbm_params`)."""
+    complete (objective and metrics included: `Task.lightgbm_params`). `num_threads` per worker (or
+    in the driver, in local mode) defaults to the CPUs of a worker."""
     from ray.train import ScalingConfig
     from ray.train.lightgbm import LightGBMTrainer
 
@@ -171,7 +173,7 @@ def build_trainer(
             "task_kind": task_kind,
             "num_boost_round": num_boost_round,
             "early_stopping_rounds": early_stopping_rounds,
-            "num_threads": max(1, int(cpus_per_worker)),
+            "num_threads": num_threads or max(1, int(cpus_per_worker)),
             "checkpoint_every": checkpoint_every,
             "has_validation": "validation" in datasets,
             "local_checkpoints": local_root(name, num_workers),

@@ -9,6 +9,7 @@ task's: log loss, multiclass log loss, or RMSE in the label's units."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayloop.models.mlp import build_model  # torch at import: loaded where the model trains
 
     device = get_device()
-    loss_name = VALIDATION_LOSS[config.get("task_kind", "binary")]
     bf16 = device.type == "cuda"  # bf16 autocast on GPU; fp32 on CPU
-    names, label = config["feature_names"], config["label"]
     model = build_model(config)
     state = {"epoch": 0, "best_loss": float("inf"), "stale": 0, "best_model": None, "optimizer": None}
     local = config.get("local_checkpoints")  # local mode: the run's folder (training.common.local_root)
@@ -83,38 +82,55 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     # a final refit on train+validation has no validation split: a fixed number of epochs
     valid_shard = ray.train.get_dataset_shard("validation") if config.get("has_validation", True) else None
-    batch_size = config.get("batch_size", 512)
 
-    for epoch in range(state["epoch"], config.get("epochs", 10)):
-        train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16, config)
-        metrics = (
-            _validate(model, _ray_batches(valid_shard, names, label, batch_size, device), config)
-            if valid_shard is not None
-            else {}
-        )
-        loss = metrics.get(f"validation_{loss_name}")
-        # without validation every epoch counts as the best so far and nothing stops early
-        improved = loss is None or loss < state["best_loss"] - 1e-6
-        state = {
-            "epoch": epoch + 1,
-            "best_loss": loss if improved and loss is not None else state["best_loss"],
-            "stale": 0 if improved else state["stale"] + 1,
-            "best_model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            if improved
-            else state["best_model"],
-            "model": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-        }
-        stop = state["stale"] >= config.get("patience", 3)
-        metrics |= {
-            "epoch": epoch + 1,
-            f"best_validation_{loss_name}": state["best_loss"],
-            "stopped_early": float(stop),
-            "resumed_from": resumed_from,
-        }
-        _report(state, metrics, local)
-        if stop:
-            break
+    loss_name = VALIDATION_LOSS[config.get("task_kind", "binary")]
+    names, label = config["feature_names"], config["label"]
+    batch_size = config.get("batch_size", 512)
+    # local mode: the driver's own torch, sized to the node's spare CPUs (workers get theirs from Ray)
+    with _threads(config.get("num_threads") if local is not None else None):
+        for epoch in range(state["epoch"], config.get("epochs", 10)):
+            train_epoch(model, _ray_batches(train_shard, names, label, batch_size, device), optimizer, bf16, config)
+            metrics = (
+                _validate(model, _ray_batches(valid_shard, names, label, batch_size, device), config)
+                if valid_shard is not None
+                else {}
+            )
+            loss = metrics.get(f"validation_{loss_name}")
+            # without validation every epoch counts as the best so far and nothing stops early
+            improved = loss is None or loss < state["best_loss"] - 1e-6
+            state = {
+                "epoch": epoch + 1,
+                "best_loss": loss if improved and loss is not None else state["best_loss"],
+                "stale": 0 if improved else state["stale"] + 1,
+                "best_model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                if improved
+                else state["best_model"],
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            }
+            stop = state["stale"] >= config.get("patience", 3)
+            metrics |= {
+                "epoch": epoch + 1,
+                f"best_validation_{loss_name}": state["best_loss"],
+                "stopped_early": float(stop),
+                "resumed_from": resumed_from,
+            }
+            _report(state, metrics, local)
+            if stop:
+                break
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _ray_batches(shard, names: list[str], label: str, batch_size: int, device) -> Iterator[tuple]:
@@ -211,6 +227,7 @@ def build_trainer(
     cpus_per_worker: float = 1.0,
     max_failures: int = 1,
     name: str = "mlp",
+    num_threads: int | None = None,
 ):
     """A Ray Train V2 TorchTrainer: gloo on CPU, nccl on GPU, checkpoints under RAYLOOP_HOME/train."""
     from ray.train import ScalingConfig
@@ -225,6 +242,7 @@ def build_trainer(
             "cardinalities": cardinalities,
             "has_validation": "validation" in datasets,
             "local_checkpoints": local_root(name, num_workers),
+            "num_threads": num_threads or max(1, int(cpus_per_worker)),
             **mlp,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -61,7 +61,6 @@ def _overrides(name: str, path: Path) -> list[str]:
         f"data.source={path}",
         f"data.label_column={LABEL}",
         f"registry.model_name=tasks-{name}",
-        "training.num_workers=1",
         # the evaluation fit is what is compared and served here; the refit on every split has its
         # own test below (and test_backtest.py serves one): two Ray Train runs fewer per case
         "training.refit=none",

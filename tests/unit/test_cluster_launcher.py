@@ -95,7 +95,8 @@ def demands(config: RayloopConfig) -> dict[str, tuple[dict[str, float], int, str
     return {
         "training worker": (
             {"CPU": training.cpus_per_worker, "GPU": 1.0 if training.use_gpu else 0.0},
-            training.num_workers,
+            # auto: at most one worker while the data fits a node (the head has no CPUs for local mode)
+            1 if training.num_workers == "auto" else training.num_workers,
             "training.cpus_per_worker / training.use_gpu / training.num_workers",
         ),
         "tune trial": (

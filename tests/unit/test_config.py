@@ -76,6 +76,11 @@ def test_local_mode_retries_nothing_so_a_max_failures_set_beside_it_is_refused()
         load_config(None, ["training.num_workers=0", "training.max_failures=2"])
     # the default max_failures is no contradiction, nor an explicit 0
     assert load_config(None, ["training.num_workers=0"]).training.num_workers == 0
+    # auto is the default and decides per run (rayloop.training.placement); any other word is an error
+    assert load_config(None, []).training.num_workers == "auto"
+    assert load_config(None, ["training.num_workers=auto", "training.max_failures=2"]).training.max_failures == 2
+    with pytest.raises(ConfigError, match="training.num_workers"):
+        load_config(None, ["training.num_workers=many"])
     assert load_config(None, ["training.num_workers=0", "training.max_failures=0"]).training.max_failures == 0
     assert load_config(None, ["training.num_workers=2", "training.max_failures=2"]).training.max_failures == 2
 
