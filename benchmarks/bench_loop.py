@@ -247,12 +247,39 @@ def run_arm(
             result = json.loads(logs[logs.rindex("\n{\n") + 1 : logs.rindex("}") + 1])
             out["job_seconds"] = result.get("seconds")
             out["time_to_validate_s"] = (result.get("seconds") or {}).get("gate")
+            out["training"] = result.get("training")
+            out["phases"] = retrain_phases(p, result)
         except (ValueError, RuntimeError):
             out["job_seconds"] = None
     _say(
         json.dumps({k: v for k, v in out.items() if k not in ("accuracy_timeline", "records", "traffic")}, default=str)
     )
     return out
+
+
+def retrain_phases(record: dict[str, Any], result: dict[str, Any]) -> dict[str, float | None]:
+    """Where drift -> new champion went after the decision, in order (seconds): the monitor's wait
+    for labels, the Jobs API until the job's process runs (supervisor actor, runtime_env), the
+    process's start-up (imports, config, Ray connection), the job's own steps, the monitor seeing the
+    job end (its poll), and the rollout."""
+    timeline, seconds = result.get("timeline") or {}, result.get("seconds") or {}
+    training = (result.get("training") or {}).get("seconds") or {}
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 2)
+
+    return {
+        "label_wait": gap(record.get("decided_at"), record.get("submitted_at")),
+        "job_start": gap(record.get("submitted_at"), timeline.get("process_started")),
+        "startup": seconds.get("startup"),
+        "assemble": seconds.get("assemble"),
+        "preprocess": seconds.get("preprocess"),
+        **{f"train.{k}": v for k, v in training.items()},
+        "train": seconds.get("train"),
+        "gate": seconds.get("gate"),
+        "job_end_seen": gap(timeline.get("finished"), record.get("job_finished_at")),
+        "rollout": gap(record.get("job_finished_at"), record.get("finished_at")),
+    }
 
 
 def plot(results: list[dict], clean_s: float, target: Path) -> None:
@@ -288,9 +315,18 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=90.0, help="the periodic arm's retraining period")
     parser.add_argument("--max-rate", type=float, default=120.0, help="cap on the load (requests/s)")
     parser.add_argument("--quick", action="store_true", help="arms of 2 min (drift 90 s, period 45 s)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every job and arm, e.g. training.num_workers=1 (the pre-auto default)",
+    )
+    parser.add_argument("--name", default=None, help="results file name (default: loop, or loop-quick)")
     args = parser.parse_args()
     if args.quick:
         args.drift, args.period = 90.0, 45.0
+    BASE_OVERRIDES.extend(args.set)
 
     home = Path(os.environ.setdefault("RAYLOOP_HOME", str(ROOT / ".rayloop" / "bench-loop")))
     from common import machine_info, print_table, save_results
@@ -333,7 +369,7 @@ def main() -> None:
 
         ray.shutdown()
         demo.stop_demo_head()
-    name = "loop-quick" if args.quick else "loop"
+    name = args.name or ("loop-quick" if args.quick else "loop")
     by_arm = {r["arm"]: r for r in results}
     ours, periodic = by_arm.get("rayloop"), by_arm.get("periodic")
     targets = {}
@@ -342,6 +378,8 @@ def main() -> None:
             "zero_failed_requests": ours["failed_requests"] == 0,
             "p99_swap_at_most_2x": ours.get("p99_swap_ratio") is not None and ours["p99_swap_ratio"] <= 2.0,
             "drift_to_new_champion_under_120s": (ours.get("drift_to_new_champion_s") or 1e9) < 120,
+            # issue 20: with training.num_workers=auto (local mode for the retrain window)
+            "drift_to_new_champion_under_40s": (ours.get("drift_to_new_champion_s") or 1e9) < 40,
         }
         if periodic:
             targets["better_accuracy_than_periodic"] = (ours["accuracy_after_drift"] or 0) > (
@@ -399,6 +437,15 @@ def main() -> None:
             f"{ours['accuracy_after_drift'] / periodic['accuracy_after_drift']:.3f}x; "
             f"retrains {ours['retrains']} vs {periodic['retrains']}"
         )
+    for r in results:
+        if r.get("phases"):
+            training = r.get("training") or {}
+            print_table(
+                f"{r['arm']}: decision -> new champion, by phase (training: {training.get('mode')}, "
+                f"{training.get('num_workers')} workers, {training.get('threads')} threads)",
+                ["phase", "s"],
+                [[k, "-" if v is None else f"{v:.2f}"] for k, v in r["phases"].items()],
+            )
     _say(f"targets: {targets}")
     _say(f"saved {path} and {path.with_suffix('.png')}")
 

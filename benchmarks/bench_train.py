@@ -69,6 +69,14 @@ AUC_TOLERANCE = 0.002
 LGB_WALL_RATIO_LIMIT = 1.5
 TUNE_COMPUTE_RATIO_LIMIT = 1 / 3
 PROBE_ROWS = 2048  # the tiny run that measures Ray Train's fixed cost
+ARMS = ("lightgbm plain", "lightgbm Ray Train", "lightgbm auto", "mlp plain", "mlp Ray Train")
+AUTO_WALL_RATIO_LIMIT = 1.3  # issue 20: training.num_workers=auto at 1M rows on one node
+# (summary key, baseline arm, our arm, wall-ratio target)
+COMPARISONS = (
+    ("lightgbm", "lightgbm plain", "lightgbm Ray Train", LGB_WALL_RATIO_LIMIT),
+    ("lightgbm_auto", "lightgbm plain", "lightgbm auto", AUTO_WALL_RATIO_LIMIT),
+    ("mlp", "mlp plain", "mlp Ray Train", None),
+)
 
 
 # ---- small helpers --------------------------------------------------------------------------
@@ -91,9 +99,12 @@ class TreeCpu:
 
     def _sample(self) -> dict[psutil.Process, float]:
         me = psutil.Process()
+        # the driver's own memory too: in local mode the training data lives in this process
+        self.driver_rss_peak = max(self.driver_rss_peak, me.memory_info().rss)
         return process_cpu_s([me, *me.children(recursive=True)])
 
     def start(self) -> TreeCpu:
+        self.driver_rss_start = self.driver_rss_peak = psutil.Process().memory_info().rss
         self.base = self._sample()
         self.last = dict(self.base)
         self._thread = threading.Thread(target=self._loop, name="tree-cpu", daemon=True)
@@ -135,6 +146,9 @@ class Arm:
         self.record["driver_cpu_s"] = round(time.process_time() - self.driver_cpu, 2)
         # ours: the driver plus every Ray process it started (gcs, raylet, workers), all cores
         self.record["tree_cpu_s"] = round(self.tree_cpu.stop(), 2)
+        self.record["driver_rss_growth_mib"] = round(
+            (self.tree_cpu.driver_rss_peak - self.tree_cpu.driver_rss_start) / 2**20, 1
+        )
         self.record["machine_busy_cpu_s"] = round(busy_cpu_s(psutil.cpu_times()) - busy_cpu_s(self.cpu), 2)
         if exc is not None:
             self.record["error"] = "".join(traceback.format_exception_only(exc_type, exc)).strip()[-2000:]
@@ -271,6 +285,21 @@ def ray_datasets(tables: dict[str, Any], splits=("train", "validation"), rows_pe
     return out
 
 
+def parquet_splits(tables: dict[str, Any], directory: Path, splits=("train", "validation")) -> dict[str, list[str]]:
+    """The splits as Parquet (row groups of 100k rows), written once outside the clocks: what
+    rayloop trains from (the preprocess stage's feature tables). {split: [its directory]}."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for name in splits:
+        target = directory / name
+        if not (target / "part-0.parquet").exists():
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(tables[name], target / "part-0.parquet", row_group_size=100_000)
+        out[name] = [str(target)]
+    return out
+
+
 def tiny_tables(tables: dict[str, Any], rows: int = PROBE_ROWS) -> dict[str, Any]:
     return {k: t.slice(0, rows) for k, t in tables.items()}
 
@@ -335,13 +364,18 @@ def lightgbm_plain(d: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     return record
 
 
-def lightgbm_ray(d: dict[str, Any], args: argparse.Namespace, run_id: str, *, probe: bool = False) -> dict[str, Any]:
+def lightgbm_ray(
+    d: dict[str, Any], args: argparse.Namespace, run_id: str, *, probe: bool = False, auto: bool = False
+) -> dict[str, Any]:
+    """The data-parallel arm (`--workers` x 1 CPU), or with `auto` what training.num_workers=auto
+    picks for this data on this node (rayloop.training.placement; the decision is inside the clock)."""
+    from rayloop.training.common import driver_node_facts
     from rayloop.training.evaluate import roc_auc
     from rayloop.training.lightgbm import build_trainer, load_booster
+    from rayloop.training.placement import choose_placement
 
     params, rounds, stopping = lgb_params(args)
-    params = {k: v for k, v in params.items() if k not in ("objective", "metric", "verbosity")}  # the loop adds them
-    label = "lightgbm Ray Train probe" if probe else "lightgbm Ray Train"
+    label = ("lightgbm auto" if auto else "lightgbm Ray Train") + (" probe" if probe else "")
     record: dict[str, Any] = {
         "arm": label,
         "workers": args.workers,
@@ -354,18 +388,31 @@ def lightgbm_ray(d: dict[str, Any], args: argparse.Namespace, run_id: str, *, pr
     if probe:
         record["rows_train"] = tables["train"].num_rows
     fitted = d["fitted"]
+    sources = parquet_splits(tables, d["parquet_dir"] / ("probe" if probe else "full"))
     with Arm(record, label) as arm:
+        workers, threads = args.workers, 1
+        if auto:
+            placement = choose_placement(
+                "auto",
+                rows=tables["train"].num_rows + tables["validation"].num_rows,
+                columns=len(fitted.feature_names) + 1,
+                node=driver_node_facts(),
+            )
+            workers, threads = placement.num_workers, placement.threads
+            record |= {"placement": placement.to_dict(), "workers": workers, "threads": threads}
         trainer = build_trainer(
-            ray_datasets(tables),
+            sources,  # read with Ray Data by workers, straight into the driver in local mode
             feature_names=fitted.feature_names,
             label=d["label"],
             categorical_indices=fitted.categorical_indices,
             params=params,
             num_boost_round=record["num_boost_round"],
             early_stopping_rounds=stopping,
-            num_workers=args.workers,
+            num_workers=workers,
             cpus_per_worker=1,
-            name=f"bench-lgb{'-probe' if probe else ''}-{run_id}",
+            max_failures=0 if workers == 0 else 1,
+            num_threads=threads,
+            name=f"bench-lgb{'-auto' if auto else ''}{'-probe' if probe else ''}-{run_id}",
         )
         result = trainer.fit()
         stop_clock(arm)
@@ -645,6 +692,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "loadavg_before",
         "loadavg_after",
         "driver_cpu_s",
+        "driver_rss_growth_mib",
         "machine_busy_cpu_s",
         "test_auc",
         "validation_auc",
@@ -669,6 +717,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "loadavg_1m_max": max(max(r["loadavg_before"][0], r["loadavg_after"][0]) for r in ok),
         "driver_cpu_s": round(statistics.median(r["driver_cpu_s"] for r in ok), 2),
         "tree_cpu_s": round(statistics.median(r["tree_cpu_s"] for r in ok), 2),
+        "driver_rss_growth_mib": max(r.get("driver_rss_growth_mib", 0.0) for r in ok),
         "machine_busy_cpu_s": round(statistics.median(r["machine_busy_cpu_s"] for r in ok), 2),
     }
     return out
@@ -676,16 +725,16 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for model in ("lightgbm", "mlp"):
-        plain, ray_ = arms.get(f"{model} plain"), arms.get(f"{model} Ray Train")
-        probe = arms.get(f"{model} Ray Train probe")
+    for key, plain_name, ray_name, limit in COMPARISONS:
+        plain, ray_ = arms.get(plain_name), arms.get(ray_name)
+        probe = arms.get(f"{ray_name} probe")
         if not plain or not ray_ or not plain.get("runs") or not ray_.get("runs"):
             continue
-        # the ratio within each repeat (the two arms ran back to back), then the median
+        # the ratio within each repeat (the arms ran back to back), then the median
         by_rep: dict[int, dict[str, float]] = {}
         for r in runs:
-            if r["arm"] in (f"{model} plain", f"{model} Ray Train") and "error" not in r:
-                by_rep.setdefault(r["repeat"], {})["ray" if "Ray" in r["arm"] else "plain"] = r["wall_s"]
+            if r["arm"] in (plain_name, ray_name) and "error" not in r:
+                by_rep.setdefault(r["repeat"], {})["ray" if r["arm"] == ray_name else "plain"] = r["wall_s"]
         pair_ratios = [ratio(v["ray"], v["plain"]) for v in by_rep.values() if len(v) == 2]
         entry = {
             "plain_wall_s": plain["wall_s"],
@@ -712,14 +761,16 @@ def summarize(arms: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tune:
                 "ray_wall_minus_fixed_s": round(ray_["wall_s"] - fixed, 3),
                 "wall_ratio_without_fixed": ratio(ray_["wall_s"] - fixed, plain["wall_s"]),
             }
-        if model == "lightgbm":
+        if ray_.get("placement"):
+            entry["placement"] = ray_["placement"]
+        if limit is not None:
             entry["target"] = {
                 "auc_within": AUC_TOLERANCE,
-                "wall_ratio_at_most": LGB_WALL_RATIO_LIMIT,
+                "wall_ratio_at_most": limit,
                 "auc_met": abs(entry["test_auc_diff"]) <= AUC_TOLERANCE,
-                "wall_met": entry["wall_ratio"] <= LGB_WALL_RATIO_LIMIT,
+                "wall_met": entry["wall_ratio"] <= limit,
             }
-        out[model] = entry
+        out[key] = entry
     fifo, asha = tune.get("fifo"), tune.get("asha")
     if fifo and asha and "error" not in fifo and "error" not in asha:
         entry = {
@@ -759,12 +810,14 @@ def met(flag: bool | None) -> str:
 def report(payload: dict[str, Any]) -> None:
     arms, summary, tune = payload["arms"], payload["summary"], payload["tune"]
     rows = []
-    for name in ("lightgbm plain", "lightgbm Ray Train", "mlp plain", "mlp Ray Train"):
+    for name in ARMS:
         a = arms.get(name)
         if not a:
             continue
         setup = (
-            f"{a['workers']} workers x 1 CPU"
+            (f"auto: local mode, {a['threads']} threads" if a["workers"] == 0 else f"auto: {a['workers']} workers")
+            if "placement" in a
+            else f"{a['workers']} workers x 1 CPU"
             if "workers" in a
             else f"1 process, {a.get('params', {}).get('num_threads') or a.get('torch_threads')} threads"
         )
@@ -800,7 +853,7 @@ def report(payload: dict[str, Any]) -> None:
             rows,
         )
     fixed = [["ray.init (local cluster, once)", payload.get("ray_init_s")]]
-    for name in ("lightgbm Ray Train probe", "mlp Ray Train probe"):
+    for name in ("lightgbm Ray Train probe", "lightgbm auto probe", "mlp Ray Train probe"):
         if name in arms:
             a = arms[name]
             what = (
@@ -810,32 +863,29 @@ def report(payload: dict[str, Any]) -> None:
             fixed.append([what, a["wall_s"] if "error" not in a else "FAILED"])
     print_table("fixed costs (seconds)", ["what", "s"], fixed)
     ratio_rows = []
-    for model in ("lightgbm", "mlp"):
+    for model, _, ours, limit in COMPARISONS:
         s = summary.get(model)
         if not s:
             continue
         t = s.get("target", {})
         ratio_rows.append(
             [
-                model,
+                ours,
                 f"{s['wall_ratio']:.2f}x",
                 ", ".join(f"{r:.2f}x" for r in s["wall_ratios_per_repeat"]),
                 f"{s['wall_ratio_of_minimums']:.2f}x",
                 f"{s['cpu_ratio']:.2f}x" if s.get("cpu_ratio") else "-",
                 f"{s['wall_ratio_without_fixed']:.2f}x" if s.get("wall_ratio_without_fixed") is not None else "-",
                 f"{s['test_auc_diff']:+.4f}",
-                (
-                    f"wall <= {LGB_WALL_RATIO_LIMIT}x: {met(t.get('wall_met'))}; |AUC diff| <= {AUC_TOLERANCE}: "
-                    f"{met(t.get('auc_met'))}"
-                )
+                (f"wall <= {limit}x: {met(t.get('wall_met'))}; |AUC diff| <= {AUC_TOLERANCE}: {met(t.get('auc_met'))}")
                 if t
                 else "(no target)",
             ]
         )
     if ratio_rows:
         print_table(
-            "Ray Train / plain (wall: median of the per-repeat ratios)",
-            ["model", "wall", "per repeat", "of minimums", "CPU-s", "wall minus fixed cost", "test AUC diff", "target"],
+            "ours / plain (wall: median of the per-repeat ratios)",
+            ["arm", "wall", "per repeat", "of minimums", "CPU-s", "wall minus fixed cost", "test AUC diff", "target"],
             ratio_rows,
         )
     tune_rows = []
@@ -917,6 +967,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-probe", action="store_true", help="skip the tiny runs that measure Ray Train's fixed cost"
     )
+    parser.add_argument("--no-auto", action="store_true", help="skip the LightGBM arm of training.num_workers=auto")
+    parser.add_argument(
+        "--no-data-parallel", action="store_true", help="skip the data-parallel Ray Train arms (`--workers`)"
+    )
     parser.add_argument(
         "--env",
         action="append",
@@ -993,6 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
     from rayloop import paths
     from rayloop.runtime import init_ray
 
+    d["parquet_dir"] = paths.home() / "bench-data" / f"train-{run_id}"
+
     clock = time.perf_counter()
     init_ray(num_cpus=args.ray_cpus)
     ray_init_s = round(time.perf_counter() - clock, 3)
@@ -1020,19 +1076,30 @@ def main(argv: list[str] | None = None) -> int:
                 def on_ray(f=ray_fn, m: str = model, r: int = rep) -> dict[str, Any]:
                     return run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}")
 
-                for fn in (plain, on_ray) if rep % 2 == 0 else (on_ray, plain):
+                def auto(r: int = rep) -> dict[str, Any]:
+                    return run("lightgbm auto", lightgbm_ray, d, args, f"{run_id}-{r}", auto=True)
+
+                order = [plain, on_ray, auto] if model == "lightgbm" and not args.no_auto else [plain, on_ray]
+                if args.no_data_parallel:
+                    order.remove(on_ray)
+                for fn in order if rep % 2 == 0 else order[::-1]:
                     record = fn()
                     record["repeat"] = rep
                     runs.append(record)
-        for name in ("lightgbm plain", "lightgbm Ray Train", "mlp plain", "mlp Ray Train"):
+        for name in ARMS:
             mine = [r for r in runs if r["arm"] == name]
             if mine:
                 arms[name] = aggregate(mine)
         if not args.no_probe:
             if "lightgbm" in args.parts:
-                arms["lightgbm Ray Train probe"] = run(
-                    "lightgbm Ray Train probe", lightgbm_ray, d, args, run_id, probe=True
-                )
+                if not args.no_data_parallel:
+                    arms["lightgbm Ray Train probe"] = run(
+                        "lightgbm Ray Train probe", lightgbm_ray, d, args, run_id, probe=True
+                    )
+                if not args.no_auto:
+                    arms["lightgbm auto probe"] = run(
+                        "lightgbm auto probe", lightgbm_ray, d, args, run_id, probe=True, auto=True
+                    )
             if "mlp" in args.parts:
                 arms["mlp Ray Train probe"] = run("mlp Ray Train probe", mlp_ray, d, args, run_id, probe=True)
         if "tune" in args.parts:
@@ -1049,6 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
                     tune["retrain"] = retrain
     finally:
         ray.shutdown()
+        shutil.rmtree(d["parquet_dir"], ignore_errors=True)
         for base in (paths.train_storage(), paths.tune_storage()):
             for path in base.glob(f"bench-*-{run_id}*"):
                 shutil.rmtree(path, ignore_errors=True)

@@ -175,9 +175,10 @@ def _fit(
         placement.num_workers,
         training.cpus_per_worker,
     )
-    datasets = {"train": ray.data.read_parquet([str(run.split_dir(s)) for s in splits])}
+    # the splits' Parquet: LightGBM's trainer reads it itself in local mode (rayloop.training.lightgbm)
+    sources = {"train": [str(run.split_dir(s)) for s in splits]}
     if steps is None:
-        datasets["validation"] = ray.data.read_parquet(str(run.split_dir("validation")))
+        sources["validation"] = [str(run.split_dir("validation"))]
     common = {
         "feature_names": fitted.feature_names,
         "label": task.label,
@@ -193,7 +194,7 @@ def _fit(
         rounds = int(steps if steps is not None else params.pop("num_boost_round", 200))
         params.pop("num_boost_round", None)
         trainer = lgb_train.build_trainer(
-            datasets,
+            sources,
             params=task.lightgbm_params(params),
             num_boost_round=rounds,
             early_stopping_rounds=training.early_stopping_rounds,
@@ -213,6 +214,7 @@ def _fit(
     if steps is not None:
         params["epochs"] = int(steps)
     params |= torch_train.head_config(task, _split_labels(run, "train", task.label))
+    datasets = {k: ray.data.read_parquet(v) for k, v in sources.items()}
     trainer = torch_train.build_trainer(
         datasets, cardinalities=fitted.cardinalities, mlp=params, use_gpu=training.use_gpu, **common
     )

@@ -38,6 +38,15 @@ CURVE_FILE = "curve.json"  # the validation metrics per round, in the final chec
 CURVE_NAMES = {"binary_logloss": "logloss", "l2": "mse", "l1": "mae"}
 
 
+def table_to_numpy(table: pa.Table, feature_names: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 features, float labels), the matrix filled column by column: one copy, not a
+    float64 stack and its float32 cast."""
+    x = np.empty((table.num_rows, len(feature_names)), dtype=np.float32)
+    for j, name in enumerate(feature_names):
+        x[:, j] = table.column(name).to_numpy()
+    return x, table.column(label).to_numpy().astype(np.float64)
+
+
 def shard_to_numpy(shard, feature_names: list[str], label: str) -> tuple[np.ndarray, np.ndarray]:
     """A worker's dataset shard as (float32 features, float labels)."""
     tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
@@ -46,9 +55,23 @@ def shard_to_numpy(shard, feature_names: list[str], label: str) -> tuple[np.ndar
         if tables
         else pa.table({n: pa.array([], pa.float32()) for n in [*feature_names, label]})
     )
-    x = np.column_stack([table.column(n).to_numpy(zero_copy_only=False) for n in feature_names]).astype(np.float32)
-    y = table.column(label).to_numpy(zero_copy_only=False).astype(np.float64)
-    return x, y
+    return table_to_numpy(table, feature_names, label)
+
+
+def _split_arrays(config: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's rows for this worker: its Ray Data shard, or in local mode the split's Parquet read
+    straight into the driver (`local_data`: one process needs the whole table in memory anyway, and
+    Ray Data's executor, tasks and object-store copies only add time)."""
+    names, label = config["feature_names"], config["label"]
+    local_data = config.get("local_data")
+    if local_data is None:
+        import ray.train
+
+        return shard_to_numpy(ray.train.get_dataset_shard(split), names, label)
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset([pads.dataset(path) for path in local_data[split]])
+    return table_to_numpy(dataset.to_table(columns=[*names, label]), names, label)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -57,12 +80,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.lightgbm import get_network_params
 
     ctx = ray.train.get_context()
-    names, label = config["feature_names"], config["label"]
-    x_train, y_train = shard_to_numpy(ray.train.get_dataset_shard("train"), names, label)
+    x_train, y_train = _split_arrays(config, "train")
     # a final refit on train+validation has no validation split: a fixed number of rounds
     has_valid = config.get("has_validation", True)
     if has_valid:
-        x_valid, y_valid = shard_to_numpy(ray.train.get_dataset_shard("validation"), names, label)
+        x_valid, y_valid = _split_arrays(config, "validation")
     params = {**config["params"], "num_threads": config.get("num_threads", 1)}
     kind = config.get("task_kind", "binary")
     if ctx.get_world_size() > 1:
@@ -98,15 +120,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if done % every == 0 and done < env.end_iteration:
             _report(env.model, {"rounds": done, "resumed_from": resumed_from}, num_iteration=-1, local=local)
 
-    booster = lgb.train(
-        params,
-        train_set,
-        num_boost_round=max(0, config["num_boost_round"] - done_rounds),
-        valid_sets=valid_sets,
-        valid_names=["validation"] * len(valid_sets),
-        init_model=init_model,
-        callbacks=[*callbacks, checkpoint_every],
-    )
+    if config["num_boost_round"] > done_rounds:
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=config["num_boost_round"] - done_rounds,
+            valid_sets=valid_sets,
+            valid_names=["validation"] * len(valid_sets),
+            init_model=init_model,
+            callbacks=[*callbacks, checkpoint_every],
+        )
+    else:  # a rerun of a finished run: its last checkpoint is the model (lgb.train refuses 0 rounds)
+        booster = init_model
     # lgb.train returns the booster cut at best_iteration, so rounds come from the callback
     best = booster.best_iteration or booster.current_iteration()
     metrics = {
@@ -159,9 +184,20 @@ def build_trainer(
 ):
     """A Ray Train V2 LightGBMTrainer with checkpoints under RAYLOOP_HOME/train. `params` are
     complete (objective and metrics included: `Task.lightgbm_params`). `num_threads` per worker (or
-    in the driver, in local mode) defaults to the CPUs of a worker."""
+    in the driver, in local mode) defaults to the CPUs of a worker.
+
+    `datasets` maps each split to a Ray Dataset or to its Parquet locations (a list of paths or
+    URIs): workers get those as Ray Datasets, and local mode (`num_workers=0`) reads them itself."""
+    import ray.data
     from ray.train import ScalingConfig
     from ray.train.lightgbm import LightGBMTrainer
+
+    local_data = None
+    if all(isinstance(v, (list, tuple)) for v in datasets.values()):
+        if num_workers == 0:
+            local_data = {k: [str(p) for p in v] for k, v in datasets.items()}
+        else:
+            datasets = {k: ray.data.read_parquet([str(p) for p in v]) for k, v in datasets.items()}
 
     return LightGBMTrainer(
         train_loop_per_worker,
@@ -177,10 +213,11 @@ def build_trainer(
             "checkpoint_every": checkpoint_every,
             "has_validation": "validation" in datasets,
             "local_checkpoints": local_root(name, num_workers),
+            "local_data": local_data,
         },
         scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=run_config(name, max_failures),
-        datasets=model_columns(datasets, feature_names, label),
+        datasets=None if local_data is not None else model_columns(datasets, feature_names, label),
         dataset_config=data_config(),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rayloop import paths
@@ -80,6 +81,9 @@ def test_a_local_mode_run_checkpoints_into_the_storage_path_and_a_rerun_resumes(
     booster = load_booster(again.checkpoint)
     x, y = feature_run.test_split()
     assert booster.current_iteration() == 70 and roc_auc(y, booster.predict(x)) > 0.75
+    done = fit(70)  # a rerun of a finished run trains nothing more and returns its model
+    assert (done.metrics["rounds"], done.metrics["resumed_from"]) == (70, 70)
+    assert np.array_equal(load_booster(done.checkpoint).predict(x), booster.predict(x))
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_run):
