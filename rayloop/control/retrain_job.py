@@ -101,29 +101,11 @@ def _write(table: pa.Table, path: Path) -> None:
     pq.write_table(table, str(path))
 
 
-def _ready() -> str:
-    """A no-op task: running it starts a task worker and imports this module (and with it the
-    preprocess stage's batch functions) there."""
-    return run_preprocess.__module__
-
-
-def _warm_task_workers() -> None:
-    """Start this job's task workers while the driver reads the window. A job gets fresh worker
-    processes (Ray shares none across jobs); starting them inside the preprocess's first Ray Data
-    pass made that pass most of the stage's time on a small window (benchmarks/README.md)."""
-    import ray
-
-    free = ray.available_resources().get("CPU", 0.0)
-    for _ in range(int(min(2, free))):
-        ray.remote(num_cpus=1)(_ready).remote()  # not awaited: the workers stay for the job's tasks
-
-
 def run_retrain(config: RayloopConfig) -> RetrainResult:
     """The whole job (see the module docstring); a refused gate is a result, not an error."""
     started = time.perf_counter()
     run_started_at = time.time()
     process_started_at = psutil.Process().create_time()
-    _warm_task_workers()
     since = config.retrain.since
     submission_id = os.environ.get(SUBMISSION_ID_ENV_VAR)
     model_name = config.registry.model_name
