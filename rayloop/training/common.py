@@ -26,6 +26,8 @@ __all__ = [
 
 # a local-mode run keeps as many checkpoints as CheckpointConfig(num_to_keep=2) below
 LOCAL_CHECKPOINTS_KEPT = 2
+# how long the driver watches its cores before choosing local mode's threads
+IDLE_SAMPLE_S = 0.5
 # every metric a local-mode run reported so far, in each of its checkpoints (Ray keeps no history there)
 HISTORY_FILE = "rayloop-history.json"
 
@@ -84,9 +86,10 @@ def model_columns(datasets: dict[str, Any], feature_names: Sequence[str], label:
 
 
 def driver_node_facts() -> NodeFacts:
-    """The node this driver runs on, for `placement.choose_placement`: its CPUs (all, and free now)
-    and the memory it can still give (Ray's cgroup-aware `memory` resource, or what the OS has
-    available, whichever is less)."""
+    """The node this driver runs on, for `placement.choose_placement`: its CPUs (all, and free now),
+    its cores (this process's, and how idle they were over the last `IDLE_SAMPLE_S`) and the memory
+    it can still give (Ray's cgroup-aware `memory` resource, or what the OS has available, whichever
+    is less)."""
     import os
 
     import psutil
@@ -98,11 +101,14 @@ def driver_node_facts() -> NodeFacts:
     resources = (node or {}).get("Resources", {})
     free = available_resources_per_node().get(node_id, {}).get("CPU", 0.0)
     memory = min(resources.get("memory", float("inf")), psutil.virtual_memory().available)
+    cores = sorted(os.sched_getaffinity(0))
+    busy = psutil.cpu_percent(interval=IDLE_SAMPLE_S, percpu=True)  # Serve replicas, other jobs, anything
     return NodeFacts(
         cpus=float(resources.get("CPU", 0.0)),
         cpus_free=float(free),
         memory_bytes=float(memory),
-        cores=len(os.sched_getaffinity(0)),
+        cores=len(cores),
+        cores_idle=sum(1.0 - busy[c] / 100.0 for c in cores if c < len(busy)),
     )
 
 

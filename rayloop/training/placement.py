@@ -15,7 +15,9 @@ Otherwise a worker group: one worker when only the CPUs are missing (the data fi
 `max(2, shards)` workers, `shards` being how many pieces of `LOCAL_MEMORY_SHARE` of the driver
 node's memory the data needs (a node like the driver's is the best guess of a worker node's
 size). With `training.use_gpu`, auto is one GPU worker. Local mode trains with as many threads as
-the node has spare CPUs (at most the process's own cores).
+the node has spare CPUs, at most the cores that are idle now: LightGBM's OpenMP threads spin at
+every barrier, so a thread more than the idle cores makes training several times slower, not faster
+(benchmarks/README.md).
 
 An integer `training.num_workers` is taken as it is: 0 is local mode, n >= 1 a group of n workers.
 
@@ -49,6 +51,7 @@ class NodeFacts:
     cpus_free: float  # of those, not held by actors or tasks now
     memory_bytes: float  # what the node can still give a process (cgroup-aware)
     cores: int  # the cores this process may run on (its CPU affinity)
+    cores_idle: float | None = None  # of those, idle now (measured); None: not measured
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ def choose_placement(
 ) -> Placement:
     """Local mode or workers for `rows` x `columns` training values (label included), see the module docstring."""
     worker_threads = max(1, int(cpus_per_worker))
-    local_threads = max(1, min(int(node.cpus_free), node.cores))
+    idle = node.cores if node.cores_idle is None else int(node.cores_idle + 0.5)
+    local_threads = max(1, min(int(node.cpus_free), node.cores, idle))
     if setting != "auto":
         n = int(setting)
         if n == 0:
@@ -102,6 +106,8 @@ def choose_placement(
         return Placement("workers", 1, worker_threads, "auto", reason)
     reason = (
         f"{size}, within {LOCAL_MEMORY_SHARE:.0%} of the {_gib(node.memory_bytes)} the driver's node can give; "
-        f"{node.cpus_free:g} of its {node.cpus:g} CPUs free: local mode, {local_threads} threads"
+        f"{node.cpus_free:g} of its {node.cpus:g} CPUs free"
+        + ("" if node.cores_idle is None else f", {node.cores_idle:.1f} of {node.cores} cores idle")
+        + f": local mode, {local_threads} threads"
     )
     return Placement("local", 0, local_threads, "auto", reason)

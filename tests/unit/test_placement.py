@@ -57,3 +57,14 @@ def test_a_number_is_taken_as_configured_whatever_the_node(setting, mode, worker
     placement = choose_placement(setting, rows=huge, columns=21, node=LAPTOP)
     assert (placement.mode, placement.num_workers, placement.setting) == (mode, workers, str(setting))
     assert "as configured" in placement.reason
+
+
+def test_local_threads_never_outnumber_the_idle_cores():
+    # one of two cores busy with Serve's traffic: a second LightGBM thread would spin, not help
+    busy = NodeFacts(cpus=4, cpus_free=3, memory_bytes=16 * GIB, cores=2, cores_idle=0.8)
+    placement = choose_placement("auto", rows=10_000, columns=21, node=busy)
+    assert placement.threads == 1 and "0.8 of 2 cores idle" in placement.reason
+    idle = NodeFacts(cpus=4, cpus_free=3, memory_bytes=16 * GIB, cores=2, cores_idle=1.7)
+    assert choose_placement("auto", rows=10_000, columns=21, node=idle).threads == 2
+    # and nothing idle still trains, on one thread
+    assert choose_placement(0, rows=10, columns=2, node=NodeFacts(2, 2, GIB, 2, 0.0)).threads == 1
