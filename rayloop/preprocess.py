@@ -49,7 +49,7 @@ from rayloop.errors import ConfigError, PreprocessRunError, RejectRatioError
 from rayloop.features.aggregates import compute_stats
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
-from rayloop.features.stats import numeric_summary
+from rayloop.features.stats import block_stats, numeric_summary
 from rayloop.tasks import LabelSummary, Task, check_known_task, resolve_task, summarize_labels
 
 __all__ = [
@@ -249,7 +249,7 @@ def resolve_source(data: DataConfig) -> str:
     return str(target)
 
 
-def resolve_schema(data: DataConfig, info: SourceInfo) -> FeatureSchema:
+def resolve_schema(data: DataConfig, info: SourceInfo | None) -> FeatureSchema:
     """The declared schema, or one inferred from the source's types (label/id/time not nullable).
 
     The label is never nullable, even where a declared schema says so: a row without a label
@@ -260,6 +260,8 @@ def resolve_schema(data: DataConfig, info: SourceInfo) -> FeatureSchema:
             c.model_copy(update={"nullable": False}) if c.name == data.label_column else c for c in schema.columns
         ]
         return FeatureSchema(columns=columns)
+    if info is None:
+        raise ConfigError("rows without a source to infer their schema from need data.schema_ (declared)")
     if data.label_column not in info.schema.names:
         raise ConfigError(
             f"data.label_column={data.label_column!r} is not a column of {info.uri} (columns: {info.schema.names})"
@@ -331,14 +333,77 @@ def _feature_batch(batch: pa.Table, fitted: FittedFeatures, keep: list[str], hol
     return table.set_column(index, task.label, pa.array(task.encode(batch.column(task.label))))
 
 
+# ---- the two ways to run the stage ---------------------------------------------------------
+class _RayFrames:
+    """The stage over Ray Data: every step a lazy, streaming pass over the source (any size, any
+    cluster). Frames are Ray Datasets."""
+
+    def __init__(self) -> None:
+        self.fmap = fusable_map_args()
+
+    def map(self, frame, fn: Callable[..., pa.Table], kwargs: dict[str, Any], **ray_args):
+        return frame.map_batches(fn, fn_kwargs=kwargs, **self.fmap, **ray_args)
+
+    def write(self, frame, directory: Path, partition_cols: list[str] | None = None) -> None:
+        frame.write_parquet(str(directory), **({"partition_cols": partition_cols} if partition_cols else {}))
+
+    def rows(self, frame) -> int:
+        return frame.count()
+
+    def rows_of(self, frame) -> list[dict[str, Any]]:
+        return frame.take_all()
+
+    def numeric_stats(self, frame, column: str) -> dict[str, Any]:
+        return compute_stats(frame, [column], [], precision=800)["numeric"][column]
+
+    def fit(self, pipeline: FeaturePipeline, frame) -> tuple[FittedFeatures, ReferenceProfile]:
+        return pipeline.fit_with_profile(frame)
+
+
+class _TableFrames:
+    """The same steps on a table already in this process's memory (the retrain job's window): no
+    Ray Data executor, tasks or object-store copies, which cost a small table more than its work
+    (benchmarks/README.md). Frames are pyarrow Tables; the statistics are one block's, as a
+    single-block Ray pass computes them."""
+
+    def map(self, frame: pa.Table, fn: Callable[..., pa.Table], kwargs: dict[str, Any], **_ray_args) -> pa.Table:
+        return fn(frame, **kwargs)
+
+    def write(self, frame: pa.Table, directory: Path, partition_cols: list[str] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if partition_cols:
+            pq.write_to_dataset(frame, str(directory), partition_cols=partition_cols)
+        elif frame.num_rows:
+            pq.write_table(frame, str(directory / "part-0.parquet"))
+
+    def rows(self, frame: pa.Table) -> int:
+        return frame.num_rows
+
+    def rows_of(self, frame: pa.Table) -> list[dict[str, Any]]:
+        return frame.to_pylist()
+
+    def numeric_stats(self, frame: pa.Table, column: str) -> dict[str, Any]:
+        return block_stats(frame, [column], [], precision=800)["numeric"][column]
+
+    def fit(self, pipeline: FeaturePipeline, frame: pa.Table) -> tuple[FittedFeatures, ReferenceProfile]:
+        return pipeline.fit_table(frame)
+
+
 # ---- the pipeline --------------------------------------------------------------------------
 def run_preprocess(
-    config: RayloopConfig, *, run_id: str | None = None, progress: Progress | None = None, task: Task | None = None
+    config: RayloopConfig,
+    *,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    task: Task | None = None,
+    table: pa.Table | None = None,
 ) -> PreprocessResult:
     """Run the whole preprocessing stage on the connected Ray cluster; returns counts and paths.
 
     `task`: a known task (a retrain keeps its champion's task and classes); labels outside its
-    classes are a LabelError. Without it, `data.task` is resolved on the train split."""
+    classes are a LabelError. Without it, `data.task` is resolved on the train split.
+    `table`: rows already in memory (with `data.schema_` declared), processed in this process by
+    the same batch functions instead of reading `data.source` with Ray Data."""
     say = progress or (lambda msg: log.info(msg))
     data = config.data
     timings: dict[str, float] = {}
@@ -351,31 +416,38 @@ def run_preprocess(
         clock = now
 
     run = PreprocessRun.create(run_id)
-
-    say("resolving the source")
-    uri = resolve_source(data)
-    info = inspect_source(uri, data.format)
-    schema = resolve_schema(data, info)
-    for path, columns in info.file_columns.items():
-        schema.check_columns(columns, source=path)
-    lap("inspect")
-
-    ds = read_dataset(info, override_num_blocks=data.read_blocks)
+    frames: _RayFrames | _TableFrames
+    rejects_dir, malformed_dir = run.rejects_dir, run.malformed_dir
+    if table is None:
+        say("resolving the source")
+        uri = resolve_source(data)
+        info = inspect_source(uri, data.format)
+        schema = resolve_schema(data, info)
+        for path, columns in info.file_columns.items():
+            schema.check_columns(columns, source=path)
+        lap("inspect")
+        frames = _RayFrames()
+        ds = read_dataset(info, override_num_blocks=data.read_blocks)
+        # this pass alone keeps unparseable CSV lines; later passes skip them silently
+        first_pass = read_dataset(info, override_num_blocks=data.read_blocks, malformed_dir=str(malformed_dir))
+    else:
+        uri = data.source
+        schema = resolve_schema(data, None)
+        schema.check_columns(table.column_names, source=uri)
+        lap("inspect")
+        frames = _TableFrames()
+        ds = first_pass = table
     args = {"schema": schema, "source": uri}
-    fmap = fusable_map_args()
 
     say("validating rows; writing rejects")
-    rejects_dir, malformed_dir = run.rejects_dir, run.malformed_dir
-    # this pass alone keeps unparseable CSV lines; later passes skip them silently
-    first_pass = read_dataset(info, override_num_blocks=data.read_blocks, malformed_dir=str(malformed_dir))
-    first_pass.map_batches(_rejects_batch, fn_kwargs=args, **fmap, zero_copy_batch=True).write_parquet(str(rejects_dir))
+    frames.write(frames.map(first_pass, _rejects_batch, args, zero_copy_batch=True), rejects_dir)
     malformed = _write_malformed(schema, malformed_dir, rejects_dir)
     rows_rejected = _parquet_rows(rejects_dir)
-    rows_total = ds.count() + malformed
+    rows_total = frames.rows(ds) + malformed
     lap("validate")
     if rows_total and rows_rejected / rows_total > data.max_reject_ratio:
         raise RejectRatioError(rows_rejected, rows_total, data.max_reject_ratio, str(rejects_dir))
-    good = ds.map_batches(_good_batch, fn_kwargs=args, **fmap, zero_copy_batch=True)
+    good = frames.map(ds, _good_batch, args, zero_copy_batch=True)
 
     fractions = [data.split.train, data.split.validation, data.split.test]
     method = split_method(data, schema)
@@ -386,24 +458,17 @@ def run_preprocess(
         )
     if method == "time":
         say("computing time cut-offs")
-        stats = compute_stats(
-            good.map_batches(_epoch_us, fn_kwargs={"column": data.timestamp_column}, **fmap),
-            ["_t"],
-            [],
-            precision=800,
-        )
-        cutoffs = [
-            int(q) for q in numeric_summary(stats["numeric"]["_t"], time_cutoff_quantiles(fractions))["quantiles"]
-        ]
+        stats = frames.numeric_stats(frames.map(good, _epoch_us, {"column": data.timestamp_column}), "_t")
+        cutoffs = [int(q) for q in numeric_summary(stats, time_cutoff_quantiles(fractions))["quantiles"]]
         split_args = {"method": "time", "column": data.timestamp_column, "arg": cutoffs, "seed": 0}
     else:
         column = data.id_column if method == "hash" else None
         split_args = {"method": method, "column": column, "arg": fractions, "seed": data.split.seed}
-    with_split = good.map_batches(_split_batch, fn_kwargs=split_args, **fmap)
+    with_split = frames.map(good, _split_batch, split_args)
     lap("split")
 
     say("reading the label: its task and classes")
-    task, label_counts = _resolve_task(with_split, data, schema, fmap, known=task)
+    task, label_counts = _resolve_task(frames, with_split, data, schema, known=task)
     say(f"task: {task.kind}" + (f", classes {task.classes}" if task.is_classifier else ""))
     lap("task")
 
@@ -415,22 +480,22 @@ def run_preprocess(
         timestamp_column=data.timestamp_column,
         id_column=data.id_column,
     )
-    train = with_split.map_batches(_only_split, fn_kwargs={"name": "train"}, **fmap)
-    fitted, profile = pipeline.fit_with_profile(train)
+    fitted, profile = frames.fit(pipeline, frames.map(with_split, _only_split, {"name": "train"}))
     lap("fit")
 
     say("transforming every split; writing feature tables")
     keep = [c for c in (data.label_column, data.id_column, data.timestamp_column) if c and c in schema.names]
     keep.append(SPLIT_COLUMN)
     features_dir = run.features_dir
-    with_split.map_batches(
+    features = frames.map(
+        with_split,
         _feature_batch,
-        fn_kwargs={"fitted": fitted, "keep": keep, "holdout_dir": str(run.holdout_dir), "task": task},
+        {"fitted": fitted, "keep": keep, "holdout_dir": str(run.holdout_dir), "task": task},
         # A batch size keeps this map out of the read task on purpose: Ray's Parquet sink holds
         # every block of its task in memory, so writes go in small tasks
         batch_size=WRITE_BATCH_ROWS,
-        **fmap,
-    ).write_parquet(str(features_dir), partition_cols=[SPLIT_COLUMN])
+    )
+    frames.write(features, features_dir, partition_cols=[SPLIT_COLUMN])
     rows_per_split = {name: _parquet_rows(run.split_dir(name)) for name in SPLITS}
     lap("transform")
 
@@ -470,14 +535,12 @@ def split_method(data: DataConfig, schema: FeatureSchema) -> str:
 
 
 def _resolve_task(
-    with_split, data: DataConfig, schema: FeatureSchema, fmap: dict, known: Task | None = None
+    frames: _RayFrames | _TableFrames, with_split, data: DataConfig, schema: FeatureSchema, known: Task | None = None
 ) -> tuple[Task, dict]:
     """The task of `data.task` (or the `known` one) from a pass over the labels of every split
     (rayloop.tasks)."""
     cap = data.max_classes + 1
-    parts = with_split.map_batches(
-        _label_summaries, fn_kwargs={"label": data.label_column, "cap": cap}, **fmap
-    ).take_all()
+    parts = frames.rows_of(frames.map(with_split, _label_summaries, {"label": data.label_column, "cap": cap}))
     merged: dict[str, LabelSummary] = {}
     for row in parts:
         summary = pickle.loads(row["summary"])

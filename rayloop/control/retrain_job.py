@@ -4,8 +4,9 @@ labelled rows training never saw.
 
 1. the window (`rayloop.monitoring.retrain_window`, pure): the recent labelled rows, the newest
    of them held out for the gate, the rest repeated beside a sample of the original data;
-2. preprocess the training window, split by entity hash (a time split would put all the recent
-   rows into validation and test);
+2. preprocess the training window in this process (it is in memory already; Ray Data's passes
+   cost a small window more than its work), split by entity hash (a time split would put all the
+   recent rows into validation and test);
 3. train (or tune) -> register `challenger` -> `registry.promote` on the holdout.
 
 The new bundle's reference profile describes the recent window, not the mixed training data: it
@@ -153,7 +154,8 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
             "tuning": config.tuning.model_copy(update={"enabled": config.retrain.tune}),
         }
     )
-    run = PreprocessRun.open(run_preprocess(window, task=task).run_id)
+    # the window is in memory already: preprocessed in this process, not read back through Ray Data
+    run = PreprocessRun.open(run_preprocess(window, task=task, table=data.train).run_id)
     pipeline = FeaturePipeline(
         window.features,
         schema,
