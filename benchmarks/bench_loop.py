@@ -248,7 +248,8 @@ def run_arm(
             out["job_seconds"] = result.get("seconds")
             out["time_to_validate_s"] = (result.get("seconds") or {}).get("gate")
             out["training"] = result.get("training")
-            out["phases"] = retrain_phases(p, result)
+            info = jobs.job_info(p["submission_id"], head.dashboard)
+            out["phases"] = retrain_phases(p, result, info.end_time if info else None)
         except (ValueError, RuntimeError):
             out["job_seconds"] = None
     _say(
@@ -257,11 +258,13 @@ def run_arm(
     return out
 
 
-def retrain_phases(record: dict[str, Any], result: dict[str, Any]) -> dict[str, float | None]:
+def retrain_phases(
+    record: dict[str, Any], result: dict[str, Any], job_end: float | None = None
+) -> dict[str, float | None]:
     """Where drift -> new champion went after the decision, in order (seconds): the monitor's wait
     for labels, the Jobs API until the job's process runs (supervisor actor, runtime_env), the
-    process's start-up (imports, config, Ray connection), the job's own steps, the monitor seeing the
-    job end (its poll), and the rollout."""
+    process's start-up (imports, config, Ray connection), the job's own steps, the process's exit
+    (until the Jobs API records the job's end), the monitor seeing it (its poll), and the rollout."""
     timeline, seconds = result.get("timeline") or {}, result.get("seconds") or {}
     training = (result.get("training") or {}).get("seconds") or {}
 
@@ -277,7 +280,8 @@ def retrain_phases(record: dict[str, Any], result: dict[str, Any]) -> dict[str, 
         **{f"train.{k}": v for k, v in training.items()},
         "train": seconds.get("train"),
         "gate": seconds.get("gate"),
-        "job_end_seen": gap(timeline.get("finished"), record.get("job_finished_at")),
+        "exit": gap(timeline.get("finished"), job_end),
+        "job_end_seen": gap(job_end, record.get("job_finished_at")) if job_end else None,
         "rollout": gap(record.get("job_finished_at"), record.get("finished_at")),
     }
 

@@ -27,7 +27,7 @@ __all__ = [
 # a local-mode run keeps as many checkpoints as CheckpointConfig(num_to_keep=2) below
 LOCAL_CHECKPOINTS_KEPT = 2
 # how long the driver watches its cores before choosing local mode's threads
-IDLE_SAMPLE_S = 0.5
+IDLE_SAMPLE_S = 0.25
 # every metric a local-mode run reported so far, in each of its checkpoints (Ray keeps no history there)
 HISTORY_FILE = "rayloop-history.json"
 
