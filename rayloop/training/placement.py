@@ -108,6 +108,6 @@ def choose_placement(
         f"{size}, within {LOCAL_MEMORY_SHARE:.0%} of the {_gib(node.memory_bytes)} the driver's node can give; "
         f"{node.cpus_free:g} of its {node.cpus:g} CPUs free"
         + ("" if node.cores_idle is None else f", {node.cores_idle:.1f} of {node.cores} cores idle")
-        + f": local mode, {local_threads} threads"
+        + f": local mode, {local_threads} thread{'s' if local_threads > 1 else ''}"
     )
     return Placement("local", 0, local_threads, "auto", reason)
