@@ -116,6 +116,9 @@ def test_drift_triggers_a_retrain_job_whose_champion_serves_better_and_no_drift_
         assert done["outcome"] == "promoted", f"{done['outcome']}: {done['detail']}"
         new = done["version"]
         assert registry.resolve_version(model, registry.CHAMPION) == new != first
+        # the retrain window is small: training.num_workers=auto trained it in the job's driver
+        trained = registry.client().get_model_version(model, new).tags
+        assert (trained["rayloop.training.setting"], trained["rayloop.training.mode"]) == ("auto", "local"), trained
         wait_for(  # answers from the new champion
             lambda: sum(a[2] == new for a in list(result["live"].answers)) >= 10 * rate,
             120,
