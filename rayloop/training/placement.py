@@ -5,7 +5,7 @@ Train worker group. Pure: the facts about the driver's node come in as `NodeFact
 `training.num_workers: auto` (the default) picks local mode when both hold:
 
 1. the data fits comfortably in the driver's memory: rows x (features + label) x
-   `BYTES_PER_VALUE` (the Arrow batches, the float32 matrix and LightGBM's binned copy, held at once
+   `BYTES_PER_VALUE` (the Arrow table, the float32 matrix and LightGBM's binned copy, held at once
    at the peak) is at most `LOCAL_MEMORY_SHARE` of the memory the driver's node can still give;
 2. the driver's node has a CPU to spare: its logical CPUs minus those held by actors and tasks
    there now (Serve replicas, other jobs) is at least 1. A cluster head started with
@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 __all__ = ["BYTES_PER_VALUE", "LOCAL_MEMORY_SHARE", "NodeFacts", "Placement", "choose_placement"]
 
-# peak bytes per training value (row x column) in the driver: the Arrow batches as read (float64),
-# their concatenation, the float32 matrix and LightGBM's one-byte bins; measured in benchmarks/README.md
+# peak bytes per training value (row x column) in the driver: the Arrow table as read, the float32
+# matrix, LightGBM's bins and buffers, with room for float64 sources; measured in benchmarks/README.md
 BYTES_PER_VALUE = 24
 # the driver keeps half of what its node can give: Serve replicas, the object store's spill and the
 # evaluation after training share the node
