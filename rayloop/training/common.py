@@ -94,12 +94,17 @@ def driver_node_facts() -> NodeFacts:
 
     import psutil
     import ray
-    from ray._private.state import available_resources_per_node  # a DeveloperAPI; no public per-node reading
 
     node_id = ray.get_runtime_context().get_node_id()
-    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id and n.get("Alive")), None)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    node = next((n for n in alive if n.get("NodeID") == node_id), None)
     resources = (node or {}).get("Resources", {})
-    free = available_resources_per_node().get(node_id, {}).get("CPU", 0.0)
+    try:  # a DeveloperAPI: Ray has no public per-node reading of what is free
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node().get(node_id, {}).get("CPU", 0.0)
+    except ImportError:  # on one node the cluster's free CPUs are this node's; elsewhere assume none
+        free = ray.available_resources().get("CPU", 0.0) if len(alive) == 1 else 0.0
     memory = min(resources.get("memory", float("inf")), psutil.virtual_memory().available)
     cores = sorted(os.sched_getaffinity(0))
     busy = psutil.cpu_percent(interval=IDLE_SAMPLE_S, percpu=True)  # Serve replicas, other jobs, anything
