@@ -234,20 +234,15 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from rayloop.latency import Laps
+
     imported = time.perf_counter()
     config = _config(args)
     data, feats = config.data, config.features
     columns = data.schema_.columns
     out = Path(args.out)
     features_dir, rejects_dir = out / "features", out / "rejects"
-    stage: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stage[name] = round(now - clock, 3)
-        clock = now
+    lap = Laps()
 
     # read
     df = pd.read_parquet(args.source)
@@ -415,7 +410,7 @@ def arm_pandas(args: argparse.Namespace) -> dict[str, Any]:
         "rows_good": rows_total - rows_rejected,
         "rows_per_split": summary["rows_per_split"],
         "feature_names": feature_names,
-        "stage_seconds": stage,
+        "stage_seconds": lap.seconds,
         "import_s": round(imported - started, 3),
         "init_s": 0.0,
         "work_s": round(done - imported, 3),

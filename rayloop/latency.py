@@ -1,15 +1,31 @@
-"""Latency summaries, shared by the traffic simulator and every benchmark (no dependencies).
+"""Latency summaries and stage timings, shared by the library and every benchmark (no dependencies).
 
 One percentile definition (nearest rank), so a p99 in one results file means the same as a p99
-in another.
+in another; one stopwatch (`Laps`) for the seconds each step of a stage took.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
-__all__ = ["percentile", "percentiles"]
+__all__ = ["Laps", "percentile", "percentiles"]
+
+
+class Laps:
+    """Seconds between successive marks, by name: `lap("read")` records the time since the
+    previous mark (or since creation) under "read"; `seconds` holds them in order."""
+
+    def __init__(self, digits: int = 3) -> None:
+        self.seconds: dict[str, float] = {}
+        self._digits = digits
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._clock, self._digits)
+        self._clock = now
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import pickle
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from rayloop.features.aggregates import compute_stats
 from rayloop.features.pipeline import FeaturePipeline, FittedFeatures
 from rayloop.features.profile import ReferenceProfile
 from rayloop.features.stats import block_stats, numeric_summary
+from rayloop.latency import Laps
 from rayloop.tasks import LabelSummary, Task, check_known_task, resolve_task, summarize_labels
 
 __all__ = [
@@ -406,14 +406,7 @@ def run_preprocess(
     the same batch functions instead of reading `data.source` with Ray Data."""
     say = progress or (lambda msg: log.info(msg))
     data = config.data
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
+    lap = Laps()
 
     run = PreprocessRun.create(run_id)
     frames: _RayFrames | _TableFrames
@@ -514,7 +507,7 @@ def run_preprocess(
         n_features=len(fitted.feature_names),
         feature_names=fitted.feature_names,
         config_hash=config_hash(config),
-        seconds=timings,
+        seconds=lap.seconds,
     )
     run.write_results(fitted=fitted, profile=profile, schema=schema, task=task, config=config, result=result)
     return result

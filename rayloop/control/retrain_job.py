@@ -38,6 +38,7 @@ from rayloop.data.io import inspect_source, read_table
 from rayloop.data.schema import FeatureSchema
 from rayloop.errors import RetrainError
 from rayloop.features.pipeline import FeaturePipeline
+from rayloop.latency import Laps
 from rayloop.monitoring.inference_log import InferenceLog
 from rayloop.monitoring.retrain_window import assemble, recent_rows, sample_rows, split_recent
 from rayloop.preprocess import PreprocessRun, resolve_source, run_preprocess
@@ -104,7 +105,7 @@ def _write(table: pa.Table, path: Path) -> None:
 
 def run_retrain(config: RayloopConfig) -> RetrainResult:
     """The whole job (see the module docstring); a refused gate is a result, not an error."""
-    started = time.perf_counter()
+    lap = Laps(digits=2)
     run_started_at = time.time()
     process_started_at = psutil.Process().create_time()
     since = config.retrain.since
@@ -132,7 +133,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     work = paths.ensure(paths.home() / "retrain" / (submission_id or f"manual-{int(time.time())}"))
     shutil.rmtree(work / "train", ignore_errors=True)
     _write(data.train, work / "train" / "part-0.parquet")
-    assembled = time.perf_counter()
+    lap("assemble")
 
     window = config.model_copy(
         update={
@@ -168,10 +169,10 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
     evaluation = EvaluationData(
         holdout=data.holdout, reference_rows=data.unseen, profile=pipeline.fit_table(data.recent)[1]
     )
-    preprocessed = time.perf_counter()
+    lap("preprocess")
 
     outcome = train_or_tune(window, run, evaluation=evaluation)
-    trained = time.perf_counter()
+    lap("train")
     mlflow_client = registry.client()
     if submission_id:
         mlflow_client.set_model_version_tag(model_name, outcome.version, registry.RETRAIN_TAG, submission_id)
@@ -184,6 +185,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         tolerance=config.registry.tolerance,
         judge=outcome.evaluation_bundle,  # the fit that never saw the holdout; the refit is served
     )
+    lap("gate")
     result = RetrainResult(
         submission_id=submission_id,
         model_name=model_name,
@@ -198,10 +200,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         seconds={
             # the interpreter, rayloop's imports, the config and Ray's connection, before any work
             "startup": round(run_started_at - process_started_at, 2),
-            "assemble": round(assembled - started, 2),
-            "preprocess": round(preprocessed - assembled, 2),
-            "train": round(trained - preprocessed, 2),
-            "gate": round(time.perf_counter() - trained, 2),
+            **lap.seconds,
         },
         training={**outcome.placement, "seconds": outcome.phases},
         timeline={

@@ -34,6 +34,7 @@ from rayloop.config import RayloopConfig, config_hash
 from rayloop.data.split import SPLITS
 from rayloop.features.pipeline import FittedFeatures
 from rayloop.features.profile import ReferenceProfile
+from rayloop.latency import Laps
 from rayloop.lineage import code_version, data_fingerprint, library_versions
 from rayloop.preprocess import PreprocessRun
 from rayloop.tasks import Task
@@ -345,14 +346,7 @@ def train_and_register(
     refit_splits = REFIT_SPLITS[training.refit]
     stamp = f"{run_id}-{datetime.now(timezone.utc):%H%M%S}"
     placement = _placement(config, summary, fitted, refit_splits)
-    phases: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = round(now - mark, 2)
-        mark = now
+    phase = Laps(digits=2)
 
     experiment = registry.experiment_id(config.registry.experiment)
     with mlflow.start_run(
@@ -517,7 +511,7 @@ def train_and_register(
         fits=fits,
         tuning=tuning,
         placement=placement.to_dict(),
-        phases=phases,
+        phases=phase.seconds,
         evaluation_bundle=judged,
     )
     shown = {k: round(v, 4) for k, v in bundle.metrics.items() if k in task.metrics()}
