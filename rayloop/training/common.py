@@ -24,8 +24,8 @@ __all__ = [
     "driver_node_facts",
 ]
 
-# a local-mode run keeps as many checkpoints as CheckpointConfig(num_to_keep=2) below
-LOCAL_CHECKPOINTS_KEPT = 2
+# checkpoints a run keeps: Ray Train's CheckpointConfig for workers, _persist in local mode
+CHECKPOINTS_KEPT = 2
 # how long the driver watches its cores before choosing local mode's threads
 IDLE_SAMPLE_S = 0.25
 # every metric a local-mode run reported so far, in each of its checkpoints (Ray keeps no history there)
@@ -40,7 +40,7 @@ def run_config(name: str, max_failures: int):
         name=name,
         storage_path=paths.checkpoint_storage("train"),
         failure_config=FailureConfig(max_failures=max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
     )
 
 
@@ -178,7 +178,7 @@ def _persist(root: str, metrics: dict[str, float], write: Callable[[Path], None]
         (Path(directory) / HISTORY_FILE).write_text(json.dumps([*history, metrics]))
         fs.create_dir(destination, recursive=True)
         pafs.copy_files(directory, destination, destination_filesystem=fs)
-    for old in existing[: max(0, len(existing) + 1 - LOCAL_CHECKPOINTS_KEPT)]:
+    for old in existing[: max(0, len(existing) + 1 - CHECKPOINTS_KEPT)]:
         fs.delete_dir(old)
     return Checkpoint(path=destination, filesystem=fs)
 
