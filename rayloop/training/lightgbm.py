@@ -26,6 +26,7 @@ __all__ = [
     "MODEL_FILE",
     "CURVE_FILE",
     "train_loop_per_worker",
+    "BestValidationScores",
     "build_trainer",
     "load_booster",
     "load_curve",
@@ -100,6 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # the ranking settles, long before the probabilities do
         stopping = lgb.early_stopping(config["early_stopping_rounds"], first_metric_only=True, verbose=False)
         callbacks = [stopping, lgb.record_evaluation(curve)]
+    scores = BestValidationScores()
 
     init_model, done_rounds = None, 0
     local = config.get("local_checkpoints")  # local mode: the run's folder (training.common.local_root)
@@ -128,7 +130,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             valid_sets=valid_sets,
             valid_names=["validation"] * len(valid_sets),
             init_model=init_model,
-            callbacks=[*callbacks, checkpoint_every],
+            feval=scores.feval if valid_sets else None,
+            callbacks=[*callbacks, checkpoint_every, *([scores.keep_best] if valid_sets else [])],
         )
     else:  # a rerun of a finished run: its last checkpoint is the model (lgb.train refuses 0 rounds)
         booster = init_model
@@ -138,7 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "rounds": trained["rounds"],
         "best_iteration": best,
         "resumed_from": resumed_from,
-        **(_validation_metrics(booster, x_valid, y_valid, kind) if has_valid else {}),
+        **(_validation_metrics(booster, x_valid, y_valid, kind, scores.at(best)) if has_valid else {}),
     }
 
     def write(directory: Path) -> None:
@@ -148,11 +151,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     report(metrics, write, local)
 
 
-def _validation_metrics(booster, x: np.ndarray, y: np.ndarray, kind: str) -> dict[str, float]:
+class BestValidationScores:
+    """The validation split's scores at the best round, as LightGBM computed them while it
+    trained, so the final validation metrics need no prediction pass of their own (a second pass
+    over the split cost about a tenth of the training at 1M rows: benchmarks/README.md).
+
+    LightGBM's public way to see those scores is `feval`, called every round with them; this one
+    returns no metric, so the curve and early stopping are unchanged. `keep_best` (a callback,
+    after the round's evaluation) keeps a copy when the first metric improved: the round
+    `early_stopping(first_metric_only=True)` calls best."""
+
+    def __init__(self) -> None:
+        self._latest: np.ndarray | None = None
+        self._best: np.ndarray | None = None
+        self._best_value: float | None = None
+        self.best_iteration = 0  # 1-based, as Booster.best_iteration
+
+    def feval(self, preds: np.ndarray, _data) -> list:
+        self._latest = preds  # LightGBM reuses this buffer next round: copied when kept
+        return []
+
+    def keep_best(self, env) -> None:
+        if self._latest is None or not env.evaluation_result_list:
+            return
+        _, _, value, higher_is_better = env.evaluation_result_list[0][:4]
+        if self._best_value is None or (value > self._best_value if higher_is_better else value < self._best_value):
+            self._best, self._best_value, self.best_iteration = self._latest.copy(), value, env.iteration + 1
+
+    def at(self, iteration: int) -> np.ndarray | None:
+        """The scores if the kept round is `iteration` (the model's last tree), else None."""
+        return self._best if self._best is not None and self.best_iteration == iteration else None
+
+
+def _validation_metrics(
+    booster, x: np.ndarray, y: np.ndarray, kind: str, scores: np.ndarray | None = None
+) -> dict[str, float]:
+    """Every metric of the task on the validation split: from the scores kept while training
+    when they belong to the saved model's last round, else from a prediction pass (a resumed
+    run's model, or one trained in an earlier process)."""
     if y.size == 0:
         return {}
-    scores = evaluate_task(kind, y, booster.predict(x, num_iteration=booster.best_iteration or None))
-    return {f"validation_{k}": v for k, v in scores.items()}
+    if scores is None or len(scores) != y.size:
+        scores = booster.predict(x, num_iteration=booster.best_iteration or None)
+    return {f"validation_{k}": v for k, v in evaluate_task(kind, y, scores).items()}
 
 
 def _report(booster, metrics: dict[str, float], num_iteration: int, local: str | None) -> None:
