@@ -1070,8 +1070,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 ray_fn = lightgbm_ray if model == "lightgbm" else mlp_ray
 
+                # every arm in a fresh thread of its own, the plain ones too: an OpenMP team left
+                # alive in another thread (the main one) throttles the spin of every later team,
+                # and LightGBM then trains about 30% slower per round (benchmarks/README.md)
                 def plain(m: str = model) -> dict[str, Any]:
-                    return lightgbm_plain(d, args) if m == "lightgbm" else mlp_plain(d, args)
+                    return run(f"{m} plain", lightgbm_plain if m == "lightgbm" else mlp_plain, d, args)
 
                 def on_ray(f=ray_fn, m: str = model, r: int = rep) -> dict[str, Any]:
                     return run(f"{m} Ray Train", f, d, args, f"{run_id}-{r}")
