@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from rayloop.config import ConfigSource, RayloopConfig
 from rayloop.errors import ConfigError, RayloopError
 from rayloop.runtime import init_ray
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "configure_logging", "exit_code", "parse_workload_args", "workload_main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "configure_logging",
+    "exit_code",
+    "exit_process",
+    "parse_workload_args",
+    "workload_main",
+]
 
 EXIT_FAILED = 1  # the work could not be done, or was refused (a gate, an unsafe finding)
 EXIT_USAGE = 2  # the command line or the config is wrong
@@ -64,3 +73,19 @@ def workload_main(
         return 0
 
     return main
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a workload's process right after its result: run the exit handlers (Ray's disconnect,
+    MLflow's, temporary folders'), flush, then leave without the interpreter's teardown, which
+    only frees a finished run's objects and which a job's caller waits on (its cost is in
+    benchmarks/README.md). For `__main__` only: tests call `main` in-process."""
+    import atexit
+
+    logging.shutdown()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,13 +240,16 @@ def promote(
     metric: str | None = None,
     tolerance: float = 0.005,
     judge: ModelBundle | None = None,
+    loaded: Mapping[str, ModelBundle] | None = None,
 ) -> GateDecision:
     """Move `champion` to `version` when it passes the gate on `holdout` (raw labelled rows).
 
     `metric` defaults to the task's (rayloop.tasks: auc, macro_f1, rmse), each judged in its own
     direction. `judge` scores the challenger's side instead of the version itself: a refit that
     trained on every split is promoted on what its evaluation fit, which never saw the holdout,
-    scores there (rayloop.control.train)."""
+    scores there (rayloop.control.train). `loaded` maps versions to bundles the caller already
+    holds (a retrain job loaded the champion for its window), used instead of loading them again:
+    keyed by version, so a champion moved meanwhile is still loaded from the registry."""
     mlflow_client = client()
     resolved = resolve_version(name, version)
     if resolved is None:
@@ -268,7 +272,7 @@ def promote(
     challenger_score = float(fn(y, challenger_scores))
     champion_scores, champion_score, unscored = None, None, None
     if champion_version:
-        champion = load_bundle(name, champion_version)
+        champion = (loaded or {}).get(champion_version) or load_bundle(name, champion_version)
         if champion.task.kind != task.kind or champion.task.classes != task.classes:
             unscored = f"the champion v{champion_version} predicts another task or classes ({champion.task.kind})"
         else:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 from rayloop.control.pipeline import run_pipeline
-from rayloop.entrypoint import workload_main
+from rayloop.entrypoint import exit_process, workload_main
 
 main = workload_main(run_pipeline, __doc__)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from rayloop.entrypoint import workload_main
+from rayloop.entrypoint import exit_process, workload_main
 from rayloop.preprocess import run_preprocess
 
 main = workload_main(run_preprocess, __doc__)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from rayloop.control.retrain_job import run_retrain
-from rayloop.entrypoint import workload_main
+from rayloop.entrypoint import exit_process, workload_main
 
 main = workload_main(run_retrain, __doc__)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

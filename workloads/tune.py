@@ -11,7 +11,7 @@ import sys
 
 from rayloop.config import RayloopConfig
 from rayloop.control.train import TrainingOutcome, tune_and_register
-from rayloop.entrypoint import workload_main
+from rayloop.entrypoint import exit_process, workload_main
 from rayloop.preprocess import PreprocessRun
 
 
@@ -26,4 +26,4 @@ def _check(config: RayloopConfig) -> PreprocessRun:
 main = workload_main(_run, __doc__, check=_check)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

@@ -184,6 +184,7 @@ def run_retrain(config: RayloopConfig) -> RetrainResult:
         metric=config.registry.gate_metric,
         tolerance=config.registry.tolerance,
         judge=outcome.evaluation_bundle,  # the fit that never saw the holdout; the refit is served
+        loaded={champion: champion_bundle},
     )
     lap("gate")
     result = RetrainResult(

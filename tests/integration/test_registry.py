@@ -92,6 +92,20 @@ def test_the_registered_pyfunc_predicts_from_raw_rows_like_the_bundle(parts):
     assert loaded.fitted.content_hash == good.fitted.content_hash
 
 
+def test_the_gate_scores_a_champion_the_caller_holds_only_under_its_version(parts):
+    good, worse, holdout = parts
+    champion = _log(good, holdout)
+    registry.client().set_registered_model_alias(NAME, registry.CHAMPION, champion)
+    # what the registry holds for the champion (the good model) vs a bundle passed for its version
+    plain = registry.promote(NAME, _log(good, holdout), holdout, tolerance=1.0)
+    registry.client().set_registered_model_alias(NAME, registry.CHAMPION, champion)
+    held = registry.promote(NAME, _log(good, holdout), holdout, tolerance=1.0, loaded={champion: worse})
+    assert held.champion < 0.6 < 0.75 < plain.champion  # the held bundle was scored, not loaded again
+    registry.client().set_registered_model_alias(NAME, registry.CHAMPION, champion)
+    stale = registry.promote(NAME, _log(good, holdout), holdout, tolerance=1.0, loaded={"0": worse})
+    assert stale.champion == plain.champion  # a bundle of another version is not the champion
+
+
 def test_promote_refuses_a_holdout_without_labels_and_an_unknown_version(parts):
     good, _, holdout = parts
     version = _log(good, holdout)
