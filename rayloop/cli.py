@@ -21,6 +21,7 @@ from rayloop import doctor as checks
 from rayloop.config import ConfigSource, RayloopConfig, load_profile
 from rayloop.constants import HOME_ENV_VAR
 from rayloop.control import demo as demo_lib
+from rayloop.control import local_cluster
 from rayloop.control.monitor_actor import start_model_monitor, stop_monitor
 from rayloop.control.pipeline import run_pipeline
 from rayloop.control.train import train_and_register, tune_and_register
@@ -187,6 +188,77 @@ def cluster_render(
         return
     for path in cluster.write(chosen, target):
         console.print(f"wrote {path}")
+
+
+local_app = typer.Typer(
+    help="A multi-node Ray cluster on this machine (Linux, root): a head and worker nodes in network "
+    "namespaces, a shared directory and an MLflow server, laid out like configs/profiles/prod.yaml.",
+    no_args_is_help=True,
+)
+cluster_app.add_typer(local_app, name="local")
+ClusterNameOpt = Annotated[str, typer.Option("--name", help="the local cluster's name")]
+
+
+@local_app.command("up")
+def cluster_local_up(
+    name: ClusterNameOpt = "local",
+    workers: Annotated[int, typer.Option(help="worker nodes")] = 2,
+    cpus_per_worker: Annotated[int, typer.Option(help="logical CPUs of each worker node")] = 1,
+) -> None:
+    """Start the cluster and print how to reach it from this machine."""
+    try:
+        started = local_cluster.up(name, workers=workers, cpus_per_worker=cpus_per_worker)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    _print_local_cluster(started)
+
+
+@local_app.command("down")
+def cluster_local_down(
+    name: ClusterNameOpt = "local",
+    purge: Annotated[bool, typer.Option(help="also delete the shared directory (registry, logs, runs)")] = False,
+) -> None:
+    """Stop every process of the cluster, delete its namespaces and bridge."""
+    local_cluster.down(name, keep_shared=not purge)
+    console.print(f"local cluster {name!r} is down")
+
+
+@local_app.command("env")
+def cluster_local_env(name: ClusterNameOpt = "local") -> None:
+    """Shell exports for a client on this machine: `eval "$(rayloop cluster local env)"`."""
+    try:
+        found = local_cluster.load(name)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    for key, value in found.client_env().items():
+        typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+@local_app.command("status")
+def cluster_local_status(name: ClusterNameOpt = "local") -> None:
+    """The cluster's nodes as its head sees them."""
+    try:
+        found = local_cluster.load(name)
+        alive = local_cluster.alive_nodes(found)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    except Exception as exc:  # noqa: BLE001  (the head is down: say so)
+        console.print(f"[red]the head at {local_cluster.load(name).dashboard} does not answer: {exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_local_cluster(found, alive)
+
+
+def _print_local_cluster(found, alive: dict[str, str] | None = None) -> None:
+    table = Table(title=f"local cluster {found.name!r}")
+    for column in ("node", "namespace", "address", "CPUs", "state"):
+        table.add_column(column)
+    for node in found.nodes:
+        state = "" if alive is None else alive.get(node.ip, "missing")
+        table.add_row(node.name, node.namespace, node.ip, str(node.num_cpus), state)
+    console.print(table)
+    console.print(f"dashboard and Jobs API {found.dashboard}, MLflow {found.mlflow_uri}, Serve {found.serve_url}")
+    console.print(f"shared directory (every node's RAYLOOP_HOME) {found.shared}")
+    console.print('for this shell: eval "$(rayloop cluster local env)"')
 
 
 @app.command()

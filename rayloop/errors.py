@@ -22,6 +22,7 @@ __all__ = [
     "RetrainError",
     "PreprocessRunError",
     "LabelError",
+    "ClusterError",
 ]
 
 
@@ -135,3 +136,7 @@ class GateRefusedError(RayloopError):
         self.name = name
         self.version = version
         self.reason = reason
+
+
+class ClusterError(RayloopError):
+    """A local multi-node cluster cannot be built, started or found (rayloop.control.local_cluster)."""

@@ -22,7 +22,7 @@ from rayloop import paths
 from rayloop.constants import HOME_ENV_VAR
 from rayloop.runtime import free_port, ray_env
 
-__all__ = ["LocalHead", "head_command", "head_env", "ray_executable", "start_head", "stop_session"]
+__all__ = ["LocalHead", "head_command", "head_env", "ray_executable", "start_head", "stop_session", "terminate"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,22 @@ def _processes_naming(markers: list[str]) -> list[tuple[Any, str]]:
         if proc.pid != os.getpid() and any(marker in line for marker in markers):
             found.append((proc, line))
     return found
+
+
+def terminate(pids: list[int], grace_s: float = 10.0) -> None:
+    """SIGTERM these processes and their children, SIGKILL what is left after `grace_s`."""
+    import psutil
+
+    victims: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            victims[pid] = proc
+            victims.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            continue
+    victims.pop(os.getpid(), None)
+    _terminate(list(victims.values()), grace_s)
 
 
 def _terminate(victims: list, grace_s: float) -> None:

@@ -1,0 +1,460 @@
+"""A multi-node Ray cluster on one machine, laid out like a production one.
+
+Each node (a head with no CPUs, as in cluster/, and worker nodes with one CPU each) is its own
+`ray start` in a Linux network namespace of its own, joined by a bridge that only this machine
+has. The nodes talk over the bridge with token auth on; nothing listens on the machine's own
+network (the namespaces are not routed: IP forwarding stays as it is, off by default), and this
+machine reaches the cluster at the head's bridge address (dashboard, Jobs API, Serve, MLflow).
+
+State follows `configs/profiles/prod.yaml`: one shared directory stands for the ReadWriteMany
+volume and is every node's RAYLOOP_HOME (inference log, monitor state, audit trail, feature runs,
+Train/Tune checkpoints), an `mlflow server` on the head keeps the registry and serves the
+artifacts over HTTP, and each node has a scratch directory of its own (Ray's temp dir, TMPDIR)
+that no other node is meant to read.
+
+Network namespaces need root (CAP_NET_ADMIN) and iproute2: `up` says so when they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayloop import paths
+from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
+from rayloop.control.head import head_env, ray_executable, terminate
+from rayloop.errors import ClusterError
+from rayloop.runtime import LOOPBACK_ENV, ensure_auth_token
+
+__all__ = [
+    "DASHBOARD_PORT",
+    "GCS_PORT",
+    "MLFLOW_PORT",
+    "SERVE_PORT",
+    "LocalCluster",
+    "Node",
+    "alive_nodes",
+    "down",
+    "load",
+    "namespace_pids",
+    "netns_commands",
+    "node_env",
+    "plan",
+    "up",
+]
+
+# every node has a network namespace, so every node can use Ray's usual ports
+GCS_PORT, DASHBOARD_PORT, SERVE_PORT, MLFLOW_PORT = 6379, 8265, 8000, 5000
+SUBNET_BASE = "10.213"  # 10.213.<k>.0/24, k in 1..254: private, picked free on this machine
+IFNAME_MAX = 15  # Linux interface names
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str  # "head", "w1", "w2", ...
+    namespace: str
+    ip: str
+    num_cpus: int
+    resources: dict[str, float] = field(default_factory=dict)  # {"w1": 1}: pin work to a node in tests
+    host_veth: str = ""  # the veth end on the bridge; its peer is eth0 inside the namespace
+
+    @property
+    def is_head(self) -> bool:
+        return self.name == "head"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    name: str
+    root: str  # <RAYLOOP_HOME>/clusters/<name>: shared/, nodes/<node>/, logs/, cluster.json
+    subnet: int  # k of 10.213.k.0/24
+    bridge: str
+    host_ip: str  # this machine's address on the bridge (the client side)
+    nodes: tuple[Node, ...]
+    token_path: str
+
+    @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def workers(self) -> tuple[Node, ...]:
+        return self.nodes[1:]
+
+    @property
+    def address(self) -> str:
+        return f"{self.head.ip}:{GCS_PORT}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://{self.head.ip}:{DASHBOARD_PORT}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.head.ip}:{MLFLOW_PORT}"
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://{self.head.ip}:{SERVE_PORT}"
+
+    @property
+    def shared(self) -> Path:
+        """The shared volume: every node's RAYLOOP_HOME."""
+        return Path(self.root) / "shared"
+
+    def scratch(self, node: Node) -> Path:
+        """A node's own directory: Ray's temp dir and TMPDIR. No other node reads it."""
+        return Path(self.root) / "nodes" / node.name
+
+    @property
+    def storage(self) -> str:
+        """Train/Tune storage_path, on the shared volume."""
+        return str(self.shared / "checkpoints")
+
+    def client_env(self) -> dict[str, str]:
+        """What a client on this machine sets to use the cluster (`rayloop cluster local env`)."""
+        return {
+            "RAY_ADDRESS": self.dashboard,
+            "RAY_API_SERVER_ADDRESS": self.dashboard,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.token_path,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> LocalCluster:
+        nodes = tuple(Node(**n) for n in raw["nodes"])
+        return cls(**{**raw, "nodes": nodes})
+
+
+def clusters_dir() -> Path:
+    return paths.home() / "clusters"
+
+
+def plan(
+    name: str = "local",
+    *,
+    workers: int = 2,
+    cpus_per_worker: int = 1,
+    subnet: int = 1,
+    token_path: str | Path | None = None,
+) -> LocalCluster:
+    """The cluster's layout: names, addresses, directories. Pure (nothing is created)."""
+    if not 1 <= workers <= 200:
+        raise ClusterError(f"workers must be 1..200, not {workers}")
+    if not 1 <= subnet <= 254:
+        raise ClusterError(f"subnet must be 1..254, not {subnet}")
+    if not name.replace("-", "").isalnum() or len(name) > 20:
+        raise ClusterError(f"cluster name {name!r}: letters, digits and '-', at most 20 characters")
+    prefix = f"{SUBNET_BASE}.{subnet}"
+    nodes = [Node("head", f"rayloop-{name}-head", f"{prefix}.2", 0, {}, f"rlv{subnet}h")]
+    nodes += [
+        Node(f"w{i}", f"rayloop-{name}-w{i}", f"{prefix}.{10 + i}", cpus_per_worker, {f"w{i}": 1.0}, f"rlv{subnet}w{i}")
+        for i in range(1, workers + 1)
+    ]
+    return LocalCluster(
+        name=name,
+        root=str(clusters_dir() / name),
+        subnet=subnet,
+        bridge=f"rlbr{subnet}",
+        host_ip=f"{prefix}.1",
+        nodes=tuple(nodes),
+        token_path=str(token_path or ensure_auth_token()),
+    )
+
+
+def netns_commands(cluster: LocalCluster) -> list[list[str]]:
+    """`ip` commands that build the bridge, one namespace per node and its veth pair. The bridge
+    gets this machine's client address; no route, NAT or forwarding is added."""
+    cmds = [
+        ["ip", "link", "add", cluster.bridge, "type", "bridge"],
+        ["ip", "addr", "add", f"{cluster.host_ip}/24", "dev", cluster.bridge],
+        ["ip", "link", "set", cluster.bridge, "up"],
+    ]
+    for node in cluster.nodes:
+        peer = f"{node.host_veth}p"
+        for ifname in (node.host_veth, peer, cluster.bridge):
+            if len(ifname) > IFNAME_MAX:
+                raise ClusterError(f"interface name {ifname!r} is over {IFNAME_MAX} characters")
+        cmds += [
+            ["ip", "netns", "add", node.namespace],
+            ["ip", "link", "add", node.host_veth, "type", "veth", "peer", "name", peer],
+            ["ip", "link", "set", node.host_veth, "master", cluster.bridge],
+            ["ip", "link", "set", node.host_veth, "up"],
+            ["ip", "link", "set", peer, "netns", node.namespace],
+            ["ip", "-n", node.namespace, "link", "set", peer, "name", "eth0"],
+            ["ip", "-n", node.namespace, "addr", "add", f"{node.ip}/24", "dev", "eth0"],
+            ["ip", "-n", node.namespace, "link", "set", "eth0", "up"],
+            ["ip", "-n", node.namespace, "link", "set", "lo", "up"],
+        ]
+    return cmds
+
+
+def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A node's environment: rayloop's Ray settings, the shared home, its own scratch, token auth,
+    the MLflow server, and Serve's HAProxy listening on the node's bridge address."""
+    scratch = cluster.scratch(node)
+    env = head_env(base)
+    env.update(
+        {
+            HOME_ENV_VAR: str(cluster.shared),
+            "RAY_TMPDIR": str(scratch / "ray"),
+            "TMPDIR": str(scratch / "tmp"),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": cluster.token_path,
+            # a real multi-node cluster: Ray takes --node-ip-address as given (the bridge address)
+            LOOPBACK_ENV: "1",
+            "MLFLOW_TRACKING_URI": cluster.mlflow_uri,
+            "RAYLOOP_CLUSTER": cluster.name,
+            "RAYLOOP_NODE": node.name,
+        }
+    )
+    env.pop("RAY_AUTH_TOKEN", None)
+    if "RAY_SERVE_ENABLE_HA_PROXY" in env:
+        state = scratch / "haproxy"
+        env.update(
+            {
+                HAPROXY_BIND_HOST_ENV_VAR: node.ip,
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            }
+        )
+    return env
+
+
+def _ray_start(cluster: LocalCluster, node: Node, temp_dir: Path) -> list[str]:
+    cmd = [
+        ray_executable(),
+        "start",
+        f"--node-ip-address={node.ip}",
+        f"--num-cpus={node.num_cpus}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]
+    if node.is_head:
+        cmd += [
+            "--head",
+            f"--port={GCS_PORT}",
+            "--include-dashboard=true",
+            f"--dashboard-host={node.ip}",
+            f"--dashboard-port={DASHBOARD_PORT}",
+        ]
+    else:
+        cmd.append(f"--address={cluster.address}")
+    if node.resources:
+        cmd.append(f"--resources={json.dumps(node.resources)}")
+    return cmd
+
+
+def _in_namespace(node: Node, cmd: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", node.namespace, *cmd]
+
+
+def _run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    done = subprocess.run(list(cmd), capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise ClusterError(f"`{' '.join(cmd)}` failed ({done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
+    return done
+
+
+def _check_can_build() -> None:
+    if shutil.which("ip") is None:
+        raise ClusterError("a local cluster needs iproute2's `ip` (network namespaces); install iproute2")
+    if sys.platform != "linux":
+        raise ClusterError("a local multi-node cluster needs Linux network namespaces")
+    if os.geteuid() != 0:
+        raise ClusterError(
+            "a local multi-node cluster needs root (CAP_NET_ADMIN) to create its network namespaces: "
+            "they keep every node's listeners off this machine's network. Run it with sudo, or use "
+            "a single-node head (`rayloop demo`)"
+        )
+
+
+def _used_subnets() -> set[int]:
+    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    used = set()
+    for token in out.split():
+        if token.startswith(f"{SUBNET_BASE}."):
+            used.add(int(token.split(".")[2]))
+    return used
+
+
+def state_file(name: str) -> Path:
+    return clusters_dir() / name / "cluster.json"
+
+
+def load(name: str = "local") -> LocalCluster:
+    path = state_file(name)
+    if not path.exists():
+        raise ClusterError(f"no local cluster {name!r} (no {path}); start one with `rayloop cluster local up`")
+    return LocalCluster.from_dict(json.loads(path.read_text()))
+
+
+def up(
+    name: str = "local",
+    *,
+    workers: int = 2,
+    cpus_per_worker: int = 1,
+    mlflow: bool = True,
+    timeout_s: float = 180.0,
+    extra_env: Mapping[str, str] | None = None,
+) -> LocalCluster:
+    """Build the namespaces, start the MLflow server and every node, wait until all nodes are
+    alive. Anything started is stopped again when a step fails."""
+    _check_can_build()
+    if state_file(name).exists():
+        raise ClusterError(f"local cluster {name!r} exists ({state_file(name)}): `rayloop cluster local down` first")
+    free = [k for k in range(1, 255) if k not in _used_subnets()]
+    if not free:
+        raise ClusterError(f"no free {SUBNET_BASE}.k.0/24 subnet on this machine")
+    cluster = plan(name, workers=workers, cpus_per_worker=cpus_per_worker, subnet=free[0])
+    root = Path(cluster.root)
+    shutil.rmtree(root, ignore_errors=True)
+    for sub in ("shared", "logs"):
+        paths.ensure(root / sub)
+    state_file(name).write_text(json.dumps(cluster.to_dict(), indent=2))
+    try:
+        for cmd in netns_commands(cluster):
+            _run(cmd)
+        if mlflow:
+            _start_mlflow(cluster, extra_env)
+        for node in cluster.nodes:
+            _start_node(cluster, node, extra_env)
+            if node.is_head:
+                _wait_dashboard(cluster, timeout_s)
+        _wait_nodes(cluster, timeout_s)
+    except BaseException:
+        down(name)
+        raise
+    return cluster
+
+
+def _start_node(cluster: LocalCluster, node: Node, extra_env: Mapping[str, str] | None) -> None:
+    scratch = cluster.scratch(node)
+    for sub in ("ray", "tmp"):
+        paths.ensure(scratch / sub)
+    env = node_env(cluster, node, extra_env)
+    temp_dir = paths.ensure_ray_temp_dir(scratch / "ray")
+    env["RAY_TMPDIR"] = str(temp_dir)
+    _run(_in_namespace(node, _ray_start(cluster, node, temp_dir)), env=env, timeout=180)
+
+
+def _start_mlflow(cluster: LocalCluster, extra_env: Mapping[str, str] | None) -> None:
+    """`mlflow server` on the head's namespace: a SQL backend and --serve-artifacts, so clients
+    on any node log and load artifacts through the server and no node needs its filesystem."""
+    store = paths.ensure(cluster.shared / "mlflow")
+    head = cluster.head
+    env = node_env(cluster, head, extra_env)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    cmd = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--host",
+        head.ip,
+        "--port",
+        str(MLFLOW_PORT),
+        "--workers",
+        "1",
+        # a request names the server by the head's bridge address: allow that Host header
+        "--allowed-hosts",
+        f"{head.ip}:{MLFLOW_PORT},{head.ip},localhost:{MLFLOW_PORT}",
+    ]
+    log = open(Path(cluster.root) / "logs" / "mlflow-server.log", "ab")  # noqa: SIM115  (the child keeps it)
+    subprocess.Popen(_in_namespace(head, cmd), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_http(f"{cluster.mlflow_uri}/health", 120.0, "the MLflow server")
+
+
+def _wait_http(url: str, timeout_s: float, what: str, headers: Mapping[str, str] | None = None) -> Any:
+    import httpx
+
+    deadline, last = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=3, headers=dict(headers or {}))
+            if response.status_code < 400:
+                return response
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise ClusterError(f"{what} at {url} did not answer in {timeout_s:g} s ({last})")
+
+
+def _headers(cluster: LocalCluster) -> dict[str, str]:
+    return {"Authorization": f"Bearer {Path(cluster.token_path).read_text().strip()}"}
+
+
+def _wait_dashboard(cluster: LocalCluster, timeout_s: float) -> None:
+    _wait_http(f"{cluster.dashboard}/api/version", timeout_s, "the head's dashboard", _headers(cluster))
+
+
+def alive_nodes(cluster: LocalCluster) -> dict[str, str]:
+    """{node IP: state} of the nodes the head knows, read through the dashboard's state API."""
+    import httpx
+
+    response = httpx.get(
+        f"{cluster.dashboard}/api/v0/nodes", params={"limit": 1000}, headers=_headers(cluster), timeout=10
+    )
+    response.raise_for_status()
+    rows = response.json()["data"]["result"]["result"]
+    return {row["node_ip"]: row["state"] for row in rows}
+
+
+def _wait_nodes(cluster: LocalCluster, timeout_s: float) -> None:
+    want = {node.ip for node in cluster.nodes}
+    deadline, seen = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        try:
+            seen = alive_nodes(cluster)
+        except Exception:  # noqa: BLE001  (the state API starts after the dashboard answers)
+            seen = {}
+        if all(seen.get(ip) == "ALIVE" for ip in want):
+            return
+        time.sleep(1.0)
+    raise ClusterError(f"nodes not alive after {timeout_s:g} s: want {sorted(want)}, the head sees {seen}")
+
+
+def namespace_pids(namespace: str) -> list[int]:
+    """Every process inside a network namespace (`ip netns pids`): a node's processes, all of
+    them (raylet, GCS, agents, workers, HAProxy, the MLflow server), and no one else's."""
+    done = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
+
+
+def down(name: str = "local", *, keep_shared: bool = True, grace_s: float = 10.0) -> None:
+    """Stop every process in the cluster's namespaces (other Ray clusters on this machine are
+    never touched), delete the namespaces and the bridge, and the nodes' scratch directories.
+    The shared directory stays unless `keep_shared=False`."""
+    path = state_file(name)
+    if not path.exists():
+        return
+    cluster = load(name)
+    root = Path(cluster.root)
+    terminate([pid for node in cluster.nodes for pid in namespace_pids(node.namespace)], grace_s)
+    for node in cluster.nodes:
+        subprocess.run(["ip", "netns", "del", node.namespace], capture_output=True)
+    subprocess.run(["ip", "link", "del", cluster.bridge], capture_output=True)
+    for node in cluster.nodes:
+        shutil.rmtree(cluster.scratch(node), ignore_errors=True)
+    if keep_shared:
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""`rayloop cluster local`: a real multi-node Ray cluster on this machine (a CPU-less head and two
+worker raylets, each in its own network namespace), token auth on, an MLflow server on the head,
+reached from here only through the bridge; stopped by namespace at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from rayloop.control import jobs, local_cluster
+from rayloop.control.local_cluster import LocalCluster
+from tests.support import wait_for
+
+pytestmark = [
+    pytest.mark.slow,
+    # network namespaces need CAP_NET_ADMIN, as a GPU test needs a GPU (CI runs as root)
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+WHERE = """
+import json, os, socket, ray
+ray.init()
+@ray.remote(num_cpus=0)
+def where():
+    return {"ip": ray.util.get_node_ip_address(), "node": os.environ.get("RAYLOOP_NODE"),
+            "home": os.environ.get("RAYLOOP_HOME"), "tmp": os.environ.get("TMPDIR")}
+found = ray.get([where.options(resources={w: 0.01}).remote() for w in ("w1", "w2")])
+driver = {"ip": ray.util.get_node_ip_address(), "node": os.environ.get("RAYLOOP_NODE")}
+print("RESULT " + json.dumps({"tasks": found, "driver": driver}))
+"""
+
+
+def _listeners() -> set[tuple[str, int]]:
+    """Listening TCP sockets of this machine's own network namespace."""
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[LocalCluster, set[tuple[str, int]]]]:
+    before = _listeners()
+    name = f"e2e{uuid.uuid4().hex[:4]}"
+    started = local_cluster.up(name, workers=2)
+    try:
+        yield started, before
+    finally:
+        namespaces = [n.namespace for n in started.nodes]
+        local_cluster.down(name, keep_shared=False)
+        assert not [pid for ns in namespaces for pid in local_cluster.namespace_pids(ns)]
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(ns in left for ns in namespaces)
+
+
+def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_namespaces(cluster):
+    found, before = cluster
+    assert local_cluster.alive_nodes(found) == {n.ip: "ALIVE" for n in found.nodes}
+    # the dashboard refuses a request without the token
+    refused = httpx.get(f"{found.dashboard}/api/v0/nodes", timeout=10)
+    assert refused.status_code in (401, 403)
+    # every listener of the cluster is inside a namespace: this one gained none
+    assert _listeners() - before == set()
+    # and inside one, no node listens on anything but its bridge address, loopback or "any"
+    # (which there means the bridge and loopback only)
+    for node in found.nodes:
+        out = subprocess.run(
+            ["ip", "netns", "exec", node.namespace, "ss", "-Hltn"], capture_output=True, text=True
+        ).stdout
+        hosts = {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+        hosts = {h.removeprefix("[::ffff:").removesuffix("]") if h.startswith("[::ffff:") else h for h in hosts}
+        assert hosts and hosts <= {node.ip, "127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]"}, hosts
+
+
+def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_worker(cluster):
+    found, _ = cluster
+    client = jobs.client(found.dashboard)
+    sid = client.submit_job(entrypoint=f"python -c {shlex.quote(WHERE)}")
+    wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
+    logs = client.get_job_logs(sid)
+    assert client.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
+    result = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULT "))[7:])
+    assert result["driver"] == {"ip": found.head.ip, "node": "head"}
+    assert [(t["ip"], t["node"]) for t in result["tasks"]] == [(w.ip, w.name) for w in found.workers]
+    assert {t["home"] for t in result["tasks"]} == {str(found.shared)}  # the shared volume
+    tmps = [Path(t["tmp"]) for t in result["tasks"]]
+    assert tmps == [found.scratch(w) / "tmp" for w in found.workers]  # each node's own scratch
+
+
+def test_the_mlflow_server_on_the_head_serves_the_registry_to_this_machine(cluster):
+    found, _ = cluster
+    assert httpx.get(f"{found.mlflow_uri}/health", timeout=10).status_code == 200
+    listed = httpx.get(f"{found.mlflow_uri}/api/2.0/mlflow/experiments/search", params={"max_results": 5}, timeout=10)
+    assert listed.status_code == 200 and listed.json()["experiments"][0]["name"] == "Default"
+    assert (found.shared / "mlflow" / "mlflow.db").exists()  # its store is on the shared volume
+
+
+def test_the_cli_shows_the_nodes_and_its_exports_let_ray_job_submit_reach_the_cluster(cluster):
+    from typer.testing import CliRunner
+
+    from rayloop.cli import app
+    from rayloop.control.head import ray_executable
+
+    found, _ = cluster
+    runner = CliRunner()
+    status = runner.invoke(app, ["cluster", "local", "status", "--name", found.name], terminal_width=200)
+    assert status.exit_code == 0, status.output
+    assert all(node.ip in status.output for node in found.nodes) and status.output.count("ALIVE") == 3
+    exports = runner.invoke(app, ["cluster", "local", "env", "--name", found.name])
+    assert exports.exit_code == 0 and f"export RAY_ADDRESS={found.dashboard}" in exports.output
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    for line in exports.output.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0]
+    done = subprocess.run(
+        [
+            ray_executable(),
+            "job",
+            "submit",
+            "--",
+            "python",
+            "-c",
+            "print('hello from', __import__('os').environ['RAYLOOP_NODE'])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "hello from head" in done.stdout
+    missing = runner.invoke(app, ["cluster", "local", "env", "--name", "no-such-cluster"])
+    assert missing.exit_code == 1 and "rayloop cluster local up" in missing.output

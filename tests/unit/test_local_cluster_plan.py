@@ -1,0 +1,75 @@
+"""The local multi-node cluster's layout, without starting it: addresses, interface names, the
+`ip` commands and every node's environment (the cluster itself: tests/e2e/test_local_cluster.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
+from rayloop.control.local_cluster import LocalCluster, netns_commands, node_env, plan
+from rayloop.errors import ClusterError
+from rayloop.runtime import LOOPBACK_ENV
+
+
+def test_the_plan_puts_a_cpu_less_head_and_pinned_workers_on_one_private_subnet(tmp_path):
+    cluster = plan("t", workers=3, subnet=7, token_path=tmp_path / "token")
+    subnet = ipaddress.ip_network("10.213.7.0/24")
+    assert [n.name for n in cluster.nodes] == ["head", "w1", "w2", "w3"]
+    assert cluster.head.num_cpus == 0 and all(w.num_cpus == 1 for w in cluster.workers)
+    assert [w.resources for w in cluster.workers] == [{"w1": 1.0}, {"w2": 1.0}, {"w3": 1.0}]
+    addresses = [cluster.host_ip, *(n.ip for n in cluster.nodes)]
+    assert len(set(addresses)) == len(addresses)
+    assert all(ipaddress.ip_address(a) in subnet and ipaddress.ip_address(a).is_private for a in addresses)
+    assert cluster.address == "10.213.7.2:6379" and cluster.dashboard == "http://10.213.7.2:8265"
+    assert len({n.namespace for n in cluster.nodes}) == 4
+    # every node's scratch is its own, and none is inside the shared directory
+    scratches = [cluster.scratch(n) for n in cluster.nodes]
+    assert len(set(scratches)) == 4 and not any(cluster.shared in s.parents for s in scratches)
+    assert Path(cluster.storage).parent == cluster.shared
+    assert LocalCluster.from_dict(json.loads(json.dumps(cluster.to_dict()))) == cluster
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"workers": 0}, "workers must be"), ({"subnet": 255}, "subnet must be"), ({"name": "a b"}, "cluster name")],
+)
+def test_the_plan_refuses_what_it_cannot_build(tmp_path, kwargs, message):
+    args = {"name": "t", "token_path": tmp_path / "token", **kwargs}
+    with pytest.raises(ClusterError, match=message):
+        plan(**args)
+
+
+def test_the_commands_add_no_route_nat_or_forwarding_and_fit_linux_interface_names(tmp_path):
+    cluster = plan("t", workers=12, subnet=254, token_path=tmp_path / "token")
+    cmds = netns_commands(cluster)
+    words = {w for cmd in cmds for w in cmd}
+    assert not words & {"route", "iptables", "nft", "masquerade", "forwarding", "ip_forward"}
+    created = [cmd[3] for cmd in cmds if cmd[:3] == ["ip", "link", "add"]]
+    created += [cmd[-1] for cmd in cmds if "peer" in cmd]
+    assert created and all(len(name) <= 15 for name in created)
+    # the only address outside a namespace is this machine's side of the bridge
+    outside = [cmd for cmd in cmds if cmd[:3] == ["ip", "addr", "add"]]
+    assert outside == [["ip", "addr", "add", f"{cluster.host_ip}/24", "dev", cluster.bridge]]
+    for node in cluster.nodes:
+        assert ["ip", "-n", node.namespace, "addr", "add", f"{node.ip}/24", "dev", "eth0"] in cmds
+
+
+def test_every_node_shares_the_home_keeps_its_own_scratch_and_uses_token_auth(tmp_path):
+    cluster = plan("t", workers=2, subnet=9, token_path=tmp_path / "token")
+    envs = {n.name: node_env(cluster, n, {"RAY_AUTH_TOKEN": "must-not-travel"}) for n in cluster.nodes}
+    assert {env[HOME_ENV_VAR] for env in envs.values()} == {str(cluster.shared)}
+    assert len({env["RAY_TMPDIR"] for env in envs.values()}) == 3
+    assert len({env["TMPDIR"] for env in envs.values()}) == 3
+    for node in cluster.nodes:
+        env = envs[node.name]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "token")
+        assert "RAY_AUTH_TOKEN" not in env
+        assert env[LOOPBACK_ENV] == "1"  # Ray takes the bridge address as the node's IP
+        assert env["MLFLOW_TRACKING_URI"] == cluster.mlflow_uri
+        if HAPROXY_BIND_HOST_ENV_VAR in env:  # Serve's ingress listens on the node's own address
+            assert env[HAPROXY_BIND_HOST_ENV_VAR] == node.ip
+            assert str(cluster.scratch(node)) in env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
