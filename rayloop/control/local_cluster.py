@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +48,7 @@ __all__ = [
     "load",
     "namespace_pids",
     "netns_commands",
+    "node_command",
     "node_env",
     "plan",
     "up",
@@ -258,8 +261,17 @@ def _ray_start(cluster: LocalCluster, node: Node, temp_dir: Path) -> list[str]:
     return cmd
 
 
-def _in_namespace(node: Node, cmd: Sequence[str]) -> list[str]:
-    return ["ip", "netns", "exec", node.namespace, *cmd]
+def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[str]:
+    """`cmd` on `node`: in its network namespace, and in a mount namespace (`ip netns exec`
+    makes one, its mounts do not reach this machine's) where every other node's scratch
+    directory is an empty read-only tmpfs. A file one node writes to its scratch and another node
+    reads fails there as it would on two machines; only the shared directory is shared."""
+    hide = [str(cluster.scratch(other)) for other in cluster.nodes if other.name != node.name]
+    mounts = [
+        f"mkdir -p {shlex.quote(p)} && mount -t tmpfs -o ro,size=16k rayloop-other-node {shlex.quote(p)}" for p in hide
+    ]
+    script = " && ".join([*mounts, 'exec "$@"'])
+    return ["ip", "netns", "exec", node.namespace, "sh", "-c", script, "rayloop-node", *cmd]
 
 
 def _run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -283,11 +295,16 @@ def _check_can_build() -> None:
 
 
 def _used_subnets() -> set[int]:
-    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
-    used = set()
-    for token in out.split():
-        if token.startswith(f"{SUBNET_BASE}."):
-            used.add(int(token.split(".")[2]))
+    """Subnets k taken on this machine: by an address in 10.213.k.0/24 or by an interface of
+    ours (rlbr<k>, rlv<k>...) that a crashed run left behind."""
+    addrs = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    used = {int(t.split(".")[2]) for t in addrs.split() if t.startswith(f"{SUBNET_BASE}.")}
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        fields = line.split(":", 2)
+        found = re.match(r"rl(?:br|v)(\d+)", fields[1].strip()) if len(fields) == 3 else None
+        if found:
+            used.add(int(found.group(1)))
     return used
 
 
@@ -348,7 +365,7 @@ def _start_node(cluster: LocalCluster, node: Node, extra_env: Mapping[str, str] 
     env = node_env(cluster, node, extra_env)
     temp_dir = paths.ensure_ray_temp_dir(scratch / "ray")
     env["RAY_TMPDIR"] = str(temp_dir)
-    _run(_in_namespace(node, _ray_start(cluster, node, temp_dir)), env=env, timeout=180)
+    _run(node_command(cluster, node, _ray_start(cluster, node, temp_dir)), env=env, timeout=180)
 
 
 def _start_mlflow(cluster: LocalCluster, extra_env: Mapping[str, str] | None) -> None:
@@ -378,7 +395,9 @@ def _start_mlflow(cluster: LocalCluster, extra_env: Mapping[str, str] | None) ->
         f"{head.ip}:{MLFLOW_PORT},{head.ip},localhost:{MLFLOW_PORT}",
     ]
     log = open(Path(cluster.root) / "logs" / "mlflow-server.log", "ab")  # noqa: SIM115  (the child keeps it)
-    subprocess.Popen(_in_namespace(head, cmd), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    subprocess.Popen(
+        node_command(cluster, head, cmd), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     _wait_http(f"{cluster.mlflow_uri}/health", 120.0, "the MLflow server")
 
 
@@ -450,6 +469,8 @@ def down(name: str = "local", *, keep_shared: bool = True, grace_s: float = 10.0
     root = Path(cluster.root)
     terminate([pid for node in cluster.nodes for pid in namespace_pids(node.namespace)], grace_s)
     for node in cluster.nodes:
+        # deleting our end removes the pair even while a dying process still holds the namespace
+        subprocess.run(["ip", "link", "del", node.host_veth], capture_output=True)
         subprocess.run(["ip", "netns", "del", node.namespace], capture_output=True)
     subprocess.run(["ip", "link", "del", cluster.bridge], capture_output=True)
     for node in cluster.nodes:

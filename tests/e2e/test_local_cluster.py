@@ -93,6 +93,40 @@ def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_w
     assert tmps == [found.scratch(w) / "tmp" for w in found.workers]  # each node's own scratch
 
 
+SCRATCH = """
+import json, os, ray
+ray.init()
+@ray.remote(num_cpus=0)
+def write():
+    path = os.path.join(os.environ["TMPDIR"], "written-on-w1.txt")
+    open(path, "w").write("w1")
+    return path
+def read_here(path):
+    try:
+        return open(path).read()
+    except OSError as exc:
+        return type(exc).__name__
+read = ray.remote(num_cpus=0)(read_here)
+path = ray.get(write.options(resources={"w1": 0.01}).remote())
+on = {w: ray.get(read.options(resources={w: 0.01}).remote(path)) for w in ("w1", "w2")}
+print("RESULT " + json.dumps({"path": path, **on, "head": read_here(path)}))
+"""
+
+
+def test_a_file_in_one_nodes_scratch_cannot_be_read_on_another_node(cluster):
+    found, _ = cluster
+    client = jobs.client(found.dashboard)
+    sid = client.submit_job(entrypoint=f"python -c {shlex.quote(SCRATCH)}")
+    wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
+    logs = client.get_job_logs(sid)
+    assert client.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
+    result = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULT "))[7:])
+    assert Path(result["path"]).parent == found.scratch(found.workers[0]) / "tmp"
+    assert result["w1"] == "w1"  # the node that wrote it reads it
+    assert result["w2"] == "FileNotFoundError" and result["head"] == "FileNotFoundError"
+    assert Path(result["path"]).read_text() == "w1"  # this machine sees every node's disk
+
+
 def test_the_mlflow_server_on_the_head_serves_the_registry_to_this_machine(cluster):
     found, _ = cluster
     assert httpx.get(f"{found.mlflow_uri}/health", timeout=10).status_code == 200

@@ -73,3 +73,16 @@ def test_every_node_shares_the_home_keeps_its_own_scratch_and_uses_token_auth(tm
         if HAPROXY_BIND_HOST_ENV_VAR in env:  # Serve's ingress listens on the node's own address
             assert env[HAPROXY_BIND_HOST_ENV_VAR] == node.ip
             assert str(cluster.scratch(node)) in env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+
+
+def test_a_node_runs_in_its_namespace_with_every_other_nodes_scratch_hidden(tmp_path):
+    from rayloop.control.local_cluster import node_command
+
+    cluster = plan("t", workers=2, subnet=9, token_path=tmp_path / "token")
+    w1 = cluster.workers[0]
+    cmd = node_command(cluster, w1, ["ray", "start", "--address=x"])
+    assert cmd[:4] == ["ip", "netns", "exec", w1.namespace] and cmd[-3:] == ["ray", "start", "--address=x"]
+    script = cmd[cmd.index("-c") + 1]
+    for other in (cluster.head, cluster.workers[1]):
+        assert f"mount -t tmpfs -o ro,size=16k rayloop-other-node {cluster.scratch(other)}" in script
+    assert str(cluster.scratch(w1)) not in script and script.endswith('exec "$@"')
