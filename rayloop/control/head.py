@@ -130,6 +130,8 @@ def stop_session(session_dir: str, grace_s: float = 15.0) -> None:
     lives under RAYLOOP_HOME/haproxy/<node id>)."""
     import psutil
 
+    if not session_dir:  # "" names every process: never stop by it
+        raise ValueError("stop_session needs a session dir")
     node_ids: set[str] = set()
     victims: dict[int, psutil.Process] = {}
     for proc, line in _processes_naming([session_dir]):

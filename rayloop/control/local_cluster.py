@@ -32,7 +32,7 @@ from typing import Any
 
 from rayloop import paths
 from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
-from rayloop.control.head import head_env, ray_executable, terminate
+from rayloop.control.head import LocalHead, head_env, ray_executable, terminate
 from rayloop.errors import ClusterError
 from rayloop.runtime import LOOPBACK_ENV, ensure_auth_token
 
@@ -131,6 +131,13 @@ class LocalCluster:
             "RAY_AUTH_TOKEN_PATH": self.token_path,
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
         }
+
+    def client_head(self) -> LocalHead:
+        """The cluster as a client on this machine sees it (Jobs API, dashboard, token): what
+        rayloop's helpers for a local head take."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != HOME_ENV_VAR}
+        env |= self.client_env() | {HOME_ENV_VAR: str(self.shared)}
+        return LocalHead(self.address, self.dashboard, session_dir="", env=env)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

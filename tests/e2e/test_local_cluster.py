@@ -171,3 +171,45 @@ def test_the_cli_shows_the_nodes_and_its_exports_let_ray_job_submit_reach_the_cl
     assert "hello from head" in done.stdout
     missing = runner.invoke(app, ["cluster", "local", "env", "--name", "no-such-cluster"])
     assert missing.exit_code == 1 and "rayloop cluster local up" in missing.output
+
+
+def test_the_preprocess_gives_the_same_holdout_rejects_and_counts_on_one_node_and_on_three(
+    cluster, ray_head, monkeypatch
+):
+    """Read, validation, rejects, splits and holdout writes run as Ray tasks on both workers of
+    the cluster (the CPU-less head runs none) and on the one node of `ray_head`: the same data
+    gives the same files. Three Parquet files, so the cluster's reads spread over its nodes."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from rayloop.constants import HOME_ENV_VAR
+    from rayloop.preprocess import PreprocessRun
+    from tests.support import last_json, run_job
+
+    found, _ = cluster
+    args = ["python", "-m", "workloads.preprocess", "--config", "configs/demo.yaml"]
+    for item in ("data.synthetic.n_rows=6000", "data.synthetic.rows_per_file=2000", "data.split.method=hash"):
+        args += ["--set", item]
+    one = last_json(run_job(ray_head, f"pre-one-{uuid.uuid4().hex[:6]}", args))
+    three = last_json(run_job(found.client_head(), f"pre-three-{uuid.uuid4().hex[:6]}", args))
+    assert one["rows_rejected"] > 0  # the generator's bad rows: rejects are written
+    for key in ("rows_total", "rows_good", "rows_rejected", "rows_per_split", "split_method", "n_features"):
+        assert three[key] == one[key], key
+    assert Path(three["run_dir"]).is_relative_to(found.shared)
+
+    def rows(directory: Path) -> pa.Table:
+        table = pads.dataset(str(directory), format="parquet").to_table()
+        return table.sort_by([(c, "ascending") for c in table.column_names if not pa.types.is_nested(table[c].type)])
+
+    runs = {}
+    for name, summary, home in (("one", one, os.environ[HOME_ENV_VAR]), ("three", three, str(found.shared))):
+        monkeypatch.setenv(HOME_ENV_VAR, home)
+        runs[name] = PreprocessRun.open(summary["run_id"])
+        runs[name] = {
+            "holdout": rows(runs[name].holdout_dir),
+            "rejects": rows(runs[name].rejects_dir),
+            **{split: rows(runs[name].split_dir(split)) for split in ("train", "validation", "test")},
+        }
+    for part, table in runs["one"].items():
+        assert table.num_rows > 0, part
+        assert runs["three"][part].equals(table.cast(runs["three"][part].schema)), part
