@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from rayloop.config import ConfigSource, RayloopConfig
 from rayloop.errors import ConfigError, RayloopError
-from rayloop.runtime import init_ray
+from rayloop.runtime import check_shared_home, init_ray
 
 __all__ = [
     "EXIT_FAILED",
@@ -65,6 +65,7 @@ def workload_main(
                 check(config)
             configure_logging()
             init_ray()
+            check_shared_home()
             result = run(config)
         except RayloopError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ from rayloop.constants import (
     INGRESS_ENV_VAR,
     PROGRESS_ENV_VAR,
 )
+from rayloop.errors import ConfigError
 
 __all__ = [
     "free_port",
@@ -34,6 +35,7 @@ __all__ = [
     "auth_token",
     "auth_headers",
     "init_ray",
+    "check_shared_home",
     "configure_data_context",
 ]
 
@@ -275,3 +277,58 @@ def init_ray(
     configure_data_context()
     log.info("started a local Ray cluster (temp dir %s)", temp_dir)
     return True
+
+
+SHARED_HOME_CHECK_S = 60.0  # a node that cannot run the probe in time is reported, not failed
+
+
+def _sees(path: str, nonce: str) -> bool:
+    try:
+        return Path(path).read_text() == nonce
+    except OSError:
+        return False
+
+
+def check_shared_home() -> None:
+    """On a cluster of several nodes, RAYLOOP_HOME must be one directory every node sees (the
+    prod profile's shared volume): tasks write the holdout, the rejects and the feature tables
+    there and the driver reads them back, so a node-local home gives partial results and no
+    error. The driver writes a probe there and a zero-CPU task on every alive node reads it;
+    a node that does not see it is a ConfigError. Nothing to check on one node."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    nonce = uuid.uuid4().hex
+    probe = paths.ensure(paths.home() / ".shared-check") / f"{nonce}.txt"
+    probe.write_text(nonce)
+    try:
+        remote = ray.remote(num_cpus=0, max_retries=0)(_sees)
+        refs = {
+            remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(probe), nonce
+            ): n["NodeManagerAddress"]
+            for n in nodes
+        }
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=SHARED_HOME_CHECK_S)
+        blind = sorted(refs[ref] for ref in ready if not ray.get(ref))
+    finally:
+        probe.unlink(missing_ok=True)
+    if pending:
+        log.warning(
+            "could not check that nodes %s see RAYLOOP_HOME (no answer in %gs)",
+            sorted(refs[ref] for ref in pending),
+            SHARED_HOME_CHECK_S,
+        )
+    if blind:
+        raise ConfigError(
+            f"RAYLOOP_HOME ({paths.home()}) is not one directory on every node: the node(s) "
+            f"{', '.join(blind)} do not see a file this driver wrote there. On a cluster of several "
+            "nodes it must be shared storage (a ReadWriteMany volume, NFS: `home` in "
+            "configs/profiles/prod.yaml), or tasks would write parts of a run where the driver "
+            "never reads them"
+        )

@@ -16,9 +16,10 @@ import httpx
 import psutil
 import pytest
 
+from rayloop.config import ConfigSource
 from rayloop.control import jobs, local_cluster
 from rayloop.control.local_cluster import LocalCluster
-from tests.support import wait_for
+from tests.support import ROOT, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -213,3 +214,23 @@ def test_the_preprocess_gives_the_same_holdout_rejects_and_counts_on_one_node_an
     for part, table in runs["one"].items():
         assert table.num_rows > 0, part
         assert runs["three"][part].equals(table.cast(runs["three"][part].schema)), part
+
+
+def test_a_workload_whose_home_is_not_shared_stops_with_a_config_error_naming_the_nodes(cluster):
+    """RAYLOOP_HOME pointed at the head's own scratch (node-local: the workers cannot see it)."""
+    found, _ = cluster
+    local_home = found.scratch(found.head) / "tmp" / "home"
+    sid = jobs.submit_workload(
+        "preprocess",
+        f"unshared-{uuid.uuid4().hex[:6]}",
+        source=ConfigSource(overrides=("data.synthetic.n_rows=2000",)),
+        working_dir=str(ROOT),
+        env={"RAYLOOP_HOME": str(local_home)},
+        address=found.dashboard,
+    )
+    info = wait_for(lambda: (i := jobs.job_info(sid, found.dashboard)) and i.finished and i, 180, what="the job")
+    logs = jobs.client(found.dashboard).get_job_logs(sid)
+    assert info.status == "FAILED", logs[-2000:]
+    assert "is not one directory on every node" in logs
+    assert all(w.ip in logs for w in found.workers) and "Traceback" not in logs
+    assert not (local_home / "runs").exists()  # stopped before any work
