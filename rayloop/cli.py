@@ -234,6 +234,26 @@ def cluster_local_env(name: ClusterNameOpt = "local") -> None:
         typer.echo(f"export {key}={shlex.quote(value)}")
 
 
+@local_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def cluster_local_exec(
+    ctx: typer.Context,
+    name: ClusterNameOpt = "local",
+    node: Annotated[str, typer.Option(help="the node to run on: head, w1, w2, ...")] = "head",
+) -> None:
+    """Run a command on a node, as a process of that node (its namespaces, its environment,
+    RAY_ADDRESS set): `rayloop cluster local exec -- rayloop serve --detach`. Ray drivers
+    (`rayloop serve`, `rayloop monitor`, `ray.init`) need a node of the cluster to run on."""
+    try:
+        found = local_cluster.load(name)
+        args = list(ctx.args)
+        if not args:
+            _usage("give the command after --, e.g. `rayloop cluster local exec -- rayloop status`")
+        done = local_cluster.run_on(found, node, args)
+    except RayloopError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(done)
+
+
 @local_app.command("status")
 def cluster_local_status(name: ClusterNameOpt = "local") -> None:
     """The cluster's nodes as its head sees them."""

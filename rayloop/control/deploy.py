@@ -7,7 +7,7 @@ import time
 
 from rayloop import paths
 from rayloop.config import ConfigSource, ServingConfig
-from rayloop.constants import HOME_ENV_VAR
+from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
 from rayloop.serving.app_args import TabularAppArgs
 
 __all__ = ["APP_NAME", "IMPORT_PATH", "app_url", "deploy", "wait_for_version"]
@@ -63,7 +63,11 @@ def deploy(
 
 
 def app_url(serving: ServingConfig, route_prefix: str = "/") -> str:
-    host = "127.0.0.1" if serving.host in ("0.0.0.0", "::") else serving.host
+    """The app's URL from this node. For "any" interface that is HAProxy's bind host, which
+    rayloop's wrapper gives the listener (RAYLOOP_HAPROXY_BIND_HOST: 127.0.0.1 on one machine, a
+    node's own address on a cluster)."""
+    any_host = os.environ.get(HAPROXY_BIND_HOST_ENV_VAR, "127.0.0.1")
+    host = any_host if serving.host in ("0.0.0.0", "::") else serving.host
     return f"http://{host}:{serving.port}{route_prefix.rstrip('/')}"
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "node_command",
     "node_env",
     "plan",
+    "run_on",
     "up",
 ]
 
@@ -232,16 +233,23 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
     )
     env.pop("RAY_AUTH_TOKEN", None)
     if "RAY_SERVE_ENABLE_HA_PROXY" in env:
-        state = scratch / "haproxy"
-        env.update(
-            {
-                HAPROXY_BIND_HOST_ENV_VAR: node.ip,
-                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
-                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
-                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
-            }
-        )
+        # HAProxy listens on the node's own address. Its state paths stay the same on every node
+        # (under this machine's RAYLOOP_HOME, where every node can write): Serve's HAProxy
+        # managers on the workers used the head's paths whatever their own environment said
+        # (Ray scopes them per node id), so a per-node path failed on the other nodes.
+        env[HAPROXY_BIND_HOST_ENV_VAR] = node.ip
     return env
+
+
+def run_on(cluster: LocalCluster, node_name: str, cmd: Sequence[str]) -> int:
+    """Run `cmd` as a process of one node (its namespaces and environment, RAY_ADDRESS set to the
+    cluster), in this directory, attached to this terminal; its exit code."""
+    nodes = {node.name: node for node in cluster.nodes}
+    if node_name not in nodes:
+        raise ClusterError(f"no node {node_name!r} in local cluster {cluster.name!r}: {sorted(nodes)}")
+    node = nodes[node_name]
+    env = node_env(cluster, node) | {"RAY_ADDRESS": cluster.address}
+    return subprocess.run(node_command(cluster, node, cmd), env=env).returncode
 
 
 def _ray_start(cluster: LocalCluster, node: Node, temp_dir: Path) -> list[str]:

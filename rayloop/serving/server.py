@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -89,6 +90,14 @@ def _replica_id() -> str | None:
     try:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (unit tests)
+        return None
+
+
+def _node_ip() -> str | None:
+    """The address of the node this replica runs on (which node answered, on a cluster)."""
+    try:
+        return ray.util.get_node_ip_address()
+    except Exception:  # outside Ray (unit tests)
         return None
 
 
@@ -475,7 +484,7 @@ class TabularServer:
             return refused
         if self.state is None:
             return _json(503, {"detail": "no model loaded yet"}, {"Retry-After": "1"})
-        return JSONResponse({**self.state.info, "replica": _replica_id()})
+        return JSONResponse({**self.state.info, "replica": _replica_id(), "node": _node_ip()})
 
     @app.get("/healthz", summary="Liveness: 200 once a model is loaded")
     async def healthz(self) -> Response:

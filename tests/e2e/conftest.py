@@ -7,11 +7,17 @@ when both run in one pytest session.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import uuid
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
+from rayloop.control import local_cluster as clusters
 from rayloop.control.head import LocalHead, start_head
+from rayloop.control.local_cluster import LocalCluster
 from rayloop.runtime import free_port
 
 
@@ -32,3 +38,29 @@ def ray_head(rayloop_home) -> Iterator[LocalHead]:
         yield head
     finally:
         head.stop(grace_s=10)
+
+
+def listeners() -> set[tuple[str, int]]:
+    """Listening TCP sockets of this machine's own network namespace."""
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN"}
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[tuple[LocalCluster, set[tuple[str, int]]]]:
+    """`rayloop cluster local up`: a CPU-less head and two worker nodes of 2 logical CPUs each (a
+    Serve replica and a training worker fit on each), every node in its own network namespace.
+    Also yields this machine's listening sockets from before it started. Network namespaces need
+    root, as a GPU test needs a GPU: CI runs as root."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    before = listeners()
+    name = f"e2e{uuid.uuid4().hex[:4]}"
+    started = clusters.up(name, workers=2, cpus_per_worker=2)
+    try:
+        yield started, before
+    finally:
+        namespaces = [n.namespace for n in started.nodes]
+        clusters.down(name, keep_shared=False)
+        assert not [pid for ns in namespaces for pid in clusters.namespace_pids(ns)]
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(ns in left for ns in namespaces)

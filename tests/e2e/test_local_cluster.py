@@ -9,23 +9,18 @@ import os
 import shlex
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from rayloop.config import ConfigSource
-from rayloop.control import jobs, local_cluster
-from rayloop.control.local_cluster import LocalCluster
+from rayloop.control import jobs
+from rayloop.control import local_cluster as clusters
+from tests.e2e.conftest import listeners
 from tests.support import ROOT, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    # network namespaces need CAP_NET_ADMIN, as a GPU test needs a GPU (CI runs as root)
-    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-]
+pytestmark = pytest.mark.slow
 
 WHERE = """
 import json, os, socket, ray
@@ -40,34 +35,14 @@ print("RESULT " + json.dumps({"tasks": found, "driver": driver}))
 """
 
 
-def _listeners() -> set[tuple[str, int]]:
-    """Listening TCP sockets of this machine's own network namespace."""
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN"}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[LocalCluster, set[tuple[str, int]]]]:
-    before = _listeners()
-    name = f"e2e{uuid.uuid4().hex[:4]}"
-    started = local_cluster.up(name, workers=2)
-    try:
-        yield started, before
-    finally:
-        namespaces = [n.namespace for n in started.nodes]
-        local_cluster.down(name, keep_shared=False)
-        assert not [pid for ns in namespaces for pid in local_cluster.namespace_pids(ns)]
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not any(ns in left for ns in namespaces)
-
-
-def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_namespaces(cluster):
-    found, before = cluster
-    assert local_cluster.alive_nodes(found) == {n.ip: "ALIVE" for n in found.nodes}
+def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_namespaces(local_cluster):
+    found, before = local_cluster
+    assert clusters.alive_nodes(found) == {n.ip: "ALIVE" for n in found.nodes}
     # the dashboard refuses a request without the token
     refused = httpx.get(f"{found.dashboard}/api/v0/nodes", timeout=10)
     assert refused.status_code in (401, 403)
     # every listener of the cluster is inside a namespace: this one gained none
-    assert _listeners() - before == set()
+    assert listeners() - before == set()
     # and inside one, no node listens on anything but its bridge address, loopback or "any"
     # (which there means the bridge and loopback only)
     for node in found.nodes:
@@ -79,8 +54,8 @@ def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_name
         assert hosts and hosts <= {node.ip, "127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]"}, hosts
 
 
-def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_worker(cluster):
-    found, _ = cluster
+def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_worker(local_cluster):
+    found, _ = local_cluster
     client = jobs.client(found.dashboard)
     sid = client.submit_job(entrypoint=f"python -c {shlex.quote(WHERE)}")
     wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
@@ -114,8 +89,8 @@ print("RESULT " + json.dumps({"path": path, **on, "head": read_here(path)}))
 """
 
 
-def test_a_file_in_one_nodes_scratch_cannot_be_read_on_another_node(cluster):
-    found, _ = cluster
+def test_a_file_in_one_nodes_scratch_cannot_be_read_on_another_node(local_cluster):
+    found, _ = local_cluster
     client = jobs.client(found.dashboard)
     sid = client.submit_job(entrypoint=f"python -c {shlex.quote(SCRATCH)}")
     wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
@@ -128,21 +103,21 @@ def test_a_file_in_one_nodes_scratch_cannot_be_read_on_another_node(cluster):
     assert Path(result["path"]).read_text() == "w1"  # this machine sees every node's disk
 
 
-def test_the_mlflow_server_on_the_head_serves_the_registry_to_this_machine(cluster):
-    found, _ = cluster
+def test_the_mlflow_server_on_the_head_serves_the_registry_to_this_machine(local_cluster):
+    found, _ = local_cluster
     assert httpx.get(f"{found.mlflow_uri}/health", timeout=10).status_code == 200
     listed = httpx.get(f"{found.mlflow_uri}/api/2.0/mlflow/experiments/search", params={"max_results": 5}, timeout=10)
     assert listed.status_code == 200 and listed.json()["experiments"][0]["name"] == "Default"
     assert (found.shared / "mlflow" / "mlflow.db").exists()  # its store is on the shared volume
 
 
-def test_the_cli_shows_the_nodes_and_its_exports_let_ray_job_submit_reach_the_cluster(cluster):
+def test_the_cli_shows_the_nodes_and_its_exports_let_ray_job_submit_reach_the_cluster(local_cluster):
     from typer.testing import CliRunner
 
     from rayloop.cli import app
     from rayloop.control.head import ray_executable
 
-    found, _ = cluster
+    found, _ = local_cluster
     runner = CliRunner()
     status = runner.invoke(app, ["cluster", "local", "status", "--name", found.name], terminal_width=200)
     assert status.exit_code == 0, status.output
@@ -175,7 +150,7 @@ def test_the_cli_shows_the_nodes_and_its_exports_let_ray_job_submit_reach_the_cl
 
 
 def test_the_preprocess_gives_the_same_holdout_rejects_and_counts_on_one_node_and_on_three(
-    cluster, ray_head, monkeypatch
+    local_cluster, ray_head, monkeypatch
 ):
     """Read, validation, rejects, splits and holdout writes run as Ray tasks on both workers of
     the cluster (the CPU-less head runs none) and on the one node of `ray_head`: the same data
@@ -187,7 +162,7 @@ def test_the_preprocess_gives_the_same_holdout_rejects_and_counts_on_one_node_an
     from rayloop.preprocess import PreprocessRun
     from tests.support import last_json, run_job
 
-    found, _ = cluster
+    found, _ = local_cluster
     args = ["python", "-m", "workloads.preprocess", "--config", "configs/demo.yaml"]
     for item in ("data.synthetic.n_rows=6000", "data.synthetic.rows_per_file=2000", "data.split.method=hash"):
         args += ["--set", item]
@@ -216,9 +191,9 @@ def test_the_preprocess_gives_the_same_holdout_rejects_and_counts_on_one_node_an
         assert runs["three"][part].equals(table.cast(runs["three"][part].schema)), part
 
 
-def test_a_workload_whose_home_is_not_shared_stops_with_a_config_error_naming_the_nodes(cluster):
+def test_a_workload_whose_home_is_not_shared_stops_with_a_config_error_naming_the_nodes(local_cluster):
     """RAYLOOP_HOME pointed at the head's own scratch (node-local: the workers cannot see it)."""
-    found, _ = cluster
+    found, _ = local_cluster
     local_home = found.scratch(found.head) / "tmp" / "home"
     sid = jobs.submit_workload(
         "preprocess",

@@ -308,3 +308,15 @@ def test_response_json_round_trips_floats_exactly_and_never_writes_nan():
     assert json.loads(json_bytes({"p": probabilities}))["p"] == probabilities  # exact, not approximate
     text = json_bytes({"a": math.nan, "b": math.inf, "c": [1, "x", None]})
     assert json.loads(text) == {"a": None, "b": None, "c": [1, "x", None]}  # valid JSON, NaN as null
+
+
+def test_the_apps_url_for_any_interface_is_haproxys_bind_host_of_this_node(monkeypatch):
+    from rayloop.config import ServingConfig
+    from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR
+    from rayloop.control.deploy import app_url
+
+    monkeypatch.delenv(HAPROXY_BIND_HOST_ENV_VAR, raising=False)
+    assert app_url(ServingConfig(host="0.0.0.0", port=8000)) == "http://127.0.0.1:8000"
+    monkeypatch.setenv(HAPROXY_BIND_HOST_ENV_VAR, "10.213.1.2")  # a node of a cluster
+    assert app_url(ServingConfig(host="0.0.0.0", port=8000), "/v2/") == "http://10.213.1.2:8000/v2"
+    assert app_url(ServingConfig(host="127.0.0.1", port=8000)) == "http://127.0.0.1:8000"
