@@ -21,7 +21,7 @@ from rayloop import doctor as checks
 from rayloop.config import ConfigSource, RayloopConfig, load_profile
 from rayloop.constants import HOME_ENV_VAR
 from rayloop.control import demo as demo_lib
-from rayloop.control import local_cluster
+from rayloop.control import jobs, local_cluster
 from rayloop.control.monitor_actor import start_model_monitor, stop_monitor
 from rayloop.control.pipeline import run_pipeline
 from rayloop.control.train import train_and_register, tune_and_register
@@ -210,7 +210,7 @@ def cluster_local_up(
         started = local_cluster.up(name, workers=workers, cpus_per_worker=cpus_per_worker)
     except RayloopError as exc:
         raise _fail(exc) from None
-    _print_local_cluster(started)
+    _print_local_cluster(started, local_cluster.alive_nodes(started))
 
 
 @local_app.command("down")
@@ -501,26 +501,93 @@ def status(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     events: Annotated[int, typer.Option(help="how many audit events to show")] = 15,
-    address: Annotated[str | None, typer.Option(help="a running cluster: also show the Serve application")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="a running cluster: its dashboard URL (http://HEAD:8265: read through the Jobs API, from "
+            "any machine with the token) or its GCS address (joins as a driver; also shows Serve)"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as one JSON document")] = False,
 ) -> None:
     """Champion and challenger, the monitor, retrain jobs and their outcome, recent decisions, Serve."""
-    cfg = _config(config, set_)
+    if address and address.startswith(("http://", "https://")):
+        doc = _remote_status(address, config, set_, events)
+    else:
+        cfg = _config(config, set_)
+        serve_address = address or os.environ.get("RAY_ADDRESS")
+        doc = _status_doc(cfg, events, serve_address)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    _print_status(doc)
+
+
+def _status_doc(cfg: RayloopConfig, events: int, serve_address: str | None) -> dict:
+    """What `rayloop status` shows, as data: the registry (MLflow), the audit trail and the
+    monitor's saved state (RAYLOOP_HOME or monitoring.storage) and, with a cluster, Serve."""
     name = cfg.registry.model_name
-    table = Table(title=f"model {name}")
-    table.add_column("alias")
-    table.add_column("version", justify="right")
-    table.add_column("task")
-    table.add_column("test metrics", justify="right")
-    table.add_column("gate")
-    table.add_column("trained")
     mlflow_client = registry.client()
-    placements = []
+    aliases = []
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         version = registry.resolve_version(name, alias)
+        tags = mlflow_client.get_model_version(name, version).tags if version else {}
+        aliases.append({"alias": alias, "version": version, "tags": dict(tags)})
+    root = cfg.monitoring.storage or str(paths.home())
+    saved = MonitorCore.read_state(root, name)
+    return {
+        "model": name,
+        "aliases": aliases,
+        "audit_log": str(paths.audit_log()),
+        "events": audit.read(limit=events),
+        "monitor_root": root,
+        "monitor": summarize_state(name, saved, cfg.monitoring) if saved is not None else None,
+        "serve": _serve_rows(serve_address) if serve_address else None,
+    }
+
+
+def _remote_status(dashboard: str, config: Path | None, set_: list[str] | None, events: int) -> dict:
+    """`rayloop status --json` run on the cluster as a job (its head sees the shared state, the
+    monitor's files, the registry and Serve), submitted and read back through the Jobs API."""
+    import uuid
+
+    args = ["rayloop", "status", "--json", "--events", str(events)]
+    if config is not None:
+        args += ["--config", str(config)]  # a path on the cluster
+    for item in set_ or []:
+        args += ["--set", item]
+    sid = f"rayloop-status-{uuid.uuid4().hex[:8]}"
+    jobs_client = jobs.client(dashboard)
+    try:
+        jobs_client.submit_job(entrypoint=shlex.join(args), submission_id=sid, metadata={"rayloop.kind": "status"})
+        deadline = time.monotonic() + 120
+        while not (info := jobs.job_info(sid, client_=jobs_client)) or not info.finished:
+            if time.monotonic() > deadline:
+                _usage(f"the status job {sid} did not finish in 120 s (`ray job logs {sid}`)")
+            time.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001  (no cluster there, no token: say so in one line)
+        if isinstance(exc, typer.Exit):
+            raise
+        console.print(f"[red]cannot read the status through {dashboard}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    logs = jobs_client.get_job_logs(sid)
+    if info.status != "SUCCEEDED":
+        console.print(f"[red]the status job {sid} {info.status}:[/red]\n{logs[-2000:]}")
+        raise typer.Exit(1)
+    return json.loads(logs[logs.rindex("\n{\n") + 1 if "\n{\n" in logs else logs.index("{") : logs.rindex("}") + 1])
+
+
+def _print_status(doc: dict) -> None:
+    name = doc["model"]
+    table = Table(title=f"model {name}")
+    for column in ("alias", "version", "task", "test metrics", "gate", "trained"):
+        table.add_column(column, justify="right" if column in ("version", "test metrics") else "left")
+    placements = []
+    for row in doc["aliases"]:
+        alias, version, tags = row["alias"], row["version"], row["tags"]
         if version is None:
             table.add_row(alias, "-", "", "", "", "")
             continue
-        tags = mlflow_client.get_model_version(name, version).tags
         task = tags.get("rayloop.task", "binary")
         shown = ", ".join(
             f"{m} {tags[f'rayloop.test_{m}']}" for m in TASK_METRICS.get(task, ()) if f"rayloop.test_{m}" in tags
@@ -537,13 +604,13 @@ def status(
     console.print(table)
     for line in placements:
         console.print(line, highlight=False)
-    log = Table(title=f"latest decisions ({paths.audit_log()})")
+    log = Table(title=f"latest decisions ({doc['audit_log']})")
     log.add_column("time")
     log.add_column("event", no_wrap=True, min_width=len("promotion_refused"))
     log.add_column("model")
     log.add_column("version", justify="right")
     log.add_column("detail")
-    for entry in audit.read(limit=events):
+    for entry in doc["events"]:
         detail = entry.get("reason") or (f"from {entry['previous']}" if entry.get("previous") else "")
         if not detail and entry.get("outcome"):
             detail = f"{entry['outcome']}: {entry.get('detail') or ''}"
@@ -553,42 +620,48 @@ def status(
             entry["time"], entry["event"], str(entry.get("model", "")), str(entry.get("version", "")), str(detail)
         )
     console.print(log)
-    _print_monitor(cfg)
-    if address or os.environ.get("RAY_ADDRESS"):
-        _print_serve(address)
+    if doc["monitor"] is None:
+        console.print(f"monitor: no state for {name} under {doc['monitor_root']} (it starts with `rayloop serve`)")
+    else:
+        _print_monitor(doc["monitor"])
+    if doc["serve"] is not None:
+        _print_serve(doc["serve"])
 
 
-def _print_serve(address: str | None) -> None:
+def _serve_rows(address: str | None) -> list[list[str]]:
     from ray import serve
 
     init_ray(address)
-    table = Table(title="Serve applications")
-    for column in ("application", "status", "deployment", "deployment status", "replicas"):
-        table.add_column(column)
+    rows = []
     for app_name, app_status in serve.status().applications.items():
         for dep_name, dep in app_status.deployments.items():
             replicas = ", ".join(
                 f"{state.value if hasattr(state, 'value') else state} {n}" for state, n in dep.replica_states.items()
             )
-            table.add_row(
-                app_name,
-                str(app_status.status.value if hasattr(app_status.status, "value") else app_status.status),
-                dep_name,
-                str(dep.status.value if hasattr(dep.status, "value") else dep.status),
-                replicas,
+            rows.append(
+                [
+                    app_name,
+                    str(app_status.status.value if hasattr(app_status.status, "value") else app_status.status),
+                    dep_name,
+                    str(dep.status.value if hasattr(dep.status, "value") else dep.status),
+                    replicas,
+                ]
             )
+    return rows
+
+
+def _print_serve(rows: list[list[str]]) -> None:
+    table = Table(title="Serve applications")
+    for column in ("application", "status", "deployment", "deployment status", "replicas"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
-def _print_monitor(cfg: RayloopConfig) -> None:
-    """The DriftMonitor's state as it last saved it (after every batch), so no Ray connection is needed."""
-    name = cfg.registry.model_name
-    root = cfg.monitoring.storage or str(paths.home())
-    saved = MonitorCore.read_state(root, name)
-    if saved is None:
-        console.print(f"monitor: no state for {name} under {root} (it starts with `rayloop serve`)")
-        return
-    s = summarize_state(name, saved, cfg.monitoring)
+def _print_monitor(s: dict) -> None:
+    """The DriftMonitor's state as it last saved it (after every batch; `summarize_state`)."""
+    name = s["model"]
     table = Table(title=f"monitor {name} (reference version {s['reference_version']}, serving {s['serving_version']})")
     table.add_column("what")
     table.add_column("value")

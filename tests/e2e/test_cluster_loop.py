@@ -5,8 +5,12 @@ retrain job -> gate -> rollout to the replicas on both nodes."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -42,6 +46,21 @@ OVERRIDES = [
 ]
 
 
+def _status_from_elsewhere(found, home) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env |= {"RAYLOOP_HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": found.token_path}
+    done = subprocess.run(
+        [RAYLOOP_CLI, "status", "--address", found.dashboard, "--json", "--set", f"registry.model_name={MODEL}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not any(Path(home).iterdir()), "status wrote local state"
+    return json.loads(done.stdout)
+
+
 def _loop(found) -> dict:
     return (MonitorCore.read_state(str(found.shared), MODEL) or {}).get("loop") or {}
 
@@ -55,7 +74,7 @@ def _nodes_answering(url: str, calls: int = 40) -> dict[str, set[str]]:
     return seen
 
 
-def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_out_to_both(local_cluster):
+def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_out_to_both(local_cluster, tmp_path):
     found, _ = local_cluster
     head = found.client_head()
     pipeline_job(head, "cluster-loop-pipeline", OVERRIDES)
@@ -116,6 +135,7 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
                 60,
                 what="both nodes' replicas on the new version",
             )
+            remote = _status_from_elsewhere(found, tmp_path)
         finally:
             stop.set()
             runner.join(timeout=60)
@@ -131,3 +151,12 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
     # the retrain job ran on the cluster and registered through the MLflow server
     state = MonitorCore.read_state(str(found.shared), MODEL)
     assert state["reference_version"] == new and state["policy"]["decisions"] == 1
+
+    # `rayloop status --address` from a machine with none of the cluster's state (an empty home,
+    # no MLflow URI, no Ray address): the registry, the audit trail, the monitor and Serve
+    aliases = {row["alias"]: row["version"] for row in remote["aliases"]}
+    assert aliases["champion"] == new
+    assert any(e["event"] == "promoted" and str(e.get("version")) == new for e in remote["events"])
+    assert remote["monitor"]["reference_version"] == new and remote["monitor"]["decisions"] == 1
+    assert remote["monitor_root"] == str(found.shared)
+    assert [row[0] for row in remote["serve"]] == ["tabular"] and "RUNNING 2" in remote["serve"][0][4]

@@ -143,3 +143,8 @@ def test_the_cli_promotes_with_exit_1_on_refusal_and_explains_a_rollback_without
     shown = runner.invoke(app, ["status", *name_opt], terminal_width=200)
     assert shown.exit_code == 0
     assert "champion" in shown.output and "promotion_refused" in shown.output and "refused" in shown.output
+    as_json = runner.invoke(app, ["status", *name_opt, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.output)
+    assert {row["alias"]: row["version"] for row in doc["aliases"]}["champion"] == first
+    assert any(e["event"] == "promotion_refused" for e in doc["events"]) and doc["serve"] is None
