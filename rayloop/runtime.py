@@ -319,6 +319,8 @@ def check_shared_home() -> None:
     finally:
         probe.unlink(missing_ok=True)
     if pending:
+        for ref in pending:
+            ray.cancel(ref, force=True)
         log.warning(
             "could not check that nodes %s see RAYLOOP_HOME (no answer in %gs)",
             sorted(refs[ref] for ref in pending),

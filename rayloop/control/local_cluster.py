@@ -43,8 +43,11 @@ __all__ = [
     "SERVE_PORT",
     "LocalCluster",
     "Node",
+    "actor_nodes",
     "alive_nodes",
     "down",
+    "kill_node",
+    "start_node",
     "load",
     "namespace_pids",
     "netns_commands",
@@ -244,10 +247,7 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
 def run_on(cluster: LocalCluster, node_name: str, cmd: Sequence[str]) -> int:
     """Run `cmd` as a process of one node (its namespaces and environment, RAY_ADDRESS set to the
     cluster), in this directory, attached to this terminal; its exit code."""
-    nodes = {node.name: node for node in cluster.nodes}
-    if node_name not in nodes:
-        raise ClusterError(f"no node {node_name!r} in local cluster {cluster.name!r}: {sorted(nodes)}")
-    node = nodes[node_name]
+    node = _node(cluster, node_name)
     env = node_env(cluster, node) | {"RAY_ADDRESS": cluster.address}
     return subprocess.run(node_command(cluster, node, cmd), env=env).returncode
 
@@ -353,7 +353,9 @@ def up(
         raise ClusterError(f"no free {SUBNET_BASE}.k.0/24 subnet on this machine")
     cluster = plan(name, workers=workers, cpus_per_worker=cpus_per_worker, subnet=free[0])
     root = Path(cluster.root)
-    shutil.rmtree(root, ignore_errors=True)
+    # a cluster of this name that was downed keeps its shared directory (registry, runs, logs of
+    # the loop); only the nodes' scratch starts empty
+    shutil.rmtree(root / "nodes", ignore_errors=True)
     for sub in ("shared", "logs"):
         paths.ensure(root / sub)
     state_file(name).write_text(json.dumps(cluster.to_dict(), indent=2))
@@ -449,7 +451,42 @@ def alive_nodes(cluster: LocalCluster) -> dict[str, str]:
     )
     response.raise_for_status()
     rows = response.json()["data"]["result"]["result"]
-    return {row["node_ip"]: row["state"] for row in rows}
+    # a node started again on the same address is a new node: its ALIVE wins over the DEAD one
+    found: dict[str, str] = {}
+    for row in rows:
+        if found.get(row["node_ip"]) != "ALIVE":
+            found[row["node_ip"]] = row["state"]
+    return found
+
+
+def actor_nodes(cluster: LocalCluster, class_name: str) -> dict[str, int]:
+    """{node IP: live actors of `class_name` there} (e.g. "RayTrainWorker"), from the state API."""
+    import httpx
+
+    response = httpx.get(
+        f"{cluster.dashboard}/api/v0/actors",
+        params={"limit": 10000, "detail": 1},
+        headers=_headers(cluster),
+        timeout=30,
+    )
+    response.raise_for_status()
+    ips = {n["node_id"]: n["node_ip"] for n in _nodes_detail(cluster)}
+    counts: dict[str, int] = {}
+    for actor in response.json()["data"]["result"]["result"]:
+        if actor.get("class_name") == class_name and actor.get("state") == "ALIVE":
+            ip = ips.get(actor.get("node_id"), "?")
+            counts[ip] = counts.get(ip, 0) + 1
+    return counts
+
+
+def _nodes_detail(cluster: LocalCluster) -> list[dict]:
+    import httpx
+
+    response = httpx.get(
+        f"{cluster.dashboard}/api/v0/nodes", params={"limit": 1000, "detail": 1}, headers=_headers(cluster), timeout=10
+    )
+    response.raise_for_status()
+    return response.json()["data"]["result"]["result"]
 
 
 def _wait_nodes(cluster: LocalCluster, timeout_s: float) -> None:
@@ -464,6 +501,41 @@ def _wait_nodes(cluster: LocalCluster, timeout_s: float) -> None:
             return
         time.sleep(1.0)
     raise ClusterError(f"nodes not alive after {timeout_s:g} s: want {sorted(want)}, the head sees {seen}")
+
+
+def kill_node(cluster: LocalCluster, name: str) -> int:
+    """SIGKILL every process of one worker node (its raylet, object store, workers, HAProxy): the
+    node is lost as a machine is. Returns how many processes were killed."""
+    node = _node(cluster, name)
+    if node.is_head:
+        raise ClusterError("kill_node takes a worker node; the head is the cluster")
+    import psutil
+
+    victims = []
+    for pid in namespace_pids(node.namespace):
+        try:
+            victims.append(psutil.Process(pid))
+            victims[-1].kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(victims, timeout=10)
+    return len(victims)
+
+
+def start_node(cluster: LocalCluster, name: str, timeout_s: float = 180.0) -> None:
+    """(Re)start one worker node and wait until the head sees it alive (a new node id)."""
+    node = _node(cluster, name)
+    if namespace_pids(node.namespace):
+        raise ClusterError(f"node {name!r} still has processes; kill_node first")
+    _start_node(cluster, node, None)
+    _wait_nodes(cluster, timeout_s)
+
+
+def _node(cluster: LocalCluster, name: str) -> Node:
+    nodes = {node.name: node for node in cluster.nodes}
+    if name not in nodes:
+        raise ClusterError(f"no node {name!r} in local cluster {cluster.name!r}: {sorted(nodes)}")
+    return nodes[name]
 
 
 def namespace_pids(namespace: str) -> list[int]:

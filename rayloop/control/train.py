@@ -462,7 +462,8 @@ def train_and_register(
                 for k, v in first.reported.items()
                 if isinstance(v, (int, float))
                 and math.isfinite(v)
-                and k.startswith(("validation_", "rounds", "best_iteration", "epoch"))
+                # resumed_from: the round (or epoch) a restarted worker group went on from
+                and k.startswith(("validation_", "rounds", "best_iteration", "epoch", "resumed_from"))
             }
         )
         for value, scores_by_slice in slices.items():
