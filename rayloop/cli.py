@@ -574,7 +574,7 @@ def _remote_status(dashboard: str, config: Path | None, set_: list[str] | None, 
     if info.status != "SUCCEEDED":
         console.print(f"[red]the status job {sid} {info.status}:[/red]\n{logs[-2000:]}")
         raise typer.Exit(1)
-    return json.loads(logs[logs.rindex("\n{\n") + 1 if "\n{\n" in logs else logs.index("{") : logs.rindex("}") + 1])
+    return jobs.last_json(logs)
 
 
 def _print_status(doc: dict) -> None:

@@ -158,7 +158,7 @@ def pipeline_job(head: LocalHead, submission_id: str, overrides: list[str]) -> N
 
 def last_json(logs: str) -> dict:
     """The JSON document a workload prints last."""
-    return json.loads(logs[logs.rindex("\n{\n") + 1 : logs.rindex("}") + 1])
+    return jobs.last_json(logs)
 
 
 # ---- faults (tests/integration) ---------------------------------------------------------------

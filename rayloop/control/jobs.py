@@ -8,6 +8,7 @@ DriftMonitor actor) or from a laptop (the dashboard URL).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -18,7 +19,7 @@ from rayloop.config import ConfigSource
 from rayloop.constants import SUBMISSION_ID_ENV_VAR
 from rayloop.runtime import auth_headers
 
-__all__ = ["FINISHED", "JobInfo", "client", "job_info", "retrain_submission_id", "submit_workload"]
+__all__ = ["FINISHED", "JobInfo", "client", "job_info", "last_json", "retrain_submission_id", "submit_workload"]
 
 FINISHED = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -103,3 +104,11 @@ def job_info(submission_id: str, address: str | None = None, *, client_: Any = N
         start_time=(info.start_time / 1000.0) if info.start_time else None,
         end_time=(info.end_time / 1000.0) if info.end_time else None,
     )
+
+
+def last_json(logs: str) -> dict[str, Any]:
+    """The JSON document a workload (or `rayloop status --json`) prints last in its job log."""
+    # the document starts with a "{" line, which may be the log's first: "\n" + logs finds both,
+    # and its index there is the "{"'s in logs
+    start = f"\n{logs}".rindex("\n{\n")
+    return json.loads(logs[start : logs.rindex("}") + 1])

@@ -444,13 +444,7 @@ def _wait_dashboard(cluster: LocalCluster, timeout_s: float) -> None:
 
 def alive_nodes(cluster: LocalCluster) -> dict[str, str]:
     """{node IP: state} of the nodes the head knows, read through the dashboard's state API."""
-    import httpx
-
-    response = httpx.get(
-        f"{cluster.dashboard}/api/v0/nodes", params={"limit": 1000}, headers=_headers(cluster), timeout=10
-    )
-    response.raise_for_status()
-    rows = response.json()["data"]["result"]["result"]
+    rows = _nodes_detail(cluster)
     # a node started again on the same address is a new node: its ALIVE wins over the DEAD one
     found: dict[str, str] = {}
     for row in rows:

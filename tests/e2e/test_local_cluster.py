@@ -54,14 +54,19 @@ def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_name
         assert hosts and hosts <= {node.ip, "127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]"}, hosts
 
 
-def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_worker(local_cluster):
-    found, _ = local_cluster
+def _run_script(found, script: str) -> dict:
+    """`python -c script` as a job submitted from this machine; the JSON it printed after RESULT."""
     client = jobs.client(found.dashboard)
-    sid = client.submit_job(entrypoint=f"python -c {shlex.quote(WHERE)}")
+    sid = client.submit_job(entrypoint=f"python -c {shlex.quote(script)}")
     wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
     logs = client.get_job_logs(sid)
     assert client.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
-    result = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULT "))[7:])
+    return json.loads(next(line for line in logs.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def test_a_job_from_this_machine_runs_its_driver_on_the_head_and_tasks_on_each_worker(local_cluster):
+    found, _ = local_cluster
+    result = _run_script(found, WHERE)
     assert result["driver"] == {"ip": found.head.ip, "node": "head"}
     assert [(t["ip"], t["node"]) for t in result["tasks"]] == [(w.ip, w.name) for w in found.workers]
     assert {t["home"] for t in result["tasks"]} == {str(found.shared)}  # the shared volume
@@ -91,12 +96,7 @@ print("RESULT " + json.dumps({"path": path, **on, "head": read_here(path)}))
 
 def test_a_file_in_one_nodes_scratch_cannot_be_read_on_another_node(local_cluster):
     found, _ = local_cluster
-    client = jobs.client(found.dashboard)
-    sid = client.submit_job(entrypoint=f"python -c {shlex.quote(SCRATCH)}")
-    wait_for(lambda: client.get_job_status(sid).is_terminal(), 180, what="the job to finish")
-    logs = client.get_job_logs(sid)
-    assert client.get_job_status(sid) == "SUCCEEDED", logs[-3000:]
-    result = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULT "))[7:])
+    result = _run_script(found, SCRATCH)
     assert Path(result["path"]).parent == found.scratch(found.workers[0]) / "tmp"
     assert result["w1"] == "w1"  # the node that wrote it reads it
     assert result["w2"] == "FileNotFoundError" and result["head"] == "FileNotFoundError"
