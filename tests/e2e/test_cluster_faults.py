@@ -66,7 +66,8 @@ def test_a_worker_node_lost_during_training_resumes_from_the_last_checkpoint_and
     # the registered run says it went on from a checkpoint, not from round 0
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=found.mlflow_uri)
+    # both URIs: a registry URI left unset follows the process's global one, set by earlier tests
+    client = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
     version = client.get_model_version_by_alias(MODEL, "champion")
     resumed = client.get_run(version.run_id).data.metrics.get("train_resumed_from")
     assert resumed is not None and resumed >= 50, (resumed, placed, [p.name for p in first])
