@@ -793,6 +793,7 @@ def traffic_cmd(
     order_by: Annotated[
         str | None, typer.Option(help="replay ordered by this column (default: its timestamp column, else file order)")
     ] = None,
+    retries: Annotated[int, typer.Option(help="resend a predict that got no answer or a 5xx this many times")] = 0,
     seed: int = 11,
 ) -> None:
     """Send traffic to the app and post each row's true label late: synthetic rows (switching to a
@@ -811,6 +812,7 @@ def traffic_cmd(
             scenario=synthetic.Scenario(kind=scenario, onset=0.0, magnitude=magnitude),
             label_delay_s=label_delay,
             label_fraction=label_fraction,
+            retries=retries,
             seed=seed,
         )
     except ValueError as exc:  # pydantic's ValidationError: names the option and the rule
@@ -826,6 +828,7 @@ def traffic_cmd(
         acc = stats.quality(after_s=max(0.0, elapsed - 10))
         return (
             f"{elapsed:6.0f}s {phase:>5}  {rps:7.1f} req/s  sent {s['sent']:,}  errors {s['errors']}  "
+            f"resent {s['resent']}  "
             f"skipped {s['skipped']}  labels {s['labels_posted']:,}  p99 {s['p99_ms'] or 0:.1f} ms  "
             f"{stats.metric}(10s) {'-' if acc is None else f'{acc:.3f}'}  versions {s['versions']}"
         )

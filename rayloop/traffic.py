@@ -44,6 +44,9 @@ from rayloop.latency import percentile
 __all__ = ["MAX_POOL_ROWS", "TrafficConfig", "TrafficStats", "replay_rows", "request_rows", "run_traffic"]
 
 MAX_POOL_ROWS = 500_000
+# what a resend may cure: no answer (0), a replica or node lost mid-request (500: Serve's HAProxy
+# turns 502-504 into 500), the gateway's own errors and backpressure
+RETRIABLE = frozenset({0, 500, 502, 503, 504})
 
 
 class TrafficConfig(BaseModel):
@@ -76,6 +79,14 @@ class TrafficConfig(BaseModel):
     )
     seed: int = 11
     timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(
+        0,
+        ge=0,
+        description="resend a predict that got no answer or a 5xx up to this many times (a predict changes "
+        "nothing on the server but its sampled log row, so a resend is safe)",
+    )
+    retry_backoff_s: float = Field(0.1, ge=0, description="wait before the first resend; doubles with each")
+    keep_request_ids: bool = Field(False, description="keep every answered row's request id and time (fault tests)")
     token_env: str | None = Field(
         DEFAULT_SERVE_TOKEN_ENV_VAR, description="bearer token for the app, read from this variable"
     )
@@ -99,6 +110,10 @@ class TrafficStats:
     statuses: Counter = field(default_factory=Counter)
     labels_posted: int = 0
     label_errors: int = 0
+    resent: int = 0  # predicts sent again after no answer or a 5xx (retries > 0)
+    recovered: int = 0  # requests answered only after a resend
+    # (seconds since start, request id) of every answered row, with keep_request_ids
+    answered_ids: list[tuple[float, str]] = field(default_factory=list)
     # accuracy of the answered classes, or the mean absolute error of answered values (regression)
     metric: Literal["accuracy", "mae"] = "accuracy"
     # one entry per answered request: [seconds since start, latency ms, version, right answers or the
@@ -157,6 +172,8 @@ class TrafficStats:
             "skipped": self.skipped,
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "errors": self.errors,
+            "resent": self.resent,
+            "recovered": self.recovered,
             "labels_posted": self.labels_posted,
             "label_errors": self.label_errors,
             "metric": self.metric,
@@ -274,22 +291,36 @@ def run_traffic(
     done_sending = threading.Event()
     thinning = random.Random(config.seed)  # which labels arrive (label_fraction)
 
+    def post(records: list[dict]) -> tuple[int, Any]:
+        try:
+            response = client.post("/v1/predict", json=records if len(records) > 1 else records[0])
+            return response.status_code, response
+        except httpx.HTTPError:
+            return 0, None  # no answer: connection refused, reset or timed out
+
     def one(records: list[dict], labels: list[Any], is_drift: bool) -> None:
         try:
             sent_at = time.perf_counter()
-            try:
-                response = client.post("/v1/predict", json=records if len(records) > 1 else records[0])
-                status = response.status_code
-            except httpx.HTTPError:
-                status = 0  # no answer: connection refused, reset or timed out
+            status, response = post(records)
+            attempt = 0
+            while status in RETRIABLE and attempt < config.retries and not stop.is_set():
+                time.sleep(config.retry_backoff_s * 2**attempt)
+                attempt += 1
+                with stats.lock:
+                    stats.resent += 1
+                status, response = post(records)
             latency_ms = (time.perf_counter() - sent_at) * 1000
             with stats.lock:
                 stats.statuses[status] += 1
+                stats.recovered += attempt > 0 and status == 200
             if status != 200:
                 return
             predictions = response.json()["predictions"]
             score = _judge(predictions, labels, regression)
             with stats.lock:
+                if config.keep_request_ids:
+                    now = time.time() - stats.started
+                    stats.answered_ids.extend((now, p["request_id"]) for p in predictions)
                 stats.answers.append(
                     [
                         time.time() - stats.started,
