@@ -19,7 +19,7 @@ from rayloop.control import jobs
 from rayloop.control import local_cluster as clusters
 from rayloop.monitoring.core import MonitorCore
 from rayloop.traffic import TrafficConfig, run_traffic
-from tests.support import RAYLOOP_CLI, SERVE_CLI, pipeline_job, set_args, wait_for
+from tests.support import RAYLOOP_CLI, SERVE_CLI, nodes_answering, pipeline_job, set_args, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +65,6 @@ def _loop(found) -> dict:
     return (MonitorCore.read_state(str(found.shared), MODEL) or {}).get("loop") or {}
 
 
-def _nodes_answering(url: str, calls: int = 40) -> dict[str, set[str]]:
-    """{node address: replica ids} over `calls` calls of /v1/model."""
-    seen: dict[str, set[str]] = {}
-    for _ in range(calls):
-        info = httpx.get(f"{url}/v1/model", timeout=10).json()
-        seen.setdefault(info["node"], set()).add(info["replica"])
-    return seen
-
-
 def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_out_to_both(local_cluster, tmp_path):
     found, _ = local_cluster
     head = found.client_head()
@@ -83,7 +74,7 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
     workers = {w.ip for w in found.workers}
     try:
         first = httpx.get(f"{found.serve_url}/v1/model", timeout=10).json()["version"]
-        spread = _nodes_answering(found.serve_url)
+        spread = nodes_answering(found.serve_url)
         assert set(spread) == workers, spread  # one replica on each worker node, both answering
         # every node's ingress answers, not only the head's
         for node in found.nodes:
