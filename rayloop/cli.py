@@ -204,10 +204,18 @@ def cluster_local_up(
     name: ClusterNameOpt = "local",
     workers: Annotated[int, typer.Option(help="worker nodes")] = 2,
     cpus_per_worker: Annotated[int, typer.Option(help="logical CPUs of each worker node")] = 1,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NODE=CORES[:QUOTA]: run a node on these cores (taskset), with at most QUOTA cores of CPU "
+            "time (a cgroup), e.g. --pin head=0 --pin w1=1:0.5; repeatable"
+        ),
+    ] = None,
 ) -> None:
     """Start the cluster and print how to reach it from this machine."""
     try:
-        started = local_cluster.up(name, workers=workers, cpus_per_worker=cpus_per_worker)
+        pins = [local_cluster.parse_pin(p) for p in pin or []]
+        started = local_cluster.up(name, workers=workers, cpus_per_worker=cpus_per_worker, pins=pins)
     except RayloopError as exc:
         raise _fail(exc) from None
     _print_local_cluster(started, local_cluster.alive_nodes(started))
@@ -270,11 +278,12 @@ def cluster_local_status(name: ClusterNameOpt = "local") -> None:
 
 def _print_local_cluster(found, alive: dict[str, str] | None = None) -> None:
     table = Table(title=f"local cluster {found.name!r}")
-    for column in ("node", "namespace", "address", "CPUs", "state"):
+    for column in ("node", "namespace", "address", "CPUs", "cores", "state"):
         table.add_column(column)
     for node in found.nodes:
         state = "" if alive is None else alive.get(node.ip, "missing")
-        table.add_row(node.name, node.namespace, node.ip, str(node.num_cpus), state)
+        cores = (node.cores or "any") + (f" (quota {node.cpu_quota:g})" if node.cpu_quota else "")
+        table.add_row(node.name, node.namespace, node.ip, str(node.num_cpus), cores, state)
     console.print(table)
     console.print(f"dashboard and Jobs API {found.dashboard}, MLflow {found.mlflow_uri}, Serve {found.serve_url}")
     console.print(f"shared directory (every node's RAYLOOP_HOME) {found.shared}")

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "netns_commands",
     "node_command",
     "node_env",
+    "parse_pin",
     "plan",
     "run_on",
     "up",
@@ -72,6 +73,8 @@ class Node:
     num_cpus: int
     resources: dict[str, float] = field(default_factory=dict)  # {"w1": 1}: pin work to a node in tests
     host_veth: str = ""  # the veth end on the bridge; its peer is eth0 inside the namespace
+    cores: str = ""  # taskset's CPU list ("1", "0-1"): every process of the node runs there; "" any
+    cpu_quota: float = 0.0  # CPU time in cores (a CFS quota, e.g. 0.5); 0: no limit
 
     @property
     def is_head(self) -> bool:
@@ -156,6 +159,31 @@ def clusters_dir() -> Path:
     return paths.home() / "clusters"
 
 
+def parse_pin(text: str) -> tuple[str, str, float]:
+    """`NODE=CORES[:QUOTA]` (e.g. `w1=1:0.5`: node w1 on core 1, at most half of it) -> (node,
+    cores, quota in cores; 0 for none)."""
+    node, sep, rest = text.partition("=")
+    cores, _, quota = rest.partition(":")
+    if not sep or not node or not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cores):
+        raise ClusterError(f"pin {text!r}: write NODE=CORES[:QUOTA], e.g. w1=1 or w1=1:0.5 or head=0")
+    try:
+        share = float(quota) if quota else 0.0
+    except ValueError:
+        raise ClusterError(f"pin {text!r}: QUOTA is CPU time in cores, e.g. 0.5") from None
+    listed = _core_list(cores)
+    if share < 0 or share > len(listed):
+        raise ClusterError(f"pin {text!r}: QUOTA must be between 0 and the {len(listed)} listed cores")
+    return node, cores, share
+
+
+def _core_list(cores: str) -> list[int]:
+    out: list[int] = []
+    for part in cores.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def plan(
     name: str = "local",
     *,
@@ -163,8 +191,10 @@ def plan(
     cpus_per_worker: int = 1,
     subnet: int = 1,
     token_path: str | Path | None = None,
+    pins: Sequence[tuple[str, str, float]] = (),
 ) -> LocalCluster:
-    """The cluster's layout: names, addresses, directories. Pure (nothing is created)."""
+    """The cluster's layout: names, addresses, directories, each node's cores and CPU quota
+    (`pins`, from `parse_pin`). Pure (nothing is created)."""
     if not 1 <= workers <= 200:
         raise ClusterError(f"workers must be 1..200, not {workers}")
     if not 1 <= subnet <= 254:
@@ -177,6 +207,15 @@ def plan(
         Node(f"w{i}", f"rayloop-{name}-w{i}", f"{prefix}.{10 + i}", cpus_per_worker, {f"w{i}": 1.0}, f"rlv{subnet}w{i}")
         for i in range(1, workers + 1)
     ]
+    by_name = {node.name: i for i, node in enumerate(nodes)}
+    cpus = os.cpu_count() or 1
+    for node_name, cores, quota in pins:
+        if node_name not in by_name:
+            raise ClusterError(f"pin for {node_name!r}: no such node (nodes: {sorted(by_name)})")
+        if max(_core_list(cores)) >= cpus:
+            raise ClusterError(f"pin {node_name}={cores}: this machine has cores 0-{cpus - 1}")
+        i = by_name[node_name]
+        nodes[i] = replace(nodes[i], cores=cores, cpu_quota=quota)
     return LocalCluster(
         name=name,
         root=str(clusters_dir() / name),
@@ -286,7 +325,47 @@ def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[
         f"mkdir -p {shlex.quote(p)} && mount -t tmpfs -o ro,size=16k rayloop-other-node {shlex.quote(p)}" for p in hide
     ]
     script = " && ".join([*mounts, 'exec "$@"'])
-    return ["ip", "netns", "exec", node.namespace, "sh", "-c", script, "rayloop-node", *cmd]
+    inside = ["ip", "netns", "exec", node.namespace, "sh", "-c", script, "rayloop-node", *cmd]
+    pin = ["taskset", "-c", node.cores] if node.cores else []
+    if not node.cpu_quota:
+        return [*pin, *inside]
+    # joins the node's CPU group (made by `up`) before `ip netns exec`, which mounts a sysfs of
+    # its own without the cgroup tree; the node's processes and their children share the quota
+    join = f'echo $$ > {shlex.quote(cpu_cgroup(cluster, node))}/cgroup.procs && exec "$@"'
+    return ["sh", "-c", join, "rayloop-cpu", *pin, *inside]
+
+
+def cpu_cgroup(cluster: LocalCluster, node: Node) -> str:
+    """The node's group in the CPU controller: cgroup v1's cpu hierarchy, or the v2 tree."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    base = v1 if (v1 / "cpu.cfs_quota_us").exists() else Path("/sys/fs/cgroup")
+    return str(base / f"rayloop-{cluster.name}-{node.name}")
+
+
+def _make_cpu_cgroup(cluster: LocalCluster, node: Node) -> None:
+    """Create the node's CPU group with its quota (`cpu_quota` cores per 100 ms period)."""
+    group = Path(cpu_cgroup(cluster, node))
+    period = 100_000
+    quota = int(node.cpu_quota * period)
+    try:
+        group.mkdir(exist_ok=True)
+        if (group / "cpu.cfs_quota_us").exists():
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (group / "cpu.max").write_text(f"{quota} {period}")
+    except OSError as exc:
+        raise ClusterError(f"cannot set a CPU quota for node {node.name} ({group}): {exc}") from exc
+
+
+def _remove_cpu_cgroup(cluster: LocalCluster, node: Node) -> None:
+    group = Path(cpu_cgroup(cluster, node))
+    deadline = time.monotonic() + 10
+    while group.exists() and time.monotonic() < deadline:
+        try:
+            group.rmdir()
+        except OSError:  # its last processes are still exiting
+            time.sleep(0.2)
 
 
 def _run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -342,6 +421,7 @@ def up(
     mlflow: bool = True,
     timeout_s: float = 180.0,
     extra_env: Mapping[str, str] | None = None,
+    pins: Sequence[tuple[str, str, float]] = (),
 ) -> LocalCluster:
     """Build the namespaces, start the MLflow server and every node, wait until all nodes are
     alive. Anything started is stopped again when a step fails."""
@@ -351,7 +431,7 @@ def up(
     free = [k for k in range(1, 255) if k not in _used_subnets()]
     if not free:
         raise ClusterError(f"no free {SUBNET_BASE}.k.0/24 subnet on this machine")
-    cluster = plan(name, workers=workers, cpus_per_worker=cpus_per_worker, subnet=free[0])
+    cluster = plan(name, workers=workers, cpus_per_worker=cpus_per_worker, subnet=free[0], pins=pins)
     root = Path(cluster.root)
     # a cluster of this name that was downed keeps its shared directory (registry, runs, logs of
     # the loop); only the nodes' scratch starts empty
@@ -362,6 +442,9 @@ def up(
     try:
         for cmd in netns_commands(cluster):
             _run(cmd)
+        for node in cluster.nodes:
+            if node.cpu_quota:
+                _make_cpu_cgroup(cluster, node)
         if mlflow:
             _start_mlflow(cluster, extra_env)
         for node in cluster.nodes:
@@ -376,6 +459,8 @@ def up(
 
 
 def _start_node(cluster: LocalCluster, node: Node, extra_env: Mapping[str, str] | None) -> None:
+    if node.cpu_quota:
+        _make_cpu_cgroup(cluster, node)  # again for a node started after a kill: a no-op then
     scratch = cluster.scratch(node)
     for sub in ("ray", "tmp"):
         paths.ensure(scratch / sub)
@@ -556,6 +641,8 @@ def down(name: str = "local", *, keep_shared: bool = True, grace_s: float = 10.0
     subprocess.run(["ip", "link", "del", cluster.bridge], capture_output=True)
     for node in cluster.nodes:
         shutil.rmtree(cluster.scratch(node), ignore_errors=True)
+        if node.cpu_quota:
+            _remove_cpu_cgroup(cluster, node)
     if keep_shared:
         path.unlink(missing_ok=True)
     else:

@@ -48,14 +48,17 @@ def listeners() -> set[tuple[str, int]]:
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[tuple[LocalCluster, set[tuple[str, int]]]]:
     """`rayloop cluster local up`: a CPU-less head and two worker nodes of 2 logical CPUs each (a
-    Serve replica and a training worker fit on each), every node in its own network namespace.
+    Serve replica and a training worker fit on each), every node in its own network namespace,
+    w2 pinned to the last core.
     Also yields this machine's listening sockets from before it started. Network namespaces need
     root, as a GPU test needs a GPU: CI runs as root."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     before = listeners()
     name = f"e2e{uuid.uuid4().hex[:4]}"
-    started = clusters.up(name, workers=2, cpus_per_worker=2)
+    # w2 is pinned to the last core under a one-core quota, so the pinning is tested too
+    last = str((os.cpu_count() or 1) - 1)
+    started = clusters.up(name, workers=2, cpus_per_worker=2, pins=[("w2", last, 1.0)])
     try:
         yield started, before
     finally:

@@ -54,6 +54,33 @@ def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_name
         assert hosts and hosts <= {node.ip, "127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]"}, hosts
 
 
+def test_a_pinned_node_runs_every_process_on_its_cores_in_its_cpu_group(local_cluster):
+    found, _ = local_cluster
+    w1, w2 = found.workers
+    assert w2.cores and w2.cpu_quota == 1.0 and not w1.cores
+    cores = _affinity(clusters.namespace_pids(w2.namespace))
+    assert len(cores) >= 3  # raylet, its agents, idle workers...
+    group = Path(clusters.cpu_cgroup(found, w2))
+    members = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    assert set(cores) <= members, set(cores) - members
+    assert set(cores.values()) == {frozenset({int(w2.cores)})}
+    quota = group / "cpu.cfs_quota_us"
+    assert (int(quota.read_text()) if quota.exists() else int((group / "cpu.max").read_text().split()[0])) == 100_000
+    # an unpinned node may run anywhere
+    assert {len(c) for c in _affinity(clusters.namespace_pids(w1.namespace)).values()} == {os.cpu_count()}
+
+
+def _affinity(pids: list[int]) -> dict[int, frozenset[int]]:
+    """{pid: its cores} of the processes still there (Ray ends idle workers at any time)."""
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = frozenset(os.sched_getaffinity(pid))
+        except ProcessLookupError:
+            continue
+    return out
+
+
 def _run_script(found, script: str) -> dict:
     """`python -c script` as a job submitted from this machine; the JSON it printed after RESULT."""
     client = jobs.client(found.dashboard)

@@ -89,3 +89,27 @@ def test_a_node_runs_in_its_namespace_with_every_other_nodes_scratch_hidden(tmp_
     for other in (cluster.head, cluster.workers[1]):
         assert f"mount -t tmpfs -o ro,size=16k rayloop-other-node {cluster.scratch(other)}" in script
     assert str(cluster.scratch(w1)) not in script and script.endswith('exec "$@"')
+
+
+def test_pins_put_a_node_on_its_cores_under_a_cpu_quota(tmp_path):
+    from rayloop.control.local_cluster import cpu_cgroup, node_command, parse_pin
+
+    assert parse_pin("w1=1:0.5") == ("w1", "1", 0.5) and parse_pin("head=0") == ("head", "0", 0.0)
+    assert parse_pin("w2=0-1,1:2") == ("w2", "0-1,1", 2.0)
+    for bad in ("w1", "w1=", "w1=a", "w1=1:x", "w1=1:2", "=1"):
+        with pytest.raises(ClusterError, match="pin"):
+            parse_pin(bad)
+    cluster = plan("t", workers=2, subnet=9, token_path=tmp_path / "token", pins=[("head", "0", 0.0), ("w1", "0", 0.5)])
+    head, w1, w2 = cluster.nodes
+    assert (head.cores, head.cpu_quota, w1.cores, w1.cpu_quota, w2.cores, w2.cpu_quota) == ("0", 0.0, "0", 0.5, "", 0.0)
+    assert LocalCluster.from_dict(json.loads(json.dumps(cluster.to_dict()))) == cluster
+    cmd = node_command(cluster, w1, ["ray", "start"])
+    # the CPU group is joined, then taskset, before `ip netns exec` (whose sysfs has no cgroups)
+    assert cmd[:2] == ["sh", "-c"] and cmd[2].startswith(f"echo $$ > {cpu_cgroup(cluster, w1)}/cgroup.procs")
+    assert cmd[4:10] == ["taskset", "-c", "0", "ip", "netns", "exec"] and cmd[-2:] == ["ray", "start"]
+    assert node_command(cluster, head, ["x"])[:4] == ["taskset", "-c", "0", "ip"]
+    assert node_command(cluster, w2, ["x"])[:3] == ["ip", "netns", "exec"]
+    with pytest.raises(ClusterError, match="no such node"):
+        plan("t", workers=1, token_path=tmp_path / "token", pins=[("w9", "0", 0.0)])
+    with pytest.raises(ClusterError, match="this machine has cores"):
+        plan("t", workers=1, token_path=tmp_path / "token", pins=[("w1", "4096", 0.0)])
