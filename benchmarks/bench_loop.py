@@ -327,6 +327,13 @@ def main() -> None:
         help="config override for every job and arm, e.g. training.num_workers=1 (the pre-auto default)",
     )
     parser.add_argument("--name", default=None, help="results file name (default: loop, or loop-quick)")
+    parser.add_argument(
+        "--attach",
+        metavar="DASHBOARD_URL",
+        default=None,
+        help="run on the running cluster of RAY_ADDRESS (its Jobs API at this URL) and its RAYLOOP_HOME, "
+        "instead of a fresh head; benchmarks/bench_cluster.py runs it so on a node of a local cluster",
+    )
     args = parser.parse_args()
     if args.quick:
         args.drift, args.period = 90.0, 45.0
@@ -341,9 +348,14 @@ def main() -> None:
     from rayloop.control.up import up
     from rayloop.runtime import free_port, init_ray
 
-    demo.stop_demo_head()  # a previous run's head, if one was left
-    shutil.rmtree(home, ignore_errors=True)  # every run from a clean registry, monitor state and log
-    head = demo.start_demo_head(dashboard_port=free_port(), num_cpus=max(4, os.cpu_count() or 1))
+    if args.attach:
+        from rayloop.control.head import LocalHead
+
+        head = LocalHead(os.environ["RAY_ADDRESS"], args.attach, session_dir="", env=dict(os.environ))
+    else:
+        demo.stop_demo_head()  # a previous run's head, if one was left
+        shutil.rmtree(home, ignore_errors=True)  # every run from a clean registry, monitor state and log
+        head = demo.start_demo_head(dashboard_port=free_port(), num_cpus=max(4, os.cpu_count() or 1))
     started = time.time()
     try:
         os.environ.update({k: v for k, v in head.env.items() if k.startswith(("RAY_", "RAYLOOP_"))})
@@ -372,7 +384,8 @@ def main() -> None:
         import ray
 
         ray.shutdown()
-        demo.stop_demo_head()
+        if not args.attach:
+            demo.stop_demo_head()
     name = args.name or ("loop-quick" if args.quick else "loop")
     by_arm = {r["arm"]: r for r in results}
     ours, periodic = by_arm.get("rayloop"), by_arm.get("periodic")

@@ -237,6 +237,31 @@ def fastapi_app():
     return app
 
 
+def fastapi_command(port: int) -> list[str]:
+    """One uvicorn worker (uvloop, httptools, no access log) serving `fastapi_app` on 127.0.0.1."""
+    uvicorn = str(Path(sys.executable).with_name("uvicorn"))
+    return [
+        uvicorn,
+        "bench_serve:fastapi_app",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 # ---- arm (a): the rayloop app in its own local Ray cluster (subprocess of the benchmark) -------
 def serve_arm(args: argparse.Namespace) -> int:
     """init_ray + deploy, write the ready file, serve until stdin closes, then shut Ray down."""
@@ -416,28 +441,7 @@ def start_server(
     info: dict[str, Any] = {"port": port}
     if arm == "fastapi":
         env["BENCH_SERVE_MODEL"] = f"{MODEL_NAME}@{version}"
-        uvicorn = str(Path(sys.executable).with_name("uvicorn"))
-        cmd = [
-            uvicorn,
-            "bench_serve:fastapi_app",
-            "--factory",
-            "--app-dir",
-            str(HERE),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        server = Server(arm, cmd, env, logs / "serve-fastapi.log", core=SERVER_CORE, cwd=ROOT)
+        server = Server(arm, fastapi_command(port), env, logs / "serve-fastapi.log", core=SERVER_CORE, cwd=ROOT)
         info["ready_s"] = asyncio.run(wait_http(port, "/healthz", 120, server))
     elif arm == "echo":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--echo-server", "--port", str(port)]

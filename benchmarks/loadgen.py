@@ -79,6 +79,9 @@ Completion = tuple[float, float, int]  # (scheduled or start time, done time, HT
 
 
 # ---- the HTTP client -----------------------------------------------------------------------------
+LOCALHOST = "127.0.0.1"  # every server of the one-machine benchmarks; the cluster ones pass a node's address
+
+
 class Conn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection: one request at a time, content-length or chunked replies."""
 
@@ -162,18 +165,18 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
 
-def http_request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
-    """The bytes of one HTTP/1.1 request to 127.0.0.1:`port` (a POST body is sent as JSON)."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+def http_request(method: str, path: str, port: int, body: bytes = b"", host: str = LOCALHOST) -> bytes:
+    """The bytes of one HTTP/1.1 request to `host`:`port` (a POST body is sent as JSON)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
     if method == "POST":
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body
 
 
-async def connect(port: int) -> Conn:
-    """A new keep-alive connection to 127.0.0.1:`port`."""
+async def connect(port: int, host: str = LOCALHOST) -> Conn:
+    """A new keep-alive connection to `host`:`port`."""
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
+    _, conn = await loop.create_connection(Conn, host, port)
     return conn
 
 
@@ -187,7 +190,7 @@ class Step:
         self.next = 0
 
 
-async def _send(conn_box: list[Conn], port: int, data: bytes, step: Step) -> tuple[int, bytes] | None:
+async def _send(conn_box: list[Conn], port: int, data: bytes, step: Step, host: str) -> tuple[int, bytes] | None:
     conn = conn_box[0]
     try:
         if conn.lost:
@@ -197,30 +200,39 @@ async def _send(conn_box: list[Conn], port: int, data: bytes, step: Step) -> tup
         step.conn_errors += 1
         conn.close()
         try:
-            conn_box[0] = await connect(port)
+            conn_box[0] = await connect(port, host)
         except OSError:
             await asyncio.sleep(0.05)
         return None
     if conn.close_after:
         conn.close()
-        conn_box[0] = await connect(port)
+        conn_box[0] = await connect(port, host)
     return status, body
 
 
-async def _closed_worker(conn_box: list[Conn], port: int, reqs: list[bytes], offset: int, step: Step) -> None:
+async def _closed_worker(
+    conn_box: list[Conn], port: int, reqs: list[bytes], offset: int, step: Step, host: str
+) -> None:
     perf, n, i = time.perf_counter, len(reqs), offset
     done = step.done
     while not step.stop:
         data = reqs[i % n]
         i += 1
         t0 = perf()
-        got = await _send(conn_box, port, data, step)
+        got = await _send(conn_box, port, data, step, host)
         if got is not None:
             done.append((t0, perf(), got[0]))
 
 
 async def _open_worker(
-    conn_box: list[Conn], port: int, reqs: list[bytes], step: Step, t0: float, interval: float, t_stop: float
+    conn_box: list[Conn],
+    port: int,
+    reqs: list[bytes],
+    step: Step,
+    t0: float,
+    interval: float,
+    t_stop: float,
+    host: str,
 ) -> None:
     perf, n = time.perf_counter, len(reqs)
     done = step.done
@@ -233,7 +245,7 @@ async def _open_worker(
         now = perf()
         if t_sched > now:
             await asyncio.sleep(t_sched - now)
-        got = await _send(conn_box, port, reqs[i % n], step)
+        got = await _send(conn_box, port, reqs[i % n], step, host)
         if got is not None:
             done.append((t_sched, perf(), got[0]))
 
@@ -417,6 +429,7 @@ async def closed_step(
     rows_per_request: int,
     server_procs: Sequence[psutil.Process],
     grace: float = 15.0,
+    host: str = LOCALHOST,
 ) -> dict[str, Any]:
     """`concurrency` connections, each sending its next request when the previous one is answered.
 
@@ -424,10 +437,10 @@ async def closed_step(
     offset. Measured: `duration` seconds after `warmup`, with the garbage collector off. Returns the
     latency summary, status codes, connection errors and the `Probe` readings of the window.
     """
-    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(concurrency)))]
+    boxes = [[c] for c in await asyncio.gather(*(connect(port, host) for _ in range(concurrency)))]
     step = Step()
     offsets = [i * 7919 for i in range(concurrency)]
-    tasks = [asyncio.ensure_future(_closed_worker(b, port, reqs, o, step)) for b, o in zip(boxes, offsets)]
+    tasks = [asyncio.ensure_future(_closed_worker(b, port, reqs, o, step, host)) for b, o in zip(boxes, offsets)]
     probe = Probe(server_procs)
     await asyncio.sleep(warmup)
     gc.collect()
@@ -476,6 +489,7 @@ async def open_step(
     *,
     slo_p99_ms: float,
     grace: float = 10.0,
+    host: str = LOCALHOST,
 ) -> dict[str, Any]:
     """Requests scheduled at `rate` per second (evenly spaced) over up to `connections` connections;
     latency counts from the scheduled time, so time spent waiting for a free connection counts too.
@@ -483,14 +497,14 @@ async def open_step(
     `meets_slo`: p99 <= `slo_p99_ms`, every request due in the measured window answered 200, and no
     connection errors.
     """
-    boxes = [[c] for c in await asyncio.gather(*(connect(port) for _ in range(connections)))]
+    boxes = [[c] for c in await asyncio.gather(*(connect(port, host) for _ in range(connections)))]
     step = Step()
     interval = 1.0 / rate
     gc.collect()
     gc.disable()
     t0 = time.perf_counter() + 0.05
     lo, hi = t0 + warmup, t0 + warmup + duration
-    tasks = [asyncio.ensure_future(_open_worker(b, port, reqs, step, t0, interval, hi)) for b in boxes]
+    tasks = [asyncio.ensure_future(_open_worker(b, port, reqs, step, t0, interval, hi, host)) for b in boxes]
     probe = Probe(server_procs)
     await asyncio.sleep(max(0.0, lo - time.perf_counter()))
     probe.start()
@@ -536,6 +550,7 @@ async def rate_search(
     duration: float,
     connections: int,
     slo_p99_ms: float,
+    host: str = LOCALHOST,
 ) -> dict[str, Any]:
     """Highest evenly spaced rate of one-row requests whose p99 (from the scheduled send time) is
     <= `slo_p99_ms` with every request answered 200: grow by 1.3x from `start` until a step fails
@@ -549,7 +564,7 @@ async def rate_search(
         # while the server's own periodic work (Ray's 10 s metrics cycle) is inside every window
         for attempt in range(2):
             res = await open_step(
-                port, reqs, rate, warmup, duration, 1, server_procs, connections, slo_p99_ms=slo_p99_ms
+                port, reqs, rate, warmup, duration, 1, server_procs, connections, slo_p99_ms=slo_p99_ms, host=host
             )
             res["attempt"] = attempt + 1
             steps.append(res)
