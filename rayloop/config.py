@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -424,6 +425,18 @@ class ProfileConfig(_Section):
     )
     namespace: str = "default"
     state_volume_claim: str | None = Field(None, description="a ReadWriteMany PVC mounted at `home` on every Ray pod")
+    state_storage_class: str | None = Field(
+        None,
+        description="storageClassName of that PVC: a ReadWriteMany class (EFS, Filestore, Azure Files); "
+        "default: the cluster's default class, which is often ReadWriteOnce only",
+    )
+    state_volume_size: str = Field("100Gi", description="the PVC's request (EFS ignores it; Filestore needs 1Ti+)")
+    mlflow_artifacts: str | None = Field(
+        None,
+        description="--artifacts-destination of the MLflow server `rayloop cluster render` writes when "
+        "mlflow_tracking_uri names an in-cluster Service (s3://, gs://, wasbs://); the server proxies "
+        "artifacts, so only it needs the bucket",
+    )
     operator_namespace: str = Field(
         "kuberay-system", description="where the KubeRay operator runs (it calls the dashboard)"
     )
@@ -439,6 +452,35 @@ class ProfileConfig(_Section):
         if value and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
             raise ValueError("must not carry credentials (user:password@host); use the client's env or a secret")
         return value
+
+    @field_validator("mlflow_artifacts")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # wasbs://container@account... names a container, not a user: only a password is refused
+        if value and ":" in value.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]:
+            raise ValueError("must not carry credentials (user:password@host); use workload identity")
+        return value
+
+    @model_validator(mode="after")
+    def _artifacts_for_an_in_cluster_server(self) -> ProfileConfig:
+        if self.mlflow_service() is not None and not self.mlflow_artifacts:
+            raise ValueError(
+                "mlflow_tracking_uri names an in-cluster Service, which `rayloop cluster render` deploys: "
+                "set mlflow_artifacts (the bucket its --artifacts-destination proxies, e.g. s3://bucket/mlflow)"
+            )
+        return self
+
+    def mlflow_service(self) -> tuple[str, str, int] | None:
+        """(service, namespace, port) when mlflow_tracking_uri is `http://<service>.<namespace>.svc...`:
+        the MLflow server runs in the cluster and the manifests deploy it under exactly that name. None for
+        a server elsewhere (or none)."""
+        if not self.mlflow_tracking_uri:
+            return None
+        parsed = urlsplit(self.mlflow_tracking_uri)
+        labels = (parsed.hostname or "").split(".")
+        if parsed.scheme != "http" or len(labels) < 3 or labels[2] != "svc" or not all(labels[:2]):
+            return None
+        return labels[0], labels[1], parsed.port or 80
 
     def env(self) -> dict[str, str]:
         """The environment every Ray node and job of this profile gets."""

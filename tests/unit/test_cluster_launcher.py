@@ -25,12 +25,13 @@ from rayloop.config import RayloopConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_DIR = ROOT / "cluster" / "launcher"
-LAUNCHERS = ["aws.yaml", "gcp.yaml"]
+LAUNCHERS = ["aws.yaml", "azure.yaml", "gcp.yaml"]
 CONFIGS = ["configs/demo.yaml", "configs/cluster.yaml"]
 SCHEMA_PATH = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
 
 # Ray's accelerator_type names (ray.util.accelerators) for the two GPU classes the loop uses
-SERVE_GPUS = {"L4", "A10G"}
+# (Azure offers neither L4 nor A10G: its inference class is the T4)
+SERVE_GPUS = {"L4", "A10G", "T4"}
 TRAIN_GPUS = {"A100", "A100-40G", "A100-80G", "H100", "H200"}
 # the GPU class each kind of GPU work is meant for (it must not spill onto the other class)
 GPU_CLASS = {"training worker": TRAIN_GPUS, "serve replica": SERVE_GPUS}
@@ -306,6 +307,56 @@ def test_shared_state_is_the_prod_profile_home_on_every_node(name):
         assert "initialization_commands" not in spec, f"{name}: a node type would replace the host setup"
     for command in start_commands(cluster):
         assert "rayloop env --profile prod" in command.split("ray start", 1)[0], f"{name}: {command!r}"
+
+
+def _home() -> str:
+    return yaml.safe_load((ROOT / "configs" / "profiles" / "prod.yaml").read_text())["home"]
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_the_shared_file_system_is_mounted_by_default(name):
+    """Every node mounts the shared file system (EFS, Filestore, Azure Files over NFS) at the
+    profile's home before its container starts; a node with a local home would split the loop's
+    state. Re-running `ray up` must not mount it twice."""
+    home = _home()
+    init = launcher(name)["initialization_commands"]
+    mounts = [i for i, c in enumerate(init) if re.search(r"\bmount -t nfs4?\b", c) and f" {home};" in c]
+    assert len(mounts) == 1, f"{name}: no (or more than one) NFS mount of {home} in initialization_commands"
+    assert f"mountpoint -q {home} ||" in init[mounts[0]], f"{name}: the mount is not skipped when already there"
+    made = next(i for i, c in enumerate(init) if f"mkdir -p {home}" in c)
+    owned = next(i for i, c in enumerate(init) if f"chown 1000:100 {home}" in c)
+    assert made < mounts[0] < owned, f"{name}: mkdir, then mount, then chown (the share's root is what `ray` writes)"
+    text = (LAUNCHER_DIR / name).read_text()
+    assert not re.search(r"^\s*#.*mount -t nfs", text, re.M), f"{name}: a mount left commented out"
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_the_head_runs_mlflow_on_its_private_address_and_every_node_uses_it(name):
+    """The registry is an MLflow server on the head, started before Ray; it binds the head's
+    private address (never all interfaces), keeps its sqlite store off the NFS mount and its
+    artifacts on it, and every node's Ray (and so every job) points MLFLOW_TRACKING_URI at it."""
+    home = _home()
+    cluster = launcher(name)
+    head = cluster["head_start_ray_commands"]
+    servers = [c for c in head if "mlflow server" in c]
+    assert len(servers) == 1, f"{name}: no MLflow server in head_start_ray_commands"
+    server = servers[0]
+    assert head.index(server) < head.index(start_commands(cluster)[0]), f"{name}: MLflow must be up before Ray"
+    assert "ray.util.get_node_ip_address()" in server and '--host "$HEAD_IP"' in server, name
+    assert "--serve-artifacts" in server and f"--artifacts-destination {home}/" in server, name
+    default_store = re.search(r"echo (sqlite:///\S+)\)", server)
+    assert default_store and not default_store[1].removeprefix("sqlite:///").startswith(home), (
+        f"{name}: the sqlite store must be on the head's own disk, not on the NFS mount"
+    )
+    assert "setsid" in server and 'kill -- "-$(cat' in server, f"{name}: a restart must stop the old server"
+    commands = "\n".join(c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key])
+    assert "0.0.0.0" not in commands, f"{name}: a listener on all interfaces"
+    head_start, worker_start = start_commands(cluster)
+    for command, host in ((head_start, "$(python -c"), (worker_start, "$RAY_HEAD_IP")):
+        before = command.split("ray start", 1)[0]
+        assert f'export MLFLOW_TRACKING_URI="http://{host}' in before, f"{name}: {command!r}"
+        # after the profile's exports, whose MLflow URI is a Kubernetes Service name
+        assert before.index("export MLFLOW_TRACKING_URI") > before.index("rayloop env --profile prod"), name
 
 
 # ---- node types and autoscaling ------------------------------------------------------------------

@@ -106,11 +106,16 @@ def test_secrets_in_files_are_unsafe(tmp_path, ray_cluster):
         assert found and what in found[0].what, (text, found)
 
 
-@pytest.fixture
-def launcher() -> dict:
-    files = sorted((ROOT / "cluster" / "launcher").glob("*.yaml"))
-    assert files
-    return yaml.safe_load(files[0].read_text())
+LAUNCHERS = sorted((ROOT / "cluster" / "launcher").glob("*.yaml"))
+
+
+def test_every_cloud_has_a_launcher_file():
+    assert [p.name for p in LAUNCHERS] == ["aws.yaml", "azure.yaml", "gcp.yaml"]
+
+
+@pytest.fixture(params=LAUNCHERS, ids=lambda p: p.name)
+def launcher(request) -> dict:
+    return yaml.safe_load(request.param.read_text())
 
 
 def test_a_launcher_file_needs_token_auth_and_a_loopback_dashboard(tmp_path, launcher):
@@ -138,6 +143,21 @@ def test_a_launcher_file_needs_token_auth_and_a_loopback_dashboard(tmp_path, lau
     }
     found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "c.yaml", [opened])))
     assert len(found) == 1 and "8265-8265" in found[0].what
+
+
+def test_the_mlflow_server_with_its_store_uri_inline_or_a_public_service_is_unsafe(tmp_path):
+    docs = [d for d in yaml.safe_load_all((ROOT / "cluster" / "kuberay" / "mlflow.yaml").read_text()) if d]
+    assert _unsafe(doctor.check_cluster_file(_write(tmp_path, "ok.yaml", docs))) == []
+    inline = copy.deepcopy(docs)
+    deployment = next(d for d in inline if d["kind"] == "Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    env[0] = {"name": "MLFLOW_BACKEND_STORE_URI", "value": "postgresql://mlflow:hunter2@db:5432/mlflow"}
+    found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "inline.yaml", inline)))
+    assert found and "a URI with a password" in found[0].what
+    public = copy.deepcopy(docs)
+    next(d for d in public if d["kind"] == "Service")["spec"]["type"] = "LoadBalancer"
+    found = _unsafe(doctor.check_cluster_file(_write(tmp_path, "public.yaml", public)))
+    assert len(found) == 1 and "LoadBalancer" in found[0].what
 
 
 def test_serve_config_off_the_loopback_is_a_warning(tmp_path):
