@@ -387,6 +387,12 @@ class RetrainConfig(_Section):
     working_dir: str | None = Field(
         None, description="runtime_env working_dir of the job; default: the installed rayloop package"
     )
+    driver_cpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="CPUs the Jobs API reserves for the job's driver (entrypoint_num_cpus), which puts it on a "
+        "node with that many free; auto: 1 when the monitor's node (the head) has no CPUs, so the driver runs "
+        "on a worker node and a small window trains there in local mode, else 0 (the driver beside the monitor)",
+    )
     seed: int = 0
 
 

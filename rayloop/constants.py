@@ -20,6 +20,8 @@ __all__ = [
     "PROGRESS_ENV_VAR",
     "STORAGE_ENV_VAR",
     "SUBMISSION_ID_ENV_VAR",
+    "DRIVER_CPUS_ENV_VAR",
+    "NODE_IP_ENV_VAR",
 ]
 
 # The state root: Ray's temp dir, Train/Tune storage, the MLflow store, logs, runs, reports.
@@ -31,6 +33,9 @@ STORAGE_ENV_VAR = "RAYLOOP_STORAGE"
 
 # Every job rayloop submits learns its own submission id from this variable.
 SUBMISSION_ID_ENV_VAR = "RAYLOOP_SUBMISSION_ID"
+# CPUs the Jobs API reserved for a job's driver (entrypoint_num_cpus): the driver's own, so the
+# training placement counts them as free for a local-mode run in the driver.
+DRIVER_CPUS_ENV_VAR = "RAYLOOP_DRIVER_CPUS"
 
 # Serve's ingress: "haproxy" (Ray's HAProxy ingress, loopback-bound by our wrapper) or "proxy" (Serve's own).
 INGRESS_ENV_VAR = "RAYLOOP_INGRESS"
@@ -47,6 +52,11 @@ DATA_BLOCK_MB_ENV_VAR = "RAYLOOP_DATA_BLOCK_MB"  # target block size, MB
 DEFAULT_DATA_BLOCK_MB = 8
 DATA_OBJECT_STORE_MB_ENV_VAR = "RAYLOOP_DATA_OBJECT_STORE_MB"  # blocks buffered between operators, MB
 DEFAULT_DATA_OBJECT_STORE_MB = 128
+
+# A node of `rayloop cluster local` names its own address here. Its nodes share one process table,
+# and a Ray driver looks for its node's raylet among the raylets it can see: without the address it
+# takes the head's, from any node.
+NODE_IP_ENV_VAR = "RAYLOOP_NODE_IP"
 
 # The variable holding the Serve API's optional bearer token: replicas check it, clients send it
 # (`serving.auth_token_env` can name another).

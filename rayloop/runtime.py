@@ -24,6 +24,7 @@ from rayloop.constants import (
     HAPROXY_BIND_HOST_ENV_VAR,
     HOME_ENV_VAR,
     INGRESS_ENV_VAR,
+    NODE_IP_ENV_VAR,
     PROGRESS_ENV_VAR,
 )
 from rayloop.errors import ConfigError
@@ -257,7 +258,8 @@ def init_ray(
             # dial the machine's external address for 127.0.0.1 and never reach it
             os.environ[LOOPBACK_ENV] = "0"
         _reload_loopback_switch()
-        ray.init(address=target, log_to_driver=log_to_driver)
+        here = {"_node_ip_address": os.environ[NODE_IP_ENV_VAR]} if os.environ.get(NODE_IP_ENV_VAR) else {}
+        ray.init(address=target, log_to_driver=log_to_driver, **here)
         configure_data_context()
         return False
     env = ray_env()

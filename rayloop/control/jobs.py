@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rayloop.config import ConfigSource
-from rayloop.constants import SUBMISSION_ID_ENV_VAR
+from rayloop.constants import DRIVER_CPUS_ENV_VAR, SUBMISSION_ID_ENV_VAR
 from rayloop.runtime import auth_headers
 
 __all__ = ["FINISHED", "JobInfo", "client", "job_info", "last_json", "retrain_submission_id", "submit_workload"]
@@ -64,16 +64,22 @@ def submit_workload(
     env: dict[str, str] | None = None,
     metadata: dict[str, str] | None = None,
     address: str | None = None,
+    driver_cpus: float = 0.0,
 ) -> str:
-    """`ray job submit --submission-id ID -- python -m workloads.<name> --config ... --set ...`;
-    returns the submission id (also when a job with that id already exists)."""
+    """`ray job submit --submission-id ID [--entrypoint-num-cpus N] -- python -m workloads.<name>
+    --config ... --set ...`; returns the submission id (also when a job with that id already exists).
+    `driver_cpus` reserve CPUs for the driver (it then runs on a node that has them free) and
+    tell it so (DRIVER_CPUS_ENV_VAR)."""
     jobs = client(address)
     if job_info(submission_id, client_=jobs) is not None:
         # already submitted (by us before a restart, or by another submitter): the same job. Checked
         # first because two submissions of one id in quick succession can fail both (ray#31356).
         return submission_id
     args = ["python", "-m", f"workloads.{name}", *source.cli_args()]
-    runtime_env: dict[str, Any] = {"env_vars": {SUBMISSION_ID_ENV_VAR: submission_id, **(env or {})}}
+    env_vars = {SUBMISSION_ID_ENV_VAR: submission_id, **(env or {})}
+    if driver_cpus:
+        env_vars[DRIVER_CPUS_ENV_VAR] = f"{driver_cpus:g}"
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
     if working_dir:
         runtime_env["working_dir"] = working_dir
     try:
@@ -82,6 +88,7 @@ def submit_workload(
             submission_id=submission_id,
             runtime_env=runtime_env,
             metadata=metadata,
+            entrypoint_num_cpus=driver_cpus or None,
         )
     except RuntimeError as exc:
         if "already exists" in str(exc):

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rayloop import paths
-from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
+from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR, NODE_IP_ENV_VAR
 from rayloop.control.head import LocalHead, head_env, ray_executable, terminate
 from rayloop.errors import ClusterError
 from rayloop.runtime import LOOPBACK_ENV, ensure_auth_token
@@ -123,6 +124,15 @@ class LocalCluster:
     def scratch(self, node: Node) -> Path:
         """A node's own directory: Ray's temp dir and TMPDIR. No other node reads it."""
         return Path(self.root) / "nodes" / node.name
+
+    @property
+    def temp_dir(self) -> Path:
+        """Ray's temp dir, one path for every node, as /tmp/ray is on real machines: each node's
+        mount namespace binds its own scratch there. Ray hands the head's session directory to
+        every driver, so a driver on a worker node (a job with entrypoint CPUs) writes its logs
+        under the head's path; with a path per node it aborted, and took the node's dashboard
+        agent, and so its raylet, with it. Short: Ray's socket paths must stay under 107 bytes."""
+        return Path(tempfile.gettempdir()) / f"rlcl-{os.getuid()}-{self.name}"
 
     @property
     def storage(self) -> str:
@@ -262,7 +272,7 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
     env.update(
         {
             HOME_ENV_VAR: str(cluster.shared),
-            "RAY_TMPDIR": str(scratch / "ray"),
+            "RAY_TMPDIR": str(cluster.temp_dir),
             "TMPDIR": str(scratch / "tmp"),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": cluster.token_path,
@@ -271,6 +281,7 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
             "MLFLOW_TRACKING_URI": cluster.mlflow_uri,
             "RAYLOOP_CLUSTER": cluster.name,
             "RAYLOOP_NODE": node.name,
+            NODE_IP_ENV_VAR: node.ip,
         }
     )
     env.pop("RAY_AUTH_TOKEN", None)
@@ -324,6 +335,8 @@ def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[
     mounts = [
         f"mkdir -p {shlex.quote(p)} && mount -t tmpfs -o ro,size=16k rayloop-other-node {shlex.quote(p)}" for p in hide
     ]
+    own, common = shlex.quote(str(cluster.scratch(node) / "ray")), shlex.quote(str(cluster.temp_dir))
+    mounts.append(f"mkdir -p {own} {common} && mount --bind {own} {common}")
     script = " && ".join([*mounts, 'exec "$@"'])
     inside = ["ip", "netns", "exec", node.namespace, "sh", "-c", script, "rayloop-node", *cmd]
     pin = ["taskset", "-c", node.cores] if node.cores else []
@@ -467,9 +480,7 @@ def _start_node(cluster: LocalCluster, node: Node, extra_env: Mapping[str, str] 
     for sub in ("ray", "tmp"):
         paths.ensure(scratch / sub)
     env = node_env(cluster, node, extra_env)
-    temp_dir = paths.ensure_ray_temp_dir(scratch / "ray")
-    env["RAY_TMPDIR"] = str(temp_dir)
-    _run(node_command(cluster, node, _ray_start(cluster, node, temp_dir)), env=env, timeout=180)
+    _run(node_command(cluster, node, _ray_start(cluster, node, cluster.temp_dir)), env=env, timeout=180)
 
 
 def _start_mlflow(cluster: LocalCluster, extra_env: Mapping[str, str] | None) -> None:
@@ -645,6 +656,10 @@ def down(name: str = "local", *, keep_shared: bool = True, grace_s: float = 10.0
         shutil.rmtree(cluster.scratch(node), ignore_errors=True)
         if node.cpu_quota:
             _remove_cpu_cgroup(cluster, node)
+    try:  # the empty mount point of every node's Ray temp dir
+        cluster.temp_dir.rmdir()
+    except OSError:
+        pass
     if keep_shared:
         path.unlink(missing_ok=True)
     else:

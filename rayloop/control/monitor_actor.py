@@ -329,6 +329,7 @@ class DriftMonitor:
                     "rayloop.reason": record.reason[:500],
                 },
                 address=args.jobs_address,
+                driver_cpus=retrain_steps.driver_cpus(self.config.retrain.driver_cpus, _own_node_cpus()),
             )
 
         def job(sid: str) -> retrain_steps.JobView | None:
@@ -365,6 +366,15 @@ class DriftMonitor:
                 self._export_version()  # re-set so the series never goes stale
             except Exception:  # keep the timer alive; the next tick retries
                 log.exception("monitor timer")
+
+
+def _own_node_cpus() -> float:
+    """Logical CPUs of the node this process runs on (0 on a cluster head started with --num-cpus 0)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id and n.get("Alive")), None)
+    return float((node or {}).get("Resources", {}).get("CPU", 0.0))
 
 
 def yield_cpu(niceness: int | str) -> None:

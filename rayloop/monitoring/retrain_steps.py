@@ -24,7 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayloop.config import RetrainConfig
 
-__all__ = ["OUTCOMES", "Effects", "JobView", "LoopState", "RetrainRecord", "advance", "new_record", "since_for"]
+__all__ = [
+    "OUTCOMES",
+    "Effects",
+    "JobView",
+    "LoopState",
+    "RetrainRecord",
+    "advance",
+    "driver_cpus",
+    "new_record",
+    "since_for",
+]
 
 Phase = Literal["waiting_labels", "submitted", "rolling_out", "finished"]
 Outcome = Literal["promoted", "refused", "failed", "timed_out", "submit_failed", "rollout_failed"]
@@ -102,6 +112,17 @@ def since_for(decision: dict[str, Any], history: list[dict[str, Any]], fallback:
     first = int(decision["window"]) - max(streak, 1) + 1
     starts = {int(h["window"]): float(h["start"]) for h in history if "start" in h}
     return starts.get(first, starts.get(int(decision["window"]), fallback))
+
+
+def driver_cpus(setting: float | Literal["auto"], monitor_node_cpus: float) -> float:
+    """CPUs to reserve for the retrain job's driver (`retrain.driver_cpus`). The Jobs API starts a
+    driver beside the monitor, on the head, unless it reserves CPUs; a head without CPUs (a real
+    cluster's) would make every retrain a worker group, whose start costs more than a small window's
+    training (benchmarks/README.md), so there one CPU sends the driver to a worker node, where it
+    can train in local mode."""
+    if setting != "auto":
+        return float(setting)
+    return 0.0 if monitor_node_cpus > 0 else 1.0
 
 
 def new_record(decision: dict[str, Any], submission_id: str, since: float, now: float) -> RetrainRecord:

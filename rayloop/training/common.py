@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rayloop import paths
+from rayloop.constants import DRIVER_CPUS_ENV_VAR
 from rayloop.errors import ConfigError
 from rayloop.training.placement import NodeFacts
 
@@ -105,6 +106,9 @@ def driver_node_facts() -> NodeFacts:
         free = available_resources_per_node().get(node_id, {}).get("CPU", 0.0)
     except ImportError:  # on one node the cluster's free CPUs are this node's; elsewhere assume none
         free = ray.available_resources().get("CPU", 0.0) if len(alive) == 1 else 0.0
+    # CPUs the Jobs API reserved for this driver (entrypoint_num_cpus) are held, and they are its own
+    own = float(os.environ.get(DRIVER_CPUS_ENV_VAR) or 0.0)
+    free = min(float(resources.get("CPU", 0.0)), free + own)
     memory = min(resources.get("memory", float("inf")), psutil.virtual_memory().available)
     cores = sorted(os.sched_getaffinity(0))
     busy = psutil.cpu_percent(interval=IDLE_SAMPLE_S, percpu=True)  # Serve replicas, other jobs, anything

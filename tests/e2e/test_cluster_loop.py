@@ -142,6 +142,13 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
     # the retrain job ran on the cluster and registered through the MLflow server
     state = MonitorCore.read_state(str(found.shared), MODEL)
     assert state["reference_version"] == new and state["policy"]["decisions"] == 1
+    # its driver reserved a CPU (retrain.driver_cpus auto: the head has none), so it ran on a worker
+    # node and trained the small window there in local mode, not on a worker group
+    import mlflow
+
+    registry = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
+    tags = registry.get_model_version(MODEL, new).tags
+    assert tags["rayloop.training.mode"] == "local", tags
 
     # `rayloop status --address` from a machine with none of the cluster's state (an empty home,
     # no MLflow URI, no Ray address): the registry, the audit trail, the monitor and Serve

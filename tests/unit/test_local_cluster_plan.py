@@ -62,7 +62,9 @@ def test_every_node_shares_the_home_keeps_its_own_scratch_and_uses_token_auth(tm
     cluster = plan("t", workers=2, subnet=9, token_path=tmp_path / "token")
     envs = {n.name: node_env(cluster, n, {"RAY_AUTH_TOKEN": "must-not-travel"}) for n in cluster.nodes}
     assert {env[HOME_ENV_VAR] for env in envs.values()} == {str(cluster.shared)}
-    assert len({env["RAY_TMPDIR"] for env in envs.values()}) == 3
+    # Ray's temp dir is one path on every node (each node's namespace binds its own scratch there,
+    # as /tmp/ray on machines of their own); TMPDIR is the node's own scratch
+    assert {env["RAY_TMPDIR"] for env in envs.values()} == {str(cluster.temp_dir)}
     assert len({env["TMPDIR"] for env in envs.values()}) == 3
     for node in cluster.nodes:
         env = envs[node.name]
@@ -88,7 +90,8 @@ def test_a_node_runs_in_its_namespace_with_every_other_nodes_scratch_hidden(tmp_
     script = cmd[cmd.index("-c") + 1]
     for other in (cluster.head, cluster.workers[1]):
         assert f"mount -t tmpfs -o ro,size=16k rayloop-other-node {cluster.scratch(other)}" in script
-    assert str(cluster.scratch(w1)) not in script and script.endswith('exec "$@"')
+    assert str(cluster.scratch(w1)) not in script.replace(f"{cluster.scratch(w1)}/ray", "")
+    assert f"mount --bind {cluster.scratch(w1)}/ray {cluster.temp_dir}" in script and script.endswith('exec "$@"')
 
 
 def test_pins_put_a_node_on_its_cores_under_a_cpu_quota(tmp_path):

@@ -165,3 +165,14 @@ def test_the_recent_window_starts_at_the_first_window_of_the_drift_streak():
     quality = {"window": 9, "numbers": {"consecutive_drift": 0}}
     assert since_for(quality, history, fallback=0.0) == 900.0
     assert since_for(DECISION, [], fallback=42.0) == 42.0
+
+
+def test_the_retrain_driver_reserves_a_cpu_only_where_the_monitors_node_has_none():
+    from rayloop.monitoring.retrain_steps import driver_cpus
+
+    # a cluster head (--num-cpus 0): one CPU sends the driver to a worker node
+    assert driver_cpus("auto", 0.0) == 1.0
+    # one node with CPUs (a laptop head): the driver stays beside the monitor, reserving nothing
+    assert driver_cpus("auto", 4.0) == 0.0
+    # a number is taken as it is
+    assert driver_cpus(2.0, 0.0) == 2.0 and driver_cpus(0.0, 0.0) == 0.0
