@@ -640,9 +640,12 @@ def namespace_pids(namespace: str) -> list[int]:
 def down(name: str = "local", *, keep_shared: bool = True, grace_s: float = 10.0) -> None:
     """Stop every process in the cluster's namespaces (other Ray clusters on this machine are
     never touched), delete the namespaces and the bridge, and the nodes' scratch directories.
-    The shared directory stays unless `keep_shared=False`."""
+    The shared directory stays unless `keep_shared=False`, which also deletes what a cluster of
+    this name that is down already left (`down --purge` after `down`)."""
     path = state_file(name)
     if not path.exists():
+        if not keep_shared:
+            shutil.rmtree(clusters_dir() / name, ignore_errors=True)
         return
     cluster = load(name)
     root = Path(cluster.root)

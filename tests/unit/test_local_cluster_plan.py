@@ -116,3 +116,16 @@ def test_pins_put_a_node_on_its_cores_under_a_cpu_quota(tmp_path):
         plan("t", workers=1, token_path=tmp_path / "token", pins=[("w9", "0", 0.0)])
     with pytest.raises(ClusterError, match="this machine has cores"):
         plan("t", workers=1, token_path=tmp_path / "token", pins=[("w1", "4096", 0.0)])
+
+
+def test_purging_a_cluster_that_is_down_deletes_what_it_left(tmp_path, monkeypatch):
+    from rayloop.control.local_cluster import clusters_dir, down
+
+    monkeypatch.setenv(HOME_ENV_VAR, str(tmp_path))
+    left = clusters_dir() / "old" / "shared" / "mlflow"
+    left.mkdir(parents=True)
+    (left / "mlflow.db").write_text("a registry of an earlier run")
+    down("old")  # kept: the default keeps the shared directory
+    assert left.exists()
+    down("old", keep_shared=False)
+    assert not (clusters_dir() / "old").exists()
