@@ -51,16 +51,24 @@ for folder in (HERE, ROOT):
         sys.path.insert(0, str(folder))
 
 # E402: benchmarks/ is not a package, so its folder goes on sys.path (above) before these imports
+from bench_serve import (  # noqa: E402
+    MAX_CONNECTIONS_OPEN_LOOP,
+    SLO_P99_MS,
+    base_env,
+    fastapi_command,
+    request_bodies,
+    search,
+    settings_for,
+)
 from common import RESULTS_DIR, machine_info, print_table, save_results  # noqa: E402
-from loadgen import Server, closed_step, http_request, rate_search, ratio, wait_http  # noqa: E402
+from loadgen import Server, closed_step, http_request, ratio, wait_http  # noqa: E402
 
 PARTS = ("scaling", "fastapi", "monitoring", "loop")
 CLUSTER = "bench"
 LOOP_CLUSTER = "benchloop"
 MODEL = "bench-cluster"
 LOADGEN_CORE, NODE_CORE = 0, 1
-SLO_P99_MS = 50.0
-CONNECTIONS = 128
+SEARCH_SETTINGS = ("warmup_s", "open_duration_s", "search_steps", "search_precision")
 RAYLOOP_CLI = str(Path(sys.executable).with_name("rayloop"))
 SERVE_CLI = str(Path(sys.executable).with_name("serve"))
 BASE = [
@@ -186,8 +194,6 @@ def cluster_processes(found: Any) -> list[Any]:
 
 # ---- measuring ---------------------------------------------------------------------------------
 def request_bytes(host: str, port: int) -> list[bytes]:
-    from bench_serve import request_bodies
-
     return [http_request("POST", "/v1/predict", port, body, host=host) for body in request_bodies(7)["one"]]
 
 
@@ -197,21 +203,7 @@ def max_rate(host: str, port: int, procs: list[Any], settings: dict[str, Any]) -
     warm = asyncio.run(closed_step(port, reqs, 8, 1.0, settings["warmup_s"] + 2.0, 1, procs, host=host))
     start = max(20.0, 0.7 * warm["ok_rps"])
     say(f"  closed loop, 8 clients: {warm['ok_rps']:.0f}/s, p99 {warm['p99_ms']} ms; searching from {start:.0f}/s")
-    found = asyncio.run(
-        rate_search(
-            port,
-            reqs,
-            start,
-            procs,
-            max_steps=settings["search_steps"],
-            precision=settings["search_precision"],
-            warmup=settings["warmup_s"],
-            duration=settings["open_duration_s"],
-            connections=CONNECTIONS,
-            slo_p99_ms=SLO_P99_MS,
-            host=host,
-        )
-    )
+    found = asyncio.run(search(port, reqs, start, settings, procs, host=host))
     say(f"  max {found['max_rps_at_slo']:.0f} req/s at p99 <= {SLO_P99_MS:g} ms")
     return {"closed_8": warm, **found}
 
@@ -259,8 +251,6 @@ def part_scaling(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def fastapi_arm(found: Any, version: str, settings: dict[str, Any]) -> dict[str, Any]:
-    from bench_serve import base_env, fastapi_command
-
     from rayloop.runtime import free_port
 
     say("-- fastapi: one uvicorn worker on core 1")
@@ -351,37 +341,18 @@ def part_loop(name: str, drift_s: float) -> dict[str, Any]:
     return out
 
 
-def settings_for(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"warmup_s": 0.5, "open_duration_s": 3.0, "search_steps": 4, "search_precision": 0.15}
-    return {"warmup_s": 1.0, "open_duration_s": 10.0, "search_steps": 7, "search_precision": 0.08}
-
-
 def report(results: dict[str, Any]) -> None:
-    rows = []
-    if "scaling" in results:
-        r = results["scaling"]
-        rows.append(
-            [
-                "one node vs two (half a core each)",
-                r["one_node"]["max_rps_at_slo"],
-                r["two_nodes"]["max_rps_at_slo"],
-                r["scaling_ratio"],
-            ]
-        )
-    if "fastapi" in results:
-        r = results["fastapi"]
-        rows.append(
-            [
-                "FastAPI vs one replica (core 1)",
-                r["fastapi"]["max_rps_at_slo"],
-                r["rayloop"]["max_rps_at_slo"],
-                r["ratio"],
-            ]
-        )
-    if "monitoring" in results:
-        r = results["monitoring"]
-        rows.append(["monitoring off vs on", r["off"]["max_rps_at_slo"], r["on"]["max_rps_at_slo"], r["ratio"]])
+    # (part, row label, baseline arm, our arm, ratio key)
+    comparisons = (
+        ("scaling", "one node vs two (half a core each)", "one_node", "two_nodes", "scaling_ratio"),
+        ("fastapi", "FastAPI vs one replica (core 1)", "fastapi", "rayloop", "ratio"),
+        ("monitoring", "monitoring off vs on", "off", "on", "ratio"),
+    )
+    rows = [
+        [label, results[part][base]["max_rps_at_slo"], results[part][ours]["max_rps_at_slo"], results[part][key]]
+        for part, label, base, ours, key in comparisons
+        if part in results
+    ]
     if rows:
         print_table(
             f"max one-row req/s at p99 <= {SLO_P99_MS:g} ms (baseline, ours)", ["", "baseline", "ours", "ratio"], rows
@@ -423,7 +394,8 @@ def main() -> None:
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     name = args.name or ("cluster-quick" if args.quick else "cluster")
-    settings = settings_for(args.quick)
+    # the search's own settings, as bench_serve.py runs it
+    settings = {k: v for k, v in settings_for(args.quick).items() if k in SEARCH_SETTINGS}
     started = time.time()
     clusters.down(CLUSTER, keep_shared=False)  # every run trains its model afresh
     results: dict[str, Any] = {}
@@ -437,7 +409,7 @@ def main() -> None:
     payload = {
         "name": name,
         "environment": machine_info(("ray", "lightgbm", "mlflow")),
-        "settings": {**vars(args), **settings, "slo_p99_ms": SLO_P99_MS, "connections": CONNECTIONS},
+        "settings": {**vars(args), **settings, "slo_p99_ms": SLO_P99_MS, "connections": MAX_CONNECTIONS_OPEN_LOOP},
         "results": results,
         "wall_s": round(time.time() - started, 1),
     }

@@ -78,6 +78,7 @@ if str(ROOT) not in sys.path:
 from common import loadavg, run_identity, warn_if_changed  # noqa: E402
 from loadgen import (  # noqa: E402
     CLIENT_CORE,
+    LOCALHOST,
     SERVER_CORE,
     Probe,
     Server,
@@ -571,8 +572,10 @@ def with_server(
     return record
 
 
-async def search(port: int, reqs: list[bytes], start: float, settings: dict[str, Any], procs: list) -> dict[str, Any]:
-    """The open-loop search for max req/s at the SLO, with this run's settings."""
+async def search(
+    port: int, reqs: list[bytes], start: float, settings: dict[str, Any], procs: list, host: str = LOCALHOST
+) -> dict[str, Any]:
+    """The open-loop search for max req/s at the SLO, with this run's settings (bench_cluster.py's too)."""
     return await rate_search(
         port,
         reqs,
@@ -584,6 +587,7 @@ async def search(port: int, reqs: list[bytes], start: float, settings: dict[str,
         duration=settings["open_duration_s"],
         connections=MAX_CONNECTIONS_OPEN_LOOP,
         slo_p99_ms=SLO_P99_MS,
+        host=host,
     )
 
 
