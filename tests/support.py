@@ -34,6 +34,18 @@ PROMETHEUS_TOOLS = ROOT / ".venv" / "tools" / "prometheus" / "usr" / "bin"
 
 T = TypeVar("T")
 
+# The loop's settings for a test that drifts: 300-row windows, two alarmed in a row decide, 1,500
+# labelled rows since the drift make a retrain window, and one retrain per test (the cooldown)
+QUICK_LOOP = [
+    "monitoring.window_size=300",
+    "monitoring.consecutive_windows=2",
+    "monitoring.min_labels=100",
+    "monitoring.cooldown_s=3600",
+    "monitoring.flush_interval_s=5",
+    "retrain.min_labelled_rows=1500",
+    "retrain.max_label_wait_s=120",
+]
+
 
 def fitted_synthetic(n_rows: int, seed: int) -> tuple[Any, Any, Any, Any]:
     """(demo config, raw synthetic table, FittedFeatures, ReferenceProfile), fitted in-process without Ray."""
@@ -135,6 +147,13 @@ def stop_loop(head: LocalHead, overrides: list[str]) -> None:
     """Stop what a loop test started: the model's DriftMonitor, then every Serve app."""
     stop_monitor(head, overrides)
     on_head(head, [SERVE_CLI, "shutdown", "-y", "--address", head.dashboard], 120)
+
+
+def loop_state(root: str | Path, model: str) -> dict[str, Any]:
+    """The retrain loop's record (`active`, `finished`) in the model's saved monitor state; {} before any."""
+    from rayloop.monitoring.core import MonitorCore
+
+    return (MonitorCore.read_state(str(root), model) or {}).get("loop") or {}
 
 
 def nodes_answering(url: str, calls: int = 40) -> dict[str, set[str]]:

@@ -25,7 +25,17 @@ from rayloop.monitoring.core import MonitorCore
 from rayloop.monitoring.inference_log import InferenceLog
 from rayloop.monitoring.retrain_steps import OUTCOMES
 from rayloop.traffic import TrafficConfig, run_traffic
-from tests.support import RAYLOOP_CLI, ROOT, SERVE_CLI, nodes_answering, pipeline_job, set_args, wait_for
+from tests.support import (
+    QUICK_LOOP,
+    RAYLOOP_CLI,
+    ROOT,
+    SERVE_CLI,
+    loop_state,
+    nodes_answering,
+    pipeline_job,
+    set_args,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +112,7 @@ SERVE_OVERRIDES = [
     "serving.max_replicas=2",
     # half a CPU each: both replicas, a retrain's worker and its reads fit on one surviving node
     "serving.replica_cpus=0.5",
-    "monitoring.window_size=300",
-    "monitoring.consecutive_windows=2",
-    "monitoring.min_labels=100",
-    "monitoring.cooldown_s=3600",
-    "monitoring.flush_interval_s=5",
-    "retrain.min_labelled_rows=1500",
-    "retrain.max_label_wait_s=120",
+    *QUICK_LOOP,
 ]
 RATE = 60.0
 
@@ -302,4 +306,4 @@ def test_a_node_lost_during_a_retrain_job_leaves_the_champion_serving_and_the_lo
 
 
 def _loop(found) -> dict:
-    return (MonitorCore.read_state(str(found.shared), SERVE_MODEL) or {}).get("loop") or {}
+    return loop_state(found.shared, SERVE_MODEL)

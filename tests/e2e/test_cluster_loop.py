@@ -19,7 +19,16 @@ from rayloop.control import jobs
 from rayloop.control import local_cluster as clusters
 from rayloop.monitoring.core import MonitorCore
 from rayloop.traffic import TrafficConfig, run_traffic
-from tests.support import RAYLOOP_CLI, SERVE_CLI, nodes_answering, pipeline_job, set_args, wait_for
+from tests.support import (
+    QUICK_LOOP,
+    RAYLOOP_CLI,
+    SERVE_CLI,
+    loop_state,
+    nodes_answering,
+    pipeline_job,
+    set_args,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +45,7 @@ OVERRIDES = [
     "serving.host=0.0.0.0",
     "serving.min_replicas=2",
     "serving.max_replicas=2",
-    "monitoring.window_size=300",
-    "monitoring.consecutive_windows=2",
-    "monitoring.min_labels=100",
-    "monitoring.cooldown_s=3600",
-    "monitoring.flush_interval_s=5",
-    "retrain.min_labelled_rows=1500",
-    "retrain.max_label_wait_s=120",
+    *QUICK_LOOP,
 ]
 
 
@@ -62,7 +65,7 @@ def _status_from_elsewhere(found, home) -> dict:
 
 
 def _loop(found) -> dict:
-    return (MonitorCore.read_state(str(found.shared), MODEL) or {}).get("loop") or {}
+    return loop_state(found.shared, MODEL)
 
 
 def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_out_to_both(local_cluster, tmp_path):

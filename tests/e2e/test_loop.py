@@ -19,7 +19,7 @@ from rayloop import paths, registry
 from rayloop.monitoring.core import MonitorCore
 from rayloop.runtime import free_port
 from rayloop.traffic import TrafficConfig, run_traffic
-from tests.support import RAY, on_head, pipeline_job, serve_detached, stop_loop, wait_for
+from tests.support import QUICK_LOOP, RAY, on_head, pipeline_job, serve_detached, stop_loop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +44,7 @@ def _overrides(port: int, task: str) -> list[str]:
         f"serving.port={port}",
         "serving.min_replicas=1",
         "serving.max_replicas=1",
-        "monitoring.window_size=300",
-        "monitoring.consecutive_windows=2",
-        "monitoring.min_labels=100",
-        "monitoring.cooldown_s=3600",
-        "monitoring.flush_interval_s=5",
-        "retrain.min_labelled_rows=1500",
-        "retrain.max_label_wait_s=120",
+        *QUICK_LOOP,
         *gate,
     ]
 
