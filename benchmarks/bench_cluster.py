@@ -150,16 +150,15 @@ def deploy(found: Any, overrides: Sequence[str], replicas: int) -> dict[str, set
     {node address: replica ids} as /v1/model reports them."""
     import httpx
 
+    from rayloop.control.local_cluster import replicas_by_node
+
     settings = [*BASE, *overrides, f"serving.min_replicas={replicas}", f"serving.max_replicas={replicas}"]
     on_head(found, [RAYLOOP_CLI, "serve", "--detach", *set_args(settings)])
     deadline = time.monotonic() + 180
     seen: dict[str, set[str]] = {}
     while time.monotonic() < deadline:
-        seen = {}
         try:
-            for _ in range(20 * replicas):
-                info = httpx.get(f"{found.serve_url}/v1/model", timeout=10).json()
-                seen.setdefault(info["node"], set()).add(info["replica"])
+            seen = replicas_by_node(found.serve_url, calls=20 * replicas)
         except (httpx.HTTPError, KeyError, ValueError):
             seen = {}
         if sum(len(r) for r in seen.values()) == replicas:

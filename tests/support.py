@@ -156,17 +156,6 @@ def loop_state(root: str | Path, model: str) -> dict[str, Any]:
     return (MonitorCore.read_state(str(root), model) or {}).get("loop") or {}
 
 
-def nodes_answering(url: str, calls: int = 40) -> dict[str, set[str]]:
-    """{node address: replica ids} over `calls` calls of the app's /v1/model."""
-    import httpx
-
-    seen: dict[str, set[str]] = {}
-    for _ in range(calls):
-        info = httpx.get(f"{url}/v1/model", timeout=10).json()
-        seen.setdefault(info["node"], set()).add(info["replica"])
-    return seen
-
-
 def pipeline_job(head: LocalHead, submission_id: str, overrides: list[str]) -> None:
     """`workloads.pipeline` through the Jobs API with the repository as working dir; waits for it
     and asserts it succeeded (its log's tail otherwise)."""

@@ -55,6 +55,7 @@ __all__ = [
     "node_command",
     "node_env",
     "parse_pin",
+    "replicas_by_node",
     "plan",
     "run_on",
     "up",
@@ -549,6 +550,18 @@ def alive_nodes(cluster: LocalCluster) -> dict[str, str]:
         if found.get(row["node_ip"]) != "ALIVE":
             found[row["node_ip"]] = row["state"]
     return found
+
+
+def replicas_by_node(url: str, calls: int = 40) -> dict[str, set[str]]:
+    """{node address: replica ids} over `calls` GETs of the app's /v1/model at `url` (each answer
+    names its node and replica): where the replicas of a Serve app on the cluster answer from."""
+    import httpx
+
+    seen: dict[str, set[str]] = {}
+    for _ in range(calls):
+        info = httpx.get(f"{url}/v1/model", timeout=10).json()
+        seen.setdefault(info["node"], set()).add(info["replica"])
+    return seen
 
 
 def actor_nodes(cluster: LocalCluster, class_name: str) -> dict[str, int]:

@@ -31,7 +31,6 @@ from tests.support import (
     ROOT,
     SERVE_CLI,
     loop_state,
-    nodes_answering,
     pipeline_job,
     set_args,
     wait_for,
@@ -119,7 +118,7 @@ RATE = 60.0
 
 def _answering(url: str) -> dict[str, set[str]]:
     try:
-        return nodes_answering(url, calls=30)
+        return clusters.replicas_by_node(url, calls=30)
     except (httpx.HTTPError, KeyError, ValueError):
         return {}
 

@@ -24,7 +24,6 @@ from tests.support import (
     RAYLOOP_CLI,
     SERVE_CLI,
     loop_state,
-    nodes_answering,
     pipeline_job,
     set_args,
     wait_for,
@@ -77,7 +76,7 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
     workers = {w.ip for w in found.workers}
     try:
         first = httpx.get(f"{found.serve_url}/v1/model", timeout=10).json()["version"]
-        spread = nodes_answering(found.serve_url)
+        spread = clusters.replicas_by_node(found.serve_url)
         assert set(spread) == workers, spread  # one replica on each worker node, both answering
         # every node's ingress answers, not only the head's
         for node in found.nodes:
