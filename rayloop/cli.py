@@ -33,7 +33,7 @@ from rayloop.entrypoint import EXIT_USAGE, exit_code
 from rayloop.errors import RayloopError
 from rayloop.monitoring.core import MonitorCore, summarize_state
 from rayloop.preprocess import PreprocessRun, run_preprocess
-from rayloop.runtime import init_ray, ray_env
+from rayloop.runtime import init_ray, ray_env, serve_ingress_env
 from rayloop.tasks import TASK_METRICS
 from rayloop.traffic import TrafficConfig, TrafficStats, run_traffic
 
@@ -96,11 +96,12 @@ def show_env(
 
     Without --profile: a local head (token auth on with a token under RAYLOOP_HOME, Ray's temp dir
     under it, usage stats off, listening on 127.0.0.1 only). With --profile: the variables every
-    node of that environment needs; Ray's own settings come from the cluster file.
+    node of that environment needs, and Serve's HAProxy ingress with its files on this node's own
+    disk (`ray up` nodes run this before `ray start`); Ray's own settings come from the cluster file.
     """
     if profile is not None:
         try:
-            env = load_profile(profile).env()
+            env = load_profile(profile).env() | serve_ingress_env(node_local_state=True)
         except RayloopError as exc:
             raise _fail(exc) from None
     else:

