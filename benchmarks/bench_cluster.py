@@ -124,13 +124,13 @@ def on_head(found: Any, cmd: Sequence[str], timeout_s: float = 600) -> str:
 
 def champion(found: Any) -> str:
     """The champion's version in the cluster's registry; the pipeline job makes one when there is none."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    from rayloop import registry
     from rayloop.config import ConfigSource
     from rayloop.control import jobs
 
-    client = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
+    client = registry.client_for(found.mlflow_uri)
     try:
         return client.get_model_version_by_alias(MODEL, "champion").version
     except MlflowException:

@@ -113,6 +113,15 @@ def client() -> MlflowClient:
     for key, value in user_set.items():
         if value is None:
             os.environ.pop(key, None)
+    return client_for(uri)
+
+
+def client_for(uri: str) -> MlflowClient:
+    """An MlflowClient whose runs and registry are both at `uri` (e.g. a cluster's MLflow server),
+    leaving the process's global URIs alone. Both are named: an unset registry URI follows
+    whatever `mlflow.set_registry_uri` last set in this process, not `uri`."""
+    import mlflow
+
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -14,10 +14,9 @@ import threading
 import time
 
 import httpx
-import mlflow
 import pytest
 
-from rayloop import paths
+from rayloop import paths, registry
 from rayloop.config import ConfigSource
 from rayloop.control import jobs
 from rayloop.control import local_cluster as clusters
@@ -86,8 +85,7 @@ def test_a_worker_node_lost_during_training_resumes_from_the_last_checkpoint_and
     logs = jobs.client(found.dashboard).get_job_logs(sid)
     assert info.status == "SUCCEEDED", logs[-3000:]
     # the registered run says it went on from a checkpoint, not from round 0
-    # both URIs: a registry URI left unset follows the process's global one, set by earlier tests
-    client = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
+    client = registry.client_for(found.mlflow_uri)
     version = client.get_model_version_by_alias(MODEL, "champion")
     resumed = client.get_run(version.run_id).data.metrics.get("train_resumed_from")
     assert resumed is not None and resumed >= 50, (resumed, placed, [p.name for p in first])
@@ -244,7 +242,7 @@ def test_a_node_lost_under_load_loses_no_request_with_resends_and_no_acknowledge
 
 def test_a_node_lost_during_a_retrain_job_leaves_the_champion_serving_and_the_loop_records_it(served):
     found = served
-    client = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
+    client = registry.client_for(found.mlflow_uri)
     first = client.get_model_version_by_alias(SERVE_MODEL, "champion").version
     done_before = len(_loop(found).get("finished") or [])
     by_ip = {w.ip: w.name for w in found.workers}

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rayloop import registry
 from rayloop.control import jobs
 from rayloop.control import local_cluster as clusters
 from rayloop.monitoring.core import MonitorCore
@@ -146,10 +147,7 @@ def test_drift_on_replicas_of_two_nodes_retrains_through_the_jobs_api_and_rolls_
     assert state["reference_version"] == new and state["policy"]["decisions"] == 1
     # its driver reserved a CPU (retrain.driver_cpus auto: the head has none), so it ran on a worker
     # node and trained the small window there in local mode, not on a worker group
-    import mlflow
-
-    registry = mlflow.MlflowClient(tracking_uri=found.mlflow_uri, registry_uri=found.mlflow_uri)
-    tags = registry.get_model_version(MODEL, new).tags
+    tags = registry.client_for(found.mlflow_uri).get_model_version(MODEL, new).tags
     assert tags["rayloop.training.mode"] == "local", tags
 
     # `rayloop status --address` from a machine with none of the cluster's state (an empty home,
