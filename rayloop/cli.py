@@ -279,12 +279,13 @@ def cluster_local_status(name: ClusterNameOpt = "local") -> None:
 
 def _print_local_cluster(found, alive: dict[str, str] | None = None) -> None:
     table = Table(title=f"local cluster {found.name!r}")
-    for column in ("node", "namespace", "address", "CPUs", "cores", "state"):
+    for column in ("node", "namespace", "address", "CPUs", "cores", "memory + object store", "state"):
         table.add_column(column)
     for node in found.nodes:
         state = "" if alive is None else alive.get(node.ip, "missing")
         cores = (node.cores or "any") + (f" (quota {node.cpu_quota:g})" if node.cpu_quota else "")
-        table.add_row(node.name, node.namespace, node.ip, str(node.num_cpus), cores, state)
+        memory = f"{node.memory / 2**30:.1f} + {node.object_store_memory / 2**30:.1f} GiB" if node.memory else "-"
+        table.add_row(node.name, node.namespace, node.ip, str(node.num_cpus), cores, memory, state)
     console.print(table)
     console.print(f"dashboard and Jobs API {found.dashboard}, MLflow {found.mlflow_uri}, Serve {found.serve_url}")
     console.print(f"shared directory (every node's RAYLOOP_HOME) {found.shared}")

@@ -65,6 +65,7 @@ __all__ = [
 GCS_PORT, DASHBOARD_PORT, SERVE_PORT, MLFLOW_PORT = 6379, 8265, 8000, 5000
 SUBNET_BASE = "10.213"  # 10.213.<k>.0/24, k in 1..254: private, picked free on this machine
 IFNAME_MAX = 15  # Linux interface names
+OBJECT_STORE_SHARE = 0.3  # of a node's memory, as Ray's own default takes of a machine's
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class Node:
     host_veth: str = ""  # the veth end on the bridge; its peer is eth0 inside the namespace
     cores: str = ""  # taskset's CPU list ("1", "0-1"): every process of the node runs there; "" any
     cpu_quota: float = 0.0  # CPU time in cores (a CFS quota, e.g. 0.5); 0: no limit
+    memory: int = 0  # bytes of Ray's `memory` resource; 0: Ray's default (the whole machine's)
+    object_store_memory: int = 0  # bytes; 0: Ray's default (30% of the whole machine)
 
     @property
     def is_head(self) -> bool:
@@ -203,9 +206,11 @@ def plan(
     subnet: int = 1,
     token_path: str | Path | None = None,
     pins: Sequence[tuple[str, str, float]] = (),
+    machine_memory: int = 0,
 ) -> LocalCluster:
     """The cluster's layout: names, addresses, directories, each node's cores and CPU quota
-    (`pins`, from `parse_pin`). Pure (nothing is created)."""
+    (`pins`, from `parse_pin`), and its equal share of `machine_memory` (default: this machine's).
+    Pure (nothing is created)."""
     if not 1 <= workers <= 200:
         raise ClusterError(f"workers must be 1..200, not {workers}")
     if not 1 <= subnet <= 254:
@@ -218,6 +223,12 @@ def plan(
         Node(f"w{i}", f"rayloop-{name}-w{i}", f"{prefix}.{10 + i}", cpus_per_worker, {f"w{i}": 1.0}, f"rlv{subnet}w{i}")
         for i in range(1, workers + 1)
     ]
+    # Each node gets its share of this machine's memory, as machines of their own would: by
+    # default every raylet reports the whole machine (N times over), and sizes its object store
+    # and local mode's memory rule from that.
+    share = (machine_memory or _machine_memory()) // len(nodes)
+    store = int(share * OBJECT_STORE_SHARE)
+    nodes = [replace(node, memory=share - store, object_store_memory=store) for node in nodes]
     by_name = {node.name: i for i, node in enumerate(nodes)}
     cpus = os.cpu_count() or 1
     for node_name, cores, quota in pins:
@@ -324,7 +335,15 @@ def _ray_start(cluster: LocalCluster, node: Node, temp_dir: Path) -> list[str]:
         cmd.append(f"--address={cluster.address}")
     if node.resources:
         cmd.append(f"--resources={json.dumps(node.resources)}")
+    if node.memory:
+        cmd += [f"--memory={node.memory}", f"--object-store-memory={node.object_store_memory}"]
     return cmd
+
+
+def _machine_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
 
 
 def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[str]:

@@ -38,6 +38,11 @@ print("RESULT " + json.dumps({"tasks": found, "driver": driver}))
 def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_namespaces(local_cluster):
     found, before = local_cluster
     assert clusters.alive_nodes(found) == {n.ip: "ALIVE" for n in found.nodes}
+    # each node reports its share of this machine's memory, as a machine of its own would
+    totals = {row["node_ip"]: row["resources_total"] for row in clusters._nodes_detail(found)}
+    for node in found.nodes:
+        assert totals[node.ip]["memory"] == pytest.approx(node.memory, rel=1e-3), node.name
+        assert totals[node.ip]["object_store_memory"] == pytest.approx(node.object_store_memory, rel=1e-3)
     # the dashboard refuses a request without the token
     refused = httpx.get(f"{found.dashboard}/api/v0/nodes", timeout=10)
     assert refused.status_code in (401, 403)

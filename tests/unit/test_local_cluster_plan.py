@@ -7,10 +7,11 @@ import ipaddress
 import json
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
-from rayloop.control.local_cluster import LocalCluster, netns_commands, node_env, plan
+from rayloop.control.local_cluster import LocalCluster, _ray_start, netns_commands, node_env, plan
 from rayloop.errors import ClusterError
 from rayloop.runtime import LOOPBACK_ENV
 
@@ -31,6 +32,20 @@ def test_the_plan_puts_a_cpu_less_head_and_pinned_workers_on_one_private_subnet(
     assert len(set(scratches)) == 4 and not any(cluster.shared in s.parents for s in scratches)
     assert Path(cluster.storage).parent == cluster.shared
     assert LocalCluster.from_dict(json.loads(json.dumps(cluster.to_dict()))) == cluster
+
+
+def test_every_node_gets_its_share_of_the_machines_memory_not_the_whole_machine(tmp_path):
+    gib = 1024**3
+    cluster = plan("t", workers=3, token_path=tmp_path / "token", machine_memory=16 * gib)
+    for node in cluster.nodes:
+        assert node.memory + node.object_store_memory == 4 * gib
+        assert node.object_store_memory == int(4 * gib * 0.3)  # Ray's own default fraction
+        start = _ray_start(cluster, node, tmp_path / "ray")
+        assert f"--memory={node.memory}" in start and f"--object-store-memory={node.object_store_memory}" in start
+    # this machine's memory by default
+    assert sum(n.memory + n.object_store_memory for n in plan("t", token_path=tmp_path / "token").nodes) <= (
+        psutil.virtual_memory().total
+    )
 
 
 @pytest.mark.parametrize(
