@@ -226,18 +226,15 @@ def read_dataset(
 def fusable_map_args() -> dict:
     """`map_batches` arguments that let Ray fuse a map chain into the read task.
 
-    Ray fuses a map into the read only when their remote args match (reads carry the context's
-    scheduling strategy; maps carry none unless given) and no map in the chain sets a
-    `batch_size` (reads may change row counts). Fused, a block goes from the Parquet decoder
+    Ray fuses a map into the read only when their remote args are compatible and no map in the
+    chain sets a `batch_size` (reads may change row counts). Reads carry the context's
+    scheduling strategy, and since Ray 2.60 a map that names none inherits it, so passing no
+    remote args fuses (passing the strategy through `**ray_remote_args`, as rayloop did before,
+    is deprecated there and removed in Ray 2.64). Fused, a block goes from the Parquet decoder
     through validation and features without a trip through the object store; blocks stay small
     through `DataContext.target_max_block_size` (see rayloop.runtime).
-
-    Ray 2.60 warns that extra remote args are deprecated (removal planned for 2.64) but has no
-    named `scheduling_strategy` parameter yet; revisit when the pinned Ray moves.
     """
-    import ray.data
-
-    return {"batch_format": "pyarrow", "scheduling_strategy": ray.data.DataContext.get_current().scheduling_strategy}
+    return {"batch_format": "pyarrow"}
 
 
 def read_table(source: SourceInfo | str, columns: Sequence[str] | None = None) -> pa.Table:

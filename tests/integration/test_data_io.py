@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayloop.data import synthetic
-from rayloop.data.io import inspect_source, read_dataset, read_table
+from rayloop.data.io import fusable_map_args, inspect_source, read_dataset, read_table
 from rayloop.errors import DataSourceError
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -33,6 +33,25 @@ def test_parquet_directory_path_and_file_uri_read_the_same_rows(parquet_dir):
 def test_blocks_follow_the_files_on_the_fast_parquet_path(parquet_dir):
     ds = read_dataset(str(parquet_dir), override_num_blocks=3).materialize()
     assert ds.num_blocks() >= 3
+
+
+def test_a_map_chain_fuses_into_the_read_task_without_deprecated_remote_args(parquet_dir):
+    """The preprocess's passes rely on it: blocks go from the decoder through every map in one
+    task, with no trip through the object store, and no `ray_remote_args` warning on the way."""
+    import warnings
+
+    def same(batch: pa.Table) -> pa.Table:
+        return batch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = read_dataset(str(parquet_dir))
+        ds = ds.map_batches(same, **fusable_map_args()).map_batches(same, **fusable_map_args()).materialize()
+    assert ds.count() == 6_000
+    assert not [w for w in caught if "remote_args" in str(w.message)]
+    operators = [line for line in ds.stats().splitlines() if line.startswith("Operator ")]
+    assert len(operators) >= 1 and "MapBatches(same)->MapBatches(same)" in operators[-1], operators
+    assert operators[-1].split(":")[0].count("Read") == 1, operators  # the read and both maps: one task
 
 
 def test_csv_is_read_as_text_so_a_bad_value_cannot_abort_the_read(tmp_path):
