@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -22,7 +23,7 @@ from rayloop.config import ConfigSource, RayloopConfig, load_profile
 from rayloop.constants import HOME_ENV_VAR
 from rayloop.control import demo as demo_lib
 from rayloop.control import jobs, local_cluster
-from rayloop.control.monitor_actor import start_model_monitor, stop_monitor
+from rayloop.control.monitor_actor import monitor_root, start_model_monitor, stop_model_monitor
 from rayloop.control.pipeline import run_pipeline
 from rayloop.control.train import train_and_register, tune_and_register
 from rayloop.control.up import up
@@ -31,7 +32,7 @@ from rayloop.data.examples import EXAMPLES, LABEL, write_example
 from rayloop.data.io import read_table
 from rayloop.entrypoint import EXIT_USAGE, exit_code
 from rayloop.errors import RayloopError
-from rayloop.monitoring.core import MonitorCore, summarize_state
+from rayloop.monitoring.core import MonitorCore, read_stop_mark, summarize_state
 from rayloop.preprocess import PreprocessRun, run_preprocess
 from rayloop.runtime import init_ray, ray_env, serve_ingress_env
 from rayloop.tasks import TASK_METRICS
@@ -544,7 +545,7 @@ def _status_doc(cfg: RayloopConfig, events: int, serve_address: str | None) -> d
         version = registry.resolve_version(name, alias)
         tags = mlflow_client.get_model_version(name, version).tags if version else {}
         aliases.append({"alias": alias, "version": version, "tags": dict(tags)})
-    root = cfg.monitoring.storage or str(paths.home())
+    root = monitor_root(cfg)
     saved = MonitorCore.read_state(root, name)
     return {
         "model": name,
@@ -553,6 +554,7 @@ def _status_doc(cfg: RayloopConfig, events: int, serve_address: str | None) -> d
         "events": audit.read(limit=events),
         "monitor_root": root,
         "monitor": summarize_state(name, saved, cfg.monitoring) if saved is not None else None,
+        "monitor_stopped": read_stop_mark(root, name),
         "serve": _serve_rows(serve_address) if serve_address else None,
     }
 
@@ -635,6 +637,13 @@ def _print_status(doc: dict) -> None:
         console.print(f"monitor: no state for {name} under {doc['monitor_root']} (it starts with `rayloop serve`)")
     else:
         _print_monitor(doc["monitor"])
+    mark = doc.get("monitor_stopped")
+    if mark:
+        when = datetime.fromtimestamp(mark["stopped_at"], timezone.utc).isoformat(timespec="seconds")
+        console.print(
+            f"[yellow]monitor stopped on purpose by {mark.get('by', '?')} at {when}[/yellow]: "
+            "nothing restarts it until `rayloop monitor`"
+        )
     if doc["serve"] is not None:
         _print_serve(doc["serve"])
 
@@ -775,9 +784,11 @@ def monitor_cmd(
     init_ray(address)
     name = cfg.registry.model_name
     if stop:
-        stopped = stop_monitor(name)
+        stopped = stop_model_monitor(source, by="rayloop monitor --stop")
         console.print(
-            f"monitor for {name}: " + ("stopped (its state stays for the next start)" if stopped else "not running")
+            f"monitor for {name}: "
+            + ("stopped" if stopped else "not running")
+            + " (its state stays for the next start; a keeper app leaves it stopped until `rayloop monitor`)"
         )
         return
     with console.status(f"starting the monitor for {name}"):

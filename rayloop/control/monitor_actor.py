@@ -26,11 +26,20 @@ from rayloop.constants import HOME_ENV_VAR
 from rayloop.control import jobs
 from rayloop.control.rollout import roll_out_promotion
 from rayloop.monitoring import retrain_steps
-from rayloop.monitoring.core import MonitorCore, Reference, rows_by_version
+from rayloop.monitoring.core import MonitorCore, Reference, clear_stop_mark, rows_by_version, write_stop_mark
 from rayloop.monitoring.handle import NAMESPACE, actor_name, get_monitor
 from rayloop.tasks import LIVE_METRICS
 
-__all__ = ["DriftMonitor", "MonitorArgs", "start_model_monitor", "start_monitor", "stop_monitor", "yield_cpu"]
+__all__ = [
+    "DriftMonitor",
+    "MonitorArgs",
+    "monitor_root",
+    "start_model_monitor",
+    "start_monitor",
+    "stop_model_monitor",
+    "stop_monitor",
+    "yield_cpu",
+]
 
 log = logging.getLogger(__name__)
 
@@ -400,13 +409,36 @@ def yield_cpu(niceness: int | str) -> None:
 
 
 # ---- starting and stopping it ------------------------------------------------------------------
-def start_model_monitor(source: ConfigSource, *, app_name: str = "tabular", wait_s: float = 120.0) -> Any:
+def monitor_root(config: RayloopConfig) -> str:
+    """Where the model's monitor keeps its state: `monitoring.storage`, else RAYLOOP_HOME."""
+    return config.monitoring.storage or str(paths.home())
+
+
+def start_model_monitor(
+    source: ConfigSource, *, app_name: str = "tabular", wait_s: float = 120.0, on_purpose: bool = True
+) -> Any:
     """Get or start the model's DriftMonitor (detached), comparing with the current champion. It
-    keeps the app's config source to submit retrain jobs with and to roll out with."""
+    keeps the app's config source to submit retrain jobs with and to roll out with. A start on
+    purpose (a person's, not a keeper's) clears the mark of an earlier `stop_model_monitor`."""
+    if on_purpose:
+        config = source.load()
+        if clear_stop_mark(monitor_root(config), config.registry.model_name):
+            audit.record("monitor_started", model=config.registry.model_name)
     args = MonitorArgs(
         source=source, home=str(paths.home()), tracking_uri=paths.mlflow_tracking_uri(), app_name=app_name
     )
     return start_monitor(args, wait_s=wait_s)
+
+
+def stop_model_monitor(source: ConfigSource, *, by: str) -> bool:
+    """Stop the model's monitor on purpose: a mark beside its state tells whatever keeps it running
+    (the RayService's keeper app) to leave it stopped until a start on purpose; then
+    `stop_monitor`. Whether a monitor was running."""
+    config = source.load()
+    name = config.registry.model_name
+    write_stop_mark(monitor_root(config), name, by=by)
+    audit.record("monitor_stopped", model=name, by=by)
+    return stop_monitor(name)
 
 
 def start_monitor(args: MonitorArgs, *, wait_s: float = 120.0) -> Any:

@@ -24,10 +24,11 @@ from ray import serve
 
 from rayloop import registry
 from rayloop.config import ConfigSource
-from rayloop.control.monitor_actor import start_model_monitor
+from rayloop.control.monitor_actor import monitor_root, start_model_monitor
+from rayloop.monitoring.core import read_stop_mark
 from rayloop.monitoring.handle import get_monitor
 
-__all__ = ["MonitorAppArgs", "MonitorKeeper", "keep_monitor"]
+__all__ = ["MonitorAppArgs", "MonitorKeeper", "keep_monitor", "keeper_round"]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,38 @@ def keep_monitor(
     *,
     enabled: bool,
     running: Callable[[str], bool],
+    stopped: Callable[[str], dict[str, Any] | None],
     has_champion: Callable[[str], bool],
     start: Callable[[], Any],
 ) -> str:
     """One round of keeping the monitor, over its effects (pure, tested without Ray); returns
-    what it found or did."""
+    what it found or did. A monitor stopped on purpose (`rayloop monitor --stop`) stays stopped
+    until a person starts it (`rayloop monitor`)."""
     if not enabled:
         return "disabled"
     if running(model_name):
         return "running"
+    mark = stopped(model_name)
+    if mark is not None:
+        return f"stopped on purpose by {mark.get('by', '?')}: `rayloop monitor` starts it again"
     if not has_champion(model_name):
         return "waiting for a champion"
     start()
     return "started"
+
+
+def keeper_round(source: ConfigSource, app_name: str) -> str:
+    """One round of the keeper app against the running cluster and registry."""
+    config = source.load()
+    root = monitor_root(config)
+    return keep_monitor(
+        config.registry.model_name,
+        enabled=config.monitoring.enabled,
+        running=lambda name: get_monitor(name) is not None,
+        stopped=lambda name: read_stop_mark(root, name),
+        has_champion=lambda name: registry.resolve_version(name, registry.CHAMPION) is not None,
+        start=lambda: start_model_monitor(source, app_name=app_name, on_purpose=False),
+    )
 
 
 @serve.deployment(
@@ -79,20 +99,13 @@ class MonitorKeeper:
         self.source = self.args.source()
         config = self.source.load()
         self.model_name = config.registry.model_name
-        self.enabled = config.monitoring.enabled
         self.state = "starting"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="monitor-keeper", daemon=True)
         self._thread.start()
 
     def _round(self) -> str:
-        return keep_monitor(
-            self.model_name,
-            enabled=self.enabled,
-            running=lambda name: get_monitor(name) is not None,
-            has_champion=lambda name: registry.resolve_version(name, registry.CHAMPION) is not None,
-            start=lambda: start_model_monitor(self.source, app_name=self.args.app_name),
-        )
+        return keeper_round(self.source, self.args.app_name)
 
     def _keep(self) -> None:
         while True:

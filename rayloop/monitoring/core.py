@@ -57,10 +57,13 @@ __all__ = [
     "MonitorCore",
     "Reference",
     "WindowSummary",
+    "clear_stop_mark",
     "live_metric_se",
     "live_metrics",
+    "read_stop_mark",
     "rows_by_version",
     "summarize_state",
+    "write_stop_mark",
 ]
 
 # what a replica sends besides the raw feature columns: `score` is P(positive) (binary), the
@@ -71,6 +74,7 @@ LABEL_OUTCOMES = ("joined", "late", "duplicate", "unknown")
 STATE_FORMAT = 1
 HISTORY = 100  # window summaries kept in the state
 SEEN_BATCHES = 4096  # batch ids remembered for idempotent retries
+STOP_MARK = "stopped.json"  # beside state.json: the monitor was stopped on purpose
 
 
 _BINARY = Task(kind="binary", label="label", label_type="int", classes=[0, 1])
@@ -655,6 +659,44 @@ def live_metric_se(
         if value is not None and not math.isnan(value):
             values.append(value)
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+# ---- stopped on purpose ----------------------------------------------------------------------
+# `rayloop monitor --stop` leaves a mark beside the monitor's state, where whatever keeps a monitor
+# running (the RayService's keeper app) looks before starting one again; an explicit start clears it.
+def _stop_mark_path(root: str, model_name: str) -> tuple[Any, str]:
+    fs, path = open_filesystem(root)
+    return fs, f"{paths.monitor_state_dir(path, model_name)}/{STOP_MARK}"
+
+
+def write_stop_mark(root: str, model_name: str, **fields: Any) -> dict[str, Any]:
+    """Record that the model's monitor was stopped on purpose (when, by what), for keepers to honour."""
+    fs, target = _stop_mark_path(root, model_name)
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    mark = {"stopped_at": time.time(), **fields}
+    with fs.open_output_stream(target) as sink:
+        sink.write(json.dumps(mark).encode())
+    return mark
+
+
+def read_stop_mark(root: str, model_name: str) -> dict[str, Any] | None:
+    """The mark of a monitor stopped on purpose, or None."""
+    fs, target = _stop_mark_path(root, model_name)
+    try:
+        with fs.open_input_stream(target) as source:
+            return json.loads(source.read())
+    except FileNotFoundError:
+        return None
+
+
+def clear_stop_mark(root: str, model_name: str) -> bool:
+    """Forget the mark (a monitor is being started on purpose); whether there was one."""
+    fs, target = _stop_mark_path(root, model_name)
+    try:
+        fs.delete_file(target)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def summarize_state(model_name: str, state: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:

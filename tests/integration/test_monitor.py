@@ -97,7 +97,7 @@ def app(ray_session, champion):
     config = source.load()
     base = up(source)
     try:
-        yield base, get_monitor(NAME), config
+        yield base, get_monitor(NAME), config, source
     finally:
         serve.shutdown()
         stop_monitor(NAME)
@@ -137,7 +137,7 @@ def _wait(monitor, predicate, timeout: float = 60.0) -> dict:
 
 
 def test_reference_traffic_is_quiet_a_covariate_shift_alarms_and_labels_give_live_auc(app):
-    base, monitor, _ = app
+    base, monitor, *_ = app
     start = ray.get(monitor.summary.remote())
     served = _serve(base, generate(2 * WINDOW, seed=53))
     quiet = _wait(monitor, lambda s: s["windows_seen"] >= start["windows_seen"] + 2)
@@ -201,7 +201,7 @@ def _worker_niceness() -> int:
 
 
 def test_every_thread_of_the_monitor_runs_below_the_priority_of_rays_workers(app):
-    _, monitor, config = app
+    _, monitor, config, _ = app
     pid = ray.get(monitor.ping_pid.remote())
     worker = ray.get(ray.remote(num_cpus=0)(_worker_niceness).remote())
     assert config.monitoring.niceness == 10
@@ -213,7 +213,7 @@ def test_every_thread_of_the_monitor_runs_below_the_priority_of_rays_workers(app
 
 
 def test_a_killed_monitor_restarts_with_its_state_and_the_log_has_every_acknowledged_row(app, rayloop_home):
-    base, monitor, _ = app
+    base, monitor, *_ = app
     before = _wait(monitor, lambda s: True)
     trail_before = audit.read()
     table = generate(6 * 100, seed=55)
@@ -252,7 +252,7 @@ def test_prometheus_with_the_shipped_config_scrapes_rayloop_metrics_and_loads_th
     the rules path (absolute) differ, reads a serving and a monitor metric back through its HTTP API,
     has loaded and evaluated every alert rule, and evaluates every dashboard query without error."""
     binary = prometheus_tool("prometheus")
-    base, _, _ = app
+    base, *_ = app
 
     # Ray's dashboard writes the discovery file at the root of the cluster's temp dir; this
     # session's cluster runs without the dashboard, so write what Ray's writer would (its
@@ -350,3 +350,32 @@ def test_prometheus_with_the_shipped_config_scrapes_rayloop_metrics_and_loads_th
             proc.kill()
             proc.wait(timeout=15)
         log_file.close()
+
+
+def test_a_monitor_stopped_on_purpose_stays_stopped_under_the_keeper_until_started_again(app, rayloop_home):
+    """`rayloop monitor --stop` on a RayService: the keeper app's next round must not undo it."""
+    from rayloop.control.monitor_actor import start_model_monitor, stop_model_monitor
+    from rayloop.control.monitor_keeper import keeper_round
+
+    *_, source = app
+    assert keeper_round(source, "tabular") == "running"
+    assert stop_model_monitor(source, by="rayloop monitor --stop")
+    assert get_monitor(NAME) is None
+    round_ = keeper_round(source, "tabular")
+    assert round_.startswith("stopped on purpose by rayloop monitor --stop"), round_
+    assert get_monitor(NAME) is None  # the keeper started nothing
+    shown = CliRunner().invoke(cli, ["status", "--json", "--set", f"registry.model_name={NAME}"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["monitor_stopped"]["by"] == "rayloop monitor --stop"
+    # a start on purpose clears the mark; the keeper then finds it running
+    start_model_monitor(source)
+    assert MonitorCore.read_state(str(rayloop_home), NAME) is not None
+    assert keeper_round(source, "tabular") == "running"
+    assert (
+        json.loads(CliRunner().invoke(cli, ["status", "--json", "--set", f"registry.model_name={NAME}"]).output)[
+            "monitor_stopped"
+        ]
+        is None
+    )
+    events = [e["event"] for e in audit.read() if e.get("model") == NAME]
+    assert events[-2:] == ["monitor_stopped", "monitor_started"], events[-5:]

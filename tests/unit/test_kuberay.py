@@ -122,11 +122,12 @@ def test_the_monitor_keeper_starts_a_monitor_only_when_none_runs_and_a_champion_
 
     started: list[str] = []
 
-    def round_(*, enabled=True, running=False, champion=True) -> str:
+    def round_(*, enabled=True, running=False, champion=True, stopped=None) -> str:
         return keep_monitor(
             "m",
             enabled=enabled,
             running=lambda name: running,
+            stopped=lambda name: stopped,
             has_champion=lambda name: champion,
             start=lambda: started.append("m"),
         )
@@ -134,7 +135,22 @@ def test_the_monitor_keeper_starts_a_monitor_only_when_none_runs_and_a_champion_
     assert round_(enabled=False) == "disabled" and started == []
     assert round_(running=True) == "running" and started == []
     assert round_(champion=False) == "waiting for a champion" and started == []
+    # stopped on purpose (`rayloop monitor --stop`): left stopped, and the round says who did it
+    found = round_(stopped={"by": "rayloop monitor --stop", "stopped_at": 1.0})
+    assert found.startswith("stopped on purpose by rayloop monitor --stop") and started == []
     assert round_() == "started" and started == ["m"]
+
+
+def test_the_stop_mark_is_written_read_and_cleared_beside_the_monitors_state(tmp_path):
+    from rayloop.monitoring.core import clear_stop_mark, read_stop_mark, write_stop_mark
+
+    root = str(tmp_path)
+    assert read_stop_mark(root, "m") is None and not clear_stop_mark(root, "m")
+    mark = write_stop_mark(root, "m", by="rayloop monitor --stop")
+    assert read_stop_mark(root, "m") == mark and mark["by"] == "rayloop monitor --stop"
+    assert (tmp_path / "monitor" / "m" / "stopped.json").exists()
+    assert read_stop_mark(root, "other") is None  # per model
+    assert clear_stop_mark(root, "m") and read_stop_mark(root, "m") is None
 
 
 def test_ray_version_and_every_image_tag_name_the_pinned_ray(manifests):
