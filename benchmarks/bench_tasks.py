@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     init_ray(num_cpus=args.cpus)
     ray_init_s = round(time.perf_counter() - started, 3)
-    base = ["training.num_workers=1", "tuning.enabled=false", "training.slice_column=null", *args.overrides]
+    # training.num_workers stays the product's default (auto); `--set training.num_workers=1` gives
+    # the worker-group arm of earlier tables
+    base = ["tuning.enabled=false", "training.slice_column=null", *args.overrides]
     records = []
     try:
         for name in args.examples:
