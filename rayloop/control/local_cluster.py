@@ -47,6 +47,7 @@ __all__ = [
     "actor_nodes",
     "alive_nodes",
     "down",
+    "invoking_user",
     "kill_node",
     "start_node",
     "load",
@@ -95,6 +96,9 @@ class LocalCluster:
     host_ip: str  # this machine's address on the bridge (the client side)
     nodes: tuple[Node, ...]
     token_path: str
+    # "uid:gid" the nodes' processes run as (the user behind `sudo`, see `invoking_user`); "": as
+    # whoever starts them
+    run_as: str = ""
 
     @property
     def head(self) -> Node:
@@ -207,6 +211,7 @@ def plan(
     token_path: str | Path | None = None,
     pins: Sequence[tuple[str, str, float]] = (),
     machine_memory: int = 0,
+    run_as: str = "",
 ) -> LocalCluster:
     """The cluster's layout: names, addresses, directories, each node's cores and CPU quota
     (`pins`, from `parse_pin`), and its equal share of `machine_memory` (default: this machine's).
@@ -246,6 +251,7 @@ def plan(
         host_ip=f"{prefix}.1",
         nodes=tuple(nodes),
         token_path=str(token_path or ensure_auth_token()),
+        run_as=run_as,
     )
 
 
@@ -297,6 +303,14 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
         }
     )
     env.pop("RAY_AUTH_TOKEN", None)
+    if cluster.run_as:
+        import pwd
+
+        try:
+            user = pwd.getpwuid(int(cluster.run_as.split(":")[0]))
+            env |= {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}
+        except KeyError:  # no passwd entry: a home of the node's own
+            env["HOME"] = str(scratch / "tmp")
     if "RAY_SERVE_ENABLE_HA_PROXY" in env:
         # HAProxy listens on the node's own address. Its state paths stay the same on every node
         # (under this machine's RAYLOOP_HOME, where every node can write): Serve's HAProxy
@@ -357,7 +371,8 @@ def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[
     ]
     own, common = shlex.quote(str(cluster.scratch(node) / "ray")), shlex.quote(str(cluster.temp_dir))
     mounts.append(f"mkdir -p {own} {common} && mount --bind {own} {common}")
-    script = " && ".join([*mounts, 'exec "$@"'])
+    # the namespaces and mounts need root; what runs in them does not: the user behind sudo
+    script = " && ".join([*mounts, " ".join(["exec", *_as_user(cluster.run_as), '"$@"'])])
     inside = ["ip", "netns", "exec", node.namespace, "sh", "-c", script, "rayloop-node", *cmd]
     pin = ["taskset", "-c", node.cores] if node.cores else []
     if not node.cpu_quota:
@@ -366,6 +381,47 @@ def node_command(cluster: LocalCluster, node: Node, cmd: Sequence[str]) -> list[
     # its own without the cgroup tree; the node's processes and their children share the quota
     join = f'echo $$ > {shlex.quote(cpu_cgroup(cluster, node))}/cgroup.procs && exec "$@"'
     return ["sh", "-c", join, "rayloop-cpu", *pin, *inside]
+
+
+def invoking_user() -> str:
+    """The user who ran this through sudo, as "uid:gid" (sudo's SUDO_UID / SUDO_GID), so the
+    cluster's processes run as them and every file they and `up` write is theirs; "" when this
+    does not run as root for someone else."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if os.geteuid() != 0 or not uid.isdigit() or not gid.isdigit() or uid == "0":
+        return ""
+    return f"{uid}:{gid}"
+
+
+def _as_user(run_as: str) -> list[str]:
+    """The `setpriv` prefix that runs a command as `run_as` ("uid:gid"); [] for "" (as is)."""
+    if not run_as:
+        return []
+    import pwd
+
+    uid, gid = run_as.split(":")
+    try:  # the user's own supplementary groups, as a login would give them
+        pwd.getpwuid(int(uid))
+        groups = "--init-groups"
+    except KeyError:
+        groups = "--clear-groups"
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", groups]
+
+
+def _hand_over(cluster: LocalCluster) -> None:
+    """Give every root-owned file and directory under RAYLOOP_HOME (this cluster's, the token,
+    Ray's and HAProxy's state) to the user the nodes run as: they write there, and nothing of
+    theirs should need sudo to read or delete afterwards."""
+    if not cluster.run_as:
+        return
+    uid, gid = (int(part) for part in cluster.run_as.split(":"))
+    home = paths.home()
+    for path in [home, *home.rglob("*")]:
+        try:
+            if path.lstat().st_uid == 0:
+                os.lchown(path, uid, gid)
+        except FileNotFoundError:  # gone while walking (a node's temp file)
+            continue
 
 
 def cpu_cgroup(cluster: LocalCluster, node: Node) -> str:
@@ -457,16 +513,25 @@ def up(
     timeout_s: float = 180.0,
     extra_env: Mapping[str, str] | None = None,
     pins: Sequence[tuple[str, str, float]] = (),
+    run_as: str | None = None,
 ) -> LocalCluster:
     """Build the namespaces, start the MLflow server and every node, wait until all nodes are
-    alive. Anything started is stopped again when a step fails."""
+    alive. Anything started is stopped again when a step fails. The nodes run as `run_as`
+    ("uid:gid"; default: the user behind sudo, `invoking_user`)."""
     _check_can_build()
     if state_file(name).exists():
         raise ClusterError(f"local cluster {name!r} exists ({state_file(name)}): `rayloop cluster local down` first")
     free = [k for k in range(1, 255) if k not in _used_subnets()]
     if not free:
         raise ClusterError(f"no free {SUBNET_BASE}.k.0/24 subnet on this machine")
-    cluster = plan(name, workers=workers, cpus_per_worker=cpus_per_worker, subnet=free[0], pins=pins)
+    cluster = plan(
+        name,
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        subnet=free[0],
+        pins=pins,
+        run_as=invoking_user() if run_as is None else run_as,
+    )
     root = Path(cluster.root)
     # a cluster of this name that was downed keeps its shared directory (registry, runs, logs of
     # the loop); only the nodes' scratch starts empty
@@ -500,6 +565,7 @@ def _start_node(cluster: LocalCluster, node: Node, extra_env: Mapping[str, str] 
     for sub in ("ray", "tmp"):
         paths.ensure(scratch / sub)
     env = node_env(cluster, node, extra_env)
+    _hand_over(cluster)
     _run(node_command(cluster, node, _ray_start(cluster, node, cluster.temp_dir)), env=env, timeout=180)
 
 
@@ -530,6 +596,7 @@ def _start_mlflow(cluster: LocalCluster, extra_env: Mapping[str, str] | None) ->
         f"{head.ip}:{MLFLOW_PORT},{head.ip},localhost:{MLFLOW_PORT}",
     ]
     log = open(Path(cluster.root) / "logs" / "mlflow-server.log", "ab")  # noqa: SIM115  (the child keeps it)
+    _hand_over(cluster)
     subprocess.Popen(
         node_command(cluster, head, cmd), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -4,6 +4,7 @@ reached from here only through the bridge; stopped by namespace at the end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -57,6 +58,24 @@ def test_three_nodes_join_with_token_auth_and_nothing_listens_outside_their_name
         hosts = {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
         hosts = {h.removeprefix("[::ffff:").removesuffix("]") if h.startswith("[::ffff:") else h for h in hosts}
         assert hosts and hosts <= {node.ip, "127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]"}, hosts
+
+
+def test_under_sudo_a_nodes_command_runs_as_the_invoking_user_inside_the_nodes_namespaces(local_cluster):
+    """`sudo rayloop cluster local ...` keeps root for the namespaces and mounts only: what runs in
+    a node (Ray, MLflow, `exec` commands) runs as the user behind sudo. (This suite's cluster runs
+    as root: its interpreter lives under /root, which no other user can reach.)"""
+    found, _ = local_cluster
+    as_nobody = dataclasses.replace(found, run_as="65534:65534")
+    w1 = found.workers[0]
+    script = "id -u; id -g; ip -4 -o addr show; test -w /root && echo writes-root || echo no-root"
+    done = subprocess.run(
+        clusters.node_command(as_nobody, w1, ["sh", "-c", script]), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    uid, gid, *rest = done.stdout.splitlines()
+    assert (uid, gid) == ("65534", "65534")
+    assert w1.ip in "\n".join(rest)  # still inside the node's network namespace
+    assert rest[-1] == "no-root"
 
 
 def test_a_pinned_node_runs_every_process_on_its_cores_in_its_cpu_group(local_cluster):

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from pathlib import Path
 
 import psutil
 import pytest
 
 from rayloop.constants import HAPROXY_BIND_HOST_ENV_VAR, HOME_ENV_VAR
-from rayloop.control.local_cluster import LocalCluster, _ray_start, netns_commands, node_env, plan
+from rayloop.control.local_cluster import (
+    LocalCluster,
+    _hand_over,
+    _ray_start,
+    invoking_user,
+    netns_commands,
+    node_command,
+    node_env,
+    plan,
+)
 from rayloop.errors import ClusterError
 from rayloop.runtime import LOOPBACK_ENV
 
@@ -144,3 +154,41 @@ def test_purging_a_cluster_that_is_down_deletes_what_it_left(tmp_path, monkeypat
     assert left.exists()
     down("old", keep_shared=False)
     assert not (clusters_dir() / "old").exists()
+
+
+def test_under_sudo_the_nodes_run_as_the_invoking_user_and_root_keeps_only_the_namespaces(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUDO_UID", "1000")
+    monkeypatch.setenv("SUDO_GID", "1001")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert invoking_user() == "1000:1001"
+    monkeypatch.setenv("SUDO_UID", "0")  # root's own sudo: nothing to drop to
+    assert invoking_user() == ""
+    monkeypatch.setenv("SUDO_UID", "1000")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: nothing to drop either
+    assert invoking_user() == ""
+
+    cluster = plan("t", token_path=tmp_path / "token", run_as="1000:1001")
+    w1 = cluster.workers[0]
+    cmd = node_command(cluster, w1, ["ray", "start"])
+    script = cmd[cmd.index("-c") + 1]
+    mounts, _, last = script.rpartition(" && ")
+    assert "mount --bind" in mounts  # as root, inside the namespace
+    assert last.startswith("exec setpriv --reuid=1000 --regid=1001 ") and last.endswith(' "$@"'), last
+    assert cmd[-2:] == ["ray", "start"]
+    as_is = node_command(plan("t", token_path=tmp_path / "token"), w1, ["ray", "start"])
+    assert as_is[as_is.index("-c") + 1].endswith('&& exec "$@"')
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files over to another user needs root")
+def test_the_hand_over_gives_every_root_owned_file_under_the_home_to_that_user(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "clusters" / "t" / "shared").mkdir(parents=True)
+    (home / "auth_token").write_text("x")
+    (home / "clusters" / "t" / "shared" / "mlflow.db").write_text("")
+    os.symlink(home / "auth_token", home / "link")
+    monkeypatch.setenv("RAYLOOP_HOME", str(home))
+    cluster = plan("t", token_path=home / "auth_token", run_as="65534:65534")
+    _hand_over(cluster)
+    for path in [home, *home.rglob("*")]:
+        assert (path.lstat().st_uid, path.lstat().st_gid) == (65534, 65534), path
+    _hand_over(plan("t", token_path=home / "auth_token"))  # run_as "": nothing changes, nothing fails
