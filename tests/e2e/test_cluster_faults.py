@@ -57,7 +57,14 @@ def test_a_worker_node_lost_during_training_resumes_from_the_last_checkpoint_and
     runs = found.shared / "train"
 
     def checkpoints() -> set:
-        return {p for p in runs.glob("*/checkpoint_*") if p.is_dir()} if runs.exists() else set()
+        """Checkpoints Ray Train has registered (named in its run's checkpoint_manager_snapshot.json),
+        not only written: a node lost between the two restarts the group from round 0 (seen once
+        in CI), which is right, and not what this test is about."""
+        found: set = set()
+        for snapshot in runs.glob("*/checkpoint_manager_snapshot.json") if runs.exists() else []:
+            named = snapshot.read_text(errors="replace")  # perhaps mid-write: names are matched, not parsed
+            found |= {p for p in snapshot.parent.glob("checkpoint_*") if p.is_dir() and p.name in named}
+        return found
 
     before = checkpoints()
     sid = jobs.submit_workload(
