@@ -304,12 +304,10 @@ def node_env(cluster: LocalCluster, node: Node, base: Mapping[str, str] | None =
     )
     env.pop("RAY_AUTH_TOKEN", None)
     if cluster.run_as:
-        import pwd
-
-        try:
-            user = pwd.getpwuid(int(cluster.run_as.split(":")[0]))
+        _, _, user = _run_as_user(cluster.run_as)
+        if user is not None:
             env |= {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}
-        except KeyError:  # no passwd entry: a home of the node's own
+        else:  # no passwd entry: a home of the node's own
             env["HOME"] = str(scratch / "tmp")
     if "RAY_SERVE_ENABLE_HA_PROXY" in env:
         # HAProxy listens on the node's own address. Its state paths stay the same on every node
@@ -393,18 +391,24 @@ def invoking_user() -> str:
     return f"{uid}:{gid}"
 
 
+def _run_as_user(run_as: str) -> tuple[int, int, Any]:
+    """(uid, gid, their passwd entry or None) of a cluster's `run_as` ("uid:gid")."""
+    import pwd
+
+    uid, gid = (int(part) for part in run_as.split(":"))
+    try:
+        return uid, gid, pwd.getpwuid(uid)
+    except KeyError:
+        return uid, gid, None
+
+
 def _as_user(run_as: str) -> list[str]:
     """The `setpriv` prefix that runs a command as `run_as` ("uid:gid"); [] for "" (as is)."""
     if not run_as:
         return []
-    import pwd
-
-    uid, gid = run_as.split(":")
-    try:  # the user's own supplementary groups, as a login would give them
-        pwd.getpwuid(int(uid))
-        groups = "--init-groups"
-    except KeyError:
-        groups = "--clear-groups"
+    uid, gid, user = _run_as_user(run_as)
+    # the user's own supplementary groups, as a login would give them
+    groups = "--init-groups" if user is not None else "--clear-groups"
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", groups]
 
 
@@ -414,7 +418,7 @@ def _hand_over(cluster: LocalCluster) -> None:
     theirs should need sudo to read or delete afterwards."""
     if not cluster.run_as:
         return
-    uid, gid = (int(part) for part in cluster.run_as.split(":"))
+    uid, gid, _ = _run_as_user(cluster.run_as)
     home = paths.home()
     for path in [home, *home.rglob("*")]:
         try:
